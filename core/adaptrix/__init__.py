@@ -1,0 +1,44 @@
+"""adaptrix: run any open causal LM with any stack of LoRA adapters.
+
+Importing ``adaptrix`` is cheap: torch, transformers and peft are imported
+only when a model is loaded. ``Engine`` is resolved lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import AdaptrixError
+from .hookspecs import hookimpl
+from .types import Detection, GenerationConfig, LoadedModel, LoadOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptrixError",
+    "Detection",
+    "Engine",
+    "GenerationConfig",
+    "LoadOptions",
+    "LoadedModel",
+    "ModularAdaptrixEngine",
+    "__version__",
+    "detect",
+    "hookimpl",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .detection import detect
+    from .engine import Engine, ModularAdaptrixEngine
+
+
+def __getattr__(name: str):
+    if name in ("Engine", "ModularAdaptrixEngine"):
+        from . import engine
+
+        return getattr(engine, name)
+    if name == "detect":
+        from .detection import detect
+
+        return detect
+    raise AttributeError(f"module 'adaptrix' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""The ``adaptrix`` command line. One module per command group; see ``main.COMMANDS``."""

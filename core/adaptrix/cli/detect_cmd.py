@@ -1,0 +1,47 @@
+"""``adaptrix detect MODEL``: family, plugin and defaults, from config.json alone."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="detect a model's family from its config (no weights loaded)",
+        description="MODEL is a Hub id, a local model folder, a config.json file or a .gguf file; "
+        "without it, the embedded default model (SmolLM2-135M-Instruct).",
+    )
+    p.add_argument("model", metavar="MODEL", nargs="?")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..default_model import default_model_path
+    from ..detection import detect
+
+    d = detect(args.model or str(default_model_path()), revision=args.revision)
+    if args.json:
+        from .output import print_json
+
+        print_json(d.as_dict())
+        return 0
+    from .output import print_pairs
+
+    gen = ", ".join(f"{k}={v}" for k, v in d.generation.as_dict().items() if k != "context_length")
+    print_pairs(
+        [
+            ("model", d.model_id),
+            ("family", d.family),
+            ("plugin", d.plugin),
+            ("model_type", d.model_type),
+            ("architecture", d.architecture),
+            ("context length", d.context_length),
+            ("generation", gen),
+            ("LoRA targets", list(d.target_modules)),
+            ("config", d.config_source),
+        ]
+    )
+    for w in d.warnings:
+        print(f"warning: {w}")
+    return 0

@@ -1,0 +1,49 @@
+"""Entry point of the ``adaptrix`` command.
+
+Each command group lives in its own module with a ``register(subparsers)``
+function; nothing heavy is imported until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import AdaptrixError
+
+#: Command modules, in the order ``--help`` lists them.
+COMMANDS = ("plugins_cmd", "detect_cmd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptrix",
+        description="Run any open causal LM with any stack of LoRA adapters.",
+    )
+    parser.add_argument("--version", action="version", version=f"adaptrix {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__package__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except AdaptrixError as exc:
+        print(f"adaptrix: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

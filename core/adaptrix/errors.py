@@ -1,0 +1,94 @@
+"""Exception classes of adaptrix.
+
+Every error says what is at fault (file, field, value) and what to do about it.
+All derive from :class:`AdaptrixError`, so callers can catch one class.
+"""
+
+from __future__ import annotations
+
+
+class AdaptrixError(Exception):
+    """Base class of every error adaptrix raises on purpose."""
+
+
+class PluginError(AdaptrixError):
+    """A plugin failed to import, failed validation or is misconfigured."""
+
+
+class PluginConfigError(PluginError):
+    """An ``ADAPTRIX_*_PLUGINS`` environment variable names an unknown plugin."""
+
+
+class PluginUnavailableError(PluginError):
+    """A family was asked for whose plugin failed, is blocked or is not installed.
+
+    ``original`` carries the plugin's own failure when there was one.
+    """
+
+    def __init__(self, message: str, original: BaseException | None = None):
+        super().__init__(message)
+        self.original = original
+
+
+class ModelConfigError(AdaptrixError):
+    """A model's ``config.json`` is missing, unreadable or not what adaptrix needs."""
+
+
+class NotACausalLMError(ModelConfigError):
+    """The model is not a causal language model (an encoder, a vision tower, a head)."""
+
+
+class FamilyNotDetectedError(ModelConfigError):
+    """No installed plugin recognised the model."""
+
+
+class RemoteCodeError(ModelConfigError):
+    """The model needs ``trust_remote_code=True`` and the user did not pass it."""
+
+
+class ModelLoadError(AdaptrixError):
+    """The weights or tokenizer could not be loaded (corrupt file, wrong format)."""
+
+
+class DeviceError(AdaptrixError):
+    """The requested device or dtype is not available on this machine."""
+
+
+class GenerationError(AdaptrixError):
+    """Bad generation input: empty prompt, bad sampling value, prompt too long."""
+
+
+class ContextOverflowError(GenerationError):
+    """The prompt alone does not fit in the model's context window."""
+
+
+class ChatTemplateError(GenerationError):
+    """The model's chat template refused the conversation (e.g. a system message)."""
+
+
+class EngineStateError(AdaptrixError):
+    """The engine was used before ``initialize()`` or after ``cleanup()``."""
+
+
+class AdapterError(AdaptrixError):
+    """An adapter could not be found, read, validated, loaded or composed."""
+
+
+class AdapterNotFoundError(AdapterError):
+    """No adapter of that name or path exists."""
+
+
+class AdapterFormatError(AdapterError):
+    """An adapter's files are malformed (bad JSON, truncated safetensors, pickle)."""
+
+
+class AdapterIncompatibleError(AdapterError):
+    """Validation found errors; ``report`` is the :class:`CompatibilityReport`."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+class TrainingError(AdaptrixError):
+    """Training data or options are unusable (the message names the line/field)."""

@@ -1,0 +1,124 @@
+"""The shared loader family plugins call from their ``load_model`` hook.
+
+A plugin passes its own tokenizer fixes; everything else (device, dtype,
+remote-code policy, clear errors for broken files) is the same for all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from . import modelconfig
+from .devices import resolve_device, resolve_dtype
+from .errors import ModelLoadError, RemoteCodeError
+from .types import LoadedModel, LoadOptions
+
+TokenizerFix = Callable[[Any, dict], "list[str] | None"]
+
+
+def check_remote_code(model_id: str, config: dict | None, options: LoadOptions) -> bool:
+    """Decide whether custom code must run; refuse it unless the user opted in.
+
+    Returns the ``trust_remote_code`` value to pass to transformers: ``False``
+    whenever transformers has its own implementation of the ``model_type``.
+    """
+    if not modelconfig.needs_remote_code(config):
+        return False
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if config.get("model_type") in CONFIG_MAPPING_NAMES:
+        return False  # transformers has a native implementation; never run downloaded code
+    if not options.trust_remote_code:
+        raise RemoteCodeError(
+            f"{model_id}: config.json asks for custom modelling code (auto_map "
+            f"{sorted(config['auto_map'])}) and transformers has no built-in {config.get('model_type')!r}; "
+            "read that code, then pass trust_remote_code=True (CLI: --trust-remote-code) to run it"
+        )
+    return True
+
+
+def default_tokenizer_fixes(tokenizer) -> list[str]:
+    """Fixes every decoder-only model needs: a pad token and left padding."""
+    notes = []
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+            notes.append(f"pad token set to the EOS token {tokenizer.eos_token!r}")
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+            notes.append(f"pad token set to the UNK token {tokenizer.unk_token!r}")
+    if tokenizer.padding_side != "left":
+        tokenizer.padding_side = "left"
+        notes.append("padding side set to left (decoder-only batching)")
+    return notes
+
+
+def load_causal_lm(
+    family: str,
+    model_id: str,
+    options: LoadOptions,
+    *,
+    fix_tokenizer: TokenizerFix | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
+    hidden_spans: tuple[tuple[str, str], ...] = (),
+    end_of_turn_tokens: tuple[str, ...] = (),
+) -> LoadedModel:
+    """Load model + tokenizer with transformers' Auto classes and the family's fixes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config, source = modelconfig.load_config(model_id, options.revision)
+    modelconfig.require_causal_lm(config, source)
+    trust = check_remote_code(model_id, config, options)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    common: dict[str, Any] = {"revision": options.revision, "trust_remote_code": trust}
+    if options.gguf_file:
+        common["gguf_file"] = options.gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, **common)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {model_id} ({type(exc).__name__}: {exc}); the folder needs "
+            "tokenizer files (tokenizer.json or vocab/merges, tokenizer_config.json) saved with the model"
+        ) from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **common, **options.extra)
+    except Exception as exc:
+        raise ModelLoadError(_weights_error(model_id, exc)) from exc
+    model.to(device)
+    model.eval()
+    notes = default_tokenizer_fixes(tokenizer)
+    if fix_tokenizer is not None:
+        notes += fix_tokenizer(tokenizer, config) or []
+    if getattr(model, "generation_config", None) is not None and tokenizer.pad_token_id is not None:
+        if model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        family=family,
+        model_id=str(model_id),
+        config=config,
+        notes=tuple(notes),
+        chat_template_kwargs=dict(chat_template_kwargs or {}),
+        hidden_spans=hidden_spans,
+        end_of_turn_tokens=tuple(t for t in end_of_turn_tokens if _in_vocab(tokenizer, t)),
+    )
+
+
+def _in_vocab(tokenizer, token: str) -> bool:
+    tid = tokenizer.convert_tokens_to_ids(token)
+    return tid is not None and tid != tokenizer.unk_token_id
+
+
+def _weights_error(model_id: str, exc: BaseException) -> str:
+    path = Path(str(model_id))
+    files = sorted(p.name for p in path.glob("*.safetensors")) if path.is_dir() else []
+    what = f"{type(exc).__name__}: {exc}"
+    if files and ("header" in str(exc).lower() or "safetensor" in what.lower() or "deserializ" in what.lower()):
+        return (
+            f"cannot read the weights of {model_id} ({', '.join(files)}): {what}; the file looks corrupt "
+            "or truncated, re-download or re-save it"
+        )
+    return f"cannot load the weights of {model_id}: {what}"

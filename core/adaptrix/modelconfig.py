@@ -1,0 +1,231 @@
+"""Read a model's ``config.json`` (or GGUF metadata) without importing torch.
+
+Also the small, family-neutral facts plugins need from a config: is it a causal
+LM, how long is its context, does it need remote code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelConfigError, NotACausalLMError
+
+#: Architecture suffixes of models that generate text token by token.
+GENERATIVE_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+#: Suffixes of heads that do not generate text.
+NON_GENERATIVE_SUFFIXES = (
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMaskedLM",
+    "ForPreTraining",
+    "ForNextSentencePrediction",
+    "ForMultipleChoice",
+    "ForImageClassification",
+    "ForRewardModel",
+    "WithProjection",
+    "Model",
+)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(
+            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "fix or re-download the file"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def is_gguf(model_id: str) -> bool:
+    return str(model_id).lower().endswith(".gguf")
+
+
+def looks_local(model_id: str) -> bool:
+    """True when ``model_id`` names something on disk rather than a Hub repo."""
+    p = Path(os.path.expanduser(str(model_id)))
+    return p.exists() or str(model_id).startswith((".", "/", "~")) or is_gguf(model_id)
+
+
+def load_config(model_id: str, revision: str | None = None) -> tuple[dict[str, Any], str]:
+    """Return ``(config, source)`` for a Hub id, a local folder, a config.json or a .gguf file.
+
+    Raises :class:`ModelConfigError` naming the path when it cannot be read.
+    Hub ids go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``).
+    """
+    model_id = str(model_id)
+    path = Path(os.path.expanduser(model_id))
+    if is_gguf(model_id):
+        if not path.is_file():
+            raise ModelConfigError(f"GGUF file {path} does not exist")
+        return gguf_config(path), str(path)
+    if path.is_file():
+        return _read_json(path), str(path)
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if ggufs:
+                return gguf_config(ggufs[0]), str(ggufs[0])
+            raise ModelConfigError(
+                f"model folder {path} has no config.json; point adaptrix at a folder saved with "
+                "save_pretrained() (config.json + weights), a config.json file or a .gguf file"
+            )
+        return _read_json(cfg), str(cfg)
+    if looks_local(model_id):
+        raise ModelConfigError(f"model path {path} does not exist")
+    return _hub_config(model_id, revision)
+
+
+def _hub_config(repo_id: str, revision: str | None) -> tuple[dict[str, Any], str]:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:  # pragma: no cover - dependency of the core
+        raise ModelConfigError("huggingface_hub is required to read Hub models") from exc
+    try:
+        local = hf_hub_download(repo_id, "config.json", revision=revision)
+    except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        hint = (
+            "HF_HUB_OFFLINE is set and the file is not in the local cache; download it once online"
+            if offline
+            else "check the repo id, your network and, for gated models, `huggingface-cli login`"
+        )
+        raise ModelConfigError(
+            f"cannot fetch config.json of {repo_id!r} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {exc}); {hint}"
+        ) from exc
+    return _read_json(Path(local)), local
+
+
+#: GGUF ``general.architecture`` values whose transformers ``model_type`` differs.
+_GGUF_ARCH_TO_MODEL_TYPE = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gemma3": "gemma3_text"}
+
+
+def gguf_config(path: Path) -> dict[str, Any]:
+    """A minimal config dict from a GGUF file's metadata (reads the header only)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:
+        raise ModelConfigError(
+            f"reading {path} needs the 'gguf' package: pip install 'adaptrix[gguf]'"
+        ) from exc
+    try:
+        reader = GGUFReader(str(path), "r")
+    except Exception as exc:
+        raise ModelConfigError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+
+    def field(name: str):
+        f = reader.fields.get(name)
+        if f is None:
+            return None
+        try:
+            return f.contents()
+        except Exception:
+            return None
+
+    arch = field("general.architecture")
+    if not arch:
+        raise ModelConfigError(f"{path} has no general.architecture field; is it a model GGUF?")
+    model_type = _GGUF_ARCH_TO_MODEL_TYPE.get(arch, arch)
+    cfg: dict[str, Any] = {"model_type": model_type, "gguf_architecture": arch, "gguf_file": str(path)}
+    ctx = field(f"{arch}.context_length")
+    if ctx:
+        cfg["max_position_embeddings"] = int(ctx)
+    name = field("general.name")
+    if name:
+        cfg["_name_or_path"] = name
+    return cfg
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    tc = config.get("text_config")
+    return tc if isinstance(tc, dict) else {}
+
+
+def context_length(config: dict[str, Any] | None) -> int | None:
+    """The model's context window in tokens, from its own config (or ``None``)."""
+    if not config:
+        return None
+    for source in (config, _text_config(config)):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+            value = source.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def architectures(config: dict[str, Any] | None) -> list[str]:
+    if not config:
+        return []
+    archs = config.get("architectures") or []
+    return [a for a in archs if isinstance(a, str)]
+
+
+def is_non_generative_head(config: dict[str, Any] | None) -> bool:
+    """True when every declared architecture is an encoder or a non-text head.
+
+    Family plugins use it to refuse e.g. a ``LlamaForSequenceClassification``
+    reward model even though its ``model_type`` is theirs.
+    """
+    archs = architectures(config)
+    return bool(archs) and all(a.endswith(NON_GENERATIVE_SUFFIXES) for a in archs)
+
+
+def is_causal_lm(config: dict[str, Any] | None) -> bool | None:
+    """True for a text-only causal LM, False otherwise, None when unsure.
+
+    Decided from ``architectures``: ``...ForCausalLM`` / ``...LMHeadModel``.
+    Multimodal ``...ForConditionalGeneration`` models count as False here; a
+    family plugin that knows how to load one as a text model claims it by
+    ``model_type`` instead. A config without architectures (a GGUF header) is
+    taken as generative.
+    """
+    if not config:
+        return None
+    archs = architectures(config)
+    if not archs:
+        return True if config.get("gguf_architecture") else None
+    if any(a.endswith(GENERATIVE_SUFFIXES) for a in archs):
+        return True
+    return False
+
+
+def require_causal_lm(config: dict[str, Any] | None, source: str | None) -> None:
+    """Raise :class:`NotACausalLMError` naming the file and the architectures."""
+    if is_causal_lm(config) is False:
+        raise NotACausalLMError(not_causal_lm_message(config, source))
+
+
+def not_causal_lm_message(config: dict[str, Any] | None, source: str | None) -> str:
+    archs = architectures(config)
+    kind = (
+        "a multimodal model with no text-only causal LM class"
+        if any(a.endswith("ForConditionalGeneration") for a in archs)
+        else "not a causal language model (an encoder or a classification/reward head)"
+    )
+    return (
+        f"{source or 'config'}: architectures {archs} (model_type {(config or {}).get('model_type')!r}) is "
+        f"{kind}; adaptrix runs text generators whose architecture ends in "
+        f"{' or '.join(GENERATIVE_SUFFIXES)}"
+    )
+
+
+def needs_remote_code(config: dict[str, Any] | None) -> bool:
+    """True when the config points at custom modelling code (``auto_map``)."""
+    return bool(config and isinstance(config.get("auto_map"), dict) and config["auto_map"])
+
+
+def model_type(config: dict[str, Any] | None) -> str | None:
+    return (config or {}).get("model_type")

@@ -1,0 +1,54 @@
+"""adaptrix family plugin for DeepSeek-V2 and V3 (multi-head latent attention).
+
+MLA replaces q/k/v with low-rank projections: ``q_a_proj``/``q_b_proj`` (or
+``q_proj`` when ``q_lora_rank`` is null), ``kv_a_proj_with_mqa`` and
+``kv_b_proj``. Routed experts are fused 3-D parameters in transformers 5; the
+dense layers and shared experts keep gate/up/down Linear layers.
+"""
+
+from __future__ import annotations
+
+from adaptrix import hookimpl
+from adaptrix.family import GATED_MLP, claims, text_config
+from adaptrix.modelconfig import context_length
+from adaptrix.types import GenerationConfig
+
+FAMILY = "deepseek"
+MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+
+
+@hookimpl
+def families():
+    return [FAMILY]
+
+
+@hookimpl
+def detect_family(model_id, config):
+    return FAMILY if claims(model_id, config, MODEL_TYPES, ("deepseek-v2", "deepseek-v3")) else None
+
+
+@hookimpl
+def default_generation_config(family, config):
+    if family != FAMILY:
+        return None
+    # DeepSeek's usage recommendations: temperature 0.6, top_p 0.95.
+    return GenerationConfig(max_new_tokens=1024, temperature=0.6, top_p=0.95, context_length=context_length(config))
+
+
+@hookimpl
+def target_modules(family, config):
+    if family != FAMILY:
+        return None
+    tc = text_config(config)
+    query = ["q_a_proj", "q_b_proj"] if tc.get("q_lora_rank") else ["q_proj"]
+    mlp = GATED_MLP if (tc.get("first_k_dense_replace") or tc.get("n_shared_experts")) else []
+    return query + ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"] + mlp
+
+
+@hookimpl
+def load_model(family, model_id, options):
+    if family != FAMILY:
+        return None
+    from adaptrix.loading import load_causal_lm
+
+    return load_causal_lm(family, model_id, options)

@@ -1,0 +1,54 @@
+"""adaptrix family plugin for Microsoft Phi: phi-1/1.5/2, Phi-3/3.5/4-mini and PhiMoE.
+
+Phi-2 names its projections ``q_proj, k_proj, v_proj, dense, fc1, fc2``;
+Phi-3 fuses them into ``qkv_proj`` and ``gate_up_proj``.
+"""
+
+from __future__ import annotations
+
+from adaptrix import hookimpl
+from adaptrix.family import ATTENTION, claims
+from adaptrix.modelconfig import context_length
+from adaptrix.types import GenerationConfig
+
+FAMILY = "phi"
+MODEL_TYPES = ("phi", "phi3", "phimoe")
+
+
+@hookimpl
+def families():
+    return [FAMILY]
+
+
+@hookimpl
+def detect_family(model_id, config):
+    return FAMILY if claims(model_id, config, MODEL_TYPES, ("phi-", "/phi")) else None
+
+
+@hookimpl
+def default_generation_config(family, config):
+    if family != FAMILY:
+        return None
+    return GenerationConfig(max_new_tokens=512, temperature=0.7, top_p=0.85, context_length=context_length(config))
+
+
+@hookimpl
+def target_modules(family, config):
+    if family != FAMILY:
+        return None
+    model_type = (config or {}).get("model_type")
+    if model_type == "phi":
+        return ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+    if model_type == "phimoe":
+        return list(ATTENTION)  # experts are fused 3-D parameters in transformers 5
+    return ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+@hookimpl
+def load_model(family, model_id, options):
+    if family != FAMILY:
+        return None
+    from adaptrix.loading import load_causal_lm
+
+    # Phi-3 chat turns end with <|end|>, which is not the tokenizer's EOS.
+    return load_causal_lm(family, model_id, options, end_of_turn_tokens=("<|end|>",))
