@@ -1,0 +1,1 @@
+"""LoRA adapters: read, validate, load, switch, compose and batch them."""

@@ -1,0 +1,117 @@
+"""Tiny random models of every family's real architecture, saved to disk.
+
+Each is built from ``AutoConfig.for_model(model_type, ...)`` with small sizes
+and saved with ``save_pretrained`` together with a small byte-level BPE
+tokenizer (with a ChatML chat template), so tests go through the real
+``from_pretrained`` path. A few hundred thousand parameters at most.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "What is machine learning? Machine learning is a field of computer science.",
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "def add(a, b): return a + b  # Python code",
+    "What is 25 times 8? 25 times 8 is 200. Compute 47 + 38 = 85.",
+    "My name is Alice. Hello, how are you today? I am fine, thank you.",
+    "user assistant system 0 1 2 3 4 5 6 7 8 9 the a an of to in and is it",
+] * 4
+
+SMALL = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+#: model_type -> extra config keys that make a small, valid instance.
+ARCH_EXTRAS: dict[str, dict] = {
+    "qwen2": {},
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=32),
+    "qwen3": dict(head_dim=8),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8),
+    "phi": {},
+    "phi3": {},
+    "phimoe": dict(num_local_experts=4, num_experts_per_tok=2),
+    "llama": {},
+    "mistral": {},
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "gemma": dict(head_dim=8),
+    "gemma2": dict(head_dim=8),
+    "gemma3_text": dict(head_dim=8),
+    "deepseek_v3": dict(
+        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, q_lora_rank=16, kv_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, head_dim=8, first_k_dense_replace=1, n_group=1,
+        topk_group=1, n_shared_experts=1, num_key_value_heads=4,
+    ),
+    "stablelm": {},
+}
+
+#: model_type -> the family a person expects adaptrix to report.
+EXPECTED_FAMILY = {
+    "qwen2": "qwen", "qwen2_moe": "qwen", "qwen3": "qwen", "qwen3_moe": "qwen",
+    "phi": "phi", "phi3": "phi", "phimoe": "phi",
+    "llama": "llama", "mistral": "mistral", "mixtral": "mistral",
+    "gemma": "gemma", "gemma2": "gemma", "gemma3_text": "gemma",
+    "deepseek_v3": "deepseek", "stablelm": "generic",
+}
+
+
+def build_tokenizer():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS, vocab_size=400, min_frequency=1, special_tokens=SPECIALS, show_progress=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+    )
+    tok.chat_template = CHATML
+    return tok
+
+
+def build_tiny_model(model_type: str, folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random ``model_type`` model plus tokenizer into ``folder``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    tok = build_tokenizer()
+    vocab = len(tok)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    pad = tok.convert_tokens_to_ids("<|endoftext|>")
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab,
+        bos_token_id=pad,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        tie_word_embeddings=False,
+        **{**SMALL, **ARCH_EXTRAS[model_type]},
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    # Random init at std 0.02 makes every logit nearly equal; widen it so greedy
+    # decoding is decisive and comparisons against an oracle are meaningful.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.2)
+    model.generation_config.pad_token_id = pad
+    model.generation_config.eos_token_id = eos
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
