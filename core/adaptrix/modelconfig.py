@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -114,39 +115,80 @@ _GGUF_ARCH_TO_MODEL_TYPE = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "g
 
 
 def gguf_config(path: Path) -> dict[str, Any]:
-    """A minimal config dict from a GGUF file's metadata (reads the header only)."""
+    """A minimal config dict from a GGUF file's metadata (reads the key/value header only)."""
     try:
-        from gguf import GGUFReader
-    except ImportError as exc:
-        raise ModelConfigError(
-            f"reading {path} needs the 'gguf' package: pip install 'adaptrix[gguf]'"
-        ) from exc
-    try:
-        reader = GGUFReader(str(path), "r")
-    except Exception as exc:
+        meta = read_gguf_metadata(path, wanted=("general.architecture", "general.name"), suffix=".context_length")
+    except (OSError, ValueError, struct.error) as exc:
         raise ModelConfigError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
-
-    def field(name: str):
-        f = reader.fields.get(name)
-        if f is None:
-            return None
-        try:
-            return f.contents()
-        except Exception:
-            return None
-
-    arch = field("general.architecture")
+    arch = meta.get("general.architecture")
     if not arch:
         raise ModelConfigError(f"{path} has no general.architecture field; is it a model GGUF?")
     model_type = _GGUF_ARCH_TO_MODEL_TYPE.get(arch, arch)
     cfg: dict[str, Any] = {"model_type": model_type, "gguf_architecture": arch, "gguf_file": str(path)}
-    ctx = field(f"{arch}.context_length")
-    if ctx:
-        cfg["max_position_embeddings"] = int(ctx)
-    name = field("general.name")
-    if name:
-        cfg["_name_or_path"] = name
+    ctx = meta.get(f"{arch}.context_length")
+    if isinstance(ctx, int) and ctx > 0:
+        cfg["max_position_embeddings"] = ctx
+    if meta.get("general.name"):
+        cfg["_name_or_path"] = meta["general.name"]
     return cfg
+
+
+# GGUF value types: struct format of the scalar ones; 8 = string, 9 = array.
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def read_gguf_metadata(path: Path, wanted: tuple[str, ...] = (), suffix: str | None = None) -> dict[str, Any]:
+    """Scalar and string metadata of a GGUF file, without numpy or reading tensors.
+
+    Only keys in ``wanted`` or ending in ``suffix`` are kept (all when both are
+    empty); arrays (the tokenizer vocabulary) are skipped over, not decoded.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError("missing GGUF magic bytes")
+        (version,) = struct.unpack("<I", f.read(4))
+        if version < 2:
+            raise ValueError(f"GGUF version {version} is too old (need 2 or later)")
+        _tensors, kv_count = struct.unpack("<QQ", f.read(16))
+
+        def read_exact(n: int) -> bytes:
+            data = f.read(n)
+            if len(data) != n:
+                raise ValueError("file ends inside the metadata header (truncated?)")
+            return data
+
+        def read_string() -> str:
+            (n,) = struct.unpack("<Q", read_exact(8))
+            if n > 1 << 24:
+                raise ValueError(f"implausible string length {n}")
+            return read_exact(n).decode("utf-8", errors="replace")
+
+        def read_value(vtype: int):
+            if vtype in _GGUF_SCALARS:
+                fmt = _GGUF_SCALARS[vtype]
+                return struct.unpack(fmt, read_exact(struct.calcsize(fmt)))[0]
+            if vtype == 8:
+                return read_string()
+            if vtype == 9:
+                (itype,) = struct.unpack("<I", read_exact(4))
+                (count,) = struct.unpack("<Q", read_exact(8))
+                if itype in _GGUF_SCALARS:
+                    f.seek(struct.calcsize(_GGUF_SCALARS[itype]) * count, 1)
+                else:
+                    for _ in range(count):
+                        read_value(itype)
+                return None
+            raise ValueError(f"unknown GGUF value type {vtype}")
+
+        meta: dict[str, Any] = {}
+        for _ in range(kv_count):
+            key = read_string()
+            (vtype,) = struct.unpack("<I", read_exact(4))
+            keep = (not wanted and not suffix) or key in wanted or (suffix is not None and key.endswith(suffix))
+            value = read_value(vtype)
+            if keep and value is not None:
+                meta[key] = value
+        return meta
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:

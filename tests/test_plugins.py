@@ -1,0 +1,203 @@
+"""Plugin discovery, validation, blocking, conflicts and failure isolation."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import pytest
+
+from adaptrix import hookimpl
+from adaptrix.errors import PluginConfigError, PluginError, PluginUnavailableError
+from adaptrix.plugins import PluginHost, PluginWarning
+from support.fake_dist import entry_points_under, make_dist
+
+FAMILY_PLUGIN = """
+from adaptrix import hookimpl
+
+@hookimpl
+def families():
+    return ["{family}"]
+
+@hookimpl
+def detect_family(model_id, config):
+    return "{family}" if (config or {{}}).get("model_type") == "{model_type}" else None
+
+@hookimpl
+def target_modules(family, config):
+    return {targets!r} if family == "{family}" else None
+"""
+
+
+def plugin_source(family="toy", model_type="toy", targets=("q_proj",)):
+    return FAMILY_PLUGIN.format(family=family, model_type=model_type, targets=list(targets))
+
+
+@pytest.fixture
+def dists(tmp_path, monkeypatch):
+    """Build fake installed distributions under one sys.path entry."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    created_modules = []
+
+    def add(name, entry_points, modules=None):
+        make_dist(root, name, entry_points, modules)
+        created_modules.extend(modules or {})
+        return root
+
+    yield add
+    for mod in created_modules:
+        sys.modules.pop(mod, None)
+
+
+def load(root, environ=None, strict=False):
+    host = PluginHost(environ=environ or {}, strict=strict)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        host.load_entry_points(entry_points_under(root))
+    return host, [w for w in caught if issubclass(w.category, PluginWarning)]
+
+
+def test_entry_point_plugin_is_discovered_with_its_distribution(dists):
+    root = dists("adaptrix-toy", {"toy": "toy_plugin"}, {"toy_plugin": plugin_source()})
+    host, warned = load(root)
+    rec = host.record("toy")
+    assert (rec.status, rec.distribution, rec.version, rec.entry_point) == ("ok", "adaptrix-toy", "1.0.0", "toy_plugin")
+    assert rec.families == ("toy",)
+    assert set(rec.hooks) == {"families", "detect_family", "target_modules"}
+    assert host.families() == {"toy": "toy"}
+    assert host.call_first("detect_family", model_id="x", config={"model_type": "toy"}) == ("toy", "toy")
+    assert not warned
+
+
+def test_import_error_is_recorded_and_other_plugins_still_load(dists):
+    dists("adaptrix-broken", {"broken": "broken_plugin"}, {"broken_plugin": "import does_not_exist_anywhere\n"})
+    root = dists("adaptrix-toy", {"toy": "toy_plugin"}, {"toy_plugin": plugin_source()})
+    host, warned = load(root)
+    broken = host.record("broken")
+    assert broken.status == "failed"
+    assert "ModuleNotFoundError" in broken.error and "does_not_exist_anywhere" in broken.error
+    assert host.record("toy").status == "ok"
+    assert len(warned) == 1
+    message = str(warned[0].message)
+    assert "broken" in message and "adaptrix-broken" in message and "1.0.0" in message
+    assert "does_not_exist_anywhere" in message
+
+
+def test_hookimpl_with_wrong_arguments_fails_validation(dists):
+    bad = "from adaptrix import hookimpl\n\n@hookimpl\ndef detect_family(model, cfg, extra):\n    return None\n"
+    root = dists("adaptrix-bad", {"bad": "bad_args_plugin"}, {"bad_args_plugin": bad})
+    host, _ = load(root)
+    rec = host.record("bad")
+    assert rec.status == "failed"
+    assert "detect_family" in rec.error and "extra" in rec.error
+    assert host.pm.get_plugin("bad") is None  # nothing of it stays registered
+
+
+def test_hookimpl_for_an_unknown_hook_fails_validation(dists):
+    typo = "from adaptrix import hookimpl\n\n@hookimpl\ndef detect_famly(model_id, config):\n    return 'x'\n"
+    root = dists("adaptrix-typo", {"typo": "typo_plugin"}, {"typo_plugin": typo})
+    host, _ = load(root)
+    rec = host.record("typo")
+    assert rec.status == "failed"
+    assert "unknown hook 'detect_famly'" in rec.error and "detect_family" in rec.error
+    assert host.pm.get_plugin("typo") is None
+
+
+def test_families_hook_returning_garbage_fails_validation(dists):
+    src = "from adaptrix import hookimpl\n\n@hookimpl\ndef families():\n    return 'qwen'\n"
+    root = dists("adaptrix-odd", {"odd": "odd_plugin"}, {"odd_plugin": src})
+    host, _ = load(root)
+    assert host.record("odd").status == "failed"
+    assert "families() must return a list" in host.record("odd").error
+
+
+def test_strict_mode_raises_with_the_original_error(dists):
+    root = dists("adaptrix-broken", {"broken": "broken_plugin2"}, {"broken_plugin2": "raise RuntimeError('boom')\n"})
+    with pytest.raises(PluginError, match="broken.*boom") as info:
+        load(root, strict=True)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    host = PluginHost(environ={"ADAPTRIX_STRICT_PLUGINS": "1"})
+    assert host.strict
+
+
+def test_disable_blocks_and_load_only_disables(dists):
+    dists("adaptrix-a", {"a": "a_plugin"}, {"a_plugin": plugin_source("fa", "ta")})
+    root = dists("adaptrix-b", {"b": "b_plugin"}, {"b_plugin": plugin_source("fb", "tb")})
+    host, _ = load(root, {"ADAPTRIX_DISABLE_PLUGINS": "a"})
+    assert host.record("a").status == "blocked" and host.record("b").status == "ok"
+    assert "a_plugin" not in sys.modules  # a blocked plugin is never imported
+    host, _ = load(root, {"ADAPTRIX_LOAD_PLUGINS": "a"})
+    assert host.record("a").status == "ok" and host.record("b").status == "disabled"
+    host, _ = load(root, {"ADAPTRIX_LOAD_PLUGINS": ""})
+    assert {r.status for r in host.records()} == {"disabled"}
+    assert host.families() == {}
+
+
+@pytest.mark.parametrize("var", ["ADAPTRIX_DISABLE_PLUGINS", "ADAPTRIX_LOAD_PLUGINS"])
+def test_unknown_plugin_name_in_environment_is_an_error(dists, var):
+    root = dists("adaptrix-a", {"a": "a_plugin3"}, {"a_plugin3": plugin_source()})
+    with pytest.raises(PluginConfigError, match=rf"{var} names unknown plugin\(s\) nope; installed plugins are: a"):
+        load(root, {var: "a,nope"})
+
+
+def test_two_plugins_claiming_one_family_is_a_reported_conflict_with_a_fixed_winner(dists):
+    dists("adaptrix-zeta", {"zeta": "zeta_plugin"}, {"zeta_plugin": plugin_source("same", "m", ["z_proj"])})
+    root = dists("adaptrix-alpha", {"alpha": "alpha_plugin"}, {"alpha_plugin": plugin_source("same", "m", ["a_proj"])})
+    host, _ = load(root)
+    assert host.owner("same") == "alpha"
+    assert host.call_family("target_modules", "same", config={}) == (["a_proj"], "alpha")
+    for name in ("alpha", "zeta"):
+        assert any("'alpha' wins" in c for c in host.record(name).conflicts)
+    # Blocking the winner hands the family to the other plugin.
+    host, _ = load(root, {"ADAPTRIX_DISABLE_PLUGINS": "alpha"})
+    assert host.call_family("target_modules", "same", config={}) == (["z_proj"], "zeta")
+    assert host.record("zeta").conflicts == ()
+
+
+def test_asking_for_a_family_whose_plugin_failed_carries_the_failure(dists):
+    root = dists("adaptrix-qwenish", {"qwenish": "qwenish_plugin"}, {"qwenish_plugin": "raise ImportError('no qwen here')\n"})
+    host, _ = load(root)
+    with pytest.raises(PluginUnavailableError, match="qwenish.*failed.*no qwen here") as info:
+        host.owner("qwenish")
+    assert isinstance(info.value.original, ImportError)
+    with pytest.raises(PluginUnavailableError, match="no installed plugin provides family 'nothing'"):
+        host.owner("nothing")
+
+
+def test_plugin_object_registered_by_hand_without_installing():
+    class Toy:
+        @hookimpl
+        def families(self):
+            return ["handmade"]
+
+        @hookimpl
+        def target_modules(self, family, config):
+            return ["w"] if family == "handmade" else None
+
+    host = PluginHost(environ={})
+    rec = host.register(Toy(), "handmade")
+    assert rec.status == "ok"
+    assert host.call_family("target_modules", "handmade", config=None) == (["w"], "handmade")
+
+
+def test_exception_inside_a_hook_names_plugin_and_hook():
+    class Exploding:
+        @hookimpl
+        def detect_family(self, model_id, config):
+            raise ZeroDivisionError("bad maths")
+
+    host = PluginHost(environ={})
+    host.register(Exploding(), "exploding")
+    with pytest.raises(PluginError, match="plugin 'exploding' raised in hook detect_family: ZeroDivisionError: bad maths"):
+        host.call_first("detect_family", model_id="m", config={})
+
+
+def test_installed_family_plugins_all_load_cleanly():
+    host = PluginHost(environ={}, strict=True)
+    host.load_entry_points()
+    families = host.families()
+    for family in ("qwen", "phi", "llama", "mistral", "gemma", "deepseek", "generic"):
+        assert families[family] == family
+    assert all(r.status == "ok" for r in host.records())
