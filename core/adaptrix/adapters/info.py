@@ -1,0 +1,266 @@
+"""What an adapter folder holds, read without loading a single tensor.
+
+``adapter_config.json`` gives the PEFT settings; the safetensors header (an
+8-byte little-endian length, then that many bytes of JSON) gives every
+tensor's name, dtype and shape; ``adaptrix.json`` (optional) gives a
+description, a task type and tags.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import AdapterFormatError, AdapterNotFoundError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILE = "adapter_model.bin"
+META_FILE = "adaptrix.json"
+
+_DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}
+
+
+@attrs.frozen
+class TensorSpec:
+    """One tensor as the file header describes it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...] = attrs.field(converter=tuple)
+
+
+@attrs.frozen
+class AdapterInfo:
+    """An adapter as read from disk (config + safetensors header + adaptrix.json)."""
+
+    name: str
+    path: str
+    peft_type: str | None
+    rank: int | None
+    alpha: float | None
+    target_modules: tuple[str, ...] | str | None
+    modules_to_save: tuple[str, ...]
+    base_model: str | None
+    base_family: str | None
+    #: ``None`` when the folder holds no weights file (config only).
+    tensor_count: int | None
+    tensor_bytes: int | None
+    #: ``safetensors``, ``pickle`` (adapter_model.bin) or ``None`` (no weights).
+    weights_format: str | None
+    weights_file: str | None
+    description: str | None = None
+    task_type: str | None = None
+    tags: tuple[str, ...] = ()
+    #: adaptrix.json as read (empty when absent).
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    #: adapter_config.json as read.
+    config: dict[str, Any] = attrs.field(factory=dict, repr=False)
+    #: Tensor specs from the header (empty for config-only or pickle folders).
+    tensors: tuple[TensorSpec, ...] = attrs.field(default=(), repr=False)
+    #: How ``base_family`` was decided: ``config`` (base config.json read) or ``id`` (name only).
+    family_source: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = attrs.asdict(self, recurse=False, filter=lambda a, v: a.name not in ("config", "tensors"))
+        if isinstance(d["target_modules"], tuple):
+            d["target_modules"] = list(d["target_modules"])
+        d["modules_to_save"] = list(d["modules_to_save"])
+        d["tags"] = list(d["tags"])
+        d["tensors"] = "absent" if self.tensor_count is None else self.tensor_count
+        return d
+
+    @property
+    def targets_text(self) -> str:
+        t = self.target_modules
+        if t is None:
+            return "-"
+        return t if isinstance(t, str) else ", ".join(t)
+
+
+def read_json_object(path: Path, adapter: str) -> dict[str, Any]:
+    """Parse a JSON object file, raising :class:`AdapterFormatError` naming adapter and file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AdapterFormatError(f"adapter {adapter!r}: cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AdapterFormatError(
+            f"adapter {adapter!r}: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "fix the file or re-save the adapter with save_pretrained()"
+        ) from exc
+    if not isinstance(data, dict):
+        raise AdapterFormatError(f"adapter {adapter!r}: {path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_safetensors_header(path: Path, adapter: str = "?") -> tuple[list[TensorSpec], dict[str, str], int]:
+    """Return ``(tensors, __metadata__, data bytes)`` from a safetensors file's header only.
+
+    Raises :class:`AdapterFormatError` for a short, truncated or garbled file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise AdapterFormatError(
+                    f"adapter {adapter!r}: {path} is {size} bytes, too short to be a safetensors file "
+                    "(needs an 8-byte header length); re-save or re-download it"
+                )
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise AdapterFormatError(
+                    f"adapter {adapter!r}: {path} declares a {n}-byte header but the file has {size - 8} bytes "
+                    "after the length; the file is truncated or not safetensors, re-save or re-download it"
+                )
+            raw = fh.read(n)
+    except OSError as exc:
+        raise AdapterFormatError(f"adapter {adapter!r}: cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterFormatError(
+            f"adapter {adapter!r}: {path} has an unreadable safetensors header ({exc}); re-save or re-download it"
+        ) from exc
+    meta = header.pop("__metadata__", None) or {}
+    tensors, end = [], 0
+    for name, entry in header.items():
+        try:
+            dtype, shape, (start, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AdapterFormatError(
+                f"adapter {adapter!r}: {path}: header entry for tensor {name!r} is malformed ({entry!r})"
+            ) from exc
+        tensors.append(TensorSpec(name, dtype, tuple(int(s) for s in shape)))
+        end = max(end, int(stop))
+    available = size - 8 - n
+    if end > available:
+        raise AdapterFormatError(
+            f"adapter {adapter!r}: {path} is truncated: its header places tensor data up to byte {end} but "
+            f"only {available} bytes follow the header; re-save or re-download the adapter"
+        )
+    return tensors, meta, end
+
+
+def base_family(base_model: str | None) -> tuple[str | None, str | None]:
+    """Family of the adapter's base model through the ``detect_family`` hook.
+
+    Uses the base model's config.json when it is on disk (a local folder or the
+    Hugging Face cache; never the network), else the id alone.
+    Returns ``(family, "config" | "id")`` or ``(None, None)``.
+    """
+    if not base_model:
+        return None, None
+    from ..plugins import get_host
+
+    config = _local_config(base_model)
+    try:
+        family, _ = get_host().call_first("detect_family", model_id=base_model, config=config)
+    except Exception:
+        family = None
+    if family is None and config is not None:
+        try:
+            family, _ = get_host().call_first("detect_family", model_id=base_model, config=None)
+            return family, ("id" if family else None)
+        except Exception:
+            return None, None
+    return family, (("config" if config is not None else "id") if family else None)
+
+
+def _local_config(model_id: str) -> dict[str, Any] | None:
+    path = Path(model_id).expanduser()
+    try:
+        if path.is_dir() and (path / "config.json").is_file():
+            return json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if path.is_absolute() or model_id.startswith((".", "~")):
+            return None
+        if model_id.count("/") > 1:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(model_id, "config.json")
+        if isinstance(hit, str):
+            return json.loads(Path(hit).read_text(encoding="utf-8"))
+    except Exception:
+        return None
+    return None
+
+
+def read_adapter_info(path: str | Path, name: str | None = None) -> AdapterInfo:
+    """Read an adapter folder (no tensors loaded). ``name`` defaults to the folder name."""
+    path = Path(path).expanduser()
+    name = name or path.name
+    if not path.is_dir():
+        raise AdapterNotFoundError(f"adapter {name!r}: {path} is not a folder")
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        present = ", ".join(sorted(p.name for p in path.iterdir())) or "(empty)"
+        raise AdapterFormatError(
+            f"adapter {name!r}: {path} has no {CONFIG_FILE} (found: {present}); an adapter is a folder "
+            "saved with PeftModel.save_pretrained()"
+        )
+    cfg = read_json_object(cfg_path, name)
+    meta: dict[str, Any] = {}
+    if (path / META_FILE).is_file():
+        meta = read_json_object(path / META_FILE, name)
+    tensors: list[TensorSpec] = []
+    weights_format = weights_file = None
+    count = nbytes = None
+    st = path / WEIGHTS_FILE
+    if st.is_file():
+        tensors, _, nbytes = read_safetensors_header(st, name)
+        count, weights_format, weights_file = len(tensors), "safetensors", str(st)
+    elif (path / PICKLE_FILE).is_file():
+        weights_format, weights_file = "pickle", str(path / PICKLE_FILE)
+        nbytes = (path / PICKLE_FILE).stat().st_size
+    targets = cfg.get("target_modules")
+    if isinstance(targets, (list, tuple, set)):
+        targets = tuple(sorted(str(t) for t in targets))
+    base = cfg.get("base_model_name_or_path")
+    family, source = base_family(base)
+    tags = meta.get("tags") or ()
+    return AdapterInfo(
+        name=name,
+        path=str(path),
+        peft_type=cfg.get("peft_type"),
+        rank=cfg.get("r"),
+        alpha=cfg.get("lora_alpha"),
+        target_modules=targets,
+        modules_to_save=tuple(cfg.get("modules_to_save") or ()),
+        base_model=base,
+        base_family=family,
+        tensor_count=count,
+        tensor_bytes=nbytes,
+        weights_format=weights_format,
+        weights_file=weights_file,
+        description=meta.get("description"),
+        task_type=meta.get("task_type"),
+        tags=tuple(tags) if isinstance(tags, (list, tuple)) else (str(tags),),
+        metadata=meta,
+        config=cfg,
+        tensors=tuple(tensors),
+        family_source=source,
+    )
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

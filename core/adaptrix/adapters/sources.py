@@ -1,0 +1,75 @@
+"""Find an adapter: a name in ``adapters_dir``, a local folder, or a Hub id."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import AdapterNotFoundError
+from .info import CONFIG_FILE
+
+
+def available_adapters(adapters_dir: str | Path | None) -> dict[str, Path]:
+    """Adapter folders directly under ``adapters_dir`` (those holding adapter_config.json), by name."""
+    if not adapters_dir:
+        return {}
+    root = Path(adapters_dir).expanduser()
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / CONFIG_FILE).is_file()}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_adapter(name_or_path: str | Path, adapters_dir: str | Path | None = None) -> tuple[str, Path]:
+    """Return ``(name, folder)``.
+
+    Order: a folder named so under ``adapters_dir``; an existing local path;
+    a Hub repo id (``owner/name``) through ``huggingface_hub.snapshot_download``,
+    which uses its cache and honours ``HF_HUB_OFFLINE``.
+    """
+    text = str(name_or_path)
+    if adapters_dir:
+        candidate = Path(adapters_dir).expanduser() / text
+        if candidate.is_dir():
+            return candidate.name, candidate
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise AdapterNotFoundError(
+                f"adapter {text!r}: {path} is a file; pass the adapter folder (holding {CONFIG_FILE})"
+            )
+        return path.resolve().name, path
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return _from_hub(text, adapters_dir)
+    known = ", ".join(available_adapters(adapters_dir)) or "(none)"
+    raise AdapterNotFoundError(
+        f"adapter {text!r} not found: no folder {text!r} in adapters_dir {str(adapters_dir)!r} "
+        f"(available: {known}) and no such local path; pass a folder path or a Hub id like owner/name"
+    )
+
+
+def _from_hub(repo_id: str, adapters_dir) -> tuple[str, Path]:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - dependency of the core
+        raise AdapterNotFoundError(f"adapter {repo_id!r}: huggingface_hub is needed for Hub adapters") from exc
+    try:
+        local = snapshot_download(
+            repo_id,
+            allow_patterns=[CONFIG_FILE, "adapter_model.safetensors", "adapter_model.bin", "adaptrix.json", "*.md"],
+        )
+    except Exception as exc:
+        hint = (
+            "HF_HUB_OFFLINE is set and the adapter is not in the local Hugging Face cache; download it once online"
+            if _offline()
+            else "check the repo id, your network and, for private repos, `huggingface-cli login`"
+        )
+        known = ", ".join(available_adapters(adapters_dir)) or "(none)"
+        raise AdapterNotFoundError(
+            f"adapter {repo_id!r}: not in adapters_dir {str(adapters_dir)!r} (available: {known}), not a local "
+            f"path, and the Hub download failed ({type(exc).__name__}: {exc}); {hint}"
+        ) from exc
+    return repo_id.split("/")[-1], Path(local)
