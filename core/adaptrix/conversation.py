@@ -1,0 +1,181 @@
+"""Chat formatting, history trimming and named conversations.
+
+- Formatting uses the tokenizer's own chat template (``apply_chat_template``)
+  with the family's template kwargs (Qwen3 ``enable_thinking``) merged with
+  the call's. A tokenizer without a template gets :data:`PLAIN_FORMAT`, a plain
+  ``User:/Assistant:`` transcript; ``"\\nUser:"`` then acts as a stop string.
+- A template that raises on a system message is a :class:`ChatTemplateError`
+  naming the model and saying to drop ``system=``.
+- History is trimmed oldest turn first until the prompt fits in
+  ``context_length - max_new_tokens``; the current message is never cut, and a
+  current message that alone does not fit is a :class:`ContextOverflowError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .errors import ChatTemplateError, ContextOverflowError
+
+DEFAULT_CONVERSATION = "default"
+#: Stop string added automatically when the plain fallback format is used.
+PLAIN_STOP = "\nUser:"
+
+
+@attrs.define
+class Conversation:
+    """A named, mutable history of ``{"role", "content"}`` turns (system prompt kept apart)."""
+
+    name: str = DEFAULT_CONVERSATION
+    system: str | None = None
+    messages: list[dict[str, str]] = attrs.field(factory=list)
+
+    def add_turn(self, user: str, assistant: str) -> None:
+        self.messages.append({"role": "user", "content": user})
+        self.messages.append({"role": "assistant", "content": assistant})
+
+    def turns(self) -> list[list[dict[str, str]]]:
+        """History grouped into turns (a user message and the replies that follow it)."""
+        groups: list[list[dict[str, str]]] = []
+        for m in self.messages:
+            if m["role"] == "user" or not groups:
+                groups.append([])
+            groups[-1].append(m)
+        return groups
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.system = None
+
+
+@attrs.frozen
+class Prompt:
+    """A formatted prompt ready for the model."""
+
+    text: str
+    input_ids: tuple[int, ...]
+    messages: tuple[dict[str, str], ...]
+    trimmed_turns: int
+    templated: bool
+    #: Stop strings the format itself needs (the plain fallback's ``"\\nUser:"``).
+    stops: tuple[str, ...] = ()
+
+
+def has_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def plain_format(messages: list[dict[str, str]]) -> str:
+    """The fallback transcript for tokenizers without a chat template."""
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    lines = [f"{names.get(m['role'], m['role'].title())}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def render(tokenizer, messages: list[dict[str, str]], template_kwargs: dict[str, Any], model_name: str) -> str:
+    """The prompt text for ``messages`` (ending with the assistant's turn opening)."""
+    if not has_template(tokenizer):
+        return plain_format(messages)
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **template_kwargs
+        )
+    except Exception as exc:  # jinja2 TemplateError from raise_exception(), or a bad template
+        detail = f"{type(exc).__name__}: {exc}"
+        if any(m["role"] == "system" for m in messages):
+            raise ChatTemplateError(
+                f"the chat template of {model_name} refuses a system message ({detail}); drop system= "
+                "(or put the instructions in the prompt itself)"
+            ) from exc
+        raise ChatTemplateError(f"the chat template of {model_name} failed on this conversation ({detail})") from exc
+
+
+def tokenize(tokenizer, text: str, templated: bool) -> list[int]:
+    # Templates already write BOS and the special tokens; the plain format needs the tokenizer's own.
+    return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+
+def build_prompt(
+    tokenizer,
+    prompt: str,
+    *,
+    history: list[list[dict[str, str]]] = (),
+    system: str | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+    budget: int | None = None,
+    model_name: str = "this model",
+    max_new_tokens: int = 0,
+    context_length: int | None = None,
+) -> Prompt:
+    """Format ``history + prompt``, dropping the oldest turns until it fits in ``budget`` tokens."""
+    templated = has_template(tokenizer)
+    kwargs = dict(template_kwargs or {})
+    head = [{"role": "system", "content": system}] if system else []
+    current = [{"role": "user", "content": prompt}]
+    turns = list(history)
+
+    def attempt(dropped: int):
+        messages = head + [m for t in turns[dropped:] for m in t] + current
+        text = render(tokenizer, messages, kwargs, model_name)
+        ids = tokenize(tokenizer, text, templated)
+        prompt_obj = Prompt(
+            text=text,
+            input_ids=tuple(ids),
+            messages=tuple(messages),
+            trimmed_turns=dropped,
+            templated=templated,
+            stops=() if templated else (PLAIN_STOP,),
+        )
+        return prompt_obj, budget is None or len(ids) <= budget
+
+    full, fits = attempt(0)
+    if fits:
+        return full
+    bare, fits = attempt(len(turns))
+    if not fits:
+        what = "the prompt (with the system prompt)" if system else "the prompt"
+        raise ContextOverflowError(
+            f"{what} is {len(bare.input_ids)} tokens after formatting; the context of {model_name} is "
+            f"{context_length} tokens and max_new_tokens={max_new_tokens} leaves room for {budget}: "
+            "shorten the prompt or lower max_new_tokens"
+        )
+    # Fewest oldest turns to drop: more dropped turns never make the prompt longer, so bisect.
+    lo, hi, best = 1, len(turns), bare
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate, fits = attempt(mid)
+        if fits:
+            hi, best = mid, candidate
+        else:
+            lo = mid + 1
+    if best.trimmed_turns != lo:
+        best, _ = attempt(lo)
+    return best
+
+
+class ConversationStore:
+    """Several named conversations at once."""
+
+    def __init__(self):
+        self._conversations: dict[str, Conversation] = {}
+
+    def get(self, name: str | None = None) -> Conversation:
+        name = name or DEFAULT_CONVERSATION
+        if name not in self._conversations:
+            self._conversations[name] = Conversation(name=name)
+        return self._conversations[name]
+
+    def reset(self, name: str | None = None) -> None:
+        """Forget one conversation, or all of them when ``name`` is None."""
+        if name is None:
+            self._conversations.clear()
+        else:
+            self._conversations.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(n for n, c in self._conversations.items() if c.messages)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._conversations

@@ -1,0 +1,376 @@
+"""Runtime generation helpers: settings, transformers kwargs, stop strings, streaming, hidden spans.
+
+Resolution order of a setting, highest first (see ``adaptrix.generation_defaults``):
+
+1. the explicit argument of the call (``temperature=0.3``),
+2. the task preset (``task_type="code"``; or the active adapter's declared task),
+3. the family default (the plugin's ``default_generation_config`` hook),
+4. the global default (:data:`adaptrix.generation_defaults.GLOBAL_DEFAULTS`).
+
+``temperature == 0`` means greedy decoding (``do_sample=False``, no sampling
+parameters passed). Returned text goes through one pipeline, in this order:
+hidden spans removed (``<think>...</think>``, unless ``show_thinking``), cut at
+the first stop string (the stop string itself is not returned), leading and
+trailing whitespace trimmed. Streaming runs the very same pipeline piece by
+piece, so the concatenated stream equals the generated text.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterable, Sequence
+
+import attrs
+
+from . import generation_defaults
+from .errors import GenerationError
+from .types import GenerationConfig
+
+#: Per-call keyword arguments that are sampling settings.
+SETTING_NAMES = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed")
+
+
+@attrs.frozen
+class GenerationResult:
+    """What one generation produced (``Engine.generate_detailed``)."""
+
+    text: str
+    #: Generated token ids as the model produced them (EOS included when it ended the turn).
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    #: ``"eos"``, ``"stop"`` (a stop string), ``"length"`` (max_new_tokens) or ``"cancelled"``.
+    finish_reason: str
+    settings: GenerationConfig
+    #: History turns dropped to fit the context window.
+    trimmed_turns: int = 0
+    raw_text: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": len(self.token_ids),
+            "trimmed_turns": self.trimmed_turns,
+            "settings": self.settings.as_dict(),
+        }
+
+
+# -- settings -----------------------------------------------------------------
+
+
+def _number(name: str, value, kind=float):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GenerationError(f"{name} must be a number, got {value!r}")
+    if kind is int:
+        if int(value) != value:
+            raise GenerationError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def explicit_settings(
+    *,
+    max_new_tokens=None,
+    max_length=None,
+    temperature=None,
+    top_p=None,
+    top_k=None,
+    repetition_penalty=None,
+    stop=None,
+    seed=None,
+) -> GenerationConfig:
+    """The caller's explicit settings as a config layer; bad values raise :class:`GenerationError`.
+
+    ``max_length`` is the seed API's name for ``max_new_tokens`` (new tokens, not
+    prompt + new tokens).
+    """
+    max_new_tokens = _number("max_new_tokens", max_new_tokens, int)
+    max_length = _number("max_length", max_length, int)
+    if max_length is not None:
+        if max_new_tokens is not None and max_new_tokens != max_length:
+            raise GenerationError(
+                f"max_length={max_length} and max_new_tokens={max_new_tokens} disagree; max_length is the "
+                "older name of max_new_tokens (new tokens), pass only one"
+            )
+        max_new_tokens = max_length
+    if max_new_tokens is not None and max_new_tokens <= 0:
+        raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens}")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and not isinstance(stop, (list, tuple)):
+        raise GenerationError(f"stop must be a string or a list of strings, got {stop!r}")
+    cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=_number("temperature", temperature),
+        top_p=_number("top_p", top_p),
+        top_k=_number("top_k", top_k, int),
+        repetition_penalty=_number("repetition_penalty", repetition_penalty),
+        stop=stop,
+        seed=_number("seed", seed, int),
+    )
+    generation_defaults.check(cfg)
+    return cfg
+
+
+def resolve_settings(
+    explicit: GenerationConfig, task_type: str | None, family: GenerationConfig | None
+) -> GenerationConfig:
+    """explicit > task preset > family > global, validated."""
+    return generation_defaults.resolve(explicit, task_type, family)
+
+
+def is_greedy(cfg: GenerationConfig) -> bool:
+    return not cfg.temperature  # 0 or None
+
+
+def transformers_kwargs(cfg: GenerationConfig) -> dict[str, Any]:
+    """Keyword arguments for ``model.generate`` from a resolved config.
+
+    Greedy (temperature 0): ``do_sample=False`` and no sampling parameters, but
+    sampling values left in the model's own generation_config are reset to
+    their neutral values so transformers does not warn about them.
+    """
+    kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens}
+    if is_greedy(cfg):
+        kw.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=50)
+    else:
+        kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p if cfg.top_p is not None else 1.0)
+        kw["top_k"] = cfg.top_k if cfg.top_k is not None else 0
+    rp = cfg.repetition_penalty
+    kw["repetition_penalty"] = rp if rp is not None else 1.0
+    return kw
+
+
+# -- text pipeline --------------------------------------------------------------
+
+
+def _partial_suffix(text: str, needles: Iterable[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a needle."""
+    best = 0
+    for needle in needles:
+        for k in range(min(len(needle) - 1, len(text)), best, -1):
+            if text.endswith(needle[:k]):
+                best = k
+                break
+    return best
+
+
+class SpanHider:
+    """Remove ``open ... close`` spans from text fed piece by piece.
+
+    An unclosed span hides everything after its opening tag (a thought cut
+    off by ``max_new_tokens`` is not an answer).
+    """
+
+    def __init__(self, spans: Sequence[tuple[str, str]]):
+        self.spans = tuple(spans)
+        self.buf = ""
+        self.close: str | None = None
+
+    def feed(self, text: str) -> str:
+        self.buf += text
+        out = []
+        while True:
+            if self.close is None:
+                hits = [(self.buf.find(o), o, c) for o, c in self.spans if o in self.buf]
+                if not hits:
+                    keep = _partial_suffix(self.buf, [o for o, _ in self.spans])
+                    out.append(self.buf[: len(self.buf) - keep])
+                    self.buf = self.buf[len(self.buf) - keep :]
+                    return "".join(out)
+                idx, opening, closing = min(hits)
+                out.append(self.buf[:idx])
+                self.buf = self.buf[idx + len(opening) :]
+                self.close = closing
+            else:
+                idx = self.buf.find(self.close)
+                if idx < 0:
+                    keep = _partial_suffix(self.buf, [self.close])
+                    self.buf = self.buf[len(self.buf) - keep :]
+                    return "".join(out)
+                self.buf = self.buf[idx + len(self.close) :]
+                self.close = None
+
+    def flush(self) -> str:
+        out = self.buf if self.close is None else ""
+        self.buf = ""
+        return out
+
+
+class StopCutter:
+    """Pass text through until the first stop string; never emit the stop string."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.buf = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.buf += text
+        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.buf = self.buf[: min(hits)], ""
+            return out
+        keep = _partial_suffix(self.buf, self.stops)
+        out, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = ("" if self.stopped else self.buf), ""
+        return out
+
+
+class WhitespaceTrimmer:
+    """Strip leading and trailing whitespace of a text fed piece by piece."""
+
+    def __init__(self):
+        self.started = False
+        self.pending = ""
+
+    def feed(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.started = True
+        text = self.pending + text
+        core = text.rstrip()
+        self.pending = text[len(core) :]
+        return core
+
+    def flush(self) -> str:
+        self.pending = ""
+        return ""
+
+
+class TextPipeline:
+    """Hidden spans -> stop strings -> whitespace trim, incrementally."""
+
+    def __init__(self, spans: Sequence[tuple[str, str]] = (), stops: Sequence[str] = ()):
+        self.stages: list = []
+        if spans:
+            self.stages.append(SpanHider(spans))
+        self.cutter = StopCutter(stops) if stops else None
+        if self.cutter:
+            self.stages.append(self.cutter)
+        self.stages.append(WhitespaceTrimmer())
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.cutter and self.cutter.stopped)
+
+    def feed(self, text: str) -> str:
+        for stage in self.stages:
+            text = stage.feed(text)
+        return text
+
+    def flush(self) -> str:
+        out = ""
+        for i, stage in enumerate(self.stages):
+            # what an earlier stage releases on flush still runs through the later ones
+            out = stage.feed(out) if out else ""
+            out += stage.flush()
+        return out
+
+    def run(self, text: str) -> str:
+        return self.feed(text) + self.flush()
+
+
+def hide_spans(text: str, spans: Sequence[tuple[str, str]]) -> str:
+    """``text`` without its hidden spans (non-incremental form of :class:`SpanHider`)."""
+    if not spans:
+        return text
+    h = SpanHider(spans)
+    return h.feed(text) + h.flush()
+
+
+def visible_text(text: str, spans: Sequence[tuple[str, str]], stops: Sequence[str] = ()) -> str:
+    return TextPipeline(spans, stops).run(text)
+
+
+# -- decoding and transformers glue -------------------------------------------------
+
+
+class IncrementalDecoder:
+    """Turn a growing list of token ids into text deltas (holding back split UTF-8)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def add(self, ids: Iterable[int]) -> str:
+        self.ids.extend(int(i) for i in ids)
+        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if full.endswith("\ufffd"):
+            return ""  # a multi-byte character is not complete yet
+        return self._advance(full)
+
+    def finish(self) -> str:
+        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _advance(self, full: str) -> str:
+        if full.startswith(self.text):
+            delta = full[len(self.text) :]
+        else:  # the tokenizer rewrote earlier text (rare); emit only what is new
+            common = 0
+            for a, b in zip(self.text, full):
+                if a != b:
+                    break
+                common += 1
+            delta = full[max(common, len(self.text)) :] if len(full) > len(self.text) else ""
+        self.text = full
+        return delta
+
+
+def stopping_criteria(tokenizer, prompt_len: int, spans, stops: Sequence[str], cancel: threading.Event | None):
+    """A transformers StoppingCriteria stopping a row once its visible text holds a stop string."""
+    import torch
+    from transformers import StoppingCriteria
+
+    stops = tuple(stops)
+    longest = max((len(s) for s in stops), default=0)
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if cancel is not None and cancel.is_set():
+                return done | True
+            if not stops:
+                return done
+            for row in range(input_ids.shape[0]):
+                text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
+                text = hide_spans(text, spans)
+                # only the tail can hold a stop string that just completed
+                tail = text[-(longest + 64) :] if not spans else text
+                if any(s in tail for s in stops):
+                    done[row] = True
+            return done
+
+    return _Stop()
+
+
+class QueueStreamer:
+    """A transformers streamer that hands new token ids to another thread."""
+
+    END = object()
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self._skipped_prompt = False
+
+    def put(self, value):
+        if not self._skipped_prompt:
+            self._skipped_prompt = True  # generate() first puts the prompt ids
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self):
+        self.queue.put(self.END)

@@ -1,0 +1,230 @@
+"""Convert a ``.gguf`` file once into a cached safetensors model folder.
+
+transformers can load a GGUF file directly, but it dequantizes every tensor
+and rebuilds the tokenizer from GGUF metadata on every load (about 30 s for
+SmolLM2-135M on two CPU cores). adaptrix does that once, saves the result with
+``save_pretrained`` (safetensors) and loads the folder afterwards (< 2 s).
+
+Layout, under :func:`cache_root` (``$ADAPTRIX_CACHE``, else
+``$XDG_CACHE_HOME/adaptrix``, else ``~/.cache/adaptrix``)::
+
+    gguf/index.json            {"<abs path>|<size>|<mtime_ns>": "<sha256>"}
+    gguf/<sha256>/             config.json, model.safetensors, tokenizer files,
+                               adaptrix-gguf.json (written last: "complete")
+
+The folder is keyed by the file's SHA-256, so a renamed or copied file reuses
+it. Hashing 100 MB costs a fraction of a second but is skipped anyway: the
+index maps (path, size, mtime) to the hash. A conversion is written into a
+temporary sibling folder and renamed into place, so a crash or Ctrl-C never
+leaves a half-written folder that a later load would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import attrs
+
+from .errors import ModelConfigError, ModelLoadError
+
+MARKER = "adaptrix-gguf.json"
+INDEX = "index.json"
+FORMAT_VERSION = 1
+
+#: ``converter(gguf_path, out_dir, progress)`` writes a complete model folder into ``out_dir``.
+Converter = Callable[[Path, Path, "object"], None]
+
+
+@attrs.frozen
+class CachedGGUF:
+    """Where a GGUF file's converted folder lives, and whether this call converted it."""
+
+    gguf_path: Path
+    folder: Path
+    sha256: str
+    converted: bool
+    seconds: float
+
+
+def cache_root() -> Path:
+    """The adaptrix cache directory (not created here)."""
+    env = os.environ.get("ADAPTRIX_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "adaptrix"
+
+
+def gguf_root() -> Path:
+    return cache_root() / "gguf"
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _read_index(root: Path) -> dict[str, str]:
+    try:
+        data = json.loads((root / INDEX).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged index: it is only a shortcut, rebuild it
+
+
+def _write_index(root: Path, index: dict[str, str]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".index-", dir=root)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(index, fh, indent=1, sort_keys=True)
+    os.replace(tmp, root / INDEX)
+
+
+def file_sha256(path: Path, progress: bool = True) -> str:
+    """SHA-256 of a file, with a byte progress bar for large files."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    bar = _bar(total=size, desc=f"hashing {path.name}", unit="B", unit_scale=True, disable=not progress or size < 2**26)
+    with open(path, "rb") as fh, bar:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
+
+
+def _bar(**kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return meta.get("format") == FORMAT_VERSION and (folder / "config.json").is_file()
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail early, naming the file, when it is missing or not a GGUF file."""
+    if not path.is_file():
+        raise ModelConfigError(f"GGUF file {path} does not exist")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); the file is corrupt or "
+            "truncated: re-download it"
+        )
+
+
+def cached_folder(gguf_path: str | os.PathLike, *, progress: bool = True, converter: Converter | None = None) -> CachedGGUF:
+    """Return the converted folder of ``gguf_path``, converting it first if needed."""
+    start = time.perf_counter()
+    path = Path(gguf_path).expanduser()
+    check_gguf_file(path)
+    root = gguf_root()
+    index = _read_index(root)
+    key = _stat_key(path)
+    digest = index.get(key)
+    if digest is None or not is_complete(root / digest):
+        digest = digest or file_sha256(path, progress)
+        if index.get(key) != digest:
+            index = _read_index(root)  # another process may have added entries meanwhile
+            index[key] = digest
+            _write_index(root, index)
+    folder = root / digest
+    if is_complete(folder):
+        return CachedGGUF(path, folder, digest, False, time.perf_counter() - start)
+    _convert_atomically(path, folder, digest, progress, converter or convert_with_transformers)
+    return CachedGGUF(path, folder, digest, True, time.perf_counter() - start)
+
+
+def _convert_atomically(path: Path, folder: Path, digest: str, progress: bool, converter: Converter) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=folder.parent))
+    try:
+        converter(path, tmp, progress)
+        meta = {
+            "format": FORMAT_VERSION,
+            "source": str(path.resolve()),
+            "sha256": digest,
+            "size": path.stat().st_size,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (tmp / MARKER).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        if folder.exists():  # an incomplete leftover (or a concurrent conversion that won)
+            if is_complete(folder):
+                return
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not is_complete(folder):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert_with_transformers(path: Path, out_dir: Path, progress: bool = True) -> None:
+    """Dequantize ``path`` with transformers and save model + tokenizer into ``out_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    steps = _bar(total=3, desc=f"converting {path.name} (once)", unit="step", disable=not progress)
+    with steps:
+        steps.set_postfix_str("tokenizer")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot build a tokenizer from {path} ({type(exc).__name__}: {exc}); the GGUF file is corrupt, "
+                "truncated or of an architecture transformers cannot read: re-download it or use a safetensors folder"
+            ) from exc
+        steps.update(1)
+        steps.set_postfix_str("weights")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot read the weights of {path} ({type(exc).__name__}: {exc}); the GGUF file is corrupt, "
+                "truncated or uses a quantization transformers cannot dequantize: re-download it"
+            ) from exc
+        steps.update(1)
+        steps.set_postfix_str("saving safetensors")
+        _drop_gguf_quantizer(model)
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(out_dir))
+        steps.update(1)
+
+
+def _drop_gguf_quantizer(model) -> None:
+    """Make a dequantized GGUF model an ordinary one, so ``save_pretrained`` writes plain safetensors.
+
+    Without GGUF matmul kernels transformers dequantizes every weight at load
+    time but keeps its GGUF quantizer attached, which refuses to serialize.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if getattr(quantizer, "packed_modules", None):
+        raise ModelLoadError(
+            "transformers kept this GGUF model's weights packed (GGUF kernels are installed); adaptrix caches "
+            "dense weights: uninstall the 'kernels' package or load a safetensors folder"
+        )
+    model.hf_quantizer = None
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        if cfg is not None and hasattr(cfg, "quantization_config"):
+            try:
+                delattr(cfg, "quantization_config")
+            except AttributeError:
+                pass
