@@ -201,3 +201,35 @@ def test_installed_family_plugins_all_load_cleanly():
     for family in ("qwen", "phi", "llama", "mistral", "gemma", "deepseek", "generic"):
         assert families[family] == family
     assert all(r.status == "ok" for r in host.records())
+
+
+def test_families_hook_answers_for_every_installed_plugin():
+    host = PluginHost(environ={}, strict=True)
+    host.load_entry_points()
+    answers = sorted(f for fams in host.pm.hook.families() for f in fams)
+    assert answers == ["deepseek", "gemma", "generic", "llama", "mistral", "phi", "qwen"]
+
+
+#: family -> (max_new_tokens, temperature, top_p) its plugin recommends.
+FAMILY_DEFAULTS = {
+    "qwen": (1024, 0.7, 0.9),
+    "phi": (512, 0.7, 0.85),
+    "llama": (512, 0.6, 0.9),
+    "mistral": (512, 0.7, 0.95),
+    "gemma": (512, 1.0, 0.95),
+    "deepseek": (1024, 0.6, 0.95),
+    "generic": (None, None, None),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_DEFAULTS))
+def test_default_generation_config_per_family_reads_context_from_config(family):
+    host = PluginHost(environ={}, strict=True)
+    host.load_entry_points()
+    cfg, plugin = host.call_family("default_generation_config", family, config={"max_position_embeddings": 4321})
+    assert plugin == family
+    assert (cfg.max_new_tokens, cfg.temperature, cfg.top_p) == FAMILY_DEFAULTS[family]
+    assert cfg.context_length == 4321
+    # Another family's plugin never answers for this one.
+    other = "qwen" if family != "qwen" else "phi"
+    assert host.call_family("default_generation_config", other, config={})[1] == other

@@ -1,0 +1,44 @@
+"""Every hook is documented in the plugin guide and exercised by a test."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from adaptrix import hookspecs
+
+REPO = Path(__file__).resolve().parents[1]
+GUIDE = (REPO / "docs" / "writing-a-plugin.md").read_text()
+HOOKS = sorted(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "adaptrix_spec"))
+
+
+def test_there_are_hooks():
+    assert {"detect_family", "load_model", "default_generation_config", "target_modules", "families"} <= set(HOOKS)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_is_documented_in_the_guide_with_its_arguments(hook):
+    params = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+    heading = re.search(rf"^### `{hook}\(([^)]*)\)", GUIDE, re.M)
+    assert heading, f"docs/writing-a-plugin.md has no '### `{hook}(...)`' section"
+    assert [p.strip() for p in heading.group(1).split(",") if p.strip()] == params
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hookspec_has_docstring_and_types(hook):
+    fn = getattr(hookspecs, hook)
+    assert fn.__doc__ and "Return" in fn.__doc__
+    assert "return" in fn.__annotations__
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_is_exercised_by_a_test(hook):
+    uses = [
+        p.name
+        for p in (REPO / "tests").glob("test_*.py")
+        if p.name != "test_docs.py" and re.search(rf"""((call_first|call_family)\(\s*["']{hook}["']|\.hook\.{hook}\()""", p.read_text())
+    ]
+    assert uses, f"no test calls hook {hook!r} through the plugin host"
