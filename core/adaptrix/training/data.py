@@ -1,0 +1,178 @@
+"""Training data: JSONL loading, validation, chat formatting and answer-only labels.
+
+Each line is one JSON object, either chat turns::
+
+    {"messages": [{"role": "user", "content": "What is 25 times 8?"},
+                  {"role": "assistant", "content": "The answer is 200."}]}
+
+or a prompt/completion pair (``{"prompt": "...", "completion": "..."}``, read
+as one user turn and one assistant turn). The loss covers only the last
+assistant message (and the end-of-turn text the chat template puts after it);
+everything before it, system prompt included, is labelled ``-100``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import TrainingError
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant", "tool")
+#: Used when the tokenizer has no chat template.
+PLAIN_TEMPLATE = {"system": "{}\n\n", "user": "User: {}\n", "assistant": "Assistant: {}\n"}
+
+
+@attrs.frozen
+class Sample:
+    """One validated training example: chat turns ending in the assistant's answer."""
+
+    messages: tuple[tuple[str, str], ...]
+    line: int
+
+    def as_messages(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+@attrs.frozen
+class Encoded:
+    """Token ids of one sample and its labels (``-100`` outside the answer)."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    line: int
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_jsonl(path: str | Path) -> list[Sample]:
+    """Read and validate a JSONL file; raise :class:`TrainingError` naming the line at fault."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TrainingError(f"training data {path} does not exist; pass --data FILE.jsonl") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"cannot read training data {path}: {exc}; it must be UTF-8 JSONL") from exc
+    samples = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise TrainingError(
+                f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                "each line must be one JSON object"
+            ) from None
+        samples.append(_parse(obj, path, number))
+    if not samples:
+        raise TrainingError(
+            f"{path} has no training samples (the file is empty); add one JSON object per line with "
+            '"messages" or "prompt"/"completion"'
+        )
+    return samples
+
+
+def _parse(obj: Any, path: Path, line: int) -> Sample:
+    where = f"{path}:{line}"
+    if not isinstance(obj, dict):
+        raise TrainingError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise TrainingError(f"{where}: field 'messages' must be a non-empty list of turns, got {msgs!r:.80}")
+        turns = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise TrainingError(
+                    f"{where}: messages[{i}] must be an object with 'role' and 'content', got {m!r:.80}"
+                )
+            role, content = m["role"], m["content"]
+            if role not in ROLES:
+                raise TrainingError(f"{where}: messages[{i}].role is {role!r}; use one of {', '.join(ROLES)}")
+            if not isinstance(content, str):
+                raise TrainingError(f"{where}: messages[{i}].content must be a string, got {content!r:.80}")
+            turns.append((role, content))
+        if turns[-1][0] != "assistant" or not turns[-1][1].strip():
+            raise TrainingError(
+                f"{where}: the last message must be a non-empty 'assistant' turn (the answer the loss is on), "
+                f"found role {turns[-1][0]!r}"
+            )
+        if len(turns) < 2:
+            raise TrainingError(f"{where}: 'messages' needs at least one turn before the assistant's answer")
+        return Sample(tuple(turns), line)
+    missing = [k for k in ("prompt", "completion") if k not in obj]
+    if missing:
+        raise TrainingError(
+            f"{where}: missing field {' and '.join(repr(m) for m in missing)}; each line needs "
+            f'"messages" (chat turns) or both "prompt" and "completion" (found keys: {sorted(obj)})'
+        )
+    for key in ("prompt", "completion"):
+        if not isinstance(obj[key], str) or not obj[key].strip():
+            raise TrainingError(f"{where}: field {key!r} must be a non-empty string, got {obj[key]!r:.80}")
+    return Sample((("user", obj["prompt"]), ("assistant", obj["completion"])), line)
+
+
+def render(tokenizer, sample: Sample, chat_template_kwargs: dict | None = None) -> tuple[str, str]:
+    """Return ``(prompt text, answer text)``: the chat template applied, split before the answer."""
+    messages = sample.as_messages()
+    if getattr(tokenizer, "chat_template", None):
+        kw = dict(chat_template_kwargs or {})
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True, **kw)
+        full = tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+        if full.startswith(prompt):
+            return prompt, full[len(prompt):]
+        # Templates that render the last turn differently: answer + end-of-turn token.
+        return prompt, messages[-1]["content"] + (tokenizer.eos_token or "")
+    prompt = "".join(PLAIN_TEMPLATE[r].format(c) for r, c in sample.messages[:-1]) + "Assistant: "
+    return prompt, sample.messages[-1][1] + (tokenizer.eos_token or "\n")
+
+
+def encode(tokenizer, sample: Sample, max_length: int | None, source: str = "data",
+           chat_template_kwargs: dict | None = None) -> Encoded:
+    """Tokenize one sample; labels are ``-100`` on every prompt token."""
+    prompt, answer = render(tokenizer, sample, chat_template_kwargs)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not a_ids:
+        raise TrainingError(f"{source}:{sample.line}: the answer tokenizes to nothing; give a non-empty answer")
+    total = len(p_ids) + len(a_ids)
+    if max_length is not None and total > max_length:
+        raise TrainingError(
+            f"{source}:{sample.line}: sample is {total} tokens, longer than the context of {max_length} "
+            "tokens; shorten it or drop the line (or pass a larger --max-length if the model allows it)"
+        )
+    return Encoded(tuple(p_ids + a_ids), tuple([IGNORE_INDEX] * len(p_ids) + a_ids), sample.line)
+
+
+def encode_all(tokenizer, samples: list[Sample], max_length: int | None, source: str = "data",
+               chat_template_kwargs: dict | None = None) -> list[Encoded]:
+    return [encode(tokenizer, s, max_length, source, chat_template_kwargs) for s in samples]
+
+
+def collate(batch: list[Encoded], pad_id: int):
+    """Right-pad a batch into ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

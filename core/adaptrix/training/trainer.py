@@ -1,0 +1,385 @@
+"""The LoRA training loop: load through the family plugin, train, checkpoint, save.
+
+The saved adapter is a plain PEFT folder (``adapter_config.json`` +
+``adapter_model.safetensors``) plus ``adaptrix.json`` describing the run.
+``output/checkpoint/`` holds the adapter, optimizer, step and RNG state so an
+interrupted run continues with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import TrainingError
+
+#: Hub id recorded as ``base_model_name_or_path`` for the embedded default model.
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+CHECKPOINT = "checkpoint"
+STATE_FILE = "trainer_state.pt"
+
+
+def _opt_tuple(value):
+    return None if value is None else tuple(value)
+
+
+@attrs.frozen
+class TrainConfig:
+    """Everything a run needs. ``model=None`` trains on the embedded default model."""
+
+    data: str = attrs.field(converter=str)
+    output: str = attrs.field(converter=str)
+    model: str | None = None
+    rank: int = 8
+    #: LoRA alpha; ``None`` means ``2 * rank``.
+    alpha: float | None = None
+    dropout: float = 0.0
+    #: LoRA target leaf names; ``None`` asks the family plugin's ``target_modules`` hook.
+    targets: tuple[str, ...] | None = attrs.field(default=None, converter=_opt_tuple)
+    epochs: int = 1
+    lr: float = 1e-3
+    #: Stop after this many optimizer steps (overrides ``epochs``).
+    max_steps: int | None = None
+    batch_size: int = 16
+    seed: int = 0
+    resume: bool = False
+    save_every: int = 50
+    #: Longest sample allowed, in tokens; ``None`` means the model's context length.
+    max_length: int | None = None
+    #: Warm-up steps; ``None`` means 5% of the run (at least 1, at most 20).
+    warmup_steps: int | None = None
+    description: str = ""
+    task_type: str = "general"
+    device: str = "cpu"
+    threads: int | None = None
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def lora_alpha(self) -> float:
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+
+
+@attrs.frozen
+class TrainResult:
+    """What a finished run produced."""
+
+    output: Path
+    family: str
+    base_model: str
+    targets: tuple[str, ...]
+    steps: int
+    first_loss: float
+    final_loss: float
+    losses: tuple[float, ...]
+    seconds: float
+    seconds_per_step: float
+    resumed_from: int | None = None
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    checks = [
+        ("rank", cfg.rank, isinstance(cfg.rank, int) and cfg.rank > 0),
+        ("epochs", cfg.epochs, isinstance(cfg.epochs, int) and cfg.epochs > 0),
+        ("batch_size", cfg.batch_size, isinstance(cfg.batch_size, int) and cfg.batch_size > 0),
+        ("lr", cfg.lr, cfg.lr > 0),
+        ("max_steps", cfg.max_steps, cfg.max_steps is None or cfg.max_steps > 0),
+        ("save_every", cfg.save_every, cfg.save_every > 0),
+        ("dropout", cfg.dropout, 0 <= cfg.dropout < 1),
+    ]
+    for name, value, ok in checks:
+        if not ok:
+            raise TrainingError(f"option {name}={value!r} is invalid; it must be positive (dropout in [0, 1))")
+
+
+def _model_source(model: str | None) -> tuple[str, str]:
+    """``(path or id to load, id recorded as base_model_name_or_path)``."""
+    from ..default_model import default_model_path
+
+    if model is None:
+        return str(default_model_path()), DEFAULT_MODEL_ID
+    try:
+        if Path(model).resolve() == default_model_path().resolve():
+            return model, DEFAULT_MODEL_ID
+    except Exception:
+        pass
+    return model, model
+
+
+def load_for_training(model_id: str, cfg: TrainConfig):
+    """Detect the family and load model + tokenizer through its plugin (float32)."""
+    from ..detection import detect
+    from ..modelconfig import is_gguf
+    from ..plugins import get_host
+    from ..types import LoadOptions
+
+    detection = detect(model_id)
+    folder, gguf_file = model_id, None
+    if is_gguf(model_id):
+        folder, gguf_file = str(Path(model_id).parent), Path(model_id).name
+    options = LoadOptions(
+        device=cfg.device, dtype="float32", trust_remote_code=cfg.trust_remote_code, gguf_file=gguf_file
+    )
+    loaded, _ = get_host().call_family("load_model", detection.family, model_id=folder, options=options)
+    if loaded is None:
+        raise TrainingError(f"the {detection.family!r} plugin did not load {model_id}")
+    return detection, loaded
+
+
+def resolve_targets(model, family: str, config: dict | None, asked: tuple[str, ...] | None) -> list[str]:
+    """Targets asked for, else the family plugin's hook; ``all-linear`` expanded to leaf names."""
+    from ..errors import AdapterError
+    from ..plugins import get_host
+    from ..targets import resolve_target_modules
+
+    targets = list(asked) if asked else None
+    if targets is None:
+        targets, _ = get_host().call_family("target_modules", family, config=config)
+        if not targets:
+            raise TrainingError(f"the {family!r} plugin names no LoRA target modules; pass --targets NAME ...")
+    try:
+        return resolve_target_modules(model, targets)
+    except AdapterError as exc:
+        raise TrainingError(f"--targets: {exc}") from exc
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    per_epoch = math.ceil(n / batch_size)
+    epoch, index = divmod(step, per_epoch)
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order[index * batch_size:(index + 1) * batch_size]
+
+
+def _strip_quantizer(model) -> None:
+    """A GGUF-loaded model is dequantized float32; drop the marker so PEFT treats it as plain."""
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if hasattr(model, "quantization_method"):
+            model.quantization_method = None
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train a LoRA adapter as ``cfg`` says and save it to ``cfg.output``."""
+    import torch
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    from .data import collate, encode_all, file_sha256, load_jsonl
+
+    _check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    output = Path(cfg.output)
+    ckpt = output / CHECKPOINT
+    samples = load_jsonl(cfg.data)
+    data_sha = file_sha256(cfg.data)
+    state = None
+    if (ckpt / STATE_FILE).is_file():
+        if not cfg.resume:
+            raise TrainingError(
+                f"{ckpt} holds a checkpoint of an earlier run; pass --resume to continue it, "
+                f"or delete {ckpt} (or choose another --output) to start over"
+            )
+        state = torch.load(ckpt / STATE_FILE, weights_only=False)
+        _check_resume(state, cfg, data_sha, ckpt)
+    elif cfg.resume:
+        print(f"adaptrix train: no checkpoint in {ckpt}; starting from step 0")
+
+    model_id, base_id = _model_source(cfg.model)
+    detection, loaded = load_for_training(model_id, cfg)
+    tokenizer, model = loaded.tokenizer, loaded.model
+    max_length = cfg.max_length or detection.context_length
+    encoded = encode_all(tokenizer, samples, max_length, cfg.data, loaded.chat_template_kwargs)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    targets = resolve_targets(model, detection.family, loaded.config, cfg.targets)
+    if state is not None and sorted(state["targets"]) != sorted(targets):
+        raise TrainingError(
+            f"{ckpt}: checkpoint targets {state['targets']} differ from this run's {targets}; "
+            "resume with the same --targets or start over"
+        )
+    _strip_quantizer(model)
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.lora_alpha(), lora_dropout=cfg.dropout, target_modules=targets,
+        bias="none", task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    model.peft_config["default"].base_model_name_or_path = base_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+
+    per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(20, max(1, total // 20))
+    start, losses, elapsed = 0, [], 0.0
+    if state is not None:
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses, elapsed = state["step"], list(state["losses"]), state["seconds"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        if start >= total:
+            print(f"adaptrix train: checkpoint is at step {start}, the run has {total} steps; nothing to train")
+
+    model.train()
+    began = time.monotonic()
+    bar = tqdm(total=total, initial=start, desc=f"train {output.name}", unit="step", disable=not cfg.progress,
+               dynamic_ncols=True)
+    for step in range(start, total):
+        batch = collate([encoded[i] for i in _batch_indices(step, len(encoded), cfg.batch_size, cfg.seed)], pad_id)
+        lr = lr_at(step, total, cfg.lr, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower --lr (now {cfg.lr})")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.item()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        done = step + 1
+        if done % 10 == 0 or done == total:
+            bar.write(f"step {done}/{total} loss {losses[-1]:.4f} avg10 {_tail_mean(losses):.4f} lr {lr:.2e}")
+        if done % cfg.save_every == 0 and done < total:
+            _save_checkpoint(model, optimizer, ckpt, done, total, losses, elapsed + time.monotonic() - began,
+                             data_sha, targets, cfg)
+    bar.close()
+    seconds = elapsed + time.monotonic() - began
+    model.eval()
+    _save_checkpoint(model, optimizer, ckpt, max(start, total), total, losses, seconds, data_sha, targets, cfg)
+    run_steps = max(1, total - start)
+    result = TrainResult(
+        output=output,
+        family=detection.family,
+        base_model=base_id,
+        targets=tuple(targets),
+        steps=len(losses),
+        first_loss=losses[0] if losses else float("nan"),
+        final_loss=_tail_mean(losses),
+        losses=tuple(losses),
+        seconds=seconds,
+        seconds_per_step=(time.monotonic() - began) / run_steps,
+        resumed_from=state["step"] if state is not None else None,
+    )
+    model.save_pretrained(str(output))
+    write_metadata(output, cfg, result, model_id, len(samples), data_sha)
+    return result
+
+
+def _tail_mean(losses: list[float], n: int = 10) -> float:
+    tail = losses[-n:]
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
+def _check_resume(state: dict, cfg: TrainConfig, data_sha: str, ckpt: Path) -> None:
+    for field, now in (("data_sha256", data_sha), ("rank", cfg.rank), ("batch_size", cfg.batch_size),
+                       ("seed", cfg.seed), ("alpha", cfg.lora_alpha())):
+        if state.get(field) != now:
+            raise TrainingError(
+                f"{ckpt}: cannot resume, checkpoint {field} is {state.get(field)!r} but this run has {now!r}; "
+                "resume with the same data and options, or delete the checkpoint to start over"
+            )
+
+
+def _save_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds, data_sha, targets, cfg) -> None:
+    """Write the checkpoint to a temporary folder, then swap it in (a crash leaves the old one)."""
+    import torch
+
+    tmp = ckpt.with_name(CHECKPOINT + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp))
+    torch.save(
+        {
+            "step": step, "total": total, "losses": losses, "seconds": seconds, "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "data_sha256": data_sha,
+            "rank": cfg.rank, "alpha": cfg.lora_alpha(), "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "targets": list(targets),
+        },
+        tmp / STATE_FILE,
+    )
+    (tmp / ".gitignore").write_text("# training checkpoint: large, not part of the adapter\n*\n")
+    old = ckpt.with_name(CHECKPOINT + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: str, samples: int,
+                   data_sha: str) -> dict[str, Any]:
+    """Write ``adaptrix.json`` next to the PEFT files and return it."""
+    import peft
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    meta = {
+        "name": output.name,
+        "description": cfg.description or f"LoRA adapter trained on {Path(cfg.data).name}",
+        "task_type": cfg.task_type,
+        "base_model": result.base_model,
+        "base_model_source": _display_path(source),
+        "family": result.family,
+        "format": "peft-lora",
+        "rank": cfg.rank,
+        "alpha": cfg.lora_alpha(),
+        "dropout": cfg.dropout,
+        "targets": list(result.targets),
+        "data": _display_path(cfg.data),
+        "data_sha256": data_sha,
+        "samples": samples,
+        "steps": result.steps,
+        "epochs": round(result.steps * cfg.batch_size / samples, 3),
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
+        "first_loss": round(result.first_loss, 5),
+        "final_loss": round(result.final_loss, 5),
+        "train_seconds": round(result.seconds, 1),
+        "seconds_per_step": round(result.seconds_per_step, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"adaptrix": __version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "peft": peft.__version__},
+    }
+    (output / "adaptrix.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
+def _display_path(path: str) -> str:
+    """A path relative to the working directory when inside it, else shortened to site-packages/..."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        parts = p.resolve().parts
+        if "site-packages" in parts:
+            return str(Path(*parts[parts.index("site-packages") + 1:]))
+        return str(p)
