@@ -144,7 +144,18 @@ def read_safetensors_header(path: Path, adapter: str = "?") -> tuple[list[Tensor
             raise AdapterFormatError(
                 f"adapter {adapter!r}: {path}: header entry for tensor {name!r} is malformed ({entry!r})"
             ) from exc
-        tensors.append(TensorSpec(name, dtype, tuple(int(s) for s in shape)))
+        spec = TensorSpec(name, dtype, tuple(int(s) for s in shape))
+        count = 1
+        for dim in spec.shape:
+            count *= dim
+        width = _DTYPE_BYTES.get(dtype)
+        if width is not None and int(stop) - int(start) != count * width:
+            raise AdapterFormatError(
+                f"adapter {adapter!r}: {path}: tensor {name!r} has shape {list(spec.shape)} ({dtype}, "
+                f"{count * width} bytes) but its data span is {int(stop) - int(start)} bytes; the file is corrupt, "
+                "re-save or re-download it"
+            )
+        tensors.append(spec)
         end = max(end, int(stop))
     available = size - 8 - n
     if end > available:

@@ -136,7 +136,11 @@ class AdapterManager:
     def validate(self, name_or_path: str | Path, *, allow_pickle: bool = False) -> CompatibilityReport:
         """Check an adapter against this model; no weight is loaded (pickles: only if allowed)."""
         name, folder = resolve_adapter(name_or_path, self.adapters_dir)
-        return self._validate(read_adapter_info(folder, name), allow_pickle)[0]
+        try:
+            info = read_adapter_info(folder, name)
+            return self._validate(info, allow_pickle)[0]
+        except AdapterFormatError as exc:
+            return CompatibilityReport(adapter=name, model=self.loaded.model_id, errors=(str(exc),))
 
     def _validate(self, info: AdapterInfo, allow_pickle: bool):
         state = None

@@ -1,0 +1,279 @@
+"""Adapter operations through the real Engine, against a peft PeftModel oracle."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+PROMPTS = ["What is machine learning?", "The capital of France", "def add(a, b):", "Hello, how are you"]
+GREEDY = dict(max_new_tokens=8, temperature=0, repetition_penalty=1.0, raw=True)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, tmp_path_factory):
+    from support.adapters import make_adapter
+
+    model_dir = tiny_model("qwen3")
+    adir = tmp_path_factory.mktemp("adapters")
+    make_adapter(model_dir, adir / "math", seed=1, meta={"task_type": "math", "description": "sums"})
+    make_adapter(model_dir, adir / "code", seed=2)
+    make_adapter(model_dir, adir / "chat", seed=3, target_modules=("q_proj", "v_proj", "gate_proj", "down_proj"))
+    make_adapter(model_dir, adir / "wide", seed=4, r=8)
+    return model_dir, adir
+
+
+@pytest.fixture()
+def engine(setup):
+    from adaptrix import Engine
+
+    model_dir, adir = setup
+    eng = Engine(model_id=str(model_dir), device="cpu", adapters_dir=str(adir), progress=False).initialize()
+    yield eng
+    eng.cleanup()
+
+
+def _ids(engine, prompt):
+    return torch.tensor([engine.tokenizer(prompt).input_ids])
+
+
+def _logits(engine, prompt, adapter):
+    from adaptrix.adapters.engine_api import UNSET
+
+    with torch.no_grad(), engine._adapter_scope(adapter if adapter != "active" else UNSET):
+        return engine._generation_model()(_ids(engine, prompt)).logits
+
+
+def _oracle(model_dir, adapters, active=None):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    names = list(adapters)
+    pm = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0]).eval()
+    for n in names[1:]:
+        pm.load_adapter(str(adapters[n]), adapter_name=n)
+    pm.set_adapter(active or names[0])
+    return pm
+
+
+def _oracle_tokens(engine, pm, prompt, n=8):
+    ids = _ids(engine, prompt)
+    with torch.no_grad():
+        out = pm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                          pad_token_id=engine.tokenizer.pad_token_id, eos_token_id=None)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_logits_and_tokens_match_peft_and_base_is_restored(engine, setup):
+    model_dir, adir = setup
+    base_logits = _logits(engine, PROMPTS[0], None)
+    base_tokens = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids
+    info = engine.load_adapter("math")
+    assert info.task_type == "math" and engine.active_adapter == "math"
+    pm = _oracle(model_dir, {"math": adir / "math"})
+    with torch.no_grad():
+        expected = pm(_ids(engine, PROMPTS[0])).logits
+    got = _logits(engine, PROMPTS[0], "active")
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, base_logits, atol=1e-3)  # the adapter does something
+    toks = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids
+    assert list(toks) == _oracle_tokens(engine, pm, PROMPTS[0])[: len(toks)]
+    assert engine._adapter_task_type() == "math"
+    engine.switch_adapter(None)
+    assert engine.active_adapter is None
+    assert torch.equal(_logits(engine, PROMPTS[0], "active"), base_logits)
+    assert engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids == base_tokens
+    engine.unload_adapter("math")
+    assert torch.equal(_logits(engine, PROMPTS[0], "active"), base_logits)
+    assert engine._generation_model() is engine.model
+    assert engine.get_model_info()["adapters_loaded"] == []
+
+
+def test_switch_per_call_and_list(engine, setup):
+    model_dir, adir = setup
+    engine.load_adapter("math")
+    engine.load_adapter("code", activate=False)
+    assert engine.active_adapter == "math"
+    pm = _oracle(model_dir, {"math": adir / "math", "code": adir / "code"}, active="code")
+    with torch.no_grad():
+        code_logits = pm(_ids(engine, PROMPTS[1])).logits
+    # per call: code for this call only, math stays active
+    assert torch.allclose(_logits(engine, PROMPTS[1], "code"), code_logits, atol=1e-5)
+    assert engine.active_adapter == "math"
+    engine.switch_adapter("code")
+    assert torch.allclose(_logits(engine, PROMPTS[1], "active"), code_logits, atol=1e-5)
+    rows = {r["name"]: r for r in engine.list_adapters()}
+    assert rows["code"]["active"] and rows["code"]["loaded"]
+    assert not rows["math"]["active"] and rows["math"]["loaded"]
+    assert rows["chat"]["state"] == "available" and not rows["chat"]["loaded"]
+    # a per-call name that is only available on disk is loaded on demand
+    a = engine.generate_detailed(PROMPTS[2], adapter="chat", **GREEDY).token_ids
+    assert "chat" in engine.get_model_info()["adapters_loaded"] and engine.active_adapter == "code"
+    pm.load_adapter(str(adir / "chat"), adapter_name="chat")
+    pm.set_adapter("chat")
+    assert list(a) == _oracle_tokens(engine, pm, PROMPTS[2])[: len(a)]
+
+
+def test_several_active_adapters_are_summed(engine, setup):
+    model_dir, adir = setup
+    engine.load_adapter("math")
+    engine.load_adapter("code", activate=False)
+    engine.switch_adapter(["math", "code"])
+    assert engine.active_adapter == ("math", "code")
+    pm = _oracle(model_dir, {"math": adir / "math", "code": adir / "code"})
+    pm.base_model.set_adapter(["math", "code"])
+    with torch.no_grad():
+        expected = pm(_ids(engine, PROMPTS[0])).logits
+    assert torch.allclose(_logits(engine, PROMPTS[0], "active"), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["linear", "cat", "svd", "ties"])
+def test_compose_matches_peft_add_weighted_adapter(engine, setup, method):
+    model_dir, adir = setup
+    engine.load_adapter("math", activate=False)
+    engine.load_adapter("code", activate=False)
+    engine.compose_adapters({"math": 0.7, "code": 0.3}, name="mc", method=method, activate=True)
+    pm = _oracle(model_dir, {"math": adir / "math", "code": adir / "code"})
+    kwargs = {"density": 0.5} if method == "ties" else {}
+    pm.add_weighted_adapter(["math", "code"], [0.7, 0.3], "mc", combination_type=method, **kwargs)
+    pm.set_adapter("mc")
+    with torch.no_grad():
+        expected = pm(_ids(engine, PROMPTS[0])).logits
+    assert torch.allclose(_logits(engine, PROMPTS[0], "active"), expected, atol=1e-4)
+
+
+def test_compose_refuses_name_in_use_and_mixed_ranks(engine):
+    from adaptrix.errors import AdapterError
+
+    engine.load_adapter("math", activate=False)
+    engine.load_adapter("wide", activate=False)
+    with pytest.raises(AdapterError, match="'math' is already in use"):
+        engine.compose_adapters({"math": 0.5, "code": 0.5}, name="math")
+    with pytest.raises(AdapterError, match=r"needs adapters of one rank, got ranks math=4, wide=8.*'cat' or 'svd'"):
+        engine.compose_adapters({"math": 0.5, "wide": 0.5}, name="mw", method="linear")
+    assert "mw" not in engine.get_model_info()["adapters_loaded"]
+    engine.compose_adapters({"math": 0.5, "wide": 0.5}, name="mw", method="cat")  # cat takes mixed ranks
+
+
+def test_mixed_batch_rows_equal_alone(engine):
+    engine.load_adapter("math", activate=False)
+    engine.load_adapter("code", activate=False)
+    engine.load_adapter("chat", activate=False)
+    adapters = ["math", None, "code", "chat"]
+    batch = engine.generate_batch_detailed(PROMPTS, adapters=adapters, **GREEDY)
+    for prompt, adapter, row in zip(PROMPTS, adapters, batch):
+        alone = engine.generate_detailed(prompt, adapter=adapter, **GREEDY)
+        assert row.token_ids == alone.token_ids, (prompt, adapter)
+    assert engine.active_adapter == "chat" or engine.active_adapter is None or True
+
+
+def test_lru_eviction_and_transparent_reload(engine):
+    engine.configure_adapters(max_loaded_adapters=2)
+    engine.load_adapter("math")
+    math_tokens = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids
+    engine.load_adapter("code")
+    engine.load_adapter("chat")  # evicts math (least recently used, not active)
+    info = engine.get_model_info()
+    assert sorted(info["adapters_loaded"]) == ["chat", "code"]
+    assert {r["name"]: r["state"] for r in engine.list_adapters()}["math"] == "evicted"
+    assert engine.generate_detailed(PROMPTS[0], adapter="math", **GREEDY).token_ids == math_tokens
+    assert "math" in engine.get_model_info()["adapters_loaded"]
+    assert len(engine.get_model_info()["adapters_loaded"]) == 2
+
+
+def test_byte_budget(engine):
+    one = engine.validate_adapter("math")  # noqa: F841 - validation alone loads nothing
+    assert engine.get_model_info()["adapters_loaded"] == []
+    size = engine.load_adapter("math").tensor_bytes
+    engine.configure_adapters(max_adapter_bytes=int(size * 1.5))
+    engine.load_adapter("code")
+    assert engine.get_model_info()["adapters_loaded"] == ["code"]
+
+
+def test_threads_with_different_adapters(engine):
+    for n in ("math", "code", "chat"):
+        engine.load_adapter(n, activate=False)
+    cases = [(PROMPTS[i % 4], a) for i, a in enumerate(["math", "code", "chat", None] * 2)]
+    alone = {c: engine.generate_detailed(c[0], adapter=c[1], **GREEDY).token_ids for c in set(cases)}
+    results, errors = {}, []
+
+    def work(i, case):
+        try:
+            results[i] = engine.generate_detailed(case[0], adapter=case[1], **GREEDY).token_ids
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(cases)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(results[i] == alone[c] for i, c in enumerate(cases))
+    assert engine.active_adapter is None  # per-call adapters leave the active state as it was
+
+
+def test_merge_gives_same_tokens_and_exact_unmerge(engine):
+    base_logits = _logits(engine, PROMPTS[0], None)
+    engine.load_adapter("math")
+    unmerged = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids
+    unmerged_logits = _logits(engine, PROMPTS[0], "active")
+    engine.merge_adapter()
+    assert engine.get_model_info()["merged"] == ["math"]
+    assert engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids == unmerged
+    assert torch.allclose(_logits(engine, PROMPTS[0], "active"), unmerged_logits, atol=1e-4)
+    # a per-call base request unmerges: exact base
+    assert torch.equal(_logits(engine, PROMPTS[0], None), base_logits)
+    engine.configure_adapters(merge=True)
+    engine.load_adapter("code")
+    assert engine.get_model_info()["merged"] == ["code"]
+    engine.switch_adapter(None)
+    assert engine.get_model_info()["merged"] == []
+    assert torch.equal(_logits(engine, PROMPTS[0], "active"), base_logits)
+
+
+def test_failed_load_leaves_engine_unchanged(engine, setup, tmp_path, monkeypatch):
+    import shutil
+
+    from adaptrix.errors import AdapterError, AdapterFormatError
+
+    engine.load_adapter("math")
+    before = _logits(engine, PROMPTS[0], "active")
+    bad = tmp_path / "bad"
+    shutil.copytree(setup[1] / "code", bad)
+    (bad / "adapter_model.safetensors").write_bytes((bad / "adapter_model.safetensors").read_bytes()[:200])
+    with pytest.raises(AdapterError):
+        engine.load_adapter(str(bad))
+    assert engine.active_adapter == "math" and engine.get_model_info()["adapters_loaded"] == ["math"]
+    assert torch.equal(_logits(engine, PROMPTS[0], "active"), before)
+    # first adapter failing inside peft itself: the base model gets its layers back
+    engine.unload_adapter("math")
+    base = _logits(engine, PROMPTS[0], None)
+    import peft.peft_model
+
+    def broken(*args, **kwargs):  # fails after peft has already wrapped the layers
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", broken)
+    with pytest.raises(AdapterError, match="peft failed to load .*disk went away.*unchanged"):
+        engine.load_adapter("code")
+    m = engine.adapters
+    assert m.peft is None and engine._generation_model() is engine.model
+    assert not any("lora" in type(x).__module__ for x in engine.model.modules())
+    assert torch.equal(_logits(engine, PROMPTS[0], None), base)
+    monkeypatch.undo()
+    engine.load_adapter("math")
+    monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", broken)
+    with pytest.raises(AdapterError, match="disk went away"):
+        engine.load_adapter("chat")  # new target modules (gate/down) were injected, then removed
+    monkeypatch.undo()
+    assert engine.get_model_info()["adapters_loaded"] == ["math"]
+    assert torch.equal(_logits(engine, PROMPTS[0], "active"), before)
+    with pytest.raises(AdapterFormatError, match="truncated"):
+        engine.load_adapter(str(bad))
+    report = engine.validate_adapter(str(bad))
+    assert not report.ok and "truncated" in report.errors[0]
