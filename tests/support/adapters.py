@@ -63,3 +63,17 @@ def edit_config(adapter_dir: Path, **changes) -> None:
     data = json.loads(path.read_text())
     data.update(changes)
     path.write_text(json.dumps(data, indent=2))
+
+
+def build_variant(model_dir: Path, out_dir: Path, seed: int = 0, **overrides) -> Path:
+    """Save a random model like the one in ``model_dir`` with config keys changed (hidden size, vocab...)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
