@@ -9,6 +9,7 @@ adapter, the module or tensor, and both values.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Iterable
 
 import attrs
@@ -378,3 +379,45 @@ def _check_tensors(who, info, index, specs, errors, warnings, model_id) -> None:
             f"{who}: {len(missing)} targeted module(s) have no LoRA weights in the file and would stay at "
             f"their initial value ({_short(missing)})"
         )
+
+
+def index_for_model(model_id: str, *, trust_remote_code: bool = False) -> tuple[ModuleIndex, str]:
+    """``(ModuleIndex, family)`` for a model id or folder, built on the meta device (no weights load)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .. import modelconfig
+    from ..detection import detect_family
+
+    config, source = modelconfig.load_config(model_id)
+    family, _ = detect_family(model_id, config, source=source)
+    hf_config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+    return ModuleIndex.from_model(model), family
+
+
+def validate_for_model(
+    name_or_path: str, model_id: str, *, adapters_dir=None, allow_pickle: bool = False, index=None
+) -> CompatibilityReport:
+    """Validate an adapter against a model that is not loaded (its config only)."""
+    from ..errors import AdapterFormatError
+    from .info import read_adapter_info
+    from .sources import resolve_adapter
+
+    name, folder = resolve_adapter(name_or_path, adapters_dir)
+    if index is None:
+        index = index_for_model(model_id)
+    module_index, family = index
+    try:
+        info = read_adapter_info(folder, name)
+    except AdapterFormatError as exc:
+        return CompatibilityReport(adapter=name, model=model_id, errors=(str(exc),))
+    tensors = None
+    if info.weights_format == "pickle" and allow_pickle:
+        from .manager import _load_pickle
+
+        state = _load_pickle(Path(info.weights_file), name)
+        tensors = [TensorSpec(k, str(v.dtype), tuple(v.shape)) for k, v in state.items()]
+    return validate(info, module_index, model_family=family, model_id=model_id, allow_pickle=allow_pickle,
+                    tensors=tensors)

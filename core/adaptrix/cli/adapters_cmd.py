@@ -1,0 +1,152 @@
+"""``adaptrix adapters list|inspect|validate``: LoRA adapters on disk, read without loading weights."""
+
+from __future__ import annotations
+
+LIST_COLUMNS = [
+    ("name", "NAME"),
+    ("base_model", "BASE MODEL"),
+    ("base_family", "FAMILY"),
+    ("rank", "RANK"),
+    ("targets", "TARGETS"),
+    ("size", "SIZE"),
+    ("compatibility", "COMPATIBILITY"),
+]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("adapters", help="list, inspect and validate LoRA adapters (no weights loaded)")
+    asub = p.add_subparsers(dest="adapters_command", metavar="SUBCOMMAND")
+
+    lp = asub.add_parser("list", help="adapters in a folder: base model, family, rank, targets, size")
+    lp.add_argument("--adapters-dir", default="adapters", help="folder of adapter folders (default: ./adapters)")
+    lp.add_argument("--model", "-m", help="also check compatibility with this model (config only, no weights)")
+    lp.add_argument("--json", action="store_true", help="machine-readable output")
+    lp.set_defaults(func=run_list)
+
+    ip = asub.add_parser("inspect", help="what an adapter folder holds (config + safetensors header)")
+    ip.add_argument("path", metavar="PATH", help="adapter folder, name in --adapters-dir, or Hub id")
+    ip.add_argument("--adapters-dir", default="adapters")
+    ip.add_argument("--json", action="store_true", help="machine-readable output")
+    ip.set_defaults(func=run_inspect)
+
+    vp = asub.add_parser("validate", help="check an adapter against a model; exit code 1 when incompatible")
+    vp.add_argument("path", metavar="PATH", help="adapter folder, name in --adapters-dir, or Hub id")
+    vp.add_argument("--model", "-m", help="model id or folder (default: the embedded default model)")
+    vp.add_argument("--adapters-dir", default="adapters")
+    vp.add_argument("--allow-pickle", action="store_true", help="read adapter_model.bin (weights_only=True)")
+    vp.add_argument("--json", action="store_true", help="machine-readable output")
+    vp.set_defaults(func=run_validate)
+    p.set_defaults(func=lambda args: p.print_help())
+
+
+def _row(info) -> dict:
+    from ..adapters.info import human_bytes
+
+    return {
+        "name": info.name,
+        "base_model": info.base_model,
+        "base_family": info.base_family,
+        "rank": info.rank,
+        "targets": info.targets_text,
+        "size": human_bytes(info.tensor_bytes) if info.tensor_count is not None or info.weights_format else "absent",
+    }
+
+
+def run_list(args) -> int:
+    from ..adapters.info import read_adapter_info
+    from ..adapters.sources import available_adapters
+    from ..adapters.validate import CompatibilityReport, index_for_model, validate_for_model
+    from ..errors import AdaptrixError
+
+    found = available_adapters(args.adapters_dir)
+    index = index_for_model(args.model) if args.model else None
+    rows, full = [], []
+    for name, folder in found.items():
+        try:
+            info = read_adapter_info(folder, name)
+            row = _row(info)
+        except AdaptrixError as exc:
+            row, info = {"name": name, "error": str(exc)}, None
+        if index is not None:
+            report = (
+                validate_for_model(str(folder), args.model, index=index)
+                if info is not None
+                else CompatibilityReport(name, args.model, errors=(row["error"],))
+            )
+            row["compatibility"] = report.summary()
+            row["report"] = report.as_dict()
+        rows.append(row)
+        full.append({**(info.as_dict() if info is not None else {}), **row})
+    if args.json:
+        from .output import print_json
+
+        print_json(full)
+        return 0
+    if not rows:
+        print(f"no adapters in {args.adapters_dir} (each is a folder holding adapter_config.json)")
+        return 0
+    from .output import print_table
+
+    columns = LIST_COLUMNS if index is not None else LIST_COLUMNS[:-1]
+    print_table([{**r, "size": r.get("size", "unreadable")} for r in rows], columns)
+    return 0
+
+
+def run_inspect(args) -> int:
+    from ..adapters.info import human_bytes, read_adapter_info
+    from ..adapters.sources import resolve_adapter
+
+    name, folder = resolve_adapter(args.path, args.adapters_dir)
+    info = read_adapter_info(folder, name)
+    if args.json:
+        from .output import print_json
+
+        d = info.as_dict()
+        d["tensor_shapes"] = {t.name: list(t.shape) for t in info.tensors}
+        print_json(d)
+        return 0
+    from .output import print_pairs
+
+    if info.tensor_count is None and info.weights_format is None:
+        tensors = "absent (config only: no adapter_model.safetensors)"
+    elif info.weights_format == "pickle":
+        tensors = f"pickle {info.weights_file} (not read: it can run code)"
+    else:
+        tensors = f"{info.tensor_count} ({human_bytes(info.tensor_bytes)})"
+    print_pairs(
+        [
+            ("name", info.name),
+            ("path", info.path),
+            ("peft type", info.peft_type),
+            ("rank", info.rank),
+            ("alpha", info.alpha),
+            ("targets", info.targets_text),
+            ("modules_to_save", list(info.modules_to_save)),
+            ("base model", info.base_model),
+            ("base family", f"{info.base_family} (from {info.family_source})" if info.base_family else None),
+            ("tensors", tensors),
+            ("task type", info.task_type),
+            ("description", info.description),
+            ("tags", list(info.tags)),
+        ]
+    )
+    return 0
+
+
+def run_validate(args) -> int:
+    from ..adapters.validate import validate_for_model
+    from ..default_model import default_model_path
+
+    model = args.model or str(default_model_path())
+    report = validate_for_model(args.path, model, adapters_dir=args.adapters_dir, allow_pickle=args.allow_pickle)
+    if args.json:
+        from .output import print_json
+
+        print_json(report.as_dict())
+    else:
+        print(f"{report.adapter}: {report.summary()} with {model}")
+        for e in report.errors:
+            print(f"error: {e}")
+        for w in report.warnings:
+            print(f"warning: {w}")
+    return 0 if report.ok else 1
