@@ -163,16 +163,26 @@ def encode_all(tokenizer, samples: list[Sample], max_length: int | None, source:
 
 
 def collate(batch: list[Encoded], pad_id: int):
-    """Right-pad a batch into ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    """Left-pad a batch into ``input_ids``, ``attention_mask``, ``position_ids`` and ``labels``.
+
+    Left padding puts every answer at the end of its row, so the trainer only
+    computes logits for the last ``answer_width`` positions (the LM head over the
+    whole vocabulary is a large share of a small model's cost).
+    """
     import torch
 
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
+    answer = 0
     for i, e in enumerate(batch):
         n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        ids[i, width - n:] = torch.tensor(e.input_ids)
+        labels[i, width - n:] = torch.tensor(e.labels)
+        mask[i, width - n:] = 1
+        first = next(j for j, label in enumerate(e.labels) if label != IGNORE_INDEX)
+        answer = max(answer, n - first)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
+            "answer_width": min(width, answer + 1)}

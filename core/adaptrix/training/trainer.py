@@ -83,6 +83,28 @@ class TrainResult:
     seconds: float
     seconds_per_step: float
     resumed_from: int | None = None
+    #: Set when peft changed the targets (MoE models: v4 expert names -> fused v5 parameters).
+    peft_remap: dict | None = None
+
+
+def _peft_remap(peft_config, targets: list[str]) -> dict | None:
+    """What peft made of ``targets``, when it is not the same (else ``None``).
+
+    peft 0.21 on transformers 5 maps ``gate_proj``/``up_proj``/``down_proj`` of
+    some MoE model types (deepseek_v3, ...) onto the fused expert parameters,
+    dropping those names from ``target_modules``.
+    """
+    modules = sorted(peft_config.target_modules or [])
+    params = sorted(peft_config.target_parameters or [])
+    if set(modules) == set(targets) and not params:
+        return None
+    dropped = sorted(set(targets) - set(modules))
+    return {
+        "target_modules": modules,
+        "target_parameters": params,
+        "note": f"peft mapped {', '.join(dropped) or '(nothing)'} onto the fused expert parameters "
+        f"{', '.join(params) or '(none)'}; the adapter targets modules {', '.join(modules)} and those parameters",
+    }
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -227,6 +249,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     model = get_peft_model(model, lora)
     model.peft_config["default"].base_model_name_or_path = base_id
+    remapped = _peft_remap(model.peft_config["default"], targets)
+    if remapped:
+        print(f"adaptrix train: note: {remapped['note']}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
 
@@ -252,7 +277,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         lr = lr_at(step, total, cfg.lr, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = model(**{k: v.to(model.device) for k, v in batch.items()}).loss
+        loss = answer_loss(model, batch)
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower --lr (now {cfg.lr})")
         loss.backward()
@@ -285,10 +310,28 @@ def train(cfg: TrainConfig) -> TrainResult:
         seconds=seconds,
         seconds_per_step=(time.monotonic() - began) / run_steps,
         resumed_from=state["step"] if state is not None else None,
+        peft_remap=remapped,
     )
     model.save_pretrained(str(output))
     write_metadata(output, cfg, result, model_id, len(samples), data_sha)
     return result
+
+
+def answer_loss(model, batch: dict):
+    """Mean cross-entropy over the answer tokens, with logits computed for the answer positions only."""
+    import torch
+
+    keep = batch["answer_width"]
+    inputs = {k: batch[k].to(model.device) for k in ("input_ids", "attention_mask", "position_ids")}
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:  # a model without logits_to_keep: full logits, same loss
+        logits = model(**inputs).logits
+    logits = logits[:, -keep:-1, :]
+    labels = batch["labels"][:, -keep + 1:].to(logits.device)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
+    )
 
 
 def _tail_mean(losses: list[float], n: int = 10) -> float:
@@ -353,6 +396,7 @@ def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: 
         "alpha": cfg.lora_alpha(),
         "dropout": cfg.dropout,
         "targets": list(result.targets),
+        **({"peft_remap": result.peft_remap} if result.peft_remap else {}),
         "data": _display_path(cfg.data),
         "data_sha256": data_sha,
         "samples": samples,

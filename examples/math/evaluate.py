@@ -1,0 +1,118 @@
+"""Exact-match accuracy of the base model vs base + math_specialist, in the same run.
+
+Greedy decoding on the held-out questions (200 two-digit-times-one-digit
+problems never seen in training); the prediction is the first integer of the
+answer. Prints a table (and ``--json`` writes the numbers).
+
+    python examples/math/evaluate.py [--adapter examples/adapters/math_specialist] [--limit 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+INTEGER = re.compile(r"-?\d+")
+
+
+def first_integer(text: str) -> int | None:
+    m = INTEGER.search(text.replace(",", ""))
+    return int(m.group()) if m else None
+
+
+def load_base(model: str | None):
+    """Model + tokenizer; the embedded GGUF goes through adaptrix's safetensors cache."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model is None:
+        from adaptrix import gguf_cache
+        from adaptrix.default_model import default_model_path
+
+        model = str(gguf_cache.cached_folder(default_model_path()).folder)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    lm.eval()
+    return lm, tok
+
+
+def generate_all(model, tok, questions: list[str], batch_size: int, max_new_tokens: int, label: str) -> list[str]:
+    import torch
+    from tqdm.auto import tqdm
+
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in questions]
+    out = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=label, unit="batch"):
+        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapter", default=str(REPO / "examples/adapters/math_specialist"))
+    ap.add_argument("--data", default=str(HERE / "heldout.jsonl"))
+    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--show", type=int, default=5, help="print this many example answers per model")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args(argv)
+
+    import torch
+    from peft import PeftModel
+
+    torch.set_num_threads(args.threads)
+    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()][: args.limit]
+    questions = [r["messages"][0]["content"] for r in rows]
+    gold = [first_integer(r["messages"][-1]["content"]) for r in rows]
+
+    base, tok = load_base(args.model)
+    model = PeftModel.from_pretrained(base, args.adapter)
+    results = {}
+    for label in ("base", "math_specialist"):
+        start = time.perf_counter()
+        if label == "base":
+            with model.disable_adapter():
+                answers = generate_all(model, tok, questions, args.batch_size, args.max_new_tokens, label)
+        else:
+            answers = generate_all(model, tok, questions, args.batch_size, args.max_new_tokens, label)
+        correct = [first_integer(a) == g for a, g in zip(answers, gold)]
+        results[label] = {
+            "correct": sum(correct), "total": len(correct), "accuracy": sum(correct) / len(correct),
+            "seconds": round(time.perf_counter() - start, 1),
+            "examples": [{"q": q, "a": a, "gold": g} for q, a, g in list(zip(questions, answers, gold))[: args.show]],
+        }
+    print(f"\nHeld-out exact match ({len(questions)} questions, greedy, first integer of the answer)\n")
+    print(f"| model | correct | accuracy | seconds |\n|---|---|---|---|")
+    for label, r in results.items():
+        name = "SmolLM2-135M-Instruct (base)" if label == "base" else "base + math_specialist"
+        print(f"| {name} | {r['correct']}/{r['total']} | {100 * r['accuracy']:.1f}% | {r['seconds']} |")
+    gap = 100 * (results["math_specialist"]["accuracy"] - results["base"]["accuracy"])
+    print(f"\ndifference: {gap:+.1f} points")
+    for label, r in results.items():
+        print(f"\n{label} examples:")
+        for ex in r["examples"]:
+            print(f"  {ex['q']!r} -> {ex['a'].strip()!r} (expected {ex['gold']})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""adaptrix train on tiny models of every family: loss falls, plain peft loads the result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from support.tiny import EXPECTED_FAMILY
+
+from adaptrix.errors import TrainingError
+
+QA = [
+    ("What is 25 times 8?", "25 times 8 is 200."),
+    ("What is machine learning?", "Machine learning is a field of computer science."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("Hello, how are you today?", "I am fine, thank you."),
+    ("Compute 47 + 38", "47 + 38 = 85."),
+]
+
+
+def write_data(path, rows=QA, chat=True):
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (q, a) in enumerate(rows):
+            if chat and i % 2 == 0:
+                f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}))
+            else:
+                f.write(json.dumps({"prompt": q, "completion": a}))
+            f.write("\n")
+    return path
+
+
+def config(model, data, out, **kw):
+    from adaptrix.training import TrainConfig
+
+    base = dict(model=str(model), data=str(data), output=str(out), rank=4, lr=1e-2, max_steps=6,
+                batch_size=len(QA), save_every=3, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("model_type", sorted(EXPECTED_FAMILY))
+def test_train_each_family(model_type, tiny_model, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptrix.plugins import get_host
+    from adaptrix.targets import resolve_target_modules
+    from adaptrix.training import train
+
+    model = tiny_model(model_type)
+    out = tmp_path / "adapter"
+    result = train(config(model, write_data(tmp_path / "d.jsonl"), out))
+    family = EXPECTED_FAMILY[model_type]
+    assert result.family == family
+    # The whole data set is one batch, so step losses are comparable: training lowered it.
+    assert result.losses[-1] < result.losses[0], result.losses
+
+    cfg = json.loads((model / "config.json").read_text())
+    hook, _ = get_host().call_family("target_modules", family, config=cfg)
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    expected = resolve_target_modules(base, hook)  # all-linear (generic) expands to leaf names
+    saved = json.loads((out / "adapter_config.json").read_text())
+    meta = json.loads((out / "adaptrix.json").read_text())
+    assert meta["family"] == family and meta["steps"] == 6 and sorted(meta["targets"]) == sorted(expected)
+    if "peft_remap" not in meta:
+        assert sorted(saved["target_modules"]) == sorted(expected)
+    else:
+        # Known peft 0.21 behaviour on transformers 5 (deepseek_v3): the expert MLP names become the
+        # fused expert parameters; everything else is exactly the plugin's list.
+        assert model_type == "deepseek_v3"
+        moved = {"gate_proj", "up_proj", "down_proj"}
+        assert sorted(saved["target_modules"]) == sorted(set(expected) - moved)
+        assert set(saved["target_parameters"]) == {"gate_up_proj", "down_proj"}
+        assert meta["peft_remap"]["target_parameters"] == sorted(saved["target_parameters"])
+    assert meta["final_loss"] < meta["first_loss"]
+
+    peft_model = PeftModel.from_pretrained(base, str(out))  # plain peft, nothing adaptrix-specific
+    lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_resume_continues_exactly(tiny_model, tmp_path, monkeypatch):
+    from adaptrix.training import trainer
+
+    model = tiny_model("llama")
+    data = write_data(tmp_path / "d.jsonl")
+    full = trainer.train(config(model, data, tmp_path / "full", save_every=2))
+
+    real_save = trainer._save_checkpoint
+
+    def crash_after_step_4(*args):
+        real_save(*args)
+        if args[3] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config(model, data, tmp_path / "cut", save_every=2))
+    monkeypatch.setattr(trainer, "_save_checkpoint", real_save)
+
+    with pytest.raises(TrainingError, match="--resume"):
+        trainer.train(config(model, data, tmp_path / "cut", save_every=2))
+    resumed = trainer.train(config(model, data, tmp_path / "cut", save_every=2, resume=True))
+    assert resumed.resumed_from == 4 and resumed.steps == 6
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-4)
+
+    longer = trainer.train(config(model, data, tmp_path / "cut", save_every=2, resume=True, max_steps=8))
+    assert longer.resumed_from == 6 and longer.steps == 8
+
+    with pytest.raises(TrainingError, match="rank"):
+        trainer.train(config(model, data, tmp_path / "cut", resume=True, rank=8, max_steps=9))
+
+
+def test_answer_only_labels(tiny_model):
+    from transformers import AutoTokenizer
+
+    from adaptrix.training.data import IGNORE_INDEX, Sample, encode, render
+
+    tok = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    sample = Sample((("system", "Be brief."), ("user", "What is 25 times 8?"), ("assistant", "200")), line=1)
+    prompt, answer = render(tok, sample)
+    assert prompt.endswith("<|im_start|>assistant\n") and answer == "200<|im_end|>\n"
+    enc = encode(tok, sample, max_length=None)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert all(label == IGNORE_INDEX for label in enc.labels[:n_prompt])
+    assert list(enc.labels[n_prompt:]) == list(enc.input_ids[n_prompt:])
+    assert tok.decode(enc.input_ids[n_prompt:]) == "200<|im_end|>\n"
+
+    tok.chat_template = None  # plain fallback
+    prompt, answer = render(tok, sample)
+    assert prompt == "Be brief.\n\nUser: What is 25 times 8?\nAssistant: " and answer == "200<|im_end|>"
+
+
+@pytest.mark.parametrize(
+    "lines, line, match",
+    [
+        (['{"prompt": "a", "completion": "b"}', '{"prompt": "only a prompt"}'], 2, "missing field 'completion'"),
+        (['{"prompt": "a", "completion": "b"}', "", '{"prompt": "a", completion: "b"}'], 3, "not valid JSON"),
+        (['{"messages": [{"role": "user", "content": "hi"}]}'], 1, "last message must be"),
+        (['{"messages": [{"role": "robot", "content": "hi"}]}'], 1, "role is 'robot'"),
+        (['["a", "b"]'], 1, "expected a JSON object"),
+    ],
+)
+def test_bad_data_names_the_line(tmp_path, lines, line, match):
+    from adaptrix.training import load_jsonl
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TrainingError, match=match) as info:
+        load_jsonl(path)
+    assert f"bad.jsonl:{line}:" in str(info.value)
+
+
+def test_empty_and_missing_files(tmp_path):
+    from adaptrix.training import load_jsonl
+
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(TrainingError, match="empty"):
+        load_jsonl(tmp_path / "empty.jsonl")
+    with pytest.raises(TrainingError, match="does not exist"):
+        load_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_sample_longer_than_context(tiny_model, tmp_path):
+    from adaptrix.training import train
+
+    rows = QA[:2] + [("word " * 300, "long")]  # the tiny models have a 256-token context
+    with pytest.raises(TrainingError, match=r"d\.jsonl:3: sample is \d+ tokens, longer than the context of 256"):
+        train(config(tiny_model("qwen2"), write_data(tmp_path / "d.jsonl", rows), tmp_path / "out"))
+    with pytest.raises(TrainingError, match=r"d\.jsonl:1: .*context of 8"):
+        train(config(tiny_model("qwen2"), write_data(tmp_path / "d.jsonl"), tmp_path / "out", max_length=8))
+
+
+def test_unknown_targets_and_bad_options(tiny_model, tmp_path):
+    from adaptrix.training import train
+
+    data = write_data(tmp_path / "d.jsonl")
+    with pytest.raises(TrainingError, match="nope_proj"):
+        train(config(tiny_model("llama"), data, tmp_path / "o", targets=["nope_proj"]))
+    with pytest.raises(TrainingError, match="rank=0"):
+        train(config(tiny_model("llama"), data, tmp_path / "o", rank=0))
+
+
+def test_cli_train(tiny_model, tmp_path, capsys):
+    from adaptrix.cli.main import main
+
+    data = write_data(tmp_path / "d.jsonl")
+    out = tmp_path / "adapters" / "tiny"
+    rc = main(["train", "--model", str(tiny_model("qwen3")), "--data", str(data), "--output", str(out),
+               "--rank", "4", "--targets", "q_proj", "v_proj", "--max-steps", "3", "--lr", "1e-2",
+               "--task-type", "demo", "--no-progress"])
+    assert rc == 0
+    assert "saved" in capsys.readouterr().out
+    meta = json.loads((out / "adaptrix.json").read_text())
+    assert meta["task_type"] == "demo" and meta["targets"] == ["q_proj", "v_proj"] and meta["rank"] == 4
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "checkpoint" / ".gitignore").read_text().strip().endswith("*")
+
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
+    rc = main(["train", "--model", str(tiny_model("qwen3")), "--data", str(tmp_path / "bad.jsonl"),
+               "--output", str(tmp_path / "o2")])
+    assert rc == 2
+    assert "bad.jsonl:1: missing field 'completion'" in capsys.readouterr().err
