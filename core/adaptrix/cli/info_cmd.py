@@ -1,0 +1,58 @@
+"""``adaptrix info``: load a model and show what the engine knows about it."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from .generate_cmd import add_model_args
+
+    p = sub.add_parser(
+        "info",
+        help="load a model and show family, size, dtype, device, context and defaults",
+        description="Load the model (default: the embedded SmolLM2-135M-Instruct) and print get_model_info().",
+    )
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def print_info(info: dict) -> None:
+    from .output import print_pairs
+
+    gen = info.get("generation_defaults") or {}
+    params = info.get("parameters")
+    pairs = [
+        ("model", info.get("model_id")),
+        ("family", info.get("family")),
+        ("plugin", info.get("plugin")),
+        ("architecture", info.get("architecture")),
+        ("parameters", f"{params:,} ({params / 1e6:.1f} M)" if isinstance(params, int) else params),
+        ("dtype", info.get("dtype")),
+        ("device", info.get("device")),
+        ("context length", info.get("context_length")),
+        ("generation defaults", ", ".join(f"{k}={v}" for k, v in gen.items() if k != "context_length")),
+        ("chat template", "yes" if info.get("chat_template") else "no (plain User:/Assistant: format)"),
+        ("loaded from", info.get("source")),
+        ("adapters loaded", info.get("adapters_loaded") or "-"),
+        ("active adapter", info.get("active_adapter") or "none (base model)"),
+    ]
+    if info.get("gguf_file"):
+        pairs.insert(-3, ("gguf file", info["gguf_file"]))
+    print_pairs(pairs)
+
+
+def run(args) -> int:
+    from .generate_cmd import make_engine
+
+    engine = make_engine(args)
+    try:
+        info = engine.get_model_info()
+    finally:
+        engine.cleanup()
+    if args.json:
+        from .output import print_json
+
+        print_json(info)
+    else:
+        print_info(info)
+    return 0
