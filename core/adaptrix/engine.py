@@ -338,7 +338,10 @@ class Engine(AdapterAPI):
             torch.manual_seed(cfg.seed)
             yield
 
-    def _model_generate(self, input_ids, attention_mask, cfg, stops, prompt_len, spans, extra=None, cancel=None, streamer=None):
+    def _model_generate(
+        self, input_ids, attention_mask, cfg, stops, prompt_len, spans, inside=None, extra=None, cancel=None,
+        streamer=None,
+    ):
         import torch
 
         kw = self._generate_kwargs(cfg)
@@ -346,7 +349,7 @@ class Engine(AdapterAPI):
             from transformers import StoppingCriteriaList
 
             kw["stopping_criteria"] = StoppingCriteriaList(
-                [gen.stopping_criteria(self._loaded.tokenizer, prompt_len, spans, stops, cancel)]
+                [gen.stopping_criteria(self._loaded.tokenizer, prompt_len, spans, stops, cancel, inside)]
             )
         if streamer is not None:
             kw["streamer"] = streamer
@@ -363,13 +366,14 @@ class Engine(AdapterAPI):
         mask = torch.ones_like(ids)
         stops = tuple(cfg.stop or ()) + formatted.stops
         spans = self._spans(show_thinking)
-        out = self._model_generate(ids, mask, cfg, stops, ids.shape[1], spans)
+        inside = gen.open_span(formatted.text, spans)
+        out = self._model_generate(ids, mask, cfg, stops, ids.shape[1], spans, inside)
         new = out[0, ids.shape[1] :].tolist()
         return self._result(new, formatted, cfg, stops, spans)
 
     def _result(self, new: list[int], formatted: Prompt, cfg, stops, spans) -> gen.GenerationResult:
         raw_text = self._loaded.tokenizer.decode(new, skip_special_tokens=True)
-        pipeline = gen.TextPipeline(spans, stops)
+        pipeline = gen.TextPipeline(spans, stops, gen.open_span(formatted.text, spans))
         text = pipeline.run(raw_text)
         if pipeline.stopped:
             reason = "stop"
@@ -434,6 +438,7 @@ class Engine(AdapterAPI):
                 ids = torch.tensor([formatted.input_ids], dtype=torch.long, device=device)
                 stops = tuple(cfg.stop or ()) + formatted.stops
                 spans = self._spans(show_thinking)
+                inside = gen.open_span(formatted.text, spans)
                 streamer = gen.QueueStreamer()
                 cancel = threading.Event()
                 failure: list[BaseException] = []
@@ -441,7 +446,8 @@ class Engine(AdapterAPI):
                 def work():
                     try:
                         self._model_generate(
-                            ids, torch.ones_like(ids), cfg, stops, ids.shape[1], spans, cancel=cancel, streamer=streamer
+                            ids, torch.ones_like(ids), cfg, stops, ids.shape[1], spans, inside, cancel=cancel,
+                            streamer=streamer,
                         )
                     except BaseException as exc:  # re-raised in the caller's thread
                         failure.append(exc)
@@ -450,7 +456,7 @@ class Engine(AdapterAPI):
 
                 worker = threading.Thread(target=work, name="adaptrix-stream", daemon=True)
                 decoder = gen.IncrementalDecoder(self._loaded.tokenizer)
-                pipeline = gen.TextPipeline(spans, stops)
+                pipeline = gen.TextPipeline(spans, stops, inside)
                 pieces: list[str] = []
                 worker.start()
                 try:
@@ -543,7 +549,8 @@ class Engine(AdapterAPI):
             stops = tuple(cfg.stop or ()) + formatted[0].stops
             spans = self._spans(show_thinking)
             extra = self._adapter_batch_kwargs(list(adapters) if adapters is not None else None, len(prompts))
-            out = self._model_generate(ids, mask, cfg, stops, width, spans, extra=extra)
+            inside = gen.open_span(formatted[0].text, spans)  # one template: every row ends the same way
+            out = self._model_generate(ids, mask, cfg, stops, width, spans, inside, extra=extra)
             eos = set(self._state["eos_ids"])
             results = []
             for row, f in zip(out[:, width:].tolist(), formatted):

@@ -163,13 +163,16 @@ class SpanHider:
     """Remove ``open ... close`` spans from text fed piece by piece.
 
     An unclosed span hides everything after its opening tag (a thought cut
-    off by ``max_new_tokens`` is not an answer).
+    off by ``max_new_tokens`` is not an answer). When the prompt itself ends
+    with an opening tag (Qwen3 thinking-only templates end with ``<think>\n``),
+    pass ``inside=`` its closing tag: the output starts inside the span.
     """
 
-    def __init__(self, spans: Sequence[tuple[str, str]]):
+    def __init__(self, spans: Sequence[tuple[str, str]], inside: str | None = None):
         self.spans = tuple(spans)
         self.buf = ""
-        self.close: str | None = None
+        #: The closing tag of the span we are in; ``inside`` starts there (the prompt opened it).
+        self.close: str | None = inside
 
     def feed(self, text: str) -> str:
         self.buf += text
@@ -253,10 +256,10 @@ class WhitespaceTrimmer:
 class TextPipeline:
     """Hidden spans -> stop strings -> whitespace trim, incrementally."""
 
-    def __init__(self, spans: Sequence[tuple[str, str]] = (), stops: Sequence[str] = ()):
+    def __init__(self, spans: Sequence[tuple[str, str]] = (), stops: Sequence[str] = (), inside: str | None = None):
         self.stages: list = []
         if spans:
-            self.stages.append(SpanHider(spans))
+            self.stages.append(SpanHider(spans, inside))
         self.cutter = StopCutter(stops) if stops else None
         if self.cutter:
             self.stages.append(self.cutter)
@@ -283,16 +286,27 @@ class TextPipeline:
         return self.feed(text) + self.flush()
 
 
-def hide_spans(text: str, spans: Sequence[tuple[str, str]]) -> str:
+def hide_spans(text: str, spans: Sequence[tuple[str, str]], inside: str | None = None) -> str:
     """``text`` without its hidden spans (non-incremental form of :class:`SpanHider`)."""
     if not spans:
         return text
-    h = SpanHider(spans)
+    h = SpanHider(spans, inside)
     return h.feed(text) + h.flush()
 
 
-def visible_text(text: str, spans: Sequence[tuple[str, str]], stops: Sequence[str] = ()) -> str:
-    return TextPipeline(spans, stops).run(text)
+def visible_text(
+    text: str, spans: Sequence[tuple[str, str]], stops: Sequence[str] = (), inside: str | None = None
+) -> str:
+    return TextPipeline(spans, stops, inside).run(text)
+
+
+def open_span(prompt_text: str, spans: Sequence[tuple[str, str]]) -> str | None:
+    """The closing tag to wait for when the prompt ends inside a span (it ends with the opening tag)."""
+    tail = prompt_text.rstrip()
+    for opening, closing in spans:
+        if tail.endswith(opening):
+            return closing
+    return None
 
 
 # -- decoding and transformers glue -------------------------------------------------
@@ -330,7 +344,9 @@ class IncrementalDecoder:
         return delta
 
 
-def stopping_criteria(tokenizer, prompt_len: int, spans, stops: Sequence[str], cancel: threading.Event | None):
+def stopping_criteria(
+    tokenizer, prompt_len: int, spans, stops: Sequence[str], cancel: threading.Event | None, inside=None
+):
     """A transformers StoppingCriteria stopping a row once its visible text holds a stop string."""
     import torch
     from transformers import StoppingCriteria
@@ -347,7 +363,7 @@ def stopping_criteria(tokenizer, prompt_len: int, spans, stops: Sequence[str], c
                 return done
             for row in range(input_ids.shape[0]):
                 text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
-                text = hide_spans(text, spans)
+                text = hide_spans(text, spans, inside)
                 # only the tail can hold a stop string that just completed
                 tail = text[-(longest + 64) :] if not spans else text
                 if any(s in tail for s in stops):

@@ -125,6 +125,12 @@ def check_gguf_file(path: Path) -> None:
             f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); the file is corrupt or "
             "truncated: re-download it"
         )
+    from .modelconfig import gguf_config
+
+    try:
+        gguf_config(path)  # the key/value header only: cheap, and catches truncation early
+    except ModelConfigError as exc:
+        raise ModelLoadError(f"{exc}; the file is corrupt or truncated: re-download it") from exc
 
 
 def cached_folder(gguf_path: str | os.PathLike, *, progress: bool = True, converter: Converter | None = None) -> CachedGGUF:
