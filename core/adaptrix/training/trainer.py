@@ -102,9 +102,19 @@ def _peft_remap(peft_config, targets: list[str]) -> dict | None:
     return {
         "target_modules": modules,
         "target_parameters": params,
-        "note": f"peft mapped {', '.join(dropped) or '(nothing)'} onto the fused expert parameters "
-        f"{', '.join(params) or '(none)'}; the adapter targets modules {', '.join(modules)} and those parameters",
+        "dropped": dropped,
+        "note": f"peft {_peft_version()} maps {', '.join(dropped) or '(nothing)'} of this mixture-of-experts "
+        f"model onto the fused expert parameters {', '.join(params) or '(none)'}, which adaptrix does not load; "
+        f"training {', '.join(modules)} only (pass --targets to choose others)",
     }
+
+
+def attrs_evolve_lora(lora, targets: list[str]):
+    """A copy of LoraConfig ``lora`` with other target modules."""
+    import dataclasses
+
+    return dataclasses.replace(lora, target_modules=list(targets), target_parameters=None, rank_pattern={},
+                               alpha_pattern={})
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -236,11 +246,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     targets = resolve_targets(model, detection.family, loaded.config, cfg.targets)
-    if state is not None and sorted(state["targets"]) != sorted(targets):
-        raise TrainingError(
-            f"{ckpt}: checkpoint targets {state['targets']} differ from this run's {targets}; "
-            "resume with the same --targets or start over"
-        )
     _strip_quantizer(model)
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(
@@ -248,10 +253,21 @@ def train(cfg: TrainConfig) -> TrainResult:
         bias="none", task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    model.peft_config["default"].base_model_name_or_path = base_id
     remapped = _peft_remap(model.peft_config["default"], targets)
     if remapped:
+        # peft would put LoRA on fused expert parameters, which adaptrix's adapter manager does not
+        # load and which peft itself re-derives on every load: train the Linear targets it kept.
         print(f"adaptrix train: note: {remapped['note']}")
+        targets = remapped["target_modules"]
+        model = model.unload()
+        torch.manual_seed(cfg.seed)
+        model = get_peft_model(model, attrs_evolve_lora(lora, targets))
+    model.peft_config["default"].base_model_name_or_path = base_id
+    if state is not None and sorted(state["targets"]) != sorted(targets):
+        raise TrainingError(
+            f"{ckpt}: checkpoint targets {state['targets']} differ from this run's {targets}; "
+            "resume with the same --targets or start over"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
 
@@ -337,6 +353,12 @@ def answer_loss(model, batch: dict):
 def _tail_mean(losses: list[float], n: int = 10) -> float:
     tail = losses[-n:]
     return sum(tail) / len(tail) if tail else float("nan")
+
+
+def _peft_version() -> str:
+    import peft
+
+    return peft.__version__
 
 
 def _check_resume(state: dict, cfg: TrainConfig, data_sha: str, ckpt: Path) -> None:
