@@ -1,8 +1,11 @@
 """Exact-match accuracy of the base model vs base + math_specialist, in the same run.
 
 Greedy decoding on the held-out questions (200 two-digit-times-one-digit
-problems never seen in training); the prediction is the first integer of the
-answer. Prints a table (and ``--json`` writes the numbers).
+problems never seen in training). The prediction is the integer after the last
+"answer is" in the reply, else the last integer in it (the adapter shows its
+working first, then "The answer is N."; the same rule applies to the base
+model, which gets room to finish its own working). Prints a table (and
+``--json`` writes the numbers).
 
     python examples/math/evaluate.py [--adapter examples/adapters/math_specialist] [--limit 200]
 """
@@ -19,11 +22,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 INTEGER = re.compile(r"-?\d+")
+ANSWER_IS = re.compile(r"answer is\s*:?\s*\$?(-?\d+)", re.IGNORECASE)
 
 
-def first_integer(text: str) -> int | None:
-    m = INTEGER.search(text.replace(",", ""))
-    return int(m.group()) if m else None
+def final_integer(text: str) -> int | None:
+    """The integer after the last "answer is", else the last integer in ``text``."""
+    text = text.replace(",", "")
+    stated = ANSWER_IS.findall(text)
+    if stated:
+        return int(stated[-1])
+    numbers = INTEGER.findall(text)
+    return int(numbers[-1]) if numbers else None
 
 
 def load_base(model: str | None):
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=50)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="for the adapter (its replies are ~40 tokens)")
+    ap.add_argument("--base-max-new-tokens", type=int, default=128, help="room for the base model's own working")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--show", type=int, default=5, help="print this many example answers per model")
     ap.add_argument("--json", help="also write the results to this file")
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()][: args.limit]
     questions = [r["messages"][0]["content"] for r in rows]
-    gold = [first_integer(r["messages"][-1]["content"]) for r in rows]
+    gold = [final_integer(r["messages"][-1]["content"]) for r in rows]
 
     base, tok = load_base(args.model)
     model = PeftModel.from_pretrained(base, args.adapter)
@@ -89,16 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if label == "base":
             with model.disable_adapter():
-                answers = generate_all(model, tok, questions, args.batch_size, args.max_new_tokens, label)
+                answers = generate_all(model, tok, questions, args.batch_size, args.base_max_new_tokens, label)
         else:
             answers = generate_all(model, tok, questions, args.batch_size, args.max_new_tokens, label)
-        correct = [first_integer(a) == g for a, g in zip(answers, gold)]
+        correct = [final_integer(a) == g for a, g in zip(answers, gold)]
         results[label] = {
             "correct": sum(correct), "total": len(correct), "accuracy": sum(correct) / len(correct),
             "seconds": round(time.perf_counter() - start, 1),
             "examples": [{"q": q, "a": a, "gold": g} for q, a, g in list(zip(questions, answers, gold))[: args.show]],
         }
-    print(f"\nHeld-out exact match ({len(questions)} questions, greedy, first integer of the answer)\n")
+    print(f"\nHeld-out exact match ({len(questions)} questions, greedy, final answer of the reply)\n")
     print(f"| model | correct | accuracy | seconds |\n|---|---|---|---|")
     for label, r in results.items():
         name = "SmolLM2-135M-Instruct (base)" if label == "base" else "base + math_specialist"

@@ -4,6 +4,7 @@ Writes ``train.jsonl`` and ``heldout.jsonl`` next to this file. The held-out
 split is 200 two-digit-times-one-digit questions; no (operation, operands) pair
 of it appears in the train split in any phrasing or operand order, so the
 evaluation measures arithmetic on unseen problems, not recall of seen ones.
+Answers show their working and end with "The answer is N.", which the evaluation reads.
 
     python examples/math/generate_data.py [--seed 0] [--train 6000]
 """
@@ -34,9 +35,26 @@ PHRASES = {
 }
 
 
-def answer_text(result: int) -> str:
-    """The answer format the adapter learns: the number first (evaluation reads the first integer)."""
-    return f"The answer is {result}."
+def answer_text(op: str, a: int, b: int) -> str:
+    """The answer the adapter learns: a short worked line, then "The answer is N."
+
+    Two-digit times one-digit goes through tens and units (48 × 4 = 40 × 4 + 8 × 4
+    = 160 + 32 = 192): a 135M model gets the pieces right far more often than the
+    whole product at once (a direct "The answer is N." reached 28% on 50 held-out
+    questions after 40 steps, with near misses such as 180 for 192).
+    """
+    result = solve(op, a, b)
+    if op == "*":
+        big, small = (a, b) if a >= b else (b, a)
+        tens, units = divmod(big, 10)
+        if small < 10 and tens and units:
+            work = (f"{big} × {small} = {tens * 10} × {small} + {units} × {small} = "
+                    f"{tens * 10 * small} + {units * small} = {result}.")
+        else:
+            work = f"{big} × {small} = {result}."
+        return f"{work} The answer is {result}."
+    sign = "+" if op == "+" else "-"
+    return f"{a} {sign} {b} = {result}. The answer is {result}."
 
 
 def solve(op: str, a: int, b: int) -> int:
@@ -53,7 +71,7 @@ def sample(op: str, a: int, b: int, rng: random.Random) -> dict:
         a, b = b, a
     question = rng.choice(PHRASES[op]).format(a=a, b=b)
     return {"messages": [{"role": "user", "content": question},
-                         {"role": "assistant", "content": answer_text(solve(op, a, b))}]}
+                         {"role": "assistant", "content": answer_text(op, a, b)}]}
 
 
 def two_by_one() -> list[tuple[str, int, int]]:
@@ -77,11 +95,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def draw() -> tuple[str, int, int]:
         r = rng.random()
-        if r < 0.6:  # the evaluated skill: two-digit times one-digit, unseen pairs held out
+        if r < 0.8:  # the evaluated skill: two-digit times one-digit, unseen pairs held out
             return rng.choice(train_mul)
-        if r < 0.7:
+        if r < 0.9:
             return ("*", rng.randint(2, 12), rng.randint(2, 12))
-        if r < 0.85:
+        if r < 0.95:
             return ("+", rng.randint(10, 99), rng.randint(1, 99))
         a = rng.randint(10, 99)
         return ("-", a, rng.randint(1, a))

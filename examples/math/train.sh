@@ -8,6 +8,6 @@ python examples/math/generate_data.py --seed 0
 adaptrix train \
   --data examples/math/train.jsonl \
   --output examples/adapters/math_specialist \
-  --rank 8 --lr 2e-3 --batch-size 16 --max-steps 150 --save-every 10 --seed 0 --threads 2 \
-  --task-type math --description "Answers arithmetic questions (two-digit times one-digit, +, -) with the exact number: 'The answer is N.'" \
+  --rank 8 --lr 2e-3 --batch-size 16 --max-steps 100 --save-every 10 --seed 0 --threads 2 \
+  --task-type math --description "Answers arithmetic questions (two-digit times one-digit, +, -) showing tens-and-units working, ending with 'The answer is N.'" \
   --resume "$@"
