@@ -8,7 +8,8 @@ Built on :class:`peft.PeftModel`; adaptrix adds what peft lacks:
   load/unload, and a switch sets their active adapter directly instead of
   peft's ``set_adapter`` walk over every module of the model;
 - exact merge/unmerge: the base weights of merged layers are stashed and
-  copied back, so unmerging restores the base bit for bit;
+  copied back, so unmerging restores the base bit for bit; while merged, the
+  LoRA wrappers are taken out of the module tree (full base speed);
 - a batched mixed-adapter forward (one gathered ``bmm`` pair per layer
   instead of peft's per-adapter loop), used for ``adapter_names`` batches;
 - LRU residency (count and byte budget) with transparent reload.
@@ -71,6 +72,8 @@ class AdapterManager:
         self._lora_layers: list = []  # Linear LoRA layers, for the batched mixed forward
         self._merged: tuple[str, ...] = ()
         self._stash: list[tuple[Any, Any]] = []
+        self._slots: list[tuple[Any, str, Any]] = []  # (parent, attribute, LoRA layer)
+        self._unwrapped = False
         self._pinned: collections.Counter = collections.Counter()
         self._index: ModuleIndex | None = None
 
@@ -318,13 +321,19 @@ class AdapterManager:
 
     def _refresh_layers(self) -> None:
         if self.peft is None:
-            self._layers, self._lora_layers = [], []
+            self._layers, self._lora_layers, self._slots = [], [], []
             return
         from peft.tuners.lora import LoraLayer
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils.other import AuxiliaryTrainingWrapper
 
-        self._layers = [m for m in self.peft.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+        self._layers, self._slots = [], []
+        for name, m in self.peft.named_modules():
+            if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+                self._layers.append(m)
+                if isinstance(m, LoraLayer):
+                    parent, _, child = name.rpartition(".")
+                    self._slots.append((self.peft.get_submodule(parent), child, m))
         self._lora_layers = [m for m in self._layers if isinstance(m, LoraLayer)]
 
     @contextlib.contextmanager
@@ -400,12 +409,20 @@ class AdapterManager:
             raise AdapterError(f"adapter {name!r}: merge failed ({type(exc).__name__}: {exc}); left unmerged") from exc
         self._stash = stash
         self._merged = (name,)
+        # Full base speed: while merged, the LoRA wrappers leave the forward path entirely.
+        for parent, child, layer in self._slots:
+            parent._modules[child] = layer.get_base_layer()
+        self._unwrapped = True
 
     def _unmerge(self) -> None:
         if not self._stash and not self._merged:
             return
         import torch
 
+        if self._unwrapped:
+            for parent, child, layer in self._slots:
+                parent._modules[child] = layer
+            self._unwrapped = False
         with torch.no_grad():
             for weight, saved in self._stash:
                 weight.data.copy_(saved)
