@@ -53,6 +53,9 @@ class Engine(AdapterAPI):
         family: str | None = None,
         *,
         progress: bool = True,
+        max_loaded_adapters: int | None = None,
+        max_adapter_bytes: int | None = None,
+        merge_adapters: bool = False,
         **family_options: Any,
     ):
         self.model_id = None if model_id is None else str(model_id)
@@ -63,6 +66,10 @@ class Engine(AdapterAPI):
         self.revision = revision
         self.family_override = family
         self.family_options = dict(family_options)
+        #: Adapter residency (LRU) and merge mode; see ``configure_adapters``.
+        self.max_loaded_adapters = max_loaded_adapters
+        self.max_adapter_bytes = max_adapter_bytes
+        self.merge_adapters = bool(merge_adapters)
         self.progress = progress
         #: When True, ``generate``/``stream`` remember the conversation unless told ``use_context=False``.
         self.use_context_by_default = False

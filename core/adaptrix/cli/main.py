@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from .. import __version__
@@ -26,9 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"adaptrix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        # TEMPORARY while the command modules land in parallel; removed before release.
-        if importlib.util.find_spec(f"{__package__}.{name}") is None:
-            continue
         importlib.import_module(f"{__package__}.{name}").register(sub)
     return parser
 
