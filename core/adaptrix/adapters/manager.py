@@ -10,8 +10,9 @@ Built on :class:`peft.PeftModel`; adaptrix adds what peft lacks:
 - exact merge/unmerge: the base weights of merged layers are stashed and
   copied back, so unmerging restores the base bit for bit; while merged, the
   LoRA wrappers are taken out of the module tree (full base speed);
-- a batched mixed-adapter forward (one gathered ``bmm`` pair per layer
-  instead of peft's per-adapter loop), used for ``adapter_names`` batches;
+- a mixed-adapter forward for ``adapter_names`` batches: two dense matmuls
+  per layer over the batch's adapters concatenated on the rank axis, instead
+  of peft's per-adapter loop (see :mod:`.mixed`);
 - LRU residency (count and byte budget) with transparent reload.
 
 All public methods hold ``lock`` (the engine passes its generation lock).
@@ -76,6 +77,7 @@ class AdapterManager:
         self._unwrapped = False
         self._pinned: collections.Counter = collections.Counter()
         self._index: ModuleIndex | None = None
+        self._mixed = None  # the last MixedBatch (concatenated LoRA weights of one set of adapters)
 
     # -- queries -----------------------------------------------------------
     @property
@@ -254,7 +256,7 @@ class AdapterManager:
         if not self._infos:
             self.peft.unload()  # puts the original modules back
             self.peft = None
-            self._layers, self._lora_layers = [], []
+            self._refresh_layers()
         else:
             self.peft.delete_adapter(name)
             self._refresh_layers()
@@ -320,6 +322,7 @@ class AdapterManager:
         self._active = target
 
     def _refresh_layers(self) -> None:
+        self._mixed = None
         if self.peft is None:
             self._layers, self._lora_layers, self._slots = [], [], []
             return
@@ -482,31 +485,35 @@ class AdapterManager:
         tuner._adaptrix_mixed = True
 
     def _fast_mixed_ok(self, names: Sequence[str]) -> bool:
-        unique = {n for n in names if n != BASE}
+        """The concatenated path serves plain Linear LoRA only (no embeddings, modules_to_save, variants)."""
+        from .mixed import MixedBatch
+
+        unique = sorted({n for n in names if n != BASE})
         if any(n not in self._infos or self._infos[n].modules_to_save for n in unique):
             return False
-        return not any(n in getattr(layer, "lora_embedding_A", {}) for layer in self._lora_layers for n in unique)
+        return MixedBatch.fits(self._slots, unique)
 
     @contextlib.contextmanager
     def _mixed_forward(self, names: list[str]):
-        """Each Linear LoRA layer adds row i's ``x_i A_i^T (s_i B_i)^T`` with two gathered bmm calls."""
-        import torch
+        """Swap every LoRA wrapper for a module serving each row its own adapter (see :mod:`.mixed`)."""
+        from .mixed import MixedBatch
 
         unique = sorted({n for n in names if n != BASE})
-        slot = {n: i + 1 for i, n in enumerate(unique)}  # slot 0 is the base (zero delta)
-        idx = torch.tensor([slot.get(n, 0) for n in names], dtype=torch.long)
+        if self._mixed is None or self._mixed.adapters != unique:
+            self._mixed = None  # drop the old copies before building new ones
+            self._mixed = MixedBatch(self._slots, unique)
+        batch = self._mixed
+        batch.set_rows(names, BASE)
         previous = self._active
-        hooks = []
         with self._pin(unique):
-            self._apply(())
+            self._apply(())  # modules_to_save wrappers and the like: base only
             try:
-                for layer in self._lora_layers:
-                    if any(n in layer.lora_A for n in unique):
-                        hooks.append(layer.register_forward_hook(_delta_hook(layer, unique, idx)))
+                for parent, child, module in batch.swaps:
+                    parent._modules[child] = module
                 yield
             finally:
-                for h in hooks:
-                    h.remove()
+                for parent, child, layer in self._slots:
+                    parent._modules[child] = layer
                 self._apply(previous)
 
     # -- composition -------------------------------------------------------------------
@@ -593,42 +600,8 @@ class AdapterManager:
             self.peft = None
             self._infos.clear()
             self._known.clear()
-            self._layers, self._lora_layers, self._active = [], [], ()
-
-
-def _delta_hook(layer, unique: list[str], idx):
-    """A forward hook adding each row's own LoRA delta, from stacked, rank-padded weights."""
-    import torch
-
-    present = [n for n in unique if n in layer.lora_A]
-    rmax = max(layer.lora_A[n].weight.shape[0] for n in present)
-    a0 = layer.lora_A[present[0]].weight
-    b0 = layer.lora_B[present[0]].weight
-    in_f, out_f = a0.shape[1], b0.shape[0]
-    a_stack = torch.zeros(len(unique) + 1, rmax, in_f, dtype=a0.dtype, device=a0.device)
-    b_stack = torch.zeros(len(unique) + 1, out_f, rmax, dtype=b0.dtype, device=b0.device)
-    with torch.no_grad():
-        for i, n in enumerate(unique):
-            if n in layer.lora_A:
-                r = layer.lora_A[n].weight.shape[0]
-                a_stack[i + 1, :r] = layer.lora_A[n].weight
-                b_stack[i + 1, :, :r] = layer.lora_B[n].weight * layer.scaling[n]
-    cache: dict[int, tuple] = {}
-
-    def rows(batch: int):
-        if batch not in cache:
-            ix = idx if batch == len(idx) else idx.repeat_interleave(batch // max(len(idx), 1))
-            cache[batch] = (a_stack[ix].transpose(1, 2).contiguous(), b_stack[ix].transpose(1, 2).contiguous())
-        return cache[batch]
-
-    def hook(module, args, output):
-        x = args[0]
-        a_t, b_t = rows(x.shape[0])
-        shape = x.shape
-        h = torch.bmm(x.reshape(shape[0], -1, shape[-1]).to(a_t.dtype), a_t)
-        return output + torch.bmm(h, b_t).reshape(*shape[:-1], b_t.shape[-1]).to(output.dtype)
-
-    return hook
+            self._layers, self._lora_layers, self._slots, self._active = [], [], [], ()
+            self._mixed = None
 
 
 def _max_rank(info: AdapterInfo) -> int | None:
