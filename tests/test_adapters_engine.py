@@ -118,6 +118,34 @@ def test_switch_per_call_and_list(engine, setup):
     assert list(a) == _oracle_tokens(engine, pm, PROMPTS[2])[: len(a)]
 
 
+def test_direct_injection_matches_peft_load_adapter(engine, setup, tmp_path):
+    """Adapters after the first skip peft's load_adapter (see adaptrix.adapters.inject): same model as peft's."""
+    from support.adapters import make_adapter
+
+    from adaptrix.adapters.inject import plan
+
+    model_dir, adir = setup
+    odd = make_adapter(
+        model_dir, tmp_path / "odd", seed=5, target_modules=("q_proj", "v_proj", "up_proj"),
+        rank_pattern={"up_proj": 8}, alpha_pattern={"v_proj": 16}, use_rslora=True, lora_dropout=0.1,
+    )
+    engine.load_adapter("math")
+    m = engine.adapters
+    info = m.info(str(odd))
+    assert plan(info, m.index, m.base) is not None  # this adapter takes the direct path
+    engine.load_adapter(str(odd), name="odd")  # up_proj is newly wrapped; patterns, rsLoRA, dropout in eval
+    pm = _oracle(model_dir, {"math": adir / "math", "odd": odd}, active="odd")
+    with torch.no_grad():
+        expected = pm(_ids(engine, PROMPTS[3])).logits
+    assert torch.allclose(_logits(engine, PROMPTS[3], "active"), expected, atol=1e-5)
+    pm.set_adapter("math")
+    with torch.no_grad():
+        expected = pm(_ids(engine, PROMPTS[3])).logits
+    assert torch.allclose(_logits(engine, PROMPTS[3], "math"), expected, atol=1e-5)
+    batch = engine.generate_batch_detailed(PROMPTS[:2], adapters=["odd", "math"], **GREEDY)
+    assert batch[0].token_ids == engine.generate_detailed(PROMPTS[0], adapter="odd", **GREEDY).token_ids
+
+
 def test_several_active_adapters_are_summed(engine, setup):
     model_dir, adir = setup
     engine.load_adapter("math")
@@ -280,7 +308,19 @@ def test_failed_load_leaves_engine_unchanged(engine, setup, tmp_path, monkeypatc
     assert torch.equal(_logits(engine, PROMPTS[0], None), base)
     monkeypatch.undo()
     engine.load_adapter("math")
-    monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", broken)
+    # later adapters: adaptrix's direct injection (or peft's loader) fails after three layers got the adapter,
+    # one of them newly wrapped (chat targets gate_proj, math does not)
+    from peft.tuners.lora.layer import LoraLayer
+
+    original, calls = LoraLayer.update_layer, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("disk went away")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraLayer, "update_layer", flaky)
     with pytest.raises(AdapterError, match="disk went away"):
         engine.load_adapter("chat")  # new target modules (gate/down) were injected, then removed
     monkeypatch.undo()

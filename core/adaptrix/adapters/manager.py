@@ -13,6 +13,8 @@ Built on :class:`peft.PeftModel`; adaptrix adds what peft lacks:
 - a mixed-adapter forward for ``adapter_names`` batches: two dense matmuls
   per layer over the batch's adapters concatenated on the rank axis, instead
   of peft's per-adapter loop (see :mod:`.mixed`);
+- loads that do not slow down as adapters accumulate: plain LoRA adapters are
+  injected into just the modules validation named (see :mod:`.inject`);
 - LRU residency (count and byte budget) with transparent reload.
 
 All public methods hold ``lock`` (the engine passes its generation lock).
@@ -29,6 +31,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import AdapterError, AdapterFormatError, AdapterIncompatibleError, AdapterNotFoundError
 from .info import PICKLE_FILE, AdapterInfo, TensorSpec, read_adapter_info
+from .inject import inject, plan
 from .sources import available_adapters, resolve_adapter
 from .validate import CompatibilityReport, ModuleIndex, validate
 
@@ -191,7 +194,6 @@ class AdapterManager:
             self._known.pop(name, None)
             self._infos[name] = info
             self._touch([name])
-            self._refresh_layers()
             self._apply(self._active)
             if activate:
                 self.switch(name)
@@ -216,8 +218,12 @@ class AdapterManager:
                     peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=info.name, is_trainable=False)
                     peft.eval()
                     self.peft = peft
+                    self._refresh_layers()
+                elif (modules := plan(info, self.index, self.base) if state is None else None) is not None:
+                    self._add_layers(inject(self.peft, info, modules))  # only the modules validation named
                 else:
                     self.peft.load_adapter(str(folder), adapter_name=info.name, is_trainable=False)
+                    self._refresh_layers()
             except Exception as exc:
                 self._rollback(info.name)
                 raise AdapterError(
@@ -338,6 +344,14 @@ class AdapterManager:
                     parent, _, child = name.rpartition(".")
                     self._slots.append((self.peft.get_submodule(parent), child, m))
         self._lora_layers = [m for m in self._layers if isinstance(m, LoraLayer)]
+
+    def _add_layers(self, slots) -> None:
+        """LoRA layers created by a direct injection (modules no earlier adapter targeted)."""
+        self._mixed = None
+        for parent, child, layer in slots:
+            self._layers.append(layer)
+            self._lora_layers.append(layer)
+            self._slots.append((parent, child, layer))
 
     @contextlib.contextmanager
     def _pin(self, names: Iterable[str]):
