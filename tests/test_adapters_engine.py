@@ -265,12 +265,19 @@ def test_merge_gives_same_tokens_and_exact_unmerge(engine):
     unmerged_logits = _logits(engine, PROMPTS[0], "active")
     engine.merge_adapter()
     assert engine.get_model_info()["merged"] == ["math"]
+    assert engine._generation_model() is engine.model  # merged: the LoRA wrappers are out of the forward path
     assert engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids == unmerged
     assert torch.allclose(_logits(engine, PROMPTS[0], "active"), unmerged_logits, atol=1e-4)
     # a per-call base request unmerges: exact base
     assert torch.equal(_logits(engine, PROMPTS[0], None), base_logits)
     engine.configure_adapters(merge=True)
     engine.load_adapter("code")
+    assert engine.get_model_info()["merged"] == ["code"]
+    # a mixed batch while "code" is merged: unmerged first, rows as alone
+    batch = engine.generate_batch_detailed(PROMPTS[:2], adapters=["math", None], **GREEDY)
+    assert batch[1].token_ids == engine.generate_detailed(PROMPTS[1], adapter=None, **GREEDY).token_ids
+    assert batch[0].token_ids == engine.generate_detailed(PROMPTS[0], adapter="math", **GREEDY).token_ids
+    engine.switch_adapter("code")
     assert engine.get_model_info()["merged"] == ["code"]
     engine.switch_adapter(None)
     assert engine.get_model_info()["merged"] == []

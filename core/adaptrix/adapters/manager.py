@@ -110,8 +110,9 @@ class AdapterManager:
         return read_adapter_info(folder, name)
 
     def generation_model(self):
-        """The module to call ``generate`` on: the PeftModel once adapters exist, else the base."""
-        return self.peft if self.peft is not None else self.base
+        """The module to call ``generate`` on: the PeftModel while LoRA layers are in the forward path,
+        else (no adapter loaded, or the active one merged with its wrappers swapped out) the base model."""
+        return self.peft if self.peft is not None and not self._unwrapped else self.base
 
     def list(self) -> list[dict[str, Any]]:
         """Available (in adapters_dir), loaded and evicted adapters, the active ones marked."""
@@ -467,6 +468,7 @@ class AdapterManager:
                     raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
             self.ensure_loaded(dict.fromkeys(names))
             self._touch(names)
+            self._unmerge()  # before the caller picks generation_model(): adapter_names needs the PeftModel
             self._install_mixed_forward()
             return {"adapter_names": [a if a is not None else BASE for a in adapters]}
 
