@@ -4,9 +4,12 @@ Model: a random Qwen3-shaped model (hidden 512, 8 layers, vocab 32000, tied
 embeddings; about 35M parameters) built in a temp dir. Adapters: LoRA r=16 on
 all seven projections, random non-zero weights.
 
-    python bench/bench_adapters.py [--quick]
+    python bench/bench_adapters.py [--quick] [--threads N]
 
-Prints a table and writes JSON to --out (default: bench/results_adapters.json).
+Variants that are compared run interleaved (round-robin, so load drift hits all
+alike) and each reports its median. Prints the results as JSON and writes them
+to --out (default: bench/results_adapters.json), with the date and the 1-minute
+load average at start and end: rerun when the machine was busy.
 """
 
 from __future__ import annotations
@@ -102,16 +105,16 @@ def bench_switch(model_dir, adapters, n):
 
 
 def interleaved(variants: dict, reps: int) -> dict:
-    """Run each variant once per round (round-robin, so load drift hits all alike); keep each one's best time."""
-    best = {k: float("inf") for k in variants}
+    """Run each variant once per round (round-robin, so load drift hits all alike); each one's median time."""
+    times = {k: [] for k in variants}
     for fn in variants.values():
         fn()  # warm up
     for _ in range(reps):
         for k, fn in variants.items():
             t = time.perf_counter()
             fn()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def generator(model, ids, new_tokens, **kw):
@@ -126,36 +129,35 @@ def generator(model, ids, new_tokens, **kw):
 
 
 def bench_decode(model_dir, adapters, new_tokens, reps):
+    """Batch 1, greedy, one adapter active; every variant calls generate with the same kwargs."""
     import torch
     from peft import PeftModel
 
     ids = torch.randint(5, 32000, (1, 16), generator=torch.Generator().manual_seed(0))
     base = fresh(model_dir)
     pm = PeftModel.from_pretrained(fresh(model_dir), str(adapters[0])).eval()
-    m = manager_for(model_dir, adapters[0].parent, merge=True)
-    m.load(str(adapters[0]), name="a")
+    merged_m = manager_for(model_dir, adapters[0].parent, merge=True)
+    merged_m.load(str(adapters[0]), name="a")
+    plain_m = manager_for(model_dir, adapters[0].parent)
+    plain_m.load(str(adapters[0]), name="a")
 
-    def merged():
-        with m.scope(UNSET):  # what the engine does around generate: merge mode merges here
-            generator(m.generation_model(), ids, new_tokens)()
+    def engine_path(m):
+        def run():
+            with m.scope(UNSET):  # what the engine does around generate: merge mode merges here
+                generator(m.generation_model(), ids, new_tokens)()
+        return run
 
-    best = interleaved(
-        {"base": generator(base, ids, new_tokens), "peft": generator(pm, ids, new_tokens), "merged": merged}, reps
-    )
-    m.merge_mode = False
-    m.unmerge()
-    best.update(interleaved({"base2": generator(base, ids, new_tokens),
-                             "unmerged": generator(m.generation_model(), ids, new_tokens)}, reps))
+    med = interleaved({"base": generator(base, ids, new_tokens), "peft": generator(pm, ids, new_tokens),
+                       "merged": engine_path(merged_m), "unmerged": engine_path(plain_m)}, reps)
     tps = lambda s: new_tokens / s  # noqa: E731
-    base_s = min(best["base"], best["base2"])
     return {
-        "base_tok_s": tps(base_s),
-        "peft_unmerged_tok_s": tps(best["peft"]),
-        "adaptrix_unmerged_tok_s": tps(best["unmerged"]),
-        "adaptrix_merged_tok_s": tps(best["merged"]),
-        "peft_unmerged_over_base": base_s / best["peft"],
-        "adaptrix_unmerged_over_base": base_s / best["unmerged"],
-        "adaptrix_merged_over_base": base_s / best["merged"],
+        "base_tok_s": tps(med["base"]),
+        "peft_unmerged_tok_s": tps(med["peft"]),
+        "adaptrix_unmerged_tok_s": tps(med["unmerged"]),
+        "adaptrix_merged_tok_s": tps(med["merged"]),
+        "peft_unmerged_over_base": med["base"] / med["peft"],
+        "adaptrix_unmerged_over_base": med["base"] / med["unmerged"],
+        "adaptrix_merged_over_base": med["base"] / med["merged"],
     }
 
 
@@ -187,33 +189,54 @@ def bench_mixed(model_dir, adapters, new_tokens, reps):
             pm.set_adapter(n)
             generator(pm, ids[i:i + 1], new_tokens)()
 
-    best = interleaved({"ours": batched, "ours_seq": one_by_one,
-                        "peft": generator(pm, ids, new_tokens, adapter_names=names), "peft_seq": peft_one_by_one},
-                       reps)
+    base = fresh(model_dir)
+
+    def base_one_by_one():
+        for i in range(len(names)):
+            generator(base, ids[i:i + 1], new_tokens)()
+
+    med = interleaved({"ours": batched, "ours_seq": one_by_one,
+                       "peft": generator(pm, ids, new_tokens, adapter_names=names), "peft_seq": peft_one_by_one,
+                       "base": generator(base, ids, new_tokens), "base_seq": base_one_by_one},
+                      reps)
     return {
-        "adaptrix_batched_s": best["ours"], "adaptrix_one_by_one_s": best["ours_seq"],
-        "adaptrix_speedup": best["ours_seq"] / best["ours"],
-        "peft_batched_s": best["peft"], "peft_one_by_one_s": best["peft_seq"],
-        "peft_speedup": best["peft_seq"] / best["peft"],
+        "adaptrix_batched_s": med["ours"], "adaptrix_one_by_one_s": med["ours_seq"],
+        "adaptrix_speedup": med["ours_seq"] / med["ours"],
+        "peft_batched_s": med["peft"], "peft_one_by_one_s": med["peft_seq"],
+        "peft_speedup": med["peft_seq"] / med["peft"],
+        "base_batched_s": med["base"], "base_one_by_one_s": med["base_seq"],
+        "base_speedup_no_adapters": med["base_seq"] / med["base"],
     }
 
 
-def bench_load(model_dir, adapters, checkpoints):
+def bench_load(model_dir, adapters, checkpoints, repeats=3):
+    """Time loading one more adapter with N already loaded; at the checkpoints, the median of a few
+    load + unload cycles (the unload is not timed) for both."""
     from peft import PeftModel
 
     out = {}
     pm = PeftModel.from_pretrained(fresh(model_dir), str(adapters[0]), adapter_name="a00").eval()
     m = manager_for(model_dir, adapters[0].parent)
     m.load("a00", activate=False)
+
+    def timed(fn):
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
     for i, path in enumerate(adapters[1:], start=1):
-        t = time.perf_counter()
-        pm.load_adapter(str(path), adapter_name=path.name)
-        peft_ms = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        m.load(path.name, activate=False)
-        ours_ms = (time.perf_counter() - t) * 1e3
+        if i in checkpoints:  # extra cycles with `i` loaded, then the real load below
+            peft_ms, ours_ms = [], []
+            for _ in range(repeats - 1):
+                peft_ms.append(timed(lambda: pm.load_adapter(str(path), adapter_name=path.name)))
+                pm.delete_adapter(path.name)
+                ours_ms.append(timed(lambda: m.load(path.name, activate=False)))
+                m.unload(path.name)
+        peft_t = timed(lambda: pm.load_adapter(str(path), adapter_name=path.name))
+        ours_t = timed(lambda: m.load(path.name, activate=False))
         if i in checkpoints:
-            out[f"load_with_{i}_loaded"] = {"peft_ms": peft_ms, "adaptrix_ms": ours_ms}
+            out[f"load_with_{i}_loaded"] = {"peft_ms": statistics.median(peft_ms + [peft_t]),
+                                            "adaptrix_ms": statistics.median(ours_ms + [ours_t])}
     return out
 
 
@@ -228,18 +251,21 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     n_adapters = 12 if args.quick else 51
     new_tokens = 8 if args.quick else 24
-    reps = 1 if args.quick else 4
+    reps = 1 if args.quick else 5
     with tempfile.TemporaryDirectory(prefix="adaptrix-bench-") as tmp:
         model_dir, adapters, params = build(Path(tmp), n_adapters)
         results = {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
                        f"{torch.__version__}, threads {torch.get_num_threads()}",
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "load_average_1min_at_start": os.getloadavg()[0],
             "model_params": params,
             "switch": bench_switch(model_dir, adapters, 500),
             "decode": bench_decode(model_dir, adapters, new_tokens, reps),
             "mixed_batch": bench_mixed(model_dir, adapters, new_tokens, reps),
             "load": bench_load(model_dir, adapters, {1, 10, 50} if not args.quick else {1, 10}),
         }
+        results["load_average_1min_at_end"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
     Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
