@@ -146,6 +146,26 @@ def test_direct_injection_matches_peft_load_adapter(engine, setup, tmp_path):
     assert batch[0].token_ids == engine.generate_detailed(PROMPTS[0], adapter="odd", **GREEDY).token_ids
 
 
+def test_direct_injection_equals_peft_parameters_in_bfloat16(setup):
+    """peft upcasts a bfloat16 model's adapter weights to float32 before copying the file in; so does adaptrix."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptrix.adapters.manager import AdapterManager
+    from adaptrix.types import LoadedModel
+
+    model_dir, adir = setup
+    load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()  # noqa: E731
+    m = AdapterManager(LoadedModel(model=load(), tokenizer=None, family="qwen", model_id=str(model_dir)), adir)
+    m.load("math")
+    m.load("chat")
+    pm = PeftModel.from_pretrained(load(), str(adir / "math"), adapter_name="math").eval()
+    pm.load_adapter(str(adir / "chat"), adapter_name="chat")
+    ours, theirs = dict(m.peft.named_parameters()), dict(pm.named_parameters())
+    assert ours.keys() == theirs.keys()
+    assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_several_active_adapters_are_summed(engine, setup):
     model_dir, adir = setup
     engine.load_adapter("math")

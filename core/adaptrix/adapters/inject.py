@@ -91,12 +91,12 @@ def inject(peft_model, info: AdapterInfo, modules: list[str]) -> list[tuple[Any,
         layer = parent._modules[child]
         if layer is not target:
             wrapped.append((parent, child, layer))
+        for sub in (layer.lora_A[name], layer.lora_B[name], layer.lora_dropout[name]):
+            _upcast(sub)  # before the copy, as peft does: a bfloat16 model keeps the file's float32 values
+            sub.train(parent.training)  # new modules start in training mode (dropout!)
         with torch.no_grad():
             layer.lora_A[name].weight.copy_(tensors[module_name, "lora_A.weight"])
             layer.lora_B[name].weight.copy_(tensors[module_name, "lora_B.weight"])
-        for sub in (layer.lora_A[name], layer.lora_B[name], layer.lora_dropout[name]):
-            _upcast(sub)
-            sub.train(parent.training)  # new modules start in training mode (dropout!)
         if layer is not target:
             layer.train(parent.training)
     for module_name in modules:
