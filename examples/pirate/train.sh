@@ -8,5 +8,5 @@ adaptrix train \
   --data examples/pirate/train.jsonl \
   --output examples/adapters/pirate_style \
   --rank 4 --lr 2e-3 --batch-size 8 --max-steps 40 --save-every 10 --seed 0 --threads 2 \
-  --task-type style --description "Answers in a pirate's voice: 'Arr, matey! ... Yo ho ho!'" \
+  --task-type chat --description "Answers in a pirate's voice: 'Arr, matey! ... Yo ho ho!'" \
   --resume "$@"

@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--max-length", type=int, default=None, help="longest sample in tokens (default: context length)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint if there is one")
     p.add_argument("--description", default="", help="stored in adaptrix.json")
-    p.add_argument("--task-type", default="general", help="stored in adaptrix.json (e.g. math, style)")
+    p.add_argument("--task-type", default="general", help="stored in adaptrix.json; the engine's generation preset while the adapter is active: general, chat, code, math, creative (default general)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--trust-remote-code", action="store_true")

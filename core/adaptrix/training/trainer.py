@@ -130,6 +130,13 @@ def _check_config(cfg: TrainConfig) -> None:
     for name, value, ok in checks:
         if not ok:
             raise TrainingError(f"option {name}={value!r} is invalid; it must be positive (dropout in [0, 1))")
+    from ..generation_defaults import TASK_PRESETS
+
+    if cfg.task_type not in TASK_PRESETS:
+        raise TrainingError(
+            f"option task_type={cfg.task_type!r} is not a task the engine knows (it picks the generation "
+            f"preset when the adapter is active); choose one of {', '.join(TASK_PRESETS)}"
+        )
 
 
 def _model_source(model: str | None) -> tuple[str, str]:
@@ -211,7 +218,22 @@ def _strip_quantizer(model) -> None:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train a LoRA adapter as ``cfg`` says and save it to ``cfg.output``."""
+    """Train a LoRA adapter as ``cfg`` says and save it to ``cfg.output``.
+
+    ``cfg.threads`` applies for the run only; the previous torch thread count is restored.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -220,8 +242,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     from .data import collate, encode_all, file_sha256, load_jsonl
 
     _check_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     output = Path(cfg.output)
     ckpt = output / CHECKPOINT
     samples = load_jsonl(cfg.data)
