@@ -23,6 +23,7 @@ def setup(tiny_model, tmp_path_factory):
     make_adapter(model_dir, adir / "code", seed=2)
     make_adapter(model_dir, adir / "chat", seed=3, target_modules=("q_proj", "v_proj", "gate_proj", "down_proj"))
     make_adapter(model_dir, adir / "wide", seed=4, r=8)
+    make_adapter(model_dir, adir / "styled", seed=5, meta={"task_type": "style"})
     return model_dir, adir
 
 
@@ -91,6 +92,15 @@ def test_logits_and_tokens_match_peft_and_base_is_restored(engine, setup):
     assert torch.equal(_logits(engine, PROMPTS[0], "active"), base_logits)
     assert engine._generation_model() is engine.model
     assert engine.get_model_info()["adapters_loaded"] == []
+
+
+def test_adapter_task_type_without_a_preset_selects_none(engine):
+    """An adapter's own label ("style") must not break generation: it selects no preset."""
+    engine.load_adapter("math", activate=False)
+    assert engine._adapter_task_type("math") == "math"
+    engine.load_adapter("styled")
+    assert engine._adapter_task_type() is None
+    assert isinstance(engine.generate(PROMPTS[0], **GREEDY), str)
 
 
 def test_switch_per_call_and_list(engine, setup):

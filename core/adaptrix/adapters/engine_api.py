@@ -65,7 +65,11 @@ class AdapterAPI:
         return self._adapter_manager.batch_kwargs(adapters, batch_size)
 
     def _adapter_task_type(self, adapter=UNSET) -> str | None:
-        """The task type declared by the adapter's adaptrix.json, if any."""
+        """The task preset declared by the adapter's adaptrix.json, if it names one.
+
+        A task type adaptrix has no preset for (an adapter's own label such as
+        "style") selects nothing rather than failing the generation.
+        """
         m = self._adapter_manager
         if m is None or adapter is None:
             return None
@@ -73,10 +77,13 @@ class AdapterAPI:
             adapter = m.active
             if not isinstance(adapter, str):
                 return None
+        from ..generation_defaults import TASK_PRESETS
+
         try:
-            return m.info(adapter).task_type
+            task = m.info(adapter).task_type
         except Exception:
             return None
+        return task if task in TASK_PRESETS else None
 
     def _adapters_info(self) -> dict:
         """For ``get_model_info``: adapters loaded and active."""
