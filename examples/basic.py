@@ -1,37 +1,59 @@
 """The seed's basic example on the embedded default model (SmolLM2-135M-Instruct).
 
 Run with ``make demo`` or ``.venv/bin/python examples/basic.py``. The first run
-converts the model's GGUF file once into a cached safetensors folder (about a
-minute on two CPU cores, with a progress bar); later runs load it in seconds.
+converts the model's GGUF file once into a cached safetensors folder (about 30 s
+on two CPU cores, with a progress bar); later runs load it in under a second.
+
+1. "What is machine learning?" on the base model;
+2. ``load_adapter("math_specialist")`` and "What is 25 times 8?";
+3. the base model again, for contrast;
+
+each answer streamed and labelled with the adapter that produced it, then the
+model info.
 """
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
 
 from adaptrix import Engine  # noqa: E402
 
-engine = Engine()  # no model_id: the embedded SmolLM2-135M-Instruct
+ADAPTERS = Path(__file__).resolve().parent / "adapters"  # math_specialist, pirate_style
+
+
+def ask(engine: Engine, question: str, adapter) -> None:
+    """Stream one greedy answer, labelled with the adapter used (None: the base model)."""
+    print(f"[{adapter or 'base model'}] > {question}")
+    for piece in engine.stream(question, adapter=adapter, max_new_tokens=200, temperature=0):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print("\n")
+
+
+def show_info(engine: Engine) -> None:
+    info = engine.get_model_info()
+    print("Model info")
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value) or "-"
+        elif isinstance(value, int) and key == "parameters":
+            value = f"{value:,}"
+        print(f"  {key.ljust(width)}  {value}")
+
+
+engine = Engine(adapters_dir=ADAPTERS)  # no model_id: the embedded SmolLM2-135M-Instruct
 engine.initialize()
 
-prompt = "What is machine learning?"
-print(f"> {prompt}\n")
-for piece in engine.stream(prompt, max_new_tokens=200, temperature=0):
-    sys.stdout.write(piece)
-    sys.stdout.flush()
-print("\n")
+ask(engine, "What is machine learning?", None)
+engine.load_adapter("math_specialist")
+ask(engine, "What is 25 times 8?", "math_specialist")
+engine.switch_adapter(None)
+ask(engine, "What is 25 times 8?", None)
 
-info = engine.get_model_info()
-print("Model info")
-width = max(len(k) for k in info)
-for key, value in info.items():
-    if isinstance(value, dict):
-        value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-    elif isinstance(value, list):
-        value = ", ".join(str(v) for v in value) or "-"
-    elif isinstance(value, int) and key == "parameters":
-        value = f"{value:,}"
-    print(f"  {key.ljust(width)}  {value}")
-
+show_info(engine)
 engine.cleanup()
