@@ -252,6 +252,7 @@ def main() -> int:
     n_adapters = 12 if args.quick else 51
     new_tokens = 8 if args.quick else 24
     reps = 1 if args.quick else 5
+    decode_reps = 1 if args.quick else 9  # short runs (under a second): more rounds for a steady median
     with tempfile.TemporaryDirectory(prefix="adaptrix-bench-") as tmp:
         model_dir, adapters, params = build(Path(tmp), n_adapters)
         results = {
@@ -261,7 +262,7 @@ def main() -> int:
             "load_average_1min_at_start": os.getloadavg()[0],
             "model_params": params,
             "switch": bench_switch(model_dir, adapters, 500),
-            "decode": bench_decode(model_dir, adapters, new_tokens, reps),
+            "decode": bench_decode(model_dir, adapters, new_tokens, decode_reps),
             "mixed_batch": bench_mixed(model_dir, adapters, new_tokens, reps),
             "load": bench_load(model_dir, adapters, {1, 10, 50} if not args.quick else {1, 10}),
         }
