@@ -64,9 +64,20 @@ def build(tmp: Path, n_adapters: int):
 
 
 def fresh(model_dir):
+    """A new model whose weights all live in process memory.
+
+    from_pretrained leaves weights memory-mapped from the file, while merging an adapter rewrites the targeted
+    weights into ordinary memory; decode here ran up to ~4% faster on the latter, which made a merged model look
+    faster than its own base. Cloning puts every variant on the same footing.
+    """
+    import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # tied weights are one Parameter: they stay tied
+            p.data = p.data.clone()
+    return model
 
 
 from adaptrix.adapters.engine_api import UNSET  # noqa: E402
