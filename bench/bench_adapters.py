@@ -15,6 +15,7 @@ load average at start and end: rerun when the machine was busy.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -266,16 +267,20 @@ def main() -> int:
     decode_reps = 1 if args.quick else 9  # short runs (under a second): more rounds for a steady median
     with tempfile.TemporaryDirectory(prefix="adaptrix-bench-") as tmp:
         model_dir, adapters, params = build(Path(tmp), n_adapters)
+        def section(fn, *a):
+            gc.collect()  # the previous section's models (peft keeps reference cycles) go before this one's load
+            return fn(*a)
+
         results = {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
                        f"{torch.__version__}, threads {torch.get_num_threads()}",
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "load_average_1min_at_start": os.getloadavg()[0],
             "model_params": params,
-            "switch": bench_switch(model_dir, adapters, 500),
-            "decode": bench_decode(model_dir, adapters, new_tokens, decode_reps),
-            "mixed_batch": bench_mixed(model_dir, adapters, new_tokens, reps),
-            "load": bench_load(model_dir, adapters, {1, 10, 50} if not args.quick else {1, 10}),
+            "switch": section(bench_switch, model_dir, adapters, 500),
+            "decode": section(bench_decode, model_dir, adapters, new_tokens, decode_reps),
+            "mixed_batch": section(bench_mixed, model_dir, adapters, new_tokens, reps),
+            "load": section(bench_load, model_dir, adapters, {1, 10, 50} if not args.quick else {1, 10}),
         }
         results["load_average_1min_at_end"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
