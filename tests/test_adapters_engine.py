@@ -24,6 +24,7 @@ def setup(tiny_model, tmp_path_factory):
     make_adapter(model_dir, adir / "chat", seed=3, target_modules=("q_proj", "v_proj", "gate_proj", "down_proj"))
     make_adapter(model_dir, adir / "wide", seed=4, r=8)
     make_adapter(model_dir, adir / "styled", seed=5, meta={"task_type": "style"})
+    make_adapter(model_dir, adir / "saver", seed=6, modules_to_save=["lm_head"])
     return model_dir, adir
 
 
@@ -226,6 +227,17 @@ def test_mixed_batch_rows_equal_alone(engine):
     for prompt, adapter, row in zip(PROMPTS, adapters, batch):
         alone = engine.generate_detailed(prompt, adapter=adapter, **GREEDY)
         assert row.token_ids == alone.token_ids, (prompt, adapter)
+
+
+def test_mixed_batch_refuses_a_modules_to_save_mix_peft_cannot_serve(engine):
+    from adaptrix.errors import AdapterError
+
+    with pytest.raises(AdapterError, match=r"cannot batch adapters \['saver'\] with \['math'\].*'lm_head'"):
+        engine.generate_batch(PROMPTS[:2], adapters=["saver", "math"], **GREEDY)
+    # Nothing changed: the mix peft can serve (the adapter beside the base) still matches alone.
+    batch = engine.generate_batch_detailed(PROMPTS[:2], adapters=["saver", None], **GREEDY)
+    assert batch[0].token_ids == engine.generate_detailed(PROMPTS[0], adapter="saver", **GREEDY).token_ids
+    assert batch[1].token_ids == engine.generate_detailed(PROMPTS[1], adapter=None, **GREEDY).token_ids
 
 
 def test_lru_eviction_and_transparent_reload(engine):

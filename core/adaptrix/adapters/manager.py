@@ -214,9 +214,17 @@ class AdapterManager:
             self._unmerge()
             try:
                 if self.peft is None:
+                    import warnings
+
                     from peft import PeftModel
 
-                    peft = PeftModel.from_pretrained(self.base, str(folder), adapter_name=info.name, is_trainable=False)
+                    with warnings.catch_warnings():
+                        # peft 0.21 calls transformers 5's deprecated is_gradient_checkpointing on every
+                        # wrap; the deprecation is theirs to fix and tells our users nothing.
+                        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                        peft = PeftModel.from_pretrained(
+                            self.base, str(folder), adapter_name=info.name, is_trainable=False
+                        )
                     peft.eval()
                     self.peft = peft
                     self._refresh_layers()
@@ -467,10 +475,30 @@ class AdapterManager:
                 if not isinstance(a, str):
                     raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
             self.ensure_loaded(dict.fromkeys(names))
+            self._check_mixed_modules_to_save(names)
             self._touch(names)
             self._unmerge()  # before the caller picks generation_model(): adapter_names needs the PeftModel
             self._install_mixed_forward()
             return {"adapter_names": [a if a is not None else BASE for a in adapters]}
+
+    def _check_mixed_modules_to_save(self, names: Sequence[str]) -> None:
+        """Refuse a batch peft cannot serve: a ``modules_to_save`` copy missing for another row's adapter.
+
+        peft's per-row path looks every row's adapter up in each
+        ``modules_to_save`` wrapper and fails with a bare ``KeyError`` when one
+        of them has no copy of that layer.
+        """
+        unique = sorted(set(names))
+        saved = {n: set(self._infos[n].modules_to_save or ()) for n in unique if n in self._infos}
+        for module in sorted(set().union(*saved.values()) if saved else ()):
+            lacking = [n for n in unique if module not in saved.get(n, set())]
+            if lacking:
+                holders = [n for n in unique if module in saved.get(n, set())]
+                raise AdapterError(
+                    f"cannot batch adapters {holders} with {lacking}: {holders} carry a full copy of "
+                    f"{module!r} (modules_to_save) and {lacking} do not, which peft cannot mix in one batch; "
+                    "generate those rows in separate calls"
+                )
 
     def _install_mixed_forward(self) -> None:
         """Route peft's ``adapter_names`` through :meth:`_mixed_forward` on this PeftModel."""
