@@ -32,21 +32,30 @@ NON_GENERATIVE_SUFFIXES = (
 )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(
+    path: Path,
+    error: type[Exception] = ModelConfigError,
+    prefix: str = "",
+    fix: str = "fix or re-download the file",
+) -> dict[str, Any]:
+    """Parse a file holding one JSON object; raise ``error`` naming the file, position and ``fix``.
+
+    ``prefix`` starts every message (e.g. ``"adapter 'math': "``).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ModelConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise error(f"{prefix}cannot read {path}: {exc.strerror or exc}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ModelConfigError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "fix or re-download the file"
+        raise error(
+            f"{prefix}{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); {fix}"
         ) from exc
     if not isinstance(data, dict):
-        raise ModelConfigError(f"{path} must hold a JSON object, found {type(data).__name__}")
+        raise error(f"{prefix}{path} must hold a JSON object, found {type(data).__name__}")
     return data
+
 
 
 def is_gguf(model_id: str) -> bool:
@@ -72,7 +81,7 @@ def load_config(model_id: str, revision: str | None = None) -> tuple[dict[str, A
             raise ModelConfigError(f"GGUF file {path} does not exist")
         return gguf_config(path), str(path)
     if path.is_file():
-        return _read_json(path), str(path)
+        return read_json_object(path), str(path)
     if path.is_dir():
         cfg = path / "config.json"
         if not cfg.is_file():
@@ -83,7 +92,7 @@ def load_config(model_id: str, revision: str | None = None) -> tuple[dict[str, A
                 f"model folder {path} has no config.json; point adaptrix at a folder saved with "
                 "save_pretrained() (config.json + weights), a config.json file or a .gguf file"
             )
-        return _read_json(cfg), str(cfg)
+        return read_json_object(cfg), str(cfg)
     if looks_local(model_id):
         raise ModelConfigError(f"model path {path} does not exist")
     return _hub_config(model_id, revision)
@@ -107,7 +116,7 @@ def _hub_config(repo_id: str, revision: str | None) -> tuple[dict[str, Any], str
             f"cannot fetch config.json of {repo_id!r} from the Hugging Face Hub "
             f"({type(exc).__name__}: {exc}); {hint}"
         ) from exc
-    return _read_json(Path(local)), local
+    return read_json_object(Path(local)), local
 
 
 #: GGUF ``general.architecture`` values whose transformers ``model_type`` differs.

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .. import modelconfig
 from ..errors import AdapterFormatError, AdapterNotFoundError
 
 CONFIG_FILE = "adapter_config.json"
@@ -87,20 +88,9 @@ class AdapterInfo:
 
 def read_json_object(path: Path, adapter: str) -> dict[str, Any]:
     """Parse a JSON object file, raising :class:`AdapterFormatError` naming adapter and file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AdapterFormatError(f"adapter {adapter!r}: cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AdapterFormatError(
-            f"adapter {adapter!r}: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "fix the file or re-save the adapter with save_pretrained()"
-        ) from exc
-    if not isinstance(data, dict):
-        raise AdapterFormatError(f"adapter {adapter!r}: {path} must hold a JSON object, found {type(data).__name__}")
-    return data
+    return modelconfig.read_json_object(
+        path, AdapterFormatError, f"adapter {adapter!r}: ", "fix the file or re-save the adapter with save_pretrained()"
+    )
 
 
 def read_safetensors_header(path: Path, adapter: str = "?") -> tuple[list[TensorSpec], dict[str, str], int]:
