@@ -35,7 +35,7 @@ def final_integer(text: str) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
-def load_base(model: str | None):
+def load_base(model: str | None, dtype: str = "float32"):
     """Model + tokenizer; the embedded GGUF goes through adaptrix's safetensors cache."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,7 +49,7 @@ def load_base(model: str | None):
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
     lm.eval()
     return lm, tok
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64, help="for the adapter (its replies are ~40 tokens)")
     ap.add_argument("--base-max-new-tokens", type=int, default=128, help="room for the base model's own working")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights and compute dtype")
     ap.add_argument("--show", type=int, default=5, help="print this many example answers per model")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     questions = [r["messages"][0]["content"] for r in rows]
     gold = [final_integer(r["messages"][-1]["content"]) for r in rows]
 
-    base, tok = load_base(args.model)
+    base, tok = load_base(args.model, args.dtype)
     model = PeftModel.from_pretrained(base, args.adapter)
     results = {}
     for label in ("base", "math_specialist"):
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - start, 1),
             "examples": [{"q": q, "a": a, "gold": g} for q, a, g in list(zip(questions, answers, gold))[: args.show]],
         }
-    print(f"\nHeld-out exact match ({len(questions)} questions, greedy, final answer of the reply)\n")
+    print(f"\nHeld-out exact match ({len(questions)} questions, greedy, {args.dtype}, final answer of the reply)\n")
     print(f"| model | correct | accuracy | seconds |\n|---|---|---|---|")
     for label, r in results.items():
         name = "SmolLM2-135M-Instruct (base)" if label == "base" else "base + math_specialist"
