@@ -79,3 +79,18 @@ def test_validate_exit_codes(adir, tiny_model, capsys):
     assert _cli("adapters", "validate", str(adir / "llama-chat"), "--model", model, "--json") == 1
     d = json.loads(capsys.readouterr().out)
     assert d["ok"] is False and "family 'llama'" in d["errors"][0]
+
+
+def test_broken_adapter_does_not_hide_the_others(adir, tiny_model, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "adapters"
+    shutil.copytree(adir / "qwen-math", root / "good")
+    (root / "bad").mkdir()
+    (root / "bad" / "adapter_config.json").write_text("[1, 2]")
+    assert _cli("adapters", "list", "--adapters-dir", str(root), "--model", str(tiny_model("qwen3"))) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[2:] if line and not line.startswith("error")}
+    assert "compatible" in lines["good"] and "incompatible" not in lines["good"]
+    assert "incompatible" in lines["bad"]
+    assert "error: bad: " in out and "adapter_config.json" in out

@@ -6,41 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 
 import pytest
 
+from support.gguf import FakeConverter, write_gguf
+
 from adaptrix import gguf_cache
 from adaptrix.errors import ModelLoadError
-
-
-def write_gguf(path, arch="llama", name="tiny", payload=b""):
-    """A minimal valid GGUF header (v3, no tensors) with a few metadata keys."""
-
-    def s(text):
-        data = text.encode()
-        return struct.pack("<Q", len(data)) + data
-
-    kv = [(b"general.architecture", s(arch)), (b"general.name", s(name))]
-    body = b"".join(struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + v for k, v in kv)
-    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)) + body + payload)
-    return path
-
-
-class FakeConverter:
-    def __init__(self, source=None, fail=False):
-        self.calls = 0
-        self.source = source
-        self.fail = fail
-
-    def __call__(self, path, out_dir, progress):
-        self.calls += 1
-        (out_dir / "config.json").write_text(json.dumps({"model_type": "llama", "from": path.name}))
-        if self.fail:
-            raise KeyboardInterrupt  # a crash (or Ctrl-C) in the middle of writing
-        if self.source:
-            for f in self.source.iterdir():
-                shutil.copy(f, out_dir / f.name)
 
 
 @pytest.fixture
@@ -117,6 +89,66 @@ def test_damaged_index_is_rebuilt(cache, tmp_path):
     assert not r.converted and conv.calls == 1
 
 
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-5]), "truncated"),
+        (lambda d: (d / "model.safetensors").unlink(), "no \\*.safetensors"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 12), "model.safetensors"),
+        (lambda d: (d / "config.json").write_text("{garbage"), "config.json"),
+        (lambda d: (d / gguf_cache.MARKER).unlink(), "unfinished"),
+    ],
+    ids=["truncated-weights", "missing-weights", "garbage-weights", "garbage-config", "no-marker"],
+)
+def test_damaged_folder_is_reconverted(cache, tmp_path, damage, problem):
+    f = write_gguf(tmp_path / "m.gguf")
+    conv = FakeConverter()
+    first = gguf_cache.cached_folder(f, progress=False, converter=conv)
+    damage(first.folder)
+    with pytest.warns(gguf_cache.CacheWarning, match=problem) as record:
+        again = gguf_cache.cached_folder(f, progress=False, converter=conv)
+    assert str(first.folder) in str(record[0].message)
+    assert again.converted and conv.calls == 2 and again.folder == first.folder
+    assert gguf_cache.damage(again.folder) is None
+
+
+def test_stale_tmp_folders_are_removed(cache, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    f = write_gguf(tmp_path / "m.gguf")
+    root = cache / "gguf"
+    root.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    killed = root / f".tmp-0123456789ab-{dead}-abc123"  # its process is gone: a killed conversion
+    running = root / f".tmp-0123456789ab-{os.getpid()}-def456"  # a live conversion: left alone
+    old = root / ".tmp-0123456789ab-xyz789"  # an older name without a pid, hours old
+    for d in (killed, running, old):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x" * 100)
+    os.utime(old, (time.time() - 2 * gguf_cache.STALE_TMP_SECONDS,) * 2)
+    gguf_cache.cached_folder(f, progress=False, converter=FakeConverter())
+    left = sorted(p.name for p in root.iterdir() if p.name.startswith(".tmp-"))
+    assert left == [running.name]
+
+
+def test_index_values_must_be_digests(cache, tmp_path):
+    f = write_gguf(tmp_path / "m.gguf")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    root = cache / "gguf"
+    root.mkdir(parents=True)
+    rel = os.path.relpath(victim, root)
+    (root / "index.json").write_text(json.dumps({gguf_cache._stat_key(f): rel}))
+    r = gguf_cache.cached_folder(f, progress=False, converter=FakeConverter())
+    assert r.folder.parent == root and len(r.sha256) == 64 and r.sha256 == gguf_cache.file_sha256(f, False)
+    assert (victim / "keep.txt").read_text() == "precious" and sorted(os.listdir(victim)) == ["keep.txt"]
+    assert json.loads((root / "index.json").read_text())[gguf_cache._stat_key(f)] == r.sha256
+
+
 def test_bad_files(cache, tmp_path):
     garbage = tmp_path / "g.gguf"
     garbage.write_bytes(b"\x00" * 64)
@@ -133,12 +165,14 @@ def test_engine_loads_through_the_cache(cache, tmp_path, tiny_model, monkeypatch
     f = write_gguf(tmp_path / "tiny.gguf")
     conv = FakeConverter(source=tiny_model("llama"))
     monkeypatch.setattr(gguf_cache, "convert_with_transformers", conv)
-    e1 = Engine(str(f), progress=False).initialize()
+    e1 = Engine(str(f), progress=False)
+    e1.initialize()
     info = e1.get_model_info()
     assert info["gguf_file"] == str(f) and info["source"].startswith(str(cache))
     text = e1.generate("Hi", temperature=0, max_new_tokens=4)
     e1.cleanup()
-    e2 = Engine(str(f), progress=False).initialize()
+    e2 = Engine(str(f), progress=False)
+    e2.initialize()
     assert e2.generate("Hi", temperature=0, max_new_tokens=4) == text
     e2.cleanup()
     assert conv.calls == 1

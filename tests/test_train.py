@@ -139,8 +139,27 @@ def test_answer_only_labels(tiny_model):
 
     tok.chat_template = None  # plain fallback
     prompt, answer = render(tok, sample)
-    assert prompt == "Be brief.\n\nUser: What is 25 times 8?\nAssistant: " and answer == "200<|im_end|>"
+    assert prompt == "System: Be brief.\nUser: What is 25 times 8?\nAssistant:" and answer == " 200<|im_end|>"
 
+
+@pytest.mark.parametrize("template", [True, False], ids=["chat-template", "plain"])
+def test_trained_prompt_is_the_served_prompt(tiny_model, template):
+    """An adapter learns on exactly the text and tokens the engine later feeds it for the same conversation."""
+    from transformers import AutoTokenizer
+
+    from adaptrix.conversation import build_prompt
+    from adaptrix.training.data import IGNORE_INDEX, Sample, encode
+
+    tok = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    if not template:
+        tok.chat_template = None
+    sample = Sample((("system", "Be brief."), ("user", "What is 25 times 8?"), ("assistant", "200")), line=1)
+    served = build_prompt(tok, "What is 25 times 8?", system="Be brief.")
+    enc = encode(tok, sample, max_length=None)
+    n_prompt = enc.labels.index(next(label for label in enc.labels if label != IGNORE_INDEX))
+    assert enc.input_ids[:n_prompt] == served.input_ids
+    assert tok.decode(enc.input_ids[:n_prompt]) == tok.decode(served.input_ids)
+    assert served.templated is template
 
 @pytest.mark.parametrize(
     "lines, line, match",
@@ -222,13 +241,104 @@ def test_engine_loads_trained_adapter(tiny_model, tmp_path):
 
     model = tiny_model("llama")
     train(config(model, write_data(tmp_path / "d.jsonl"), tmp_path / "adapters" / "tiny_qa"))
-    engine = Engine(str(model), adapters_dir=tmp_path / "adapters", progress=False).initialize()
+    engine = Engine(str(model), adapters_dir=tmp_path / "adapters", progress=False)
+    engine.initialize()
     try:
         info = engine.load_adapter("tiny_qa")
         assert engine.active_adapter == "tiny_qa"
         assert info.task_type == "general"
-        with_adapter = engine.generate("What is 25 times 8?", max_new_tokens=8, temperature=0)
-        base = engine.generate("What is 25 times 8?", adapter=None, max_new_tokens=8, temperature=0)
-        assert isinstance(with_adapter, str) and isinstance(base, str)
+        with_adapter = engine.generate_detailed("What is 25 times 8?", max_new_tokens=8, temperature=0)
+        base = engine.generate_detailed("What is 25 times 8?", adapter=None, max_new_tokens=8, temperature=0)
+        from adaptrix.conversation import build_prompt
+
+        prompt_ids = list(build_prompt(engine.tokenizer, "What is 25 times 8?").input_ids)
     finally:
         engine.cleanup()
+    # Oracle: plain transformers + peft, greedy, on the same prompt tokens.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    def greedy(m):
+        out = m.generate(torch.tensor([prompt_ids]), max_new_tokens=8, do_sample=False)
+        return out[0, len(prompt_ids):].tolist()
+
+    base_model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    expected_base = greedy(base_model)
+    expected_tuned = greedy(PeftModel.from_pretrained(base_model, str(tmp_path / "adapters" / "tiny_qa")).eval())
+    assert list(base.token_ids) == expected_base[: len(base.token_ids)]
+    assert list(with_adapter.token_ids) == expected_tuned[: len(with_adapter.token_ids)]
+    assert expected_tuned != expected_base  # the trained adapter changes what a user gets
+
+
+def test_output_is_checked_before_training(tiny_model, tmp_path, monkeypatch):
+    from adaptrix.training import train, trainer
+
+    model = tiny_model("llama")
+    data = write_data(tmp_path / "d.jsonl")
+    loads = []
+    monkeypatch.setattr(trainer, "load_for_training", lambda cfg: loads.append(cfg) or pytest.fail("loaded"))
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "adapter_config.json").write_text('{"r": 8}')
+    with pytest.raises(TrainingError, match=r"existing already holds an adapter; pass --overwrite"):
+        train(config(model, data, existing))
+    assert (existing / "adapter_config.json").read_text() == '{"r": 8}'
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(TrainingError, match=r"afile is a file"):
+        train(config(model, data, tmp_path / "afile"))
+    with pytest.raises(TrainingError, match=r"cannot create --output .*afile/sub"):
+        train(config(model, data, tmp_path / "afile" / "sub"))
+    with pytest.raises(TrainingError, match=r"threads=-2 is invalid"):
+        train(config(model, data, tmp_path / "o", threads=-2))
+    assert loads == []
+
+    monkeypatch.undo()
+    result = train(config(model, data, existing, overwrite=True, max_steps=2))
+    assert result.steps == 2 and json.loads((existing / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_resume_runs_no_pickle_and_checks_the_base_model(tiny_model, tmp_path):
+    import pickle
+
+    from adaptrix.training import train
+
+    model = tiny_model("llama")
+    data = write_data(tmp_path / "d.jsonl")
+    out = tmp_path / "out"
+    train(config(model, data, out, max_steps=2, save_every=1))
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 2 and not list((out / "checkpoint").glob("*.pt"))
+    with pytest.raises(TrainingError, match=r"checkpoint was trained on .* but this run loads"):
+        train(config(tiny_model("qwen2"), data, out, max_steps=3, resume=True))
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    legacy = tmp_path / "legacy"
+    (legacy / "checkpoint").mkdir(parents=True)
+    (legacy / "checkpoint" / "trainer_state.pt").write_bytes(pickle.dumps({"step": Payload()}))
+    with pytest.raises(TrainingError, match=r"pickle that can run code, so it is not loaded"):
+        train(config(model, data, legacy, resume=True))
+    assert not marker.exists()
+
+
+def test_train_on_gguf_converts_once(tiny_model, tmp_path, monkeypatch):
+    from support.gguf import FakeConverter, write_gguf
+
+    from adaptrix import gguf_cache
+    from adaptrix.training import train
+
+    monkeypatch.setenv("ADAPTRIX_CACHE", str(tmp_path / "cache"))
+    conv = FakeConverter(source=tiny_model("llama"))
+    monkeypatch.setattr(gguf_cache, "convert_with_transformers", conv)
+    f = write_gguf(tmp_path / "tiny.gguf")
+    data = write_data(tmp_path / "d.jsonl")
+    first = train(config(f, data, tmp_path / "a", max_steps=1))
+    second = train(config(f, data, tmp_path / "b", max_steps=1))
+    assert conv.calls == 1 and first.family == second.family == "llama"
+    assert first.losses == second.losses
+    assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(f)

@@ -2,8 +2,10 @@
 
 - Formatting uses the tokenizer's own chat template (``apply_chat_template``)
   with the family's template kwargs (Qwen3 ``enable_thinking``) merged with
-  the call's. A tokenizer without a template gets :data:`PLAIN_FORMAT`, a plain
+  the call's. A tokenizer without a template gets :func:`plain_format`, a plain
   ``User:/Assistant:`` transcript; ``"\\nUser:"`` then acts as a stop string.
+- Training formats its samples here too (:func:`split_answer`), so an adapter
+  is trained on exactly the prompt the engine serves it.
 - A template that raises on a system message is a :class:`ChatTemplateError`
   naming the model and saying to drop ``system=``.
 - History is trimmed oldest turn first until the prompt fits in
@@ -90,6 +92,33 @@ def render(tokenizer, messages: list[dict[str, str]], template_kwargs: dict[str,
                 "(or put the instructions in the prompt itself)"
             ) from exc
         raise ChatTemplateError(f"the chat template of {model_name} failed on this conversation ({detail})") from exc
+
+
+def plain_answer(content: str, eos_token: str | None) -> str:
+    """How an answer continues a :func:`plain_format` prompt, ended by EOS (else a newline)."""
+    return f" {content}" + (eos_token or "\n")
+
+
+def split_answer(
+    tokenizer, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None,
+    model_name: str = "this model",
+) -> tuple[str, str]:
+    """``(prompt, answer)`` for a conversation ending in the assistant's answer (what training learns).
+
+    ``prompt`` is exactly what :func:`build_prompt` serves for ``messages[:-1]``;
+    ``answer`` is the text after it: the template's rendering of the last turn
+    (with its end-of-turn marker), or :func:`plain_answer`.
+    """
+    kwargs = dict(template_kwargs or {})
+    prompt = render(tokenizer, messages[:-1], kwargs, model_name)
+    content = messages[-1]["content"]
+    if not has_template(tokenizer):
+        return prompt, plain_answer(content, tokenizer.eos_token)
+    full = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    if full.startswith(prompt):
+        return prompt, full[len(prompt):]
+    # Templates that render the last turn differently (e.g. strip thinking): answer + end of turn.
+    return prompt, content + (tokenizer.eos_token or "")
 
 
 def tokenize(tokenizer, text: str, templated: bool) -> list[int]:

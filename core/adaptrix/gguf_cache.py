@@ -16,7 +16,13 @@ The folder is keyed by the file's SHA-256, so a renamed or copied file reuses
 it. Hashing 100 MB costs a fraction of a second but is skipped anyway: the
 index maps (path, size, mtime) to the hash. A conversion is written into a
 temporary sibling folder and renamed into place, so a crash or Ctrl-C never
-leaves a half-written folder that a later load would trust.
+leaves a half-written folder that a later load would trust. Temporary folders
+a killed conversion left behind (their process is gone, or they are older
+than :data:`STALE_TMP_SECONDS`) are removed on the next call.
+
+A folder found damaged (marker, ``config.json`` or safetensors weights
+unreadable or truncated) is deleted and converted again, with a warning that
+names it. Index values are trusted only when they are SHA-256 digests.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import struct
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +46,13 @@ from .errors import ModelConfigError, ModelLoadError
 MARKER = "adaptrix-gguf.json"
 INDEX = "index.json"
 FORMAT_VERSION = 1
+#: A temporary conversion folder older than this is stale even if its process id is alive (reused).
+STALE_TMP_SECONDS = 3600
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class CacheWarning(UserWarning):
+    """A cached conversion was damaged and is being redone."""
 
 #: ``converter(gguf_path, out_dir, progress)`` writes a complete model folder into ``out_dir``.
 Converter = Callable[[Path, Path, "object"], None]
@@ -75,9 +91,12 @@ def _stat_key(path: Path) -> str:
 def _read_index(root: Path) -> dict[str, str]:
     try:
         data = json.loads((root / INDEX).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}  # missing or damaged index: it is only a shortcut, rebuild it
+    if not isinstance(data, dict):
+        return {}
+    # A value becomes a folder name under the cache: anything but a digest ("../../etc") is dropped.
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and _DIGEST.fullmatch(v)}
 
 
 def _write_index(root: Path, index: dict[str, str]) -> None:
@@ -107,11 +126,61 @@ def _bar(**kwargs):
 
 
 def is_complete(folder: Path) -> bool:
+    """True when ``folder`` is a finished, undamaged conversion."""
+    return damage(folder) is None
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a cached folder (``None`` when it is sound); reads headers only."""
     try:
         meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return meta.get("format") == FORMAT_VERSION and (folder / "config.json").is_file()
+        return f"{MARKER} is missing or unreadable (an unfinished conversion)"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        return f"{MARKER} is not format {FORMAT_VERSION}"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"config.json is missing or not JSON ({type(exc).__name__})"
+    if not isinstance(config, dict) or not config.get("model_type"):
+        return "config.json holds no model_type"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "no *.safetensors weights"
+    for file in weights:
+        problem = _safetensors_damage(file)
+        if problem:
+            return f"{file.name}: {problem}"
+    return None
+
+
+def _safetensors_damage(file: Path) -> str | None:
+    """A truncated or garbled safetensors file: its header does not parse or promises more bytes than exist."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) != 8:
+                return "shorter than a safetensors header"
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size, 1 << 28):
+                return "header length is larger than the file"
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"unreadable header ({type(exc).__name__})"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return f"tensor {name!r} has no valid data_offsets"
+        end = max(end, offsets[1])
+    if 8 + n + end > size:
+        return f"truncated: the header needs {8 + n + end} bytes, the file has {size}"
+    return None
 
 
 def check_gguf_file(path: Path) -> None:
@@ -133,31 +202,89 @@ def check_gguf_file(path: Path) -> None:
         raise ModelLoadError(f"{exc}; the file is corrupt or truncated: re-download it") from exc
 
 
+def _digest(path: Path, root: Path, progress: bool) -> str:
+    """The file's SHA-256, through the (path, size, mtime) index when it knows the file."""
+    key = _stat_key(path)
+    digest = _read_index(root).get(key)
+    if digest is None:
+        digest = file_sha256(path, progress)
+        index = _read_index(root)  # another process may have added entries meanwhile
+        index[key] = digest
+        _write_index(root, index)
+    return digest
+
+
+def lookup(gguf_path: str | os.PathLike) -> Path | None:
+    """The converted folder of ``gguf_path`` when one is cached and sound; never converts."""
+    path = Path(gguf_path).expanduser()
+    check_gguf_file(path)
+    folder = gguf_root() / _digest(path, gguf_root(), progress=False)
+    return folder if is_complete(folder) else None
+
+
 def cached_folder(gguf_path: str | os.PathLike, *, progress: bool = True, converter: Converter | None = None) -> CachedGGUF:
-    """Return the converted folder of ``gguf_path``, converting it first if needed."""
+    """Return the converted folder of ``gguf_path``, converting it first if needed.
+
+    A damaged folder is reported (:class:`CacheWarning`), deleted and converted again.
+    """
     start = time.perf_counter()
     path = Path(gguf_path).expanduser()
     check_gguf_file(path)
     root = gguf_root()
-    index = _read_index(root)
-    key = _stat_key(path)
-    digest = index.get(key)
-    if digest is None or not is_complete(root / digest):
-        digest = digest or file_sha256(path, progress)
-        if index.get(key) != digest:
-            index = _read_index(root)  # another process may have added entries meanwhile
-            index[key] = digest
-            _write_index(root, index)
+    remove_stale_tmp(root)
+    digest = _digest(path, root, progress)
     folder = root / digest
-    if is_complete(folder):
+    problem = damage(folder) if folder.exists() else "absent"
+    if problem is None:
         return CachedGGUF(path, folder, digest, False, time.perf_counter() - start)
+    if folder.exists():
+        warnings.warn(
+            f"the cached conversion of {path} at {folder} is damaged ({problem}); deleting it and converting "
+            "again",
+            CacheWarning,
+            stacklevel=2,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
     _convert_atomically(path, folder, digest, progress, converter or convert_with_transformers)
     return CachedGGUF(path, folder, digest, True, time.perf_counter() - start)
 
 
+def remove_stale_tmp(root: Path, now: float | None = None) -> list[Path]:
+    """Delete ``.tmp-*`` folders whose conversion died (process gone, or older than ``STALE_TMP_SECONDS``)."""
+    removed = []
+    now = time.time() if now is None else now
+    try:
+        candidates = [p for p in root.iterdir() if p.name.startswith(".tmp-") and p.is_dir()]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        try:
+            age = now - tmp.stat().st_mtime
+        except OSError:
+            continue
+        if age > STALE_TMP_SECONDS or not _owner_alive(tmp.name):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _owner_alive(name: str) -> bool:
+    """``.tmp-<digest12>-<pid>-<random>``: is that process still running here? Unknown pids count as alive."""
+    parts = name.split("-")
+    if len(parts) < 4 or not parts[2].isdigit():
+        return True  # an older name without a pid: only the age rule applies
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
 def _convert_atomically(path: Path, folder: Path, digest: str, progress: bool, converter: Converter) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-{os.getpid()}-", dir=folder.parent))
     try:
         converter(path, tmp, progress)
         meta = {

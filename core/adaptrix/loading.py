@@ -67,7 +67,10 @@ def load_causal_lm(
     """Load model + tokenizer with transformers' Auto classes and the family's fixes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config, source = modelconfig.load_config(model_id, options.revision)
+    if options.config is not None:
+        config, source = options.config, options.config_source or str(model_id)
+    else:
+        config, source = modelconfig.load_config(model_id, options.revision)
     modelconfig.require_causal_lm(config, source)
     trust = check_remote_code(model_id, config, options)
     device = resolve_device(options.device)

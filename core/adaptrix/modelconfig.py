@@ -68,26 +68,48 @@ def looks_local(model_id: str) -> bool:
     return p.exists() or str(model_id).startswith((".", "/", "~")) or is_gguf(model_id)
 
 
+def gguf_file_of(model_id: str) -> Path | None:
+    """The ``.gguf`` file ``model_id`` names: the file itself, or the one ``.gguf`` in a folder without config.json.
+
+    A folder holding several ``.gguf`` files and no config.json is ambiguous: a
+    :class:`ModelConfigError` lists them.
+    """
+    path = Path(os.path.expanduser(str(model_id)))
+    if is_gguf(str(model_id)):
+        return path
+    if path.is_dir() and not (path / "config.json").exists():
+        files = sorted(path.glob("*.gguf"))
+        if len(files) == 1:
+            return files[0]
+        if len(files) > 1:
+            raise ModelConfigError(
+                f"model folder {path} holds {len(files)} .gguf files ({', '.join(f.name for f in files)}) and no "
+                "config.json; pass the .gguf file you mean"
+            )
+    return None
+
+
 def load_config(model_id: str, revision: str | None = None) -> tuple[dict[str, Any], str]:
     """Return ``(config, source)`` for a Hub id, a local folder, a config.json or a .gguf file.
 
     Raises :class:`ModelConfigError` naming the path when it cannot be read.
     Hub ids go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``).
+    A GGUF file gives the config its header holds (:func:`gguf_config`).
     """
     model_id = str(model_id)
+    if not model_id.strip():
+        raise ModelConfigError("the model id is empty; pass a Hub id, a model folder or a .gguf file")
     path = Path(os.path.expanduser(model_id))
-    if is_gguf(model_id):
-        if not path.is_file():
-            raise ModelConfigError(f"GGUF file {path} does not exist")
-        return gguf_config(path), str(path)
+    gguf = gguf_file_of(model_id)
+    if gguf is not None:
+        if not gguf.is_file():
+            raise ModelConfigError(f"GGUF file {gguf} does not exist")
+        return gguf_config(gguf), str(gguf)
     if path.is_file():
         return read_json_object(path), str(path)
     if path.is_dir():
         cfg = path / "config.json"
         if not cfg.is_file():
-            ggufs = sorted(path.glob("*.gguf"))
-            if ggufs:
-                return gguf_config(ggufs[0]), str(ggufs[0])
             raise ModelConfigError(
                 f"model folder {path} has no config.json; point adaptrix at a folder saved with "
                 "save_pretrained() (config.json + weights), a config.json file or a .gguf file"

@@ -63,6 +63,11 @@ class LoadOptions:
     extra: dict[str, Any] = attrs.field(factory=dict)
     #: Options only a family plugin understands (e.g. qwen's ``enable_thinking``).
     family_options: dict[str, Any] = attrs.field(factory=dict)
+    #: The model's config as the core already read it (``adaptrix.source``); loaders use it instead of
+    #: reading config.json again. ``None``: read it from ``model_id``.
+    config: dict[str, Any] | None = None
+    #: Where ``config`` came from (for error messages).
+    config_source: str | None = None
 
 
 @attrs.frozen

@@ -381,20 +381,21 @@ def _check_tensors(who, info, index, specs, errors, warnings, model_id) -> None:
         )
 
 
-def index_for_model(model_id: str, *, trust_remote_code: bool = False) -> tuple[ModuleIndex, str]:
-    """``(ModuleIndex, family)`` for a model id or folder, built on the meta device (no weights load)."""
+def index_for_model(model, *, trust_remote_code: bool = False) -> tuple[ModuleIndex, str]:
+    """``(ModuleIndex, family)`` for a model id, folder, ``.gguf`` or resolved ``ModelSource``.
+
+    Built on the meta device from the config alone (no weights read, no GGUF conversion).
+    """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from .. import modelconfig
-    from ..detection import detect_family
+    from ..source import ModelSource, resolve_source
 
-    config, source = modelconfig.load_config(model_id)
-    family, _ = detect_family(model_id, config, source=source)
-    hf_config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    src = model if isinstance(model, ModelSource) else resolve_source(model, progress=False)
+    hf_config = src.hf_config(trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
-    return ModuleIndex.from_model(model), family
+        module = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+    return ModuleIndex.from_model(module), src.family
 
 
 def validate_for_model(

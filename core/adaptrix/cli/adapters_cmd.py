@@ -19,7 +19,8 @@ def register(sub) -> None:
 
     lp = asub.add_parser("list", help="adapters in a folder: base model, family, rank, targets, size")
     lp.add_argument("--adapters-dir", default="adapters", help="folder of adapter folders (default: ./adapters)")
-    lp.add_argument("--model", "-m", help="also check compatibility with this model (config only, no weights)")
+    lp.add_argument("--model", "-m", help="also check compatibility with this model: Hub id, folder or .gguf "
+                    "(config only, no weights)")
     lp.add_argument("--json", action="store_true", help="machine-readable output")
     lp.set_defaults(func=run_list)
 
@@ -31,7 +32,7 @@ def register(sub) -> None:
 
     vp = asub.add_parser("validate", help="check an adapter against a model; exit code 1 when incompatible")
     vp.add_argument("path", metavar="PATH", help="adapter folder, name in --adapters-dir, or Hub id")
-    vp.add_argument("--model", "-m", help="model id or folder (default: the embedded default model)")
+    vp.add_argument("--model", "-m", help="Hub id, model folder or .gguf file (default: the embedded default model)")
     vp.add_argument("--adapters-dir", default="adapters")
     vp.add_argument("--allow-pickle", action="store_true", help="read adapter_model.bin (weights_only=True)")
     vp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -52,27 +53,54 @@ def _row(info) -> dict:
     }
 
 
+def _model_index(model: str | None):
+    """``(ModelSource, (ModuleIndex, family))``: the model resolved once, its modules from the config alone."""
+    from ..adapters.validate import index_for_model
+    from ..source import resolve_source
+
+    src = resolve_source(model, progress=False)
+    return src, index_for_model(src)
+
+
+def _adapters_root(adapters_dir: str):
+    from pathlib import Path
+
+    from ..errors import AdapterNotFoundError
+
+    root = Path(adapters_dir).expanduser()
+    if not root.is_dir():
+        what = "is a file" if root.exists() else "does not exist"
+        raise AdapterNotFoundError(
+            f"--adapters-dir {adapters_dir} {what}; pass the folder that holds your adapter folders"
+        )
+    return root
+
+
 def run_list(args) -> int:
     from ..adapters.info import read_adapter_info
     from ..adapters.sources import available_adapters
-    from ..adapters.validate import CompatibilityReport, index_for_model, validate_for_model
+    from ..adapters.validate import CompatibilityReport, validate_for_model
     from ..errors import AdaptrixError
 
-    found = available_adapters(args.adapters_dir)
-    index = index_for_model(args.model) if args.model else None
+    found = available_adapters(_adapters_root(args.adapters_dir))
+    src, index = _model_index(args.model) if args.model else (None, None)
     rows, full = [], []
     for name, folder in found.items():
+        # One broken adapter is a row with its error, never the end of the listing.
         try:
             info = read_adapter_info(folder, name)
             row = _row(info)
         except AdaptrixError as exc:
             row, info = {"name": name, "error": str(exc)}, None
         if index is not None:
-            report = (
-                validate_for_model(str(folder), args.model, index=index)
-                if info is not None
-                else CompatibilityReport(name, args.model, errors=(row["error"],))
-            )
+            try:
+                report = (
+                    validate_for_model(str(folder), src.base_model_id, index=index)
+                    if info is not None
+                    else CompatibilityReport(name, src.base_model_id, errors=(row["error"],))
+                )
+            except AdaptrixError as exc:
+                report = CompatibilityReport(name, src.base_model_id, errors=(str(exc),))
             row["compatibility"] = report.summary()
             row["report"] = report.as_dict()
         rows.append(row)
@@ -89,6 +117,9 @@ def run_list(args) -> int:
 
     columns = LIST_COLUMNS if index is not None else LIST_COLUMNS[:-1]
     print_table([{**r, "size": r.get("size", "unreadable")} for r in rows], columns)
+    for r in rows:
+        if r.get("error"):
+            print(f"error: {r['name']}: {r['error']}")
     return 0
 
 
@@ -134,17 +165,20 @@ def run_inspect(args) -> int:
 
 
 def run_validate(args) -> int:
+    from ..adapters.sources import resolve_adapter
     from ..adapters.validate import validate_for_model
-    from ..default_model import default_model_path
 
-    model = args.model or str(default_model_path())
-    report = validate_for_model(args.path, model, adapters_dir=args.adapters_dir, allow_pickle=args.allow_pickle)
+    resolve_adapter(args.path, args.adapters_dir)  # a missing adapter fails before the model is read
+    src, index = _model_index(args.model)
+    report = validate_for_model(
+        args.path, src.base_model_id, adapters_dir=args.adapters_dir, allow_pickle=args.allow_pickle, index=index
+    )
     if args.json:
         from .output import print_json
 
         print_json(report.as_dict())
     else:
-        print(f"{report.adapter}: {report.summary()} with {model}")
+        print(f"{report.adapter}: {report.summary()} with {src.model_id}")
         for e in report.errors:
             print(f"error: {e}")
         for w in report.warnings:

@@ -8,6 +8,8 @@ HELP = "commands: /reset (forget the conversation), /adapter NAME (NAME 'none': 
 
 
 def register(sub) -> None:
+    from .output import finite_float
+
     from .generate_cmd import add_model_args
 
     p = sub.add_parser(
@@ -19,8 +21,8 @@ def register(sub) -> None:
     p.add_argument("--system", "-s", metavar="S", help="system prompt")
     p.add_argument("--task", "-t", metavar="T", help="task preset: general, chat, code, math, creative")
     p.add_argument("--max-new-tokens", "-n", type=int, metavar="N")
-    p.add_argument("--temperature", type=float, metavar="X")
-    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("--temperature", type=finite_float, metavar="X")
+    p.add_argument("--top-p", type=finite_float, metavar="P")
     p.add_argument("--seed", type=int, metavar="S")
     p.set_defaults(func=run)
 
@@ -43,8 +45,6 @@ def _command(engine, line: str, out) -> bool:
     elif cmd == "/adapter":
         if not arg:
             print("usage: /adapter NAME   (NAME 'none' returns to the base model)", file=out)
-        elif not hasattr(engine, "switch_adapter"):
-            print("this adaptrix build has no adapter support", file=out)
         else:
             try:
                 engine.switch_adapter(None if arg.lower() == "none" else arg)

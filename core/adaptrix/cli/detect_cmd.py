@@ -17,10 +17,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..default_model import default_model_path
     from ..detection import detect
+    from ..source import resolve_source
 
-    d = detect(args.model or str(default_model_path()), revision=args.revision)
+    src = resolve_source(args.model, revision=args.revision, progress=False)
+    d = detect(src.model_id, config=src.config, source=src.config_source)
     if args.json:
         from .output import print_json
 

@@ -29,10 +29,13 @@ def make_engine(args):
         adapters_dir=args.adapters_dir,
         progress=sys.stderr.isatty(),
     )
-    return engine.initialize()
+    engine.initialize()
+    return engine
 
 
 def register(sub) -> None:
+    from .output import finite_float
+
     p = sub.add_parser(
         "generate",
         help="generate an answer to a prompt (streamed)",
@@ -44,8 +47,8 @@ def register(sub) -> None:
     p.add_argument("--adapter", "-a", metavar="A", help="load this adapter (name in --adapters-dir, folder or Hub id)")
     p.add_argument("--task", "-t", metavar="T", help="task preset: general, chat, code, math, creative")
     p.add_argument("--max-new-tokens", "-n", type=int, metavar="N", help="new tokens at most")
-    p.add_argument("--temperature", type=float, metavar="X", help="0 is greedy")
-    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("--temperature", type=finite_float, metavar="X", help="0 is greedy")
+    p.add_argument("--top-p", type=finite_float, metavar="P")
     p.add_argument("--top-k", type=int, metavar="K")
     p.add_argument("--seed", type=int, metavar="S", help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
@@ -68,20 +71,12 @@ def settings_from(args) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def load_adapter(engine, name) -> None:
-    if not hasattr(engine, "load_adapter"):
-        from ..errors import AdaptrixError
-
-        raise AdaptrixError("this adaptrix build has no adapter support; drop --adapter")
-    engine.load_adapter(name)
-
-
 def run(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     engine = make_engine(args)
     try:
         if args.adapter:
-            load_adapter(engine, args.adapter)
+            engine.load_adapter(args.adapter)
         kwargs = dict(
             task_type=args.task, system=args.system, show_thinking=args.show_thinking, **settings_from(args)
         )

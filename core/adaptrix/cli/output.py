@@ -8,6 +8,20 @@ import sys
 from typing import Any, Iterable, Sequence
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` are refused with argparse's clear usage error)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def print_json(data: Any, file=None) -> None:
     json.dump(data, file or sys.stdout, indent=2, default=str)
     (file or sys.stdout).write("\n")

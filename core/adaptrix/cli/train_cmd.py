@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from .output import finite_float
+
     p = sub.add_parser(
         "train",
         help="train a LoRA adapter on chat or prompt/completion JSONL",
@@ -15,17 +17,19 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help='JSONL: {"messages": [...]} or {"prompt": ..., "completion": ...}')
     p.add_argument("--output", required=True, help="adapter folder to write (e.g. adapters/NAME)")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
-    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    p.add_argument("--alpha", type=finite_float, default=None, help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--dropout", type=finite_float, default=0.0, help="LoRA dropout (default 0)")
     p.add_argument("--targets", nargs="+", metavar="NAME", help="module leaf names or all-linear (default: family plugin)")
     p.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--lr", type=finite_float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
     p.add_argument("--max-length", type=int, default=None, help="longest sample in tokens (default: context length)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint if there is one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the adapter (and checkpoint) already in OUTPUT instead of refusing")
     p.add_argument("--description", default="", help="stored in adaptrix.json")
     p.add_argument("--task-type", default="general", help="stored in adaptrix.json; the engine's generation preset while the adapter is active: general, chat, code, math, creative (default general)")
     p.add_argument("--device", default="cpu")
@@ -44,7 +48,7 @@ def run(args) -> int:
         batch_size=args.batch_size, seed=args.seed, resume=args.resume, save_every=args.save_every,
         max_length=args.max_length, description=args.description, task_type=args.task_type,
         device=args.device, threads=args.threads, trust_remote_code=args.trust_remote_code,
-        progress=not args.no_progress,
+        progress=not args.no_progress, overwrite=args.overwrite,
     )
     r = train(cfg)
     print(

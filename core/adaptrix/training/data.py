@@ -24,8 +24,6 @@ from ..errors import TrainingError
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
-#: Used when the tokenizer has no chat template.
-PLAIN_TEMPLATE = {"system": "{}\n\n", "user": "User: {}\n", "assistant": "Assistant: {}\n"}
 
 
 @attrs.frozen
@@ -126,25 +124,20 @@ def _parse(obj: Any, path: Path, line: int) -> Sample:
 
 
 def render(tokenizer, sample: Sample, chat_template_kwargs: dict | None = None) -> tuple[str, str]:
-    """Return ``(prompt text, answer text)``: the chat template applied, split before the answer."""
-    messages = sample.as_messages()
-    if getattr(tokenizer, "chat_template", None):
-        kw = dict(chat_template_kwargs or {})
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True, **kw)
-        full = tokenizer.apply_chat_template(messages, tokenize=False, **kw)
-        if full.startswith(prompt):
-            return prompt, full[len(prompt):]
-        # Templates that render the last turn differently: answer + end-of-turn token.
-        return prompt, messages[-1]["content"] + (tokenizer.eos_token or "")
-    prompt = "".join(PLAIN_TEMPLATE[r].format(c) for r, c in sample.messages[:-1]) + "Assistant: "
-    return prompt, sample.messages[-1][1] + (tokenizer.eos_token or "\n")
+    """Return ``(prompt text, answer text)``: the prompt exactly as the engine serves it (one formatter,
+    :func:`adaptrix.conversation.split_answer`, with or without a chat template)."""
+    from ..conversation import split_answer
+
+    return split_answer(tokenizer, sample.as_messages(), chat_template_kwargs)
 
 
 def encode(tokenizer, sample: Sample, max_length: int | None, source: str = "data",
            chat_template_kwargs: dict | None = None) -> Encoded:
-    """Tokenize one sample; labels are ``-100`` on every prompt token."""
+    """Tokenize one sample; labels are ``-100`` on every prompt token (tokenized as the engine tokenizes it)."""
+    from ..conversation import has_template, tokenize
+
     prompt, answer = render(tokenizer, sample, chat_template_kwargs)
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    p_ids = tokenize(tokenizer, prompt, has_template(tokenizer))
     a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     if not a_ids:
         raise TrainingError(f"{source}:{sample.line}: the answer tokenizes to nothing; give a non-empty answer")

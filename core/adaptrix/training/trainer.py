@@ -3,7 +3,11 @@
 The saved adapter is a plain PEFT folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) plus ``adaptrix.json`` describing the run.
 ``output/checkpoint/`` holds the adapter, optimizer, step and RNG state so an
-interrupted run continues with ``resume=True``.
+interrupted run continues with ``resume=True``. The checkpoint is safetensors
+(tensors) plus JSON (everything else): loading it runs no pickle code.
+
+The model comes from :func:`adaptrix.source.resolve_source`; a ``.gguf`` trains
+on its cached safetensors conversion (converted once, not on every run).
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ import attrs
 
 from ..errors import TrainingError
 
-#: Hub id recorded as ``base_model_name_or_path`` for the embedded default model.
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHECKPOINT = "checkpoint"
-STATE_FILE = "trainer_state.pt"
+#: Step, losses, options, optimizer hyper-parameters and Python RNG state (JSON).
+STATE_FILE = "trainer_state.json"
+#: Optimizer moments and the torch RNG state (safetensors).
+TENSORS_FILE = "trainer_state.safetensors"
+#: The pickle checkpoint of adaptrix before 0.1.1; never loaded (it can run code).
+LEGACY_STATE_FILE = "trainer_state.pt"
+CHECKPOINT_FORMAT = 2
 
 
 def _opt_tuple(value):
@@ -63,6 +71,8 @@ class TrainConfig:
     threads: int | None = None
     trust_remote_code: bool = False
     progress: bool = True
+    #: Replace an adapter already in ``output`` (otherwise refused).
+    overwrite: bool = False
 
     def lora_alpha(self) -> float:
         return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
@@ -126,10 +136,14 @@ def _check_config(cfg: TrainConfig) -> None:
         ("max_steps", cfg.max_steps, cfg.max_steps is None or cfg.max_steps > 0),
         ("save_every", cfg.save_every, cfg.save_every > 0),
         ("dropout", cfg.dropout, 0 <= cfg.dropout < 1),
+        ("threads", cfg.threads, cfg.threads is None or (_is_int(cfg.threads) and cfg.threads > 0)),
     ]
     for name, value, ok in checks:
         if not ok:
-            raise TrainingError(f"option {name}={value!r} is invalid; it must be positive (dropout in [0, 1))")
+            raise TrainingError(
+                f"option {name}={value!r} is invalid; it must be positive (dropout in [0, 1), threads a whole "
+                "number of CPU threads)"
+            )
     from ..generation_defaults import TASK_PRESETS
 
     if cfg.task_type not in TASK_PRESETS:
@@ -139,38 +153,50 @@ def _check_config(cfg: TrainConfig) -> None:
         )
 
 
-def _model_source(model: str | None) -> tuple[str, str]:
-    """``(path or id to load, id recorded as base_model_name_or_path)``."""
-    from ..default_model import default_model_path
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    if model is None:
-        return str(default_model_path()), DEFAULT_MODEL_ID
+
+def check_output(cfg: TrainConfig, has_checkpoint: bool) -> Path:
+    """Refuse, before any work, an output that is a file, cannot be created, or holds another adapter."""
+    output = Path(cfg.output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise TrainingError(f"--output {output} is a file; pass a folder to write the adapter into")
+    if output.is_dir() and (output / "adapter_config.json").exists() and not cfg.overwrite:
+        if not (cfg.resume and has_checkpoint):  # resuming continues the run that wrote it
+            raise TrainingError(
+                f"--output {output} already holds an adapter; pass --overwrite to replace it (overwrite=True), "
+                "or choose another --output"
+            )
     try:
-        if Path(model).resolve() == default_model_path().resolve():
-            return model, DEFAULT_MODEL_ID
-    except Exception:
-        pass
-    return model, model
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot create --output {output}: {exc.strerror or exc}; choose a writable folder") from exc
+    if not os.access(output, os.W_OK):
+        raise TrainingError(f"--output {output} is not writable; choose a writable folder")
+    return output
 
 
-def load_for_training(model_id: str, cfg: TrainConfig):
-    """Detect the family and load model + tokenizer through its plugin (float32)."""
+def load_for_training(cfg: TrainConfig):
+    """Resolve the model (:func:`adaptrix.source.resolve_source`) and load it through its plugin, in float32.
+
+    Returns ``(source, context_length, loaded)``.
+    """
     from ..detection import detect
-    from ..modelconfig import is_gguf
     from ..plugins import get_host
+    from ..source import resolve_source
     from ..types import LoadOptions
 
-    detection = detect(model_id)
-    folder, gguf_file = model_id, None
-    if is_gguf(model_id):
-        folder, gguf_file = str(Path(model_id).parent), Path(model_id).name
+    src = resolve_source(cfg.model).ensure_folder(progress=cfg.progress)
+    detection = detect(src.model_id, config=src.config, source=src.config_source)
     options = LoadOptions(
-        device=cfg.device, dtype="float32", trust_remote_code=cfg.trust_remote_code, gguf_file=gguf_file
+        device=cfg.device, dtype="float32", trust_remote_code=cfg.trust_remote_code, revision=src.load_revision,
+        config=src.config, config_source=src.config_source,
     )
-    loaded, _ = get_host().call_family("load_model", detection.family, model_id=folder, options=options)
+    loaded, _ = get_host().call_family("load_model", src.family, model_id=src.path, options=options)
     if loaded is None:
-        raise TrainingError(f"the {detection.family!r} plugin did not load {model_id}")
-    return detection, loaded
+        raise TrainingError(f"the {src.family!r} plugin did not load {src.model_id}")
+    return src, detection.context_length, loaded
 
 
 def resolve_targets(model, family: str, config: dict | None, asked: tuple[str, ...] | None) -> list[str]:
@@ -206,17 +232,6 @@ def _batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     return order[index * batch_size:(index + 1) * batch_size]
 
 
-def _strip_quantizer(model) -> None:
-    """A GGUF-loaded model is dequantized float32; drop the marker so PEFT treats it as plain."""
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        if hasattr(model, "quantization_method"):
-            model.quantization_method = None
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     """Train a LoRA adapter as ``cfg`` says and save it to ``cfg.output``.
 
@@ -224,6 +239,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     import torch
 
+    _check_config(cfg)
     before = torch.get_num_threads()
     try:
         if cfg.threads:
@@ -241,32 +257,36 @@ def _train(cfg: TrainConfig) -> TrainResult:
 
     from .data import collate, encode_all, file_sha256, load_jsonl
 
-    _check_config(cfg)
-    output = Path(cfg.output)
-    ckpt = output / CHECKPOINT
+    ckpt = Path(cfg.output).expanduser() / CHECKPOINT
+    has_checkpoint = (ckpt / STATE_FILE).is_file() or (ckpt / LEGACY_STATE_FILE).is_file()
     samples = load_jsonl(cfg.data)
+    output = check_output(cfg, has_checkpoint)
     data_sha = file_sha256(cfg.data)
     state = None
-    if (ckpt / STATE_FILE).is_file():
-        if not cfg.resume:
-            raise TrainingError(
-                f"{ckpt} holds a checkpoint of an earlier run; pass --resume to continue it, "
-                f"or delete {ckpt} (or choose another --output) to start over"
-            )
-        state = torch.load(ckpt / STATE_FILE, weights_only=False)
+    if has_checkpoint and cfg.resume:
+        state = load_checkpoint_state(ckpt)
         _check_resume(state, cfg, data_sha, ckpt)
+    elif has_checkpoint and not cfg.overwrite:
+        raise TrainingError(
+            f"{ckpt} holds a checkpoint of an earlier run; pass --resume to continue it, --overwrite to start "
+            f"over, or choose another --output"
+        )
     elif cfg.resume:
         print(f"adaptrix train: no checkpoint in {ckpt}; starting from step 0")
 
-    model_id, base_id = _model_source(cfg.model)
-    detection, loaded = load_for_training(model_id, cfg)
+    src, context_length, loaded = load_for_training(cfg)
+    if state is not None and state.get("base_model") != _base_identity(src):
+        raise TrainingError(
+            f"{ckpt}: cannot resume, the checkpoint was trained on {state.get('base_model')!r} but this run "
+            f"loads {_base_identity(src)!r}; resume with the same --model, or delete the checkpoint to start over"
+        )
+    base_id = src.base_model_id
     tokenizer, model = loaded.tokenizer, loaded.model
-    max_length = cfg.max_length or detection.context_length
+    max_length = cfg.max_length or context_length
     encoded = encode_all(tokenizer, samples, max_length, cfg.data, loaded.chat_template_kwargs)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    targets = resolve_targets(model, detection.family, loaded.config, cfg.targets)
-    _strip_quantizer(model)
+    targets = resolve_targets(model, src.family, loaded.config, cfg.targets)
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(
         r=cfg.rank, lora_alpha=cfg.lora_alpha(), lora_dropout=cfg.dropout, target_modules=targets,
@@ -301,6 +321,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
         start, losses, elapsed = state["step"], list(state["losses"]), state["seconds"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
+    if state is None and cfg.overwrite and ckpt.exists():
+        shutil.rmtree(ckpt)  # --overwrite starts over: the old run's checkpoint must not be resumed later
         if start >= total:
             print(f"adaptrix train: checkpoint is at step {start}, the run has {total} steps; nothing to train")
 
@@ -328,15 +350,16 @@ def _train(cfg: TrainConfig) -> TrainResult:
             bar.write(f"step {done}/{total} loss {losses[-1]:.4f} avg10 {_tail_mean(losses):.4f} lr {lr:.2e}")
         if done % cfg.save_every == 0 and done < total:
             _save_checkpoint(model, optimizer, ckpt, done, total, losses, elapsed + time.monotonic() - began,
-                             data_sha, targets, cfg)
+                             data_sha, targets, cfg, src)
     bar.close()
     seconds = elapsed + time.monotonic() - began
     model.eval()
-    _save_checkpoint(model, optimizer, ckpt, max(start, total), total, losses, seconds, data_sha, targets, cfg)
+    _save_checkpoint(model, optimizer, ckpt, max(start, total), total, losses, seconds, data_sha, targets, cfg,
+                     src)
     run_steps = max(1, total - start)
     result = TrainResult(
         output=output,
-        family=detection.family,
+        family=src.family,
         base_model=base_id,
         targets=tuple(targets),
         steps=len(losses),
@@ -349,7 +372,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         peft_remap=remapped,
     )
     model.save_pretrained(str(output))
-    write_metadata(output, cfg, result, model_id, len(samples), data_sha)
+    write_metadata(output, cfg, result, src.model_id, len(samples), data_sha)
     return result
 
 
@@ -391,23 +414,45 @@ def _check_resume(state: dict, cfg: TrainConfig, data_sha: str, ckpt: Path) -> N
             )
 
 
-def _save_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds, data_sha, targets, cfg) -> None:
-    """Write the checkpoint to a temporary folder, then swap it in (a crash leaves the old one)."""
+def _base_identity(src) -> str:
+    """What a checkpoint records about its base model: the GGUF digest, else the id and its config's digest."""
+    import hashlib
+
+    if src.cache is not None:
+        return f"gguf:{src.cache.sha256}"
+    digest = hashlib.sha256(json.dumps(src.config, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{src.base_model_id}|config:{digest[:16]}"
+
+
+def _save_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds, data_sha, targets, cfg,
+                     src) -> None:
+    """Write the checkpoint to a temporary folder, then swap it in (a crash leaves the old one).
+
+    Tensors (optimizer moments, torch RNG) go to safetensors, the rest to JSON: no pickle.
+    """
     import torch
+    from safetensors.torch import save_file
 
     tmp = ckpt.with_name(CHECKPOINT + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(str(tmp))
-    torch.save(
-        {
-            "step": step, "total": total, "losses": losses, "seconds": seconds, "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "data_sha256": data_sha,
-            "rank": cfg.rank, "alpha": cfg.lora_alpha(), "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "targets": list(targets),
-        },
-        tmp / STATE_FILE,
-    )
+    opt = optimizer.state_dict()
+    tensors = {"torch_rng": torch.get_rng_state()}
+    for pid, slots in opt["state"].items():
+        for key, value in slots.items():
+            if not isinstance(value, torch.Tensor):
+                raise TrainingError(f"optimizer state {key!r} is not a tensor; cannot checkpoint it safely")
+            tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
+    save_file(tensors, str(tmp / TENSORS_FILE))
+    version, internal, gauss = random.getstate()
+    state = {
+        "format": CHECKPOINT_FORMAT, "step": step, "total": total, "losses": losses, "seconds": seconds,
+        "param_groups": opt["param_groups"], "python_rng": [version, list(internal), gauss],
+        "data_sha256": data_sha, "rank": cfg.rank, "alpha": cfg.lora_alpha(), "batch_size": cfg.batch_size,
+        "seed": cfg.seed, "targets": list(targets), "base_model": _base_identity(src),
+    }
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
     (tmp / ".gitignore").write_text("# training checkpoint: large, not part of the adapter\n*\n")
     old = ckpt.with_name(CHECKPOINT + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -415,6 +460,50 @@ def _save_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds,
         os.replace(ckpt, old)
     os.replace(tmp, ckpt)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint_state(ckpt: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`_save_checkpoint` (JSON + safetensors; runs no code).
+
+    Returns the JSON state with ``optimizer`` (a state dict) and ``torch_rng`` filled in.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not (ckpt / STATE_FILE).is_file() and (ckpt / LEGACY_STATE_FILE).is_file():
+        raise TrainingError(
+            f"{ckpt} is a checkpoint of an older adaptrix ({LEGACY_STATE_FILE}, a pickle that can run code, so "
+            "it is not loaded); delete it (or pass --overwrite) to start over"
+        )
+    from ..modelconfig import read_json_object
+
+    fix = "delete the checkpoint folder (or pass --overwrite) to start over"
+    state = read_json_object(ckpt / STATE_FILE, error=TrainingError, fix=fix)
+    try:
+        tensors = load_file(str(ckpt / TENSORS_FILE))
+    except (OSError, SafetensorError) as exc:
+        raise TrainingError(f"cannot read {ckpt / TENSORS_FILE} ({exc}); {fix}") from exc
+    try:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        slots: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, pid, name = key.split(".", 2)
+                slots.setdefault(int(pid), {})[name] = value
+        version, internal, gauss = state["python_rng"]
+        state["python_rng"] = (int(version), tuple(int(v) for v in internal), gauss)
+        state["torch_rng"] = tensors["torch_rng"]
+        state["optimizer"] = {"state": slots, "param_groups": state["param_groups"]}
+        for key in ("step", "total"):
+            if not _is_int(state[key]) or state[key] < 0:
+                raise ValueError(f"{key} is {state[key]!r}")
+        state["losses"] = [float(v) for v in state["losses"]]
+        state["seconds"] = float(state["seconds"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainingError(f"{ckpt / STATE_FILE}: not a valid adaptrix checkpoint ({type(exc).__name__}: {exc}); "
+                            f"{fix}") from exc
+    return state
 
 
 def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: str, samples: int,
