@@ -62,6 +62,10 @@ def run(url: str, models: list[str], clients: int, requests: int, tokens: int) -
 
 
 def main() -> int:
+    import functools
+    import builtins
+
+    print = functools.partial(builtins.print, flush=True)  # noqa: A001 - rows show as they are measured
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--requests", type=int, default=16)
