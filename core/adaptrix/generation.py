@@ -57,6 +57,34 @@ class GenerationResult:
         }
 
 
+@attrs.frozen
+class PreparedRequest:
+    """A request formatted as ``generate`` would run it, not yet generated (``Engine.prepare_request``).
+
+    For step-level decoders (:mod:`adaptrix.batching`): the prompt ids, the
+    resolved settings, the stop strings and hidden spans of the text pipeline,
+    and the model's end-of-turn and padding ids.
+    """
+
+    #: The formatted prompt (:class:`adaptrix.conversation.Prompt`).
+    prompt: Any
+    settings: GenerationConfig
+    stops: tuple[str, ...]
+    spans: tuple[tuple[str, str], ...]
+    #: Closing tag when the prompt ends inside a hidden span (see :func:`open_span`).
+    inside: str | None
+    eos_ids: tuple[int, ...]
+    pad_id: int | None
+
+    @property
+    def input_ids(self) -> tuple[int, ...]:
+        return self.prompt.input_ids
+
+    def pipeline(self) -> "TextPipeline":
+        """A fresh text pipeline (spans, stops, trimming) for this request's output."""
+        return TextPipeline(self.spans, self.stops, self.inside)
+
+
 # -- settings -----------------------------------------------------------------
 
 

@@ -14,7 +14,9 @@ from .. import __version__
 from ..errors import AdaptrixError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("generate_cmd", "chat_cmd", "info_cmd", "adapters_cmd", "train_cmd", "detect_cmd", "plugins_cmd")
+COMMANDS = (
+    "generate_cmd", "chat_cmd", "serve_cmd", "info_cmd", "adapters_cmd", "train_cmd", "detect_cmd", "plugins_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,257 @@
+"""Iteration-level (continuous) batching on the transformers backend.
+
+:class:`StepDecoder` runs one decode step at a time for a set of rows that may
+each use a different adapter. A new row is prefilled alone, then its KV cache is
+merged into the running batch (left padding); finished or cancelled rows leave
+between steps. Greedy rows get exactly the tokens they would get alone, up to
+floating-point effects of the batch shape.
+
+The decoder reaches the engine through three public methods only:
+
+- :meth:`Engine.prepare_request` -> :class:`~adaptrix.generation.PreparedRequest`
+  (prompt ids, settings, stop strings, hidden spans, EOS and pad ids);
+- :meth:`Engine.decoding_model` -> the module and the per-row adapter kwargs
+  (peft ``adapter_names`` through the engine's mixed-adapter forward);
+- :meth:`Engine.result_for` -> the final :class:`~adaptrix.generation.GenerationResult`.
+
+Caches of sliding-window or recurrent layers are not merged: :func:`supported`
+says whether a model can be batched this way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from . import generation as gen
+
+
+def supported(engine) -> bool:
+    """Whether ``engine``'s model can be decoded by :class:`StepDecoder` (plain KV cache per layer)."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        model = engine.model
+        cache = DynamicCache(config=model.config)
+        return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+    except Exception:
+        return False
+
+
+@attrs.define(eq=False)
+class Row:
+    """One request being decoded."""
+
+    key: Any
+    prepared: gen.PreparedRequest
+    adapter: str | None
+    generated: list[int] = attrs.field(factory=list)
+    #: ``eos``, ``stop`` or ``length`` once finished.
+    finish_reason: str | None = None
+    decoder: Any = None
+    pipeline: Any = None
+    processors: Any = None
+    generator: Any = None
+    history: Any = None  # prompt + generated ids (tensor), for repetition penalty
+    position: int = 0  # position of the next token fed to the model
+
+
+class StepDecoder:
+    """Decode many rows together, one token per row per :meth:`step`."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.rows: list[Row] = []
+        self._cache = None  # DynamicCache of the batch, [B, H, T, D] per layer
+        self._mask = None  # [B, T] long
+        self._forward = None  # (adapters tuple, module, kwargs)
+
+    # -- rows -------------------------------------------------------------------
+    def add(self, key: Any, prepared: gen.PreparedRequest, adapter: str | None) -> tuple[Row, str]:
+        """Prefill a new row alone, pick its first token and merge it into the batch.
+
+        Returns the row and the text its first token releases (may be empty).
+        """
+        import torch
+        from transformers import DynamicCache
+
+        row = Row(key=key, prepared=prepared, adapter=adapter)
+        row.decoder = gen.IncrementalDecoder(self.tokenizer)
+        row.pipeline = prepared.pipeline()
+        row.processors, row.generator = _sampling(prepared.settings)
+        module, kwargs = self._module((adapter,))
+        device = _device(module)
+        ids = torch.tensor([prepared.input_ids], dtype=torch.long, device=device)
+        row.history = ids
+        cache = DynamicCache(config=self.engine.model.config)
+        with torch.inference_mode():
+            out = module(
+                input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1])[None],
+                past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs,
+            )
+        row.position = ids.shape[1]
+        token = self._pick(row, out.logits[:, -1, :])
+        self._merge(row, out.past_key_values)
+        return row, self._accept(row, token)
+
+    def remove(self, row: Row) -> None:
+        """Take a row out of the batch (finished or cancelled)."""
+        i = self.rows.index(row)
+        keep = [j for j in range(len(self.rows)) if j != i]
+        self.rows.pop(i)
+        if not self.rows:
+            self._cache, self._mask, self._forward = None, None, None
+            return
+        index = keep
+        self._mask = self._mask[index]
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[index], layer.values[index]
+        # drop columns that are padding for every remaining row
+        used = self._mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else 0
+        if start:
+            self._mask = self._mask[:, start:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+
+    # -- decoding -----------------------------------------------------------------
+    def step(self) -> list[tuple[Row, str]]:
+        """One forward pass for every unfinished row; returns ``(row, text released)`` per row.
+
+        Rows that finish get ``finish_reason`` set; the caller removes them.
+        """
+        import torch
+
+        rows = [r for r in self.rows if r.finish_reason is None]
+        if not rows:
+            return []
+        assert len(rows) == len(self.rows), "remove finished rows before the next step"
+        module, kwargs = self._module(tuple(r.adapter for r in self.rows))
+        device = _device(module)
+        last = torch.tensor([[r.generated[-1]] for r in self.rows], dtype=torch.long, device=device)
+        mask = torch.cat([self._mask, torch.ones((len(self.rows), 1), dtype=self._mask.dtype)], dim=1)
+        positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            out = module(
+                input_ids=last, attention_mask=mask, position_ids=positions, past_key_values=self._cache,
+                use_cache=True, **kwargs,
+            )
+        self._mask = mask
+        events = []
+        for i, row in enumerate(self.rows):
+            row.position += 1
+            token = self._pick(row, out.logits[i : i + 1, -1, :])
+            events.append((row, self._accept(row, token)))
+        return events
+
+    def finish(self, row: Row) -> gen.GenerationResult:
+        """The result ``generate`` would return for this row's tokens."""
+        return self.engine.result_for(row.prepared, row.generated)
+
+    def tail(self, row: Row) -> str:
+        """Text still held back by the row's pipeline, released at its end."""
+        return row.pipeline.feed(row.decoder.finish()) + row.pipeline.flush()
+
+    # -- internals ------------------------------------------------------------------
+    def _module(self, adapters: tuple):
+        if self._forward is None or self._forward[0] != adapters:
+            module, kwargs = self.engine.decoding_model(list(adapters))
+            self._forward = (adapters, module, kwargs)
+        return self._forward[1], self._forward[2]
+
+    def _pick(self, row: Row, logits) -> int:
+        import torch
+
+        scores = logits.float()
+        if row.processors is not None:
+            scores = row.processors(row.history, scores)
+        if gen.is_greedy(row.prepared.settings):
+            return int(torch.argmax(scores, dim=-1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _accept(self, row: Row, token: int) -> str:
+        import torch
+
+        row.generated.append(token)
+        row.history = torch.cat([row.history, torch.tensor([[token]], device=row.history.device)], dim=1)
+        text = row.pipeline.feed(row.decoder.add([token]))
+        if token in row.prepared.eos_ids:
+            row.finish_reason = "eos"
+        elif row.pipeline.stopped:
+            row.finish_reason = "stop"
+        elif len(row.generated) >= row.prepared.settings.max_new_tokens:
+            row.finish_reason = "length"
+        return text
+
+    def _merge(self, row: Row, cache) -> None:
+        import torch
+
+        length = cache.layers[0].keys.shape[-2]
+        if self._cache is None:
+            self._cache = cache
+            self._mask = torch.ones((1, length), dtype=torch.long)
+            self.rows.append(row)
+            return
+        width = self._mask.shape[1]
+        if length < width:
+            _pad_left(cache, width - length)
+            new_mask = torch.cat([torch.zeros((1, width - length), dtype=torch.long),
+                                  torch.ones((1, length), dtype=torch.long)], dim=1)
+        else:
+            if length > width:
+                _pad_left(self._cache, length - width)
+                self._mask = torch.cat(
+                    [torch.zeros((self._mask.shape[0], length - width), dtype=torch.long), self._mask], dim=1
+                )
+            new_mask = torch.ones((1, length), dtype=torch.long)
+        for mine, theirs in zip(self._cache.layers, cache.layers):
+            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+        self._mask = torch.cat([self._mask, new_mask], dim=0)
+        self.rows.append(row)
+
+
+def _pad_left(cache, n: int) -> None:
+    import torch
+
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        layer.keys = torch.cat([k.new_zeros(k.shape[:2] + (n,) + k.shape[3:]), k], dim=2)
+        layer.values = torch.cat([v.new_zeros(v.shape[:2] + (n,) + v.shape[3:]), v], dim=2)
+
+
+def _device(module):
+    return next(module.parameters()).device
+
+
+def _sampling(cfg):
+    """transformers' own logits processors for a row's settings, and its random generator."""
+    import torch
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if cfg.repetition_penalty is not None and cfg.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    generator = None
+    if not gen.is_greedy(cfg):
+        processors.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_k:
+            processors.append(TopKLogitsWarper(cfg.top_k))
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            processors.append(TopPLogitsWarper(cfg.top_p))
+        generator = torch.Generator()
+        if cfg.seed is not None:
+            generator.manual_seed(cfg.seed % (2**63))
+        else:
+            generator.seed()
+    return (processors or None), generator

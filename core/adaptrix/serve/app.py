@@ -1,0 +1,482 @@
+"""The Starlette application: routes, API-key check, body limit, OpenAI-shaped answers.
+
+``create_app(make_engine, options)`` returns an ASGI app. The engine is built
+by ``make_engine()`` on a background thread when the app starts; until it is
+ready ``/health`` answers 503 and so does every API route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+
+from .errors import ApiError, error_body
+from .schemas import CompletionRequest, parse_completion, parse_load, parse_name
+
+log = logging.getLogger("adaptrix.serve")
+STATIC = Path(__file__).with_name("static")
+
+
+@attrs.frozen
+class ServeOptions:
+    """Server settings (``adaptrix serve`` flags)."""
+
+    adapters_dir: str | None = "adapters"
+    api_key: str | None = None
+    max_batch: int = 8
+    max_queue: int = 64
+    enable_adapter_loading: bool = False
+    allowed_dirs: tuple[str, ...] = ()
+    max_body_bytes: int = 1 << 20
+    #: ``auto``: iteration-level batching where the model supports it; ``off``: one request at a time.
+    batching: str = "auto"
+    model_name: str | None = None
+
+
+class Server:
+    """State shared by the routes: the engine (once loaded), scheduler, metrics, adapter catalog."""
+
+    def __init__(self, make_engine: Callable[[], Any], options: ServeOptions):
+        from .metrics import Metrics
+
+        self.options = options
+        self.make_engine = make_engine
+        self.metrics = Metrics()
+        self.engine = None
+        self.scheduler = None
+        self.model_id = options.model_name or "base"
+        self.failure: str | None = None
+        self.runtime: dict[str, Path] = {}  # adapters loaded through /v1/load_lora_adapter
+        self.created = int(time.time())
+
+    # -- start-up ------------------------------------------------------------------
+    def load(self) -> None:
+        from .scheduler import Scheduler
+
+        start = time.perf_counter()
+        try:
+            engine = self.make_engine()
+            info = engine.get_model_info()
+            batching = self.options.batching != "off"
+            if batching:
+                from ..batching import supported
+
+                batching = supported(engine)
+            scheduler = Scheduler(engine, self.metrics, max_batch=self.options.max_batch,
+                                  max_queue=self.options.max_queue, batching=batching)
+            scheduler.start()
+        except Exception as exc:  # reported by /health and the log; the process stays up
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.error("adaptrix serve: the model failed to load: %s", self.failure)
+            return
+        if not self.options.model_name:
+            self.model_id = _display_name(str(info.get("model_id") or "base"))
+        self.engine, self.scheduler = engine, scheduler
+        log.info("adaptrix serve: %s ready in %.1f s (%s, %s)", self.model_id, time.perf_counter() - start,
+                 info.get("family"), "iteration-level batching" if batching else "one request at a time")
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    # -- checks ----------------------------------------------------------------------
+    def ready(self) -> None:
+        if self.scheduler is None:
+            if self.failure:
+                raise ApiError(503, f"the model failed to load ({self.failure}); fix it and restart the server",
+                               code="load_failed")
+            raise ApiError(503, "the model is still loading; retry in a moment (GET /health says when it is ready)",
+                           code="loading")
+
+    def check_key(self, request) -> None:
+        key = self.options.api_key
+        if not key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(401, "missing API key: send the header 'Authorization: Bearer KEY' (the server was "
+                           "started with --api-key)", code="invalid_api_key")
+        if not secrets.compare_digest(given.strip().encode(), key.encode()):
+            raise ApiError(401, "the API key in the Authorization header is wrong", code="invalid_api_key")
+
+    async def read_json(self, request) -> Any:
+        limit = self.options.max_body_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise ApiError(413, f"the request body is {int(length)} bytes, over the limit of {limit} bytes "
+                           "(--max-body-bytes)", code="body_too_large")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit} bytes (--max-body-bytes)",
+                               code="body_too_large")
+        if not body:
+            raise ApiError(400, "the request body is empty; send a JSON object", code="invalid_json")
+        try:
+            return json.loads(bytes(body))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+
+    # -- catalog -----------------------------------------------------------------------
+    def adapter_folders(self) -> dict[str, Path]:
+        """Every adapter a request may name: the adapters folder, then those loaded at run time."""
+        from ..adapters.sources import available_adapters
+
+        found = dict(available_adapters(self.options.adapters_dir))
+        found.update(self.runtime)
+        return found
+
+    def resolve_model(self, req: CompletionRequest) -> CompletionRequest:
+        names = self.adapter_folders()
+        if req.model in ("base", self.model_id):
+            adapter = None
+        elif req.model in names:
+            adapter = req.model
+        else:
+            available = ", ".join(["base", self.model_id, *sorted(names)])
+            raise ApiError(404, f"model {req.model!r} does not exist; available: {available}", param="model",
+                           code="model_not_found")
+        if req.adapters:
+            if adapter is not None:
+                raise ApiError(400, f"'adapters' composes adapters over the base model, but 'model' names the adapter "
+                               f"{req.model!r}; set 'model' to 'base' or leave 'adapters' out", param="adapters")
+            for name, _ in req.adapters:
+                if name not in names:
+                    raise ApiError(400, f"'adapters' names {name!r}, which does not exist; available: "
+                                   f"{', '.join(sorted(names)) or '(none)'}", param="adapters",
+                                   code="model_not_found")
+        return attrs.evolve(req, adapter=adapter)
+
+    def allowed_path(self, raw: str) -> Path:
+        """``lora_path`` resolved (symlinks too); it must lie in the adapters folder or an allowed folder."""
+        path = Path(raw).expanduser()
+        if not path.is_absolute() and self.options.adapters_dir:
+            path = Path(self.options.adapters_dir).expanduser() / path
+        resolved = path.resolve()
+        roots = [Path(d).expanduser().resolve() for d in (self.options.adapters_dir, *self.options.allowed_dirs) if d]
+        if not any(resolved == r or r in resolved.parents for r in roots):
+            raise ApiError(403, f"'lora_path' {raw!r} resolves to {resolved}, outside the folders adapters may be "
+                           f"loaded from ({', '.join(map(str, roots)) or 'none'}); move it there or start the "
+                           "server with --allow-adapter-dir", param="lora_path", code="path_not_allowed")
+        if not resolved.is_dir():
+            raise ApiError(404, f"'lora_path' {raw!r}: no adapter folder at {resolved}", param="lora_path",
+                           code="adapter_not_found")
+        return resolved
+
+
+def _display_name(model_id: str) -> str:
+    path = Path(model_id)
+    if path.exists():
+        name = path.stem if path.is_file() else path.name
+        return name
+    return model_id
+
+
+# -- routes ---------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(data, status_code=status)
+
+
+def _error(err: ApiError):
+    return _json(err.body(), err.status)
+
+
+def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
+    """Wrap a handler: API key, readiness, OpenAI-shaped errors, one log line per request."""
+
+    async def endpoint(request):
+        start = time.perf_counter()
+        try:
+            if auth:
+                server.check_key(request)
+            if ready:
+                server.ready()
+            response = await handler(server, request)
+        except ApiError as err:
+            response = _error(err)
+        except Exception as exc:  # a bug: answer in shape, keep serving
+            from .scheduler import api_error
+
+            response = _error(api_error(exc))
+        log.info("%s %s %s %.0f ms", request.method, request.url.path, response.status_code,
+                 (time.perf_counter() - start) * 1000)
+        return response
+
+    return endpoint
+
+
+async def health(server: Server, request):
+    if server.scheduler is None:
+        return _json({"status": "failed" if server.failure else "loading", "error": server.failure}, 503)
+    return _json({"status": "ok", "model": server.model_id})
+
+
+async def metrics(server: Server, request):
+    from starlette.responses import Response
+
+    body, content_type = server.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+async def playground(server: Server, request):
+    from starlette.responses import FileResponse
+
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+async def list_models(server: Server, request):
+    from ..adapters.info import read_adapter_info
+
+    rows = await asyncio.wrap_future(server.scheduler.call(lambda e: e.list_adapters()))
+    resident = {r["name"] for r in rows if r.get("loaded")}
+    data = [{"id": server.model_id, "object": "model", "created": server.created, "owned_by": "adaptrix",
+             "root": server.model_id, "parent": None, "adaptrix": {"kind": "base", "aliases": ["base"]}}]
+    for name, folder in sorted(server.adapter_folders().items()):
+        extra: dict[str, Any] = {"kind": "adapter", "resident": name in resident, "path": str(folder),
+                                 "loaded_at_runtime": name in server.runtime}
+        try:
+            info = read_adapter_info(folder, name)
+            targets = info.target_modules
+            extra.update(rank=info.rank, alpha=info.alpha,
+                         targets=list(targets) if isinstance(targets, (tuple, list)) else targets,
+                         task_type=info.task_type, description=info.description)
+        except Exception as exc:  # a damaged folder is listed with its problem, never breaks the listing
+            extra.update(rank=None, targets=None, error=str(exc))
+        data.append({"id": name, "object": "model", "created": server.created, "owned_by": "adaptrix",
+                     "root": str(folder), "parent": server.model_id, "adaptrix": extra})
+    return _json({"object": "list", "data": data})
+
+
+async def completions(server: Server, request, kind: str):
+    from ..generation_defaults import TASK_PRESETS
+    from .scheduler import Job
+
+    body = await server.read_json(request)
+    req = server.resolve_model(parse_completion(body, kind, tuple(TASK_PRESETS)))
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def emit(event):
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    job = Job(req, emit)
+    server.scheduler.submit(job)
+    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    if req.stream:
+        return await _stream(server, request, req, job, events, rid, created)
+    text: list[str] = []
+    while True:
+        get = asyncio.ensure_future(events.get())
+        while not get.done():
+            done, _ = await asyncio.wait({get}, timeout=0.25)
+            if not done and await request.is_disconnected():
+                get.cancel()
+                job.cancelled.set()  # the scheduler drops it and frees its slot
+                raise ApiError(499, "client disconnected", code="client_disconnected")
+        kind_, value = get.result()
+        if kind_ == "delta":
+            text.append(value)
+        elif kind_ == "error":
+            raise value
+        else:
+            return _json(_final(req, rid, created, server.model_id, value))
+
+
+def _final(req: CompletionRequest, rid: str, created: int, model_id: str, usage: dict) -> dict:
+    counts = {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
+              "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+    if req.kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": usage["text"]}, "logprobs": None,
+                  "finish_reason": usage["finish_reason"]}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": usage["text"], "logprobs": None, "finish_reason": usage["finish_reason"]}
+        obj = "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice], "usage": counts}
+
+
+async def _stream(server, request, req, job, events, rid, created):
+    from starlette.responses import StreamingResponse
+
+    obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
+
+    def chunk(delta: str | None, finish: str | None, usage=None, first=False) -> str:
+        if req.kind == "chat":
+            d: dict[str, Any] = {}
+            if first:
+                d["role"] = "assistant"
+            if delta is not None:
+                d["content"] = delta
+            choices = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
+        else:
+            choices = [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]
+        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": choices}
+        if req.include_usage:
+            data["usage"] = usage
+        return "data: " + json.dumps(data) + "\n\n"
+
+    # The first event decides the status: an error before any token is a plain error answer.
+    first = await events.get()
+    if first[0] == "error":
+        raise first[1]
+
+    async def body():
+        event = first
+        sent_role = False
+        try:
+            while True:
+                if event[0] == "delta":
+                    yield chunk(event[1], None, first=not sent_role)
+                    sent_role = True
+                elif event[0] == "error":
+                    err = event[1]
+                    yield "data: " + json.dumps(err.body()) + "\n\n"
+                    break
+                else:
+                    usage = event[1]
+                    if not sent_role and req.kind == "chat":
+                        yield chunk("", None, first=True)
+                    yield chunk(None if req.kind == "chat" else "", usage["finish_reason"])
+                    if req.include_usage:
+                        counts = {"prompt_tokens": usage["prompt_tokens"],
+                                  "completion_tokens": usage["completion_tokens"],
+                                  "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+                        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
+                                "usage": counts}
+                        yield "data: " + json.dumps(data) + "\n\n"
+                    break
+                event = await events.get()
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled.set()  # a client gone mid-stream stops its generation; harmless once finished
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def chat_completions(server, request):
+    return await completions(server, request, "chat")
+
+
+async def text_completions(server, request):
+    return await completions(server, request, "completion")
+
+
+async def load_adapter(server: Server, request):
+    if not server.options.enable_adapter_loading:
+        raise ApiError(403, "loading adapters at run time is off; start the server with --enable-adapter-loading",
+                       code="adapter_loading_disabled")
+    load = parse_load(await server.read_json(request))
+    if load.name in ("base", server.model_id):
+        raise ApiError(400, f"'lora_name' {load.name!r} is the base model's name; pick another", param="lora_name")
+    folder = server.allowed_path(load.path)
+
+    def work(engine):
+        from ..adapters.info import PICKLE_FILE, WEIGHTS_FILE
+
+        if (folder / PICKLE_FILE).exists() and not (folder / WEIGHTS_FILE).exists():
+            server.metrics.validation_failures.inc()
+            raise ApiError(400, f"'lora_path' {load.path!r} holds {PICKLE_FILE}, a pickle, which can run code when "
+                           "loaded; convert it to adapter_model.safetensors", param="lora_path",
+                           code="pickle_refused")
+        report = engine.validate_adapter(str(folder))
+        if not report.ok:
+            server.metrics.validation_failures.inc()
+            raise ApiError(400, f"adapter {load.name!r} at {folder} failed validation: {report.message()}",
+                           param="lora_path", code="adapter_invalid", extra={"report": report.as_dict()})
+        loaded = {r["name"]: r for r in engine.list_adapters() if r.get("loaded") or r.get("state") == "evicted"}
+        old = loaded.get(load.name)
+        replaced = old is not None
+        if replaced:
+            server.scheduler.forget_compositions(load.name)
+            engine.unload_adapter(load.name)
+        try:
+            info = engine.load_adapter(str(folder), name=load.name, activate=False)
+        except Exception:
+            if replaced and old.get("path") and not str(old["path"]).startswith("<"):
+                engine.load_adapter(old["path"], name=load.name, activate=False)  # put the old one back
+            raise
+        server.runtime[load.name] = folder
+        server.metrics.loads.inc()
+        return {"object": "lora_adapter", "lora_name": load.name, "lora_path": str(folder), "replaced": replaced,
+                "rank": info.rank, "warnings": list(report.warnings)}
+
+    result = await asyncio.wrap_future(server.scheduler.call(work, barrier=True))
+    return _json(result)
+
+
+async def unload_adapter(server: Server, request):
+    if not server.options.enable_adapter_loading:
+        raise ApiError(403, "unloading adapters at run time is off; start the server with --enable-adapter-loading",
+                       code="adapter_loading_disabled")
+    name = parse_name(await server.read_json(request))
+
+    def work(engine):
+        loaded = {r["name"] for r in engine.list_adapters() if r.get("loaded") or r.get("state") == "evicted"}
+        if name not in loaded and name not in server.runtime:
+            raise ApiError(404, f"adapter {name!r} is not loaded; loaded: {', '.join(sorted(loaded)) or '(none)'}",
+                           param="lora_name", code="adapter_not_found")
+        server.scheduler.forget_compositions(name)
+        if name in loaded:
+            engine.unload_adapter(name)
+        server.runtime.pop(name, None)
+        server.metrics.unloads.inc()
+        return {"object": "lora_adapter", "lora_name": name, "unloaded": True}
+
+    return _json(await asyncio.wrap_future(server.scheduler.call(work, barrier=True)))
+
+
+def create_app(make_engine: Callable[[], Any], options: ServeOptions | None = None):
+    """The ASGI app; ``make_engine()`` returns an initialized Engine and runs on a background thread."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+
+    server = Server(make_engine, options or ServeOptions())
+
+    def r(path, handler, methods, **kw):
+        return Route(path, _route(server, handler, **kw), methods=methods)
+
+    routes = [
+        r("/", playground, ["GET"], auth=False, ready=False),
+        r("/health", health, ["GET"], auth=False, ready=False),
+        r("/metrics", metrics, ["GET"], ready=False),
+        r("/v1/models", list_models, ["GET"]),
+        r("/v1/chat/completions", chat_completions, ["POST"]),
+        r("/v1/completions", text_completions, ["POST"]),
+        r("/v1/load_lora_adapter", load_adapter, ["POST"]),
+        r("/v1/unload_lora_adapter", unload_adapter, ["POST"]),
+    ]
+
+    async def http_error(request, exc: HTTPException):
+        message = {404: f"no route {request.url.path}; see GET /v1/models and the OpenAI endpoints",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return _json(error_body(exc.status_code, message), exc.status_code)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=server.load, name="adaptrix-load", daemon=True).start()
+        try:
+            yield
+        finally:
+            server.stop()
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.state.server = server
+    return app

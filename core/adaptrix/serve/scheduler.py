@@ -1,0 +1,375 @@
+"""The scheduler: one thread owns the engine and runs every request and adapter change.
+
+Request handlers never touch the engine: they :meth:`Scheduler.submit` a
+:class:`Job` (answered through its ``emit`` callback, from the scheduler
+thread) or :meth:`Scheduler.call` a function on the engine (adapter loads,
+listings). Two modes:
+
+- **batched** (transformers backend): an iteration-level loop around
+  :class:`adaptrix.batching.StepDecoder`; queued requests join the running
+  batch between decode steps, whatever their adapter;
+- **serial** (any backend): one request at a time through the Engine's
+  ``generate_detailed`` / ``stream``.
+
+A *barrier* call (adapter load, replace, unload) runs once no request is
+running and before any request queued after it, so requests in flight finish
+with the old weights and later ones see the new ones.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from .errors import ApiError
+from .schemas import CompletionRequest
+
+log = logging.getLogger("adaptrix.serve")
+
+
+class Job:
+    """One completion request; ``emit(event)`` is called from the scheduler thread.
+
+    Events: ``("delta", text)``, ``("done", usage)`` with ``usage`` a dict of
+    ``prompt_tokens``, ``completion_tokens``, ``finish_reason`` and ``text``,
+    and ``("error", ApiError)``.
+    """
+
+    def __init__(self, request: CompletionRequest, emit: Callable[[tuple], None]):
+        self.request = request
+        self.emit = emit
+        self.cancelled = threading.Event()
+        self.arrived = time.perf_counter()
+        self.first_token: float | None = None
+        self.last_token: float | None = None
+        self.tokens = 0
+
+    @property
+    def label(self) -> str:
+        """The metrics label: adapter name, ``base`` or ``composed``."""
+        if self.request.adapters:
+            return "composed"
+        return self.request.adapter or "base"
+
+
+class _Call:
+    def __init__(self, fn, barrier: bool):
+        self.fn, self.barrier = fn, barrier
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """The HTTP answer for an exception raised by the engine."""
+    from ..errors import (
+        AdapterError,
+        AdapterIncompatibleError,
+        AdaptrixError,
+        EngineStateError,
+        GenerationError,
+    )
+
+    if isinstance(exc, ApiError):
+        return exc
+    message = str(exc)
+    if isinstance(exc, AdapterIncompatibleError):
+        extra = {"report": exc.report.as_dict()} if getattr(exc, "report", None) is not None else {}
+        return ApiError(400, message, param="model", code="adapter_incompatible", extra=extra)
+    if isinstance(exc, GenerationError):
+        param = "max_tokens" if "max_new_tokens" in message or "context" in message else None
+        message = message.replace("max_new_tokens", "max_tokens")
+        return ApiError(400, message, param=param, code="invalid_value")
+    if isinstance(exc, AdapterError):
+        return ApiError(400, message, param="model", code="adapter_error")
+    if isinstance(exc, EngineStateError):
+        return ApiError(503, message, code="not_ready")
+    if isinstance(exc, AdaptrixError):
+        return ApiError(400, message, code="invalid_value")
+    log.exception("internal error", exc_info=exc)
+    return ApiError(500, f"internal error ({type(exc).__name__}: {exc}); this is a bug in adaptrix, please report it",
+                    code="internal_error")
+
+
+class Scheduler:
+    """Owns ``engine`` on its own thread; see the module docstring."""
+
+    def __init__(self, engine, metrics, *, max_batch: int = 8, max_queue: int = 64, batching: bool = True):
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch = max(1, int(max_batch))
+        self.max_queue = max(0, int(max_queue))
+        self.batching = batching
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._calls: collections.deque[_Call] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._decoder = None
+        self._running: dict[Any, Job] = {}  # row -> job (batched mode)
+        self._composed: dict[tuple, str] = {}
+        self._resident: set[str] = set()
+
+    # -- client side ------------------------------------------------------------
+    def start(self) -> None:
+        if self.batching:
+            from ..batching import StepDecoder
+
+            self._decoder = StepDecoder(self.engine)
+        self._thread = threading.Thread(target=self._loop, name="adaptrix-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        """Queue a request; a full queue is a 429."""
+        with self._cond:
+            if len(self._jobs) >= self.max_queue:
+                raise ApiError(429, f"the server queue is full ({self.max_queue} requests waiting, --max-queue); "
+                               "retry later", code="queue_full")
+            self._jobs.append(job)
+            self.metrics.queue_depth.set(len(self._jobs))
+            self._cond.notify_all()
+
+    def call(self, fn: Callable[[Any], Any], *, barrier: bool = False) -> concurrent.futures.Future:
+        """Run ``fn(engine)`` on the scheduler thread; ``barrier``: once nothing runs (adapter changes)."""
+        c = _Call(fn, barrier)
+        with self._cond:
+            self._calls.append(c)
+            self._cond.notify_all()
+        return c.future
+
+    # -- scheduler thread ----------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopping or self._calls or self._jobs or self._running):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                call = None
+                if self._calls and (not self._calls[0].barrier or not self._running):
+                    call = self._calls.popleft()
+                admit: list[Job] = []
+                blocked = bool(self._calls) and self._calls[0].barrier
+                limit = self.max_batch if self.batching else 1
+                while not blocked and call is None and self._jobs and len(self._running) + len(admit) < limit:
+                    admit.append(self._jobs.popleft())
+                self.metrics.queue_depth.set(len(self._jobs))
+            if call is not None:
+                self._run_call(call)
+                continue
+            try:
+                if self.batching:
+                    for job in admit:
+                        self._admit(job)
+                    self._step()
+                else:
+                    for job in admit:
+                        self._run_serial(job)
+            except BaseException as exc:  # a bug: answer everyone, keep serving
+                err = api_error(exc)
+                for job in list(self._running.values()) + admit:
+                    job.emit(("error", err))
+                self._reset_batch()
+        with self._cond:
+            pending = list(self._jobs) + list(self._running.values())
+            self._jobs.clear()
+        for job in pending:
+            job.emit(("error", ApiError(503, "the server is shutting down", code="shutting_down")))
+
+    def _run_call(self, call: _Call) -> None:
+        try:
+            call.future.set_result(call.fn(self.engine))
+        except BaseException as exc:
+            call.future.set_exception(exc)
+        self.note_residency()
+
+    def note_residency(self) -> None:
+        """Update the loaded-adapters gauge and count evictions (loaded -> evicted)."""
+        try:
+            rows = self.engine.list_adapters()
+        except Exception:
+            return
+        resident = {r["name"] for r in rows if r.get("loaded")}
+        evicted = {r["name"] for r in rows if r.get("state") == "evicted"}
+        self.metrics.evictions.inc(len((self._resident - resident) & evicted))
+        self._resident = resident
+        self.metrics.loaded.set(len(resident))
+
+    # -- adapters of a request --------------------------------------------------------
+    def _adapter_of(self, req: CompletionRequest) -> str | None:
+        """The adapter serving ``req``: its name, a cached composition, or None (base)."""
+        if not req.adapters:
+            return req.adapter
+        key = tuple(req.adapters)
+        name = self._composed.get(key)
+        if name is None:
+            name = "composed-" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+            self.engine.compose_adapters(dict(key), name, method="cat")
+            self._composed[key] = name
+        return name
+
+    def forget_compositions(self, adapter: str) -> list[str]:
+        """Compositions built from ``adapter`` (call on the scheduler thread before replacing it)."""
+        stale = [(k, n) for k, n in self._composed.items() if any(a == adapter for a, _ in k)]
+        for key, name in stale:
+            del self._composed[key]
+            self.engine.unload_adapter(name)
+        return [n for _, n in stale]
+
+    # -- batched mode -----------------------------------------------------------------
+    def _admit(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            self.metrics.cancelled.labels(job.label).inc()
+            return
+        req = job.request
+        try:
+            adapter = self._adapter_of(req)
+            prepared = self.engine.prepare_request(
+                req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=adapter,
+                raw=req.kind == "completion", **req.settings,
+            )
+            row, text = self._decoder.add(job, prepared, adapter)
+        except Exception as exc:
+            job.emit(("error", api_error(exc)))
+            return
+        if adapter is not None:
+            self.note_residency()
+        self.metrics.prompt_tokens.labels(job.label).inc(len(prepared.input_ids))
+        self._running[row] = job
+        self.metrics.running.set(len(self._running))
+        self._token(job, text)
+        if row.finish_reason:
+            self._finish(row)
+
+    def _step(self) -> None:
+        for row, job in list(self._running.items()):
+            if job.cancelled.is_set():
+                self._decoder.remove(row)
+                del self._running[row]
+                self.metrics.cancelled.labels(job.label).inc()
+                self.metrics.requests.labels(job.label, job.request.kind, "cancelled").inc()
+        self.metrics.running.set(len(self._running))
+        if not self._running:
+            return
+        for row, text in self._decoder.step():
+            self._token(self._running[row], text)
+            if row.finish_reason:
+                self._finish(row)
+        self.metrics.running.set(len(self._running))
+
+    def _finish(self, row) -> None:
+        job = self._running.pop(row)
+        tail = self._decoder.tail(row)
+        if tail:
+            job.emit(("delta", tail))
+        self._decoder.remove(row)
+        result = self._decoder.finish(row)
+        self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
+
+    def _reset_batch(self) -> None:
+        self._running.clear()
+        self.metrics.running.set(0)
+        if self.batching:
+            from ..batching import StepDecoder
+
+            self._decoder = StepDecoder(self.engine)
+
+    # -- serial mode ----------------------------------------------------------------------
+    def _run_serial(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            self.metrics.cancelled.labels(job.label).inc()
+            return
+        req = job.request
+        conv = None
+        self.metrics.running.set(1)
+        try:
+            adapter = self._adapter_of(req)
+            kwargs: dict[str, Any] = dict(
+                adapter=adapter, task_type=req.task_type, system=req.system, raw=req.kind == "completion",
+                use_context=False, **req.settings,
+            )
+            if req.history:  # earlier messages go through a throw-away named conversation
+                conv = f"serve-{id(job)}"
+                self.engine.conversations.get(conv).messages = [dict(m) for m in req.history]
+                kwargs["conversation"] = conv
+            if not req.stream:
+                result = self.engine.generate_detailed(req.prompt, **kwargs)
+                self._token(job, result.text, count=len(result.token_ids))
+                self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
+                return
+            pieces = []
+            stream = self.engine.stream(req.prompt, **kwargs)
+            try:
+                for piece in stream:
+                    if job.cancelled.is_set():
+                        self.metrics.cancelled.labels(job.label).inc()
+                        self.metrics.requests.labels(job.label, req.kind, "cancelled").inc()
+                        return
+                    pieces.append(piece)
+                    self._token(job, piece)
+            finally:
+                stream.close()
+            text = "".join(pieces)
+            completion = _count_tokens(self.engine, text)
+            limit = req.settings.get("max_new_tokens")
+            reason = "length" if limit is not None and completion >= limit else "stop"
+            self._done(job, _prompt_tokens(self.engine, req, kwargs), completion, reason, text)
+        except Exception as exc:
+            job.emit(("error", api_error(exc)))
+        finally:
+            if conv is not None:
+                self.engine.reset_context(conv)
+            self.metrics.running.set(0)
+            if req.adapter or req.adapters:
+                self.note_residency()
+
+    # -- shared --------------------------------------------------------------------------
+    def _token(self, job: Job, text: str, count: int = 1) -> None:
+        now = time.perf_counter()
+        if job.first_token is None:
+            job.first_token = now
+            self.metrics.ttft.labels(job.label).observe(now - job.arrived)
+        elif job.last_token is not None:
+            self.metrics.itl.labels(job.label).observe(now - job.last_token)
+        job.last_token = now
+        job.tokens += count
+        if text:
+            job.emit(("delta", text))
+
+    def _done(self, job: Job, prompt_tokens, completion_tokens, reason: str, text: str) -> None:
+        self.metrics.tokens.labels(job.label).inc(completion_tokens or 0)
+        self.metrics.requests.labels(job.label, job.request.kind, "ok").inc()
+        job.emit(("done", {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "finish_reason": "length" if reason == "length" else "stop",
+            "text": text,
+        }))
+
+
+def _count_tokens(engine, text: str) -> int:
+    try:
+        return len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+    except Exception:
+        return 0
+
+
+def _prompt_tokens(engine, req: CompletionRequest, kwargs: dict) -> int:
+    try:
+        prepared = engine.prepare_request(
+            req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=kwargs["adapter"],
+            raw=req.kind == "completion", **req.settings,
+        )
+        return len(prepared.input_ids)
+    except Exception:
+        return 0

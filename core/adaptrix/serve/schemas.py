@@ -1,0 +1,282 @@
+"""Request bodies of the completion endpoints, validated into frozen records.
+
+Every refusal is an :class:`~.errors.ApiError` (400) whose message names the
+field and the value at fault. Fields OpenAI clients send that adaptrix does
+not use (``user``, ``presence_penalty``, ...) are accepted and ignored.
+
+adaptrix extras (``extra_body`` in the ``openai`` client):
+
+- ``task_type``: a task preset (``general``, ``chat``, ``code``, ``math``, ``creative``);
+- ``adapters``: ``{"name": weight, ...}`` (or ``[{"name", "weight"}]``), a weighted
+  composition of adapters used for this request only; ``model`` must then be the base.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from .errors import ApiError
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+@attrs.frozen
+class CompletionRequest:
+    """One validated ``/v1/chat/completions`` or ``/v1/completions`` request."""
+
+    kind: str  # "chat" or "completion"
+    model: str
+    #: The text the model answers: the last user message (chat) or the prompt (completion).
+    prompt: str
+    #: Earlier chat messages, ``{"role", "content"}`` with roles user/assistant.
+    history: tuple[dict[str, str], ...] = ()
+    system: str | None = None
+    #: Engine settings (``max_new_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``), only those given.
+    settings: dict[str, Any] = attrs.field(factory=dict)
+    stream: bool = False
+    include_usage: bool = False
+    task_type: str | None = None
+    #: Weighted composition ``((name, weight), ...)`` or None.
+    adapters: tuple[tuple[str, float], ...] | None = None
+    #: Filled by the server: the adapter serving it (None = base model).
+    adapter: str | None = None
+
+
+def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _number(body: dict, name: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(f"'{name}' must be a finite number, got {_short(value)}", name)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise _bad(f"'{name}' must be {'>' if low_open else '>='} {low:g}, got {value!r}", name)
+    if high is not None and value > high:
+        raise _bad(f"'{name}' must be <= {high:g}, got {value!r}", name)
+    return float(value)
+
+
+def _integer(body: dict, name: str, *, low: int | None = None, high: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        else:
+            raise _bad(f"'{name}' must be an integer, got {_short(value)}", name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise _bad(f"'{name}' must be {bounds}, got {value}", name)
+    return value
+
+
+def _text(value: Any, param: str) -> str:
+    """Message content: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list):
+        parts = []
+        for i, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise _bad(f"'{param}[{i}]' must be a text part {{\"type\": \"text\", \"text\": ...}}, got "
+                           f"{_short(part)}; adaptrix serves text only", f"{param}[{i}]")
+            parts.append(part["text"])
+        text = "".join(parts)
+    else:
+        raise _bad(f"'{param}' must be a string, got {_short(value)}", param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(f"'{param}' holds a lone surrogate character; send valid UTF-8 text", param) from None
+    return text
+
+
+def _messages(body: dict) -> tuple[str, tuple[dict[str, str], ...], str | None]:
+    if "messages" not in body:
+        raise _bad("'messages' is required: a list of {\"role\", \"content\"} objects", "messages", "missing_field")
+    messages = body["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise _bad(f"'messages' must be a non-empty list of messages, got {_short(messages)}", "messages")
+    system_parts: list[str] = []
+    turns: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _bad(f"'{param}' must be an object with 'role' and 'content', got {_short(m)}", param)
+        role = m.get("role")
+        if role not in ROLES:
+            raise _bad(f"'{param}.role' must be one of {', '.join(ROLES)}, got {_short(role)}", f"{param}.role")
+        if "content" not in m or m["content"] is None:
+            raise _bad(f"'{param}.content' is required", f"{param}.content", "missing_field")
+        content = _text(m["content"], f"{param}.content")
+        if role in ("system", "developer"):
+            if turns:
+                raise _bad(f"'{param}' is a {role} message after the conversation started; put system messages "
+                           "first", f"{param}.role")
+            system_parts.append(content)
+        else:
+            turns.append({"role": role, "content": content})
+    if not turns or turns[-1]["role"] != "user":
+        raise _bad("the last message must come from the user ('role': 'user'), it is what the model answers",
+                   f"messages[{len(messages) - 1}].role")
+    prompt = turns[-1]["content"]
+    if not prompt.strip():
+        raise _bad(f"'messages[{len(messages) - 1}].content' is empty; give the model some text to answer",
+                   f"messages[{len(messages) - 1}].content")
+    return prompt, tuple(turns[:-1]), "\n\n".join(system_parts) if system_parts else None
+
+
+def _prompt(body: dict) -> str:
+    if "prompt" not in body:
+        raise _bad("'prompt' is required: a string", "prompt", "missing_field")
+    value = body["prompt"]
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]
+    if not isinstance(value, str):
+        raise _bad(f"'prompt' must be one string, got {_short(value)}; send several prompts as separate requests",
+                   "prompt")
+    text = _text(value, "prompt")
+    if not text.strip():
+        raise _bad("'prompt' is empty; give the model some text to continue", "prompt")
+    return text
+
+
+def _stop(body: dict) -> list[str] | None:
+    stop = body.get("stop")
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+        raise _bad(f"'stop' must be a non-empty string or a list of at most 4 of them, got {_short(stop)}", "stop")
+    return stop
+
+
+def _adapters(body: dict, names: list[str] | None = None) -> tuple[tuple[str, float], ...] | None:
+    value = body.get("adapters")
+    if value is None:
+        return None
+    pairs: list[tuple[Any, Any]]
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list):
+        pairs = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict) or "name" not in item:
+                raise _bad(f"'adapters[{i}]' must be {{\"name\": ..., \"weight\": ...}}, got {_short(item)}",
+                           f"adapters[{i}]")
+            pairs.append((item["name"], item.get("weight", 1.0)))
+    else:
+        raise _bad(f"'adapters' must be an object {{name: weight}}, got {_short(value)}", "adapters")
+    if not pairs:
+        raise _bad("'adapters' is empty; name at least one adapter with a weight, or leave it out", "adapters")
+    out = []
+    for name, weight in pairs:
+        if not isinstance(name, str) or not name:
+            raise _bad(f"'adapters' names must be non-empty strings, got {_short(name)}", "adapters")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise _bad(f"'adapters.{name}' weight must be a finite number, got {_short(weight)}", f"adapters.{name}")
+        out.append((name, float(weight)))
+    return tuple(sorted(out))
+
+
+def parse_completion(body: Any, kind: str, task_types: tuple[str, ...]) -> CompletionRequest:
+    """Validate a request body (already JSON-decoded); ``kind`` is ``chat`` or ``completion``."""
+    if not isinstance(body, dict):
+        raise _bad(f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_body")
+    model = body.get("model", "base")
+    if not isinstance(model, str) or not model:
+        raise _bad(f"'model' must be a non-empty string (the base model or an adapter name), got {_short(model)}",
+                   "model")
+    if kind == "chat":
+        prompt, history, system = _messages(body)
+    else:
+        prompt, history, system = _prompt(body), (), None
+    n = _integer(body, "n")
+    if n is not None and n != 1:
+        raise _bad(f"'n' must be 1 (one answer per request), got {n}; send several requests instead", "n")
+    settings: dict[str, Any] = {}
+    temperature = _number(body, "temperature", low=0.0)
+    if temperature is not None:
+        settings["temperature"] = temperature
+    top_p = _number(body, "top_p", low=0.0, high=1.0, low_open=True)
+    if top_p is not None:
+        settings["top_p"] = top_p
+    max_tokens = _integer(body, "max_completion_tokens", low=1)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", low=1)
+    if max_tokens is not None:
+        settings["max_new_tokens"] = max_tokens
+    stop = _stop(body)
+    if stop:
+        settings["stop"] = stop
+    seed = _integer(body, "seed", low=-(2**63), high=2**63 - 1)
+    if seed is not None:
+        settings["seed"] = seed
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad(f"'stream' must be true or false, got {_short(stream)}", "stream")
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _bad(f"'stream_options' must be an object, got {_short(options)}", "stream_options")
+        if not stream:
+            raise _bad("'stream_options' is only allowed with 'stream': true", "stream_options")
+        include_usage = options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise _bad(f"'stream_options.include_usage' must be true or false, got {_short(include_usage)}",
+                       "stream_options.include_usage")
+    task_type = body.get("task_type")
+    if task_type is not None and task_type not in task_types:
+        raise _bad(f"'task_type' must be one of {', '.join(task_types)}, got {_short(task_type)}", "task_type")
+    return CompletionRequest(
+        kind=kind, model=model, prompt=prompt, history=history, system=system, settings=settings, stream=stream,
+        include_usage=include_usage, task_type=task_type, adapters=_adapters(body),
+    )
+
+
+@attrs.frozen
+class LoadRequest:
+    """``POST /v1/load_lora_adapter`` (vLLM's payload)."""
+
+    name: str
+    path: str
+
+
+def parse_load(body: Any) -> LoadRequest:
+    if not isinstance(body, dict):
+        raise _bad(f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_body")
+    name = parse_name(body)
+    path = body.get("lora_path")
+    if not isinstance(path, str) or not path.strip():
+        raise _bad(f"'lora_path' must be the adapter folder's path, got {_short(path)}", "lora_path")
+    return LoadRequest(name, path)
+
+
+def parse_name(body: Any) -> str:
+    """``lora_name`` of a load or unload body."""
+    if not isinstance(body, dict):
+        raise _bad(f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_body")
+    name = body.get("lora_name")
+    if not isinstance(name, str) or not name.strip():
+        raise _bad(f"'lora_name' must be a non-empty string, got {_short(name)}", "lora_name")
+    if name != name.strip() or any(c in name for c in "/\\\0") or name in (".", "..") or len(name) > 128:
+        raise _bad(f"'lora_name' {_short(name)} is not a valid adapter name: no slashes, no surrounding spaces, "
+                   "at most 128 characters", "lora_name")
+    return name

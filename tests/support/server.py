@@ -1,0 +1,49 @@
+"""A real uvicorn server on 127.0.0.1 and a free port, in a thread, for tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``with LiveServer(app) as srv: srv.url``; waits until ``/health`` answers 200."""
+
+    def __init__(self, app, timeout: float = 300):
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.timeout = timeout
+
+    def __enter__(self) -> "LiveServer":
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout
+        self.health_codes = []
+        while time.monotonic() < deadline:
+            try:
+                code = httpx.get(self.url + "/health", timeout=5).status_code
+                self.health_codes.append(code)
+                if code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError(f"server at {self.url} did not become healthy: {self.health_codes[-3:]}")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -1,0 +1,344 @@
+"""``adaptrix serve`` on a tiny model: a real uvicorn, the official openai client, every error path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from support.adapters import build_variant, make_adapter  # noqa: E402
+from support.server import LiveServer  # noqa: E402
+
+ADAPTERS = ("a1", "a2", "a3", "a4")
+PROMPTS = ["What is machine learning?", "The capital of France", "def add(a, b)", "Hello Alice, how are you?"]
+N = 12  # new tokens
+
+
+@pytest.fixture(scope="module")
+def world(tiny_model, tmp_path_factory, one_thread):
+    """A tiny model, four adapters in its folder, extra adapters elsewhere, and the oracle engine."""
+    from adaptrix import Engine
+
+    model = tiny_model("qwen2")
+    root = tmp_path_factory.mktemp("serve")
+    ads = root / "adapters"
+    for i, name in enumerate(ADAPTERS):
+        make_adapter(model, ads / name, seed=i + 1)
+    extra = root / "extra"
+    make_adapter(model, extra / "new1", seed=11)
+    make_adapter(model, extra / "new2", seed=12)
+    shutil.copytree(extra / "new1", ads / "runtime_src")
+    # refused ones
+    corrupt = make_adapter(model, extra / "corrupt", seed=13)
+    (corrupt / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    variant = build_variant(model, root / "variant", hidden_size=48, num_attention_heads=4, num_key_value_heads=2)
+    make_adapter(variant, extra / "wrongshape", seed=14)
+    pickled = make_adapter(model, extra / "pickled", seed=15)
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(pickled / "adapter_model.safetensors")), str(pickled / "adapter_model.bin"))
+    (pickled / "adapter_model.safetensors").unlink()
+    outside = make_adapter(model, root / "outside" / "o1", seed=16)
+    (ads / "link_out").symlink_to(outside, target_is_directory=True)
+
+    oracle = Engine(str(model), adapters_dir=str(ads), progress=False)
+    oracle.initialize()
+    cache: dict = {}
+
+    def greedy(prompt, adapter=None, raw=False, folder=None):
+        key = (prompt, adapter, raw, folder)
+        if key not in cache:
+            if folder is not None:
+                o = Engine(str(model), adapters_dir=str(ads), progress=False)
+                o.initialize()
+                o.load_adapter(str(folder), name=adapter, activate=False)
+                cache[key] = o.generate(prompt, adapter=adapter, temperature=0, max_new_tokens=N, raw=raw)
+                o.cleanup()
+            else:
+                cache[key] = oracle.generate(prompt, adapter=adapter, temperature=0, max_new_tokens=N, raw=raw)
+        return cache[key]
+
+    return {"model": model, "ads": ads, "extra": extra, "root": root, "greedy": greedy}
+
+
+def _app(world, **options):
+    from adaptrix import Engine
+    from adaptrix.serve.app import ServeOptions, create_app
+
+    def make():
+        e = Engine(str(world["model"]), adapters_dir=str(world["ads"]), progress=False)
+        e.initialize()
+        return e
+
+    return create_app(make, ServeOptions(adapters_dir=str(world["ads"]), **options))
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    with LiveServer(_app(world, enable_adapter_loading=True, allowed_dirs=(str(world["extra"]),),
+                         max_body_bytes=4096)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def _chat(client, model, prompt, **kw):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                          temperature=0, max_tokens=N, **kw)
+
+
+def test_health_was_503_while_loading_then_200(server):
+    assert server.health_codes[-1] == 200
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("model", ["base", *ADAPTERS])
+def test_openai_sync_equals_engine_greedy(client, world, model):
+    adapter = None if model == "base" else model
+    want = world["greedy"](PROMPTS[0], adapter)
+    got = _chat(client, model, PROMPTS[0])
+    assert got.choices[0].message.content == want
+    assert got.usage.completion_tokens > 0 and got.usage.prompt_tokens > 0
+    pieces = [c.choices[0].delta.content or "" for c in _chat(client, model, PROMPTS[0], stream=True) if c.choices]
+    assert "".join(pieces) == want
+
+
+def test_answers_differ_between_adapters(client):
+    answers = {m: _chat(client, m, PROMPTS[1]).choices[0].message.content for m in ("base", "a1", "a2")}
+    assert len(set(answers.values())) == 3
+
+
+def test_openai_async_streamed_and_not(server, world):
+    import asyncio
+
+    async def main():
+        c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        full = await c.chat.completions.create(model="a2", messages=[{"role": "user", "content": PROMPTS[2]}],
+                                               temperature=0, max_tokens=N)
+        stream = await c.chat.completions.create(model="a2", messages=[{"role": "user", "content": PROMPTS[2]}],
+                                                 temperature=0, max_tokens=N, stream=True,
+                                                 stream_options={"include_usage": True})
+        pieces, usage = [], None
+        async for chunk in stream:
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+            if chunk.usage:
+                usage = chunk.usage
+        await c.close()
+        return full, "".join(pieces), usage
+
+    full, streamed, usage = asyncio.run(main())
+    want = world["greedy"](PROMPTS[2], "a2")
+    assert full.choices[0].message.content == want == streamed
+    assert usage.completion_tokens == full.usage.completion_tokens
+    assert usage.prompt_tokens == full.usage.prompt_tokens
+
+
+def test_text_completions_are_raw_prompts(client, world):
+    got = client.completions.create(model="a1", prompt=PROMPTS[3], temperature=0, max_tokens=N)
+    assert got.choices[0].text == world["greedy"](PROMPTS[3], "a1", raw=True)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="a1", prompt=PROMPTS[3], temperature=0, max_tokens=N, stream=True))
+    assert streamed == got.choices[0].text
+
+
+def test_sse_ends_with_done(server):
+    r = httpx.post(server.url + "/v1/chat/completions", json={
+        "model": "base", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 3,
+        "temperature": 0})
+    lines = [x for x in r.text.split("\n\n") if x]
+    assert r.status_code == 200 and lines[-1] == "data: [DONE]"
+
+
+def test_composition_in_extra_body(client):
+    one = _chat(client, "base", PROMPTS[0], extra_body={"adapters": {"a1": 1.0}}).choices[0].message.content
+    assert one == _chat(client, "a1", PROMPTS[0]).choices[0].message.content
+    mix = _chat(client, "base", PROMPTS[0], extra_body={"adapters": {"a1": 0.5, "a2": 0.5}}).choices[0]
+    assert mix.message.content not in (one, _chat(client, "a2", PROMPTS[0]).choices[0].message.content)
+    task = _chat(client, "base", PROMPTS[0], extra_body={"task_type": "code"})
+    assert task.choices[0].message.content
+
+
+def test_models_lists_base_and_adapters(server):
+    data = httpx.get(server.url + "/v1/models").json()["data"]
+    ids = [m["id"] for m in data]
+    base = data[0]["id"]
+    assert {"a1", "a2", "a3", "a4"} <= set(ids)
+    a1 = next(m for m in data if m["id"] == "a1")
+    assert a1["parent"] == base and a1["adaptrix"]["rank"] == 4
+    assert sorted(a1["adaptrix"]["targets"]) == ["q_proj", "v_proj"]
+    assert isinstance(a1["adaptrix"]["resident"], bool)
+
+
+BAD = [
+    ("malformed json", b"{not json", 400, "invalid_json"),
+    ("missing messages", {"model": "base"}, 400, "messages"),
+    ("unknown model", {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "a1"),
+    ("negative temperature", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "temperature": -1},
+     400, "temperature"),
+    ("nan temperature", b'{"model": "base", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+     400, "temperature"),
+    ("n=2", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "'n'"),
+    ("beyond context", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000},
+     400, "max_tokens"),
+    ("long prompt", {"model": "base", "messages": [{"role": "user", "content": "the a " * 600}], "max_tokens": 8},
+     400, None),
+    ("body too large", {"model": "base", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, "limit"),
+    ("not an object", [1, 2], 400, "JSON object"),
+    ("bad role", {"model": "base", "messages": [{"role": "robot", "content": "hi"}]}, 400, "robot"),
+    ("bad stop", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "stop": 5}, 400, "stop"),
+    ("bad task", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "task_type": "x"}, 400, "task"),
+    ("bad weight", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "adapters": {"a1": "x"}},
+     400, "a1"),
+    ("huge seed", {"model": "base", "messages": [{"role": "user", "content": "hi"}], "seed": 10**30}, 400, "seed"),
+    ("empty body", b"", 400, "empty"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_gets_openai_error(server, case):
+    _, body, status, needle = case
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(server.url + "/v1/chat/completions", headers={"content-type": "application/json"}, **kw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) >= {"message", "type", "param", "code"}
+    if needle:
+        assert needle in err["message"] or needle == err.get("param") or needle == err.get("code"), err
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_unknown_route_and_method_are_openai_shaped(server):
+    assert httpx.get(server.url + "/v1/nothing").json()["error"]["message"].startswith("no route")
+    assert httpx.get(server.url + "/v1/chat/completions").status_code == 405
+
+
+def _models(server):
+    return {m["id"]: m["adaptrix"].get("resident") for m in httpx.get(server.url + "/v1/models").json()["data"]}
+
+
+def _load(server, name, path):
+    return httpx.post(server.url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)},
+                      timeout=60)
+
+
+@pytest.mark.parametrize("which,status", [("corrupt", 400), ("wrongshape", 400), ("pickled", 400),
+                                          ("outside", 403), ("symlink", 403), ("missing", 404)])
+def test_refused_adapters_change_nothing(server, world, which, status):
+    path = {"outside": world["root"] / "outside" / "o1", "symlink": world["ads"] / "link_out",
+            "missing": world["extra"] / "nope"}.get(which, world["extra"] / which)
+    before = _models(server)
+    r = _load(server, "bad", path)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+    if which == "wrongshape":
+        assert r.json()["error"]["report"]["errors"]
+    assert _models(server) == before
+
+
+def test_load_replace_unload(server, client, world):
+    old_want = world["greedy"](PROMPTS[0], "rt", folder=world["extra"] / "new1")
+    new_want = world["greedy"](PROMPTS[0], "rt", folder=world["extra"] / "new2")
+    assert old_want != new_want
+    assert _load(server, "rt", world["extra"] / "new1").status_code == 200
+    assert "rt" in _models(server)
+    assert _chat(client, "rt", PROMPTS[0]).choices[0].message.content == old_want
+    # replace while a stream on the old weights is running: it ends with the old weights
+    stream = _chat(client, "rt", PROMPTS[0], stream=True)
+    first = next(iter(stream))
+    with ThreadPoolExecutor(1) as pool:
+        replaced = pool.submit(_load, server, "rt", world["extra"] / "new2")
+        rest = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert replaced.result().json()["replaced"] is True
+    assert (first.choices[0].delta.content or "") + rest == old_want
+    assert _chat(client, "rt", PROMPTS[0]).choices[0].message.content == new_want
+    r = httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "rt"})
+    assert r.status_code == 200
+    assert "rt" not in _models(server)
+    assert httpx.post(server.url + "/v1/chat/completions", json={
+        "model": "rt", "messages": [{"role": "user", "content": "hi"}]}).status_code == 404
+    assert httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "rt"}).status_code == 404
+    # a relative path resolves in the adapters folder
+    assert _load(server, "rel", "runtime_src").status_code == 200
+
+
+def test_load_test_with_a_disconnect(server, world):
+    jobs = [(PROMPTS[i % 4], (None, *ADAPTERS)[i % 5]) for i in range(32)]
+    url = server.url + "/v1/chat/completions"
+
+    def one(job):
+        prompt, adapter = job
+        r = httpx.post(url, json={"model": adapter or "base", "messages": [{"role": "user", "content": prompt}],
+                                  "temperature": 0, "max_tokens": N}, timeout=120)
+        return r.status_code, r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else r.text
+
+    def metric(name):
+        text = httpx.get(server.url + "/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{")
+                   or line.startswith(name + " "))
+
+    cancelled = metric("adaptrix_cancelled_requests_total")
+
+    def disconnect():
+        with httpx.stream("POST", url, json={"model": "a1", "messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": 200, "temperature": 0, "stream": True}) as r:
+            for _ in r.iter_lines():
+                break  # first chunk read, then hang up
+
+    with ThreadPoolExecutor(8) as pool:
+        gone = pool.submit(disconnect)
+        results = list(pool.map(one, jobs))
+        gone.result()
+    assert [s for s, _ in results] == [200] * 32
+    for (prompt, adapter), (_, text) in zip(jobs, results):
+        assert text == world["greedy"](prompt, adapter)
+    for _ in range(100):
+        if metric("adaptrix_cancelled_requests_total") > cancelled:
+            break
+        threading.Event().wait(0.05)
+    assert metric("adaptrix_cancelled_requests_total") == cancelled + 1
+    assert metric("adaptrix_generated_tokens_total") > 0
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_loading_off_by_default_and_api_key(world):
+    with LiveServer(_app(world, api_key="sekret", max_queue=0)) as srv:
+        url = srv.url
+        assert httpx.get(url + "/health").status_code == 200
+        assert httpx.get(url + "/v1/models").status_code == 401
+        assert httpx.get(url + "/metrics").status_code == 401
+        assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = {"Authorization": "Bearer sekret"}
+        assert httpx.get(url + "/v1/models", headers=ok).status_code == 200
+        r = httpx.post(url + "/v1/load_lora_adapter", headers=ok,
+                       json={"lora_name": "x", "lora_path": str(world["extra"] / "new1")})
+        assert r.status_code == 403 and "--enable-adapter-loading" in r.json()["error"]["message"]
+        r = httpx.post(url + "/v1/chat/completions", headers=ok,
+                       json={"model": "base", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_serial_mode_answers_equal_batched(world):
+    with LiveServer(_app(world, batching="off")) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        for model in ("base", "a3"):
+            want = world["greedy"](PROMPTS[1], None if model == "base" else model)
+            assert _chat(c, model, PROMPTS[1]).choices[0].message.content == want
+            assert "".join(x.choices[0].delta.content or "" for x in _chat(c, model, PROMPTS[1], stream=True)
+                           if x.choices) == want
+        hist = c.chat.completions.create(model="base", temperature=0, max_tokens=N, messages=[
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": PROMPTS[0]}])
+        assert hist.choices[0].message.content
