@@ -29,16 +29,12 @@ def detect_family(model_id, config):
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # DeepSeek's usage recommendations: temperature 0.6, top_p 0.95.
     return GenerationConfig(max_new_tokens=1024, temperature=0.6, top_p=0.95, context_length=context_length(config))
 
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     tc = text_config(config)
     query = ["q_a_proj", "q_b_proj"] if tc.get("q_lora_rank") else ["q_proj"]
     mlp = GATED_MLP if (tc.get("first_k_dense_replace") or tc.get("n_shared_experts")) else []
@@ -47,8 +43,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     return load_causal_lm(family, model_id, options)

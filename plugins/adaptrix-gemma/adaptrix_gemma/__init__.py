@@ -27,8 +27,6 @@ def detect_family(model_id, config):
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # Gemma 3 model card: temperature 1.0, top_k 64, top_p 0.95.
     return GenerationConfig(
         max_new_tokens=512, temperature=1.0, top_p=0.95, top_k=64, context_length=context_length(config)
@@ -37,15 +35,11 @@ def default_generation_config(family, config):
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     return ATTENTION + GATED_MLP
 
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     return load_causal_lm(family, model_id, options, end_of_turn_tokens=("<end_of_turn>",))

@@ -27,16 +27,12 @@ def detect_family(model_id, config):
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # Meta's generation_config.json for Llama 3.x: temperature 0.6, top_p 0.9.
     return GenerationConfig(max_new_tokens=512, temperature=0.6, top_p=0.9, context_length=context_length(config))
 
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     # Llama 4's routed experts are fused parameters; its shared expert and dense
     # layers keep gate/up/down Linear layers, so the same names apply.
     return ATTENTION + GATED_MLP
@@ -44,8 +40,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     # Llama 3 instruct turns end with <|eot_id|>, Llama 4 with <|eot|>.

@@ -27,15 +27,11 @@ def detect_family(model_id, config):
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     return GenerationConfig(max_new_tokens=512, temperature=0.7, top_p=0.85, context_length=context_length(config))
 
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     model_type = (config or {}).get("model_type")
     if model_type == "phi":
         return ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
@@ -46,8 +42,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     # Phi-3 chat turns end with <|end|>, which is not the tokenizer's EOS.
