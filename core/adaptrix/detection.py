@@ -7,7 +7,7 @@ from typing import Any
 from . import modelconfig
 from .errors import FamilyNotDetectedError, NotACausalLMError
 from .generation_defaults import GLOBAL_DEFAULTS
-from .plugins import FAMILY_HOOKS, PluginHost, get_host
+from .plugins import PluginHost, get_host
 from .types import Detection, GenerationConfig
 
 
@@ -42,8 +42,8 @@ def detect(
     if config is None:
         config, source = modelconfig.load_config(model_id, revision)
     family, plugin = detect_family(model_id, config, host, source)
-    family_gen, gen_source = host.call_family("default_generation_config", family, config=config)
-    targets, targets_source = host.call_family("target_modules", family, config=config)
+    family_gen, _ = host.call_family("default_generation_config", family, config=config)
+    targets, _ = host.call_family("target_modules", family, config=config)
     generation = (family_gen or GenerationConfig()).merged_over(
         GenerationConfig(context_length=modelconfig.context_length(config))
     ).merged_over(GLOBAL_DEFAULTS)
@@ -69,14 +69,5 @@ def detect(
         target_modules=tuple(targets or ()),
         config_source=source,
         warnings=tuple(warnings),
-        fallback_hooks=_fallback_hooks(host, plugin, gen_source, targets_source),
+        fallback_hooks=host.fallback_hooks(family),
     )
-
-
-def _fallback_hooks(host: PluginHost, plugin: str, gen_source: str | None, targets_source: str | None) -> tuple[str, ...]:
-    """Family hooks the core answered for this model (left out by the plugin, or answered ``None``)."""
-    from .fallbacks import SOURCE
-
-    used = {"default_generation_config": gen_source == SOURCE, "target_modules": targets_source == SOURCE}
-    used["load_model"] = "load_model" in host.record(plugin).fallback_hooks
-    return tuple(h for h in FAMILY_HOOKS if used[h])

@@ -14,10 +14,6 @@ from .modelconfig import context_length
 from .targets import ALL_LINEAR
 from .types import GenerationConfig, LoadedModel, LoadOptions
 
-#: Name shown as the answering "plugin" when a fallback answered.
-SOURCE = "adaptrix (fallback)"
-
-
 def load_model(family: str, model_id: str, options: LoadOptions) -> LoadedModel:
     """The shared loader, :func:`adaptrix.loading.load_causal_lm`, with no family extras."""
     from .loading import load_causal_lm

@@ -41,8 +41,8 @@ ENTRY_POINT_GROUP = "adaptrix"
 STATUSES = ("ok", "failed", "blocked", "disabled")
 #: Hooks whose first argument is a family name; only that family's owner answers.
 FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules")
-#: Hooks that make a plugin a family plugin.
-FAMILY_PLUGIN_HOOKS = ("families", "detect_family") + FAMILY_HOOKS
+#: Hooks that make a plugin a family plugin (as does a non-empty ``families()``).
+FAMILY_PLUGIN_HOOKS = ("detect_family",) + FAMILY_HOOKS
 
 
 class PluginWarning(UserWarning):
@@ -163,7 +163,7 @@ class PluginHost:
             self.pm.unregister(plugin, name=name)
             self._fail(base, exc, "failed validation")
             return self._records[name]
-        fallback = _fallback_hooks(hooks)
+        fallback = _fallback_hooks(hooks, families)
         record = PluginRecord(
             status="ok", families=tuple(families), hooks=tuple(hooks), fallback_hooks=fallback, **base
         )
@@ -304,12 +304,11 @@ class PluginHost:
             if note not in rec.conflicts:
                 self._records[name] = attrs.evolve(rec, conflicts=rec.conflicts + (note,))
 
-    def call_family(self, hook: str, family: str, **kwargs: Any) -> tuple[Any, str | None]:
-        """Call a family-keyed hook on the family's owner only.
+    def call_family(self, hook: str, family: str, **kwargs: Any) -> tuple[Any, str]:
+        """Call a family-keyed hook on the family's owner only; return ``(result, owner)``.
 
-        Returns ``(result, plugin name)``; when the owner leaves the hook out
-        or answers ``None``, the core's standard behaviour answers
-        (:mod:`adaptrix.fallbacks`) and the name is :data:`adaptrix.fallbacks.SOURCE`.
+        When the owner leaves the hook out or answers ``None``, the core's
+        standard behaviour (:mod:`adaptrix.fallbacks`) answers instead.
         """
         from . import fallbacks
 
@@ -317,11 +316,14 @@ class PluginHost:
             raise PluginError(f"{hook!r} is not a family hook; family hooks are: {', '.join(FAMILY_HOOKS)}")
         owner = self.owner(family)
         impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == owner]
-        if impls:
-            result = _call_impl(impls[0], hook, dict(kwargs, family=family))
-            if result is not None:
-                return result, owner
-        return getattr(fallbacks, hook)(family=family, **kwargs), fallbacks.SOURCE
+        result = _call_impl(impls[0], hook, dict(kwargs, family=family)) if impls else None
+        if result is None:
+            result = getattr(fallbacks, hook)(family=family, **kwargs)
+        return result, owner
+
+    def fallback_hooks(self, family: str) -> tuple[str, ...]:
+        """The family hooks the core answers for ``family`` because its owner leaves them out."""
+        return self._records[self.owner(family)].fallback_hooks
 
 
 def _call_impl(impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
@@ -336,10 +338,10 @@ def _call_impl(impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
         ) from exc
 
 
-def _fallback_hooks(hooks: Iterable[str]) -> tuple[str, ...]:
-    """The family hooks a family plugin leaves to the core (none for a non-family plugin)."""
+def _fallback_hooks(hooks: Iterable[str], families: Iterable[str]) -> tuple[str, ...]:
+    """The family hooks a family plugin leaves to the core (none for a plugin that provides no family)."""
     hooks = set(hooks)
-    if not hooks & set(FAMILY_PLUGIN_HOOKS):
+    if not (hooks & set(FAMILY_PLUGIN_HOOKS) or list(families)):
         return ()
     return tuple(h for h in FAMILY_HOOKS if h not in hooks)
 
