@@ -12,7 +12,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "gemma"
-MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("gemma",)
 
 
 @hookimpl
@@ -22,7 +23,7 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("gemma",)) else None
+    return FAMILY if claims(model_id, config, id_keywords=("gemma",), prefixes=PREFIXES) else None
 
 
 @hookimpl

@@ -12,7 +12,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "llama"
-MODEL_TYPES = ("llama", "llama4", "llama4_text")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("llama",)
 
 
 @hookimpl
@@ -22,7 +23,7 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("llama", "smollm")) else None
+    return FAMILY if claims(model_id, config, id_keywords=("llama", "smollm"), prefixes=PREFIXES) else None
 
 
 @hookimpl

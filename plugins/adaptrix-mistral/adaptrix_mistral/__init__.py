@@ -8,7 +8,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "mistral"
-MODEL_TYPES = ("mistral", "mixtral", "ministral")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("mistral", "mixtral", "ministral")
 
 
 @hookimpl
@@ -18,7 +19,7 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("mistral", "mixtral")) else None
+    return FAMILY if claims(model_id, config, id_keywords=("mistral", "mixtral"), prefixes=PREFIXES) else None
 
 
 @hookimpl

@@ -13,7 +13,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "qwen"
-MODEL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("qwen",)
 THINKING_TYPES = ("qwen3", "qwen3_moe")
 
 
@@ -24,7 +25,7 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("qwen",)) else None
+    return FAMILY if claims(model_id, config, id_keywords=("qwen",), prefixes=PREFIXES) else None
 
 
 @hookimpl
