@@ -93,3 +93,118 @@ def test_remote_code_model_refused_without_opt_in(tmp_path):
     # A model transformers implements natively never runs downloaded code, even with auto_map.
     native = {"model_type": "deepseek_v3", "auto_map": {"AutoModelForCausalLM": "x.Y"}}
     assert check_remote_code("deepseek-ai/DeepSeek-V3", native, LoadOptions(trust_remote_code=True)) is False
+
+
+#: Names that belong to a family, written independently of the plugins: a model_type starting
+#: with one of these is that family's.
+FAMILY_NAMES = {
+    "qwen": ("qwen",), "gemma": ("gemma",), "mistral": ("mistral", "mixtral", "ministral"),
+    "phi": ("phi",), "llama": ("llama",), "deepseek": ("deepseek",),
+}
+
+
+def family_of_name(model_type: str) -> str | None:
+    owners = [f for f, names in FAMILY_NAMES.items() if model_type.startswith(names)]
+    assert len(owners) <= 1
+    return owners[0] if owners else None
+
+
+@pytest.fixture(scope="module")
+def transformers_causal_configs():
+    """``(model_type, config)`` for every causal-LM model type of the installed transformers, plus
+    every family-named config that holds a text model (with a causal-LM class) in ``text_config``."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    def first(cls):
+        return cls[0] if isinstance(cls, (list, tuple)) else cls
+
+    out = {mt: {"model_type": mt, "architectures": [first(c)]} for mt, c in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items()}
+    for mt in CONFIG_MAPPING:
+        if family_of_name(mt) is None:
+            continue
+        try:
+            text = getattr(CONFIG_MAPPING[mt](), "text_config", None)
+        except Exception:
+            continue
+        text_type = getattr(text, "model_type", None)
+        if text_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            arch = first(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(mt) or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(mt))
+            out[mt] = {
+                "model_type": mt,
+                "architectures": [arch or "ForConditionalGeneration"],
+                "text_config": {"model_type": text_type},
+                "vision_config": {},
+            }
+    return out
+
+
+def test_every_family_model_type_of_the_installed_transformers_is_claimed_by_that_family_only(
+    transformers_causal_configs,
+):
+    from adaptrix.plugins import PluginHost
+
+    host = PluginHost(environ={}, strict=True)
+    host.load_entry_points()
+    impls = [i for i in host.pm.hook.detect_family.get_hookimpls() if i.plugin_name in FAMILY_NAMES]
+    problems = []
+    for model_type, config in sorted(transformers_causal_configs.items()):
+        args = {"model_id": "x", "config": config}
+        claimants = sorted(i.plugin_name for i in impls if i.function(**{k: args[k] for k in i.argnames}))
+        expected = family_of_name(model_type)
+        if claimants != ([expected] if expected else []):
+            problems.append(f"{model_type}: expected {expected}, claimed by {claimants}")
+        elif expected is not None:
+            d = detect("x", host=host, config=config, source=model_type)
+            if d.family != expected:
+                problems.append(f"{model_type}: detect says {d.family}")
+    assert not problems, "\n".join(problems)
+    # Types with a name of a family that are a family's generation (not an unrelated architecture).
+    claimed = {t for t in transformers_causal_configs if family_of_name(t)}
+    assert {"qwen3_next", "gemma4_text", "ministral3", "deepseek_v4", "gemma3", "llama4"} <= claimed
+
+
+def test_vision_language_config_without_a_text_model_is_refused_naming_the_architecture():
+    from adaptrix.errors import NotACausalLMError
+
+    cfg = {"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"], "vision_config": {}}
+    with pytest.raises(NotACausalLMError, match=r"Qwen2VLForConditionalGeneration.*no text-only causal LM class"):
+        detect("Qwen/Qwen2-VL-2B", config=cfg, source="qwen2_vl.json")
+    with_text = {"model_type": "mistral3", "architectures": ["Mistral3ForConditionalGeneration"],
+                 "text_config": {"model_type": "mistral"}, "vision_config": {}}
+    assert detect("m", config=with_text).family == "mistral"
+
+
+REMOTE = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        # model_type of a family: that family (which needs trust_remote_code to load it).
+        ({"model_type": "qwen", "architectures": ["QWenLMHeadModel"]}, "qwen"),
+        # an architecture of a family under an unknown model_type: that family.
+        ({"model_type": "deepseek", "architectures": ["DeepseekForCausalLM"]}, "deepseek"),
+        ({"model_type": "phi-msft", "architectures": ["PhiForCausalLM"]}, "phi"),
+        # a real causal LM no family owns: generic.
+        ({"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"]}, "generic"),
+        # vision-language remote code: refused, even when its name is a family's.
+        ({"model_type": "qwen", "architectures": ["QWenLMHeadModel"], "visual": {"image_size": 448}}, None),
+        ({"model_type": "internvl_chat", "architectures": ["InternVLChatModel"], "vision_config": {}}, None),
+        ({"model_type": "phi3_v", "architectures": ["Phi3VForCausalLM"], "vision_config": {}}, None),
+        # not a causal LM at all: refused, not generic.
+        ({"model_type": "custom_bert", "architectures": ["CustomBertModel"]}, None),
+    ],
+)
+def test_remote_code_models_are_classified_by_what_they_are(config, expected):
+    from adaptrix.errors import NotACausalLMError
+
+    config = {**config, "auto_map": REMOTE}
+    if expected is None:
+        with pytest.raises(NotACausalLMError, match=config["architectures"][0]):
+            detect("org/model", config=config, source="config.json")
+    else:
+        assert detect("org/model", config=config, source="config.json").family == expected
