@@ -58,19 +58,15 @@ def test_third_party_plugin_is_listed_by_the_cli(installed_example):
     assert {"qwen", "generic"} <= set(plugins)
 
 
-#: The smallest plugin pluggy invites: two hooks, each taking a subset of the
-#: spec's arguments; no families(), no load_model, no default_generation_config.
-MINIMAL_PLUGIN = """
-from adaptrix import hookimpl
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md"
 
-@hookimpl
-def detect_family(config):
-    return "tinyfam" if (config or {}).get("model_type") == "stablelm" else None
 
-@hookimpl
-def target_modules(config):
-    return ["q_proj", "v_proj"]
-"""
+def minimal_plugin_source() -> str:
+    """The plugin the guide leads with: two hooks taking a subset of the spec's arguments,
+    no families(), no load_model, no default_generation_config."""
+    text = GUIDE.read_text()
+    section = text[text.index("## The smallest plugin"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.fixture
@@ -78,7 +74,7 @@ def minimal_plugin(tmp_path, monkeypatch):
     """A minimal plugin "installed" as a dist-info, as the process-wide host sees it."""
     from adaptrix import plugins
 
-    site = make_dist(tmp_path / "site", "adaptrix-tinyfam", {"tinyfam": "tinyfam_plugin"}, {"tinyfam_plugin": MINIMAL_PLUGIN})
+    site = make_dist(tmp_path / "site", "adaptrix-tinyfam", {"tinyfam": "tinyfam_plugin"}, {"tinyfam_plugin": minimal_plugin_source()})
     monkeypatch.syspath_prepend(str(site))
     host = PluginHost(environ={}, strict=True)
     host.load_entry_points()
@@ -100,15 +96,16 @@ def test_minimal_plugin_detects_loads_and_generates_through_the_engine(minimal_p
     assert rec.fallback_hooks == ("load_model", "default_generation_config")
     folder = tiny_model("stablelm")
     d = detect(str(folder), host=host)
-    assert (d.family, d.plugin) == ("tinyfam", "tinyfam")
-    assert d.target_modules == ("q_proj", "v_proj")
+    # Without the plugin this model is "generic"; the plugin's detect_family makes it own "stablelm".
+    assert (d.family, d.plugin) == ("stablelm", "tinyfam")
+    assert d.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
     assert d.fallback_hooks == ("load_model", "default_generation_config")
     assert d.generation.top_p is not None  # the global defaults, not a crash
 
     engine = Engine(str(folder), progress=False)
     engine.initialize()
     try:
-        assert (engine.family, engine.plugin) == ("tinyfam", "tinyfam")
+        assert (engine.family, engine.plugin) == ("stablelm", "tinyfam")
         text = engine.generate("What is machine learning?", max_new_tokens=8, temperature=0.0)
     finally:
         engine.cleanup()
@@ -145,7 +142,7 @@ def test_minimal_plugin_is_reported_by_the_cli_with_its_fallback_hooks(minimal_p
         [sys.executable, "-m", "adaptrix", "detect", folder, "--json"], env=env, capture_output=True, text=True, check=True
     )
     data = json.loads(det.stdout)
-    assert (data["family"], data["plugin"]) == ("tinyfam", "tinyfam")
+    assert (data["family"], data["plugin"]) == ("stablelm", "tinyfam")
     assert data["fallback_hooks"] == ["load_model", "default_generation_config"]
     table = subprocess.run(
         [sys.executable, "-m", "adaptrix", "detect", folder], env=env, capture_output=True, text=True, check=True
