@@ -208,3 +208,12 @@ def test_remote_code_models_are_classified_by_what_they_are(config, expected):
             detect("org/model", config=config, source="config.json")
     else:
         assert detect("org/model", config=config, source="config.json").family == expected
+
+
+def test_registry_read_from_source_equals_the_imported_mapping():
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from adaptrix.registry import causal_lm_classes
+
+    expected = {k: v[0] if isinstance(v, (list, tuple)) else v for k, v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items()}
+    assert causal_lm_classes() == expected
