@@ -27,6 +27,7 @@ welcome as long as they implement some adaptrix hook.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from importlib import metadata
 from typing import Any, Iterable
@@ -96,6 +97,7 @@ class PluginHost:
         self._objects: dict[str, object] = {}
         self._owners: dict[str, str] = {}
         self._detected: dict[str, str] = {}
+        self._lock = threading.RLock()  # detection records owners; engines may detect from threads
 
     # -- loading -----------------------------------------------------------
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
@@ -287,13 +289,14 @@ class PluginHost:
                 raise PluginError(
                     f"plugin {plugin!r}: detect_family must return a family name or None, got {family!r}"
                 )
-            owner = self._owners.get(family)
-            if owner is not None and owner != plugin:
-                self._note_conflict(family, plugin, owner)
-                continue
-            if owner is None:
-                self._detected[family] = plugin
-                self._resolve_owners()
+            with self._lock:
+                owner = self._owners.get(family)
+                if owner is not None and owner != plugin:
+                    self._note_conflict(family, plugin, owner)
+                    continue
+                if owner is None:
+                    self._detected[family] = plugin
+                    self._resolve_owners()
             return family, plugin
         return None, None
 
