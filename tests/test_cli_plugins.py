@@ -88,3 +88,11 @@ def test_disabled_plugins_are_shown(tmp_path):
 def test_version():
     out = run_cli("--version")
     assert out.stdout.strip().startswith("adaptrix 0.")
+
+
+def test_vision_language_refusal_imports_no_heavy_library(fixtures_dir):
+    """Whether transformers has a text-only class is read from its source, not by importing it."""
+    out = run_cli("detect", str(fixtures_dir / "model-configs" / "qwen2_vl_2b.json"), check=False)
+    assert out.returncode == 2 and "Qwen2VLForConditionalGeneration" in out.stderr
+    assert "no text-only causal LM class" in out.stderr
+    assert heavy_imports(out.stderr) == set()

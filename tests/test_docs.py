@@ -42,3 +42,14 @@ def test_hook_is_exercised_by_a_test(hook):
         if p.name != "test_docs.py" and re.search(rf"""((call_first|call_family)\(\s*["']{hook}["']|\.hook\.{hook}\()""", p.read_text())
     ]
     assert uses, f"no test calls hook {hook!r} through the plugin host"
+
+
+def test_guide_leads_with_the_minimal_plugin():
+    """The first plugin a reader sees is the smallest one that works (tests/test_third_party_plugin.py runs it)."""
+    first_section = re.search(r"^## (.+)$", GUIDE, re.M).group(1)
+    assert first_section == "The smallest plugin"
+    code = GUIDE.split("```python\n", 1)[1].split("```", 1)[0]
+    defined = re.findall(r"^def (\w+)\(([^)]*)\)", code, re.M)
+    assert [name for name, _ in defined] == ["detect_family", "target_modules"]
+    assert all(args == "config" for _, args in defined)  # a subset of the spec's arguments
+    assert code.count("@hookimpl") == 2

@@ -194,20 +194,92 @@ def test_exception_inside_a_hook_names_plugin_and_hook():
         host.call_first("detect_family", model_id="m", config={})
 
 
-def test_installed_family_plugins_all_load_cleanly():
+SHIPPED = ("deepseek", "gemma", "generic", "llama", "mistral", "phi", "qwen")
+
+#: A plugin of another kind (e.g. an execution backend) installed next to the families:
+#: it implements an adaptrix hook but provides no family.
+NON_FAMILY_PLUGIN = "from adaptrix import hookimpl\n\n@hookimpl\ndef families():\n    return []\n"
+
+
+@pytest.fixture(params=["shipped only", "with another adaptrix plugin"])
+def installed_host(request, dists):
+    """The real installed plugins, alone and with an extra non-family plugin in the entry-point group."""
+    if request.param != "shipped only":
+        dists("adaptrix-otherkind", {"otherkind": "otherkind_plugin"}, {"otherkind_plugin": NON_FAMILY_PLUGIN})
     host = PluginHost(environ={}, strict=True)
     host.load_entry_points()
-    families = host.families()
-    for family in ("qwen", "phi", "llama", "mistral", "gemma", "deepseek", "generic"):
+    return host
+
+
+def test_installed_family_plugins_all_load_cleanly(installed_host):
+    families = installed_host.families()
+    for family in SHIPPED:
         assert families[family] == family
-    assert all(r.status == "ok" for r in host.records())
+    assert all(r.status == "ok" for r in installed_host.records())
+    assert all(installed_host.record(f).fallback_hooks == () for f in SHIPPED)
 
 
-def test_families_hook_answers_for_every_installed_plugin():
-    host = PluginHost(environ={}, strict=True)
-    host.load_entry_points()
-    answers = sorted(f for fams in host.pm.hook.families() for f in fams)
-    assert answers == ["deepseek", "gemma", "generic", "llama", "mistral", "phi", "qwen"]
+def test_families_hook_answers_once_for_every_shipped_family(installed_host):
+    answers = sorted(f for fams in installed_host.pm.hook.families() for f in fams)
+    assert set(SHIPPED) <= set(answers)
+    assert len(answers) == len(set(answers)), "a family is listed by two plugins"
+
+
+def test_a_plugin_without_family_hooks_is_tolerated_and_never_answers_for_a_family(dists):
+    root = dists("adaptrix-otherkind", {"otherkind": "otherkind_plugin"}, {"otherkind_plugin": NON_FAMILY_PLUGIN})
+    host, warned = load(root)
+    rec = host.record("otherkind")
+    assert (rec.status, rec.families, rec.fallback_hooks) == ("ok", (), ())
+    assert not warned and host.families() == {}
+
+
+def test_minimal_plugin_owns_what_it_detects_and_the_core_fills_in_the_rest(dists):
+    src = (
+        "from adaptrix import hookimpl\n\n"
+        "@hookimpl\ndef detect_family(config):\n"
+        "    return 'mini' if (config or {}).get('model_type') == 'mini' else None\n"
+    )
+    root = dists("adaptrix-mini", {"mini": "mini_plugin"}, {"mini_plugin": src})
+    host, _ = load(root, strict=True)
+    rec = host.record("mini")
+    assert rec.fallback_hooks == ("load_model", "default_generation_config", "target_modules")
+    with pytest.raises(PluginUnavailableError, match="no installed plugin provides family 'mini'"):
+        host.owner("mini")  # nothing declared and nothing detected yet
+    assert host.detect("m", {"model_type": "mini"}) == ("mini", "mini")
+    assert host.owner("mini") == "mini" and host.families() == {"mini": "mini"}
+    assert host.call_family("target_modules", "mini", config={}) == (["all-linear"], "mini")
+    gen, plugin = host.call_family("default_generation_config", "mini", config={"max_position_embeddings": 77})
+    assert (plugin, gen.context_length, gen.temperature) == ("mini", 77, None)
+
+
+def test_only_the_owner_is_called_for_its_family(dists):
+    """No plugin guards on the family name: the host never calls another plugin's family hook."""
+    dists("adaptrix-a", {"a": "a_plugin4"}, {"a_plugin4": plugin_source("fa", "ta", ["a_proj"])})
+    greedy = (
+        "from adaptrix import hookimpl\n\n"
+        "@hookimpl\ndef detect_family(config):\n"
+        "    return 'fb' if (config or {}).get('model_type') == 'tb' else None\n\n"
+        "@hookimpl\ndef target_modules(family):\n    return ['b_proj']\n"
+    )
+    root = dists("adaptrix-b", {"b": "b_plugin4"}, {"b_plugin4": greedy})
+    host, _ = load(root, strict=True)
+    assert host.detect("m", {"model_type": "tb"}) == ("fb", "b")
+    assert host.call_family("target_modules", "fa", config={}) == (["a_proj"], "a")
+    assert host.call_family("target_modules", "fb", config={}) == (["b_proj"], "b")
+
+
+def test_a_detection_that_loses_a_conflict_is_skipped(dists):
+    """A plugin answering a family another plugin owns does not take it over."""
+    thief = (
+        "from adaptrix import hookimpl\n\n"
+        "@hookimpl(tryfirst=True)\ndef detect_family(config):\n    return 'fa'\n"
+    )
+    dists("adaptrix-a", {"a": "a_plugin5"}, {"a_plugin5": plugin_source("fa", "ta", ["a_proj"])})
+    root = dists("adaptrix-thief", {"thief": "thief_plugin"}, {"thief_plugin": thief})
+    host, _ = load(root, strict=True)
+    assert host.detect("m", {"model_type": "ta"}) == ("fa", "a")
+    assert any("thief" in c for c in host.record("a").conflicts)
+    assert any("'a' wins" in c for c in host.record("thief").conflicts)
 
 
 #: family -> (max_new_tokens, temperature, top_p) its plugin recommends.
@@ -223,9 +295,8 @@ FAMILY_DEFAULTS = {
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_DEFAULTS))
-def test_default_generation_config_per_family_reads_context_from_config(family):
-    host = PluginHost(environ={}, strict=True)
-    host.load_entry_points()
+def test_default_generation_config_per_family_reads_context_from_config(family, installed_host):
+    host = installed_host
     cfg, plugin = host.call_family("default_generation_config", family, config={"max_position_embeddings": 4321})
     assert plugin == family
     assert (cfg.max_new_tokens, cfg.temperature, cfg.top_p) == FAMILY_DEFAULTS[family]

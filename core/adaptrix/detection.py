@@ -16,11 +16,12 @@ def detect_family(
 ) -> tuple[str, str]:
     """Return ``(family, plugin name)``, or raise a clear error when nobody claims the model."""
     host = host or get_host()
-    family, plugin = host.call_first("detect_family", model_id=model_id, config=config)
-    if family is not None:
-        return family, plugin
+    # The core decides what is a runnable causal LM; plugins only say whose it is.
     if modelconfig.is_causal_lm(config) is False:
         raise NotACausalLMError(modelconfig.not_causal_lm_message(config, source or model_id))
+    family, plugin = host.detect(model_id, config)
+    if family is not None:
+        return family, plugin
     families = ", ".join(host.families()) or "(none: install a plugin, e.g. pip install adaptrix-generic)"
     raise FamilyNotDetectedError(
         f"no installed plugin recognised {model_id!r} (model_type "
@@ -69,4 +70,5 @@ def detect(
         target_modules=tuple(targets or ()),
         config_source=source,
         warnings=tuple(warnings),
+        fallback_hooks=host.fallback_hooks(family),
     )

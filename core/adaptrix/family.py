@@ -10,17 +10,31 @@ from . import modelconfig
 def claims(
     model_id: str,
     config: dict[str, Any] | None,
-    model_types: Iterable[str],
+    model_types: Iterable[str] = (),
     id_keywords: Iterable[str] = (),
+    *,
+    prefixes: Iterable[str] = (),
 ) -> bool:
     """The usual ``detect_family`` rule.
 
-    With a config: its ``model_type`` is one of ``model_types`` and it is not an
-    encoder or a classification/reward head. Without one: the lower-cased
+    With a config: the model is one adaptrix can run as a causal LM (see
+    :func:`adaptrix.modelconfig.is_causal_lm`: no encoder, reward head or
+    vision-language model without a text-only class) and its ``model_type``
+    is one of ``model_types`` or starts with one of ``prefixes`` (so a family
+    follows the installed transformers: ``qwen`` covers ``qwen3_next``). For a
+    remote-code config (``auto_map``) an architecture name starting with a
+    prefix counts too (``QWenLMHeadModel``). Without a config: the lower-cased
     ``model_id`` contains one of ``id_keywords``.
     """
     if config is not None:
-        return config.get("model_type") in set(model_types) and not modelconfig.is_non_generative_head(config)
+        if modelconfig.is_causal_lm(config) is False:
+            return False
+        prefixes = tuple(p.lower() for p in prefixes)
+        names = [str(config.get("model_type") or "").lower()]
+        if modelconfig.needs_remote_code(config):
+            names += [a.lower() for a in modelconfig.architectures(config)]
+        own = str(config.get("model_type") or "")
+        return own in set(model_types) or any(n.startswith(prefixes) for n in names if n and prefixes)
     name = str(model_id).lower()
     return any(k in name for k in id_keywords)
 

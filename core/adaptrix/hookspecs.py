@@ -6,11 +6,14 @@ A plugin is a module (or any object) with functions decorated by
     [project.entry-points.adaptrix]
     myfamily = "adaptrix_myfamily"
 
-Every hook below is ``firstresult`` unless it says otherwise: pluggy calls the
-implementations in order (``tryfirst`` ones, then the rest, ``trylast`` ones
-last) and stops at the first one that returns something other than ``None``.
-A plugin answers ``None`` for families it does not own. See
-``docs/writing-a-plugin.md`` for the ordering and conflict rules.
+Every hook is optional, and an implementation may take any subset of the
+spec's arguments (``def detect_family(config)``). The smallest family plugin
+implements ``detect_family`` alone. The plugin whose ``detect_family`` answers
+a family owns it: the family-keyed hooks (``load_model``,
+``default_generation_config``, ``target_modules``) are called on the owner
+only, so they need no "is this my family?" check, and one the owner leaves out
+or answers ``None`` to falls back to the core's standard behaviour
+(:mod:`adaptrix.fallbacks`). See ``docs/writing-a-plugin.md``.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def families() -> list[str]:
-    """List the family names this plugin provides (diagnostics, conflicts).
+    """Optionally declare the family names this plugin provides, before any detection.
 
     Receives nothing. Returns a list of family names such as ``["qwen"]``.
-    Not ``firstresult``: every plugin answers, and two plugins listing the
-    same family are reported as a conflict by ``adaptrix plugins list``.
+    Used by ``adaptrix plugins list``, ``Engine(family=...)`` and conflict
+    reports; ownership otherwise comes from ``detect_family``. Not
+    ``firstresult``: every plugin answers, and two plugins listing the same
+    family are reported as a conflict.
     """
 
 
@@ -61,8 +66,9 @@ def load_model(family: str, model_id: str, options: "LoadOptions") -> "LoadedMod
     folder, ``options`` the device, dtype, revision and ``trust_remote_code``
     the user asked for. Return a :class:`~adaptrix.types.LoadedModel` with the
     model in eval mode on the requested device and the family's tokenizer fixes
-    applied (pad token, padding side, chat-template quirks), or ``None`` when
-    ``family`` is not yours. ``firstresult``.
+    applied (pad token, padding side, chat-template quirks). Called on the
+    family's owner only; left out (or ``None``), the shared loader
+    :func:`adaptrix.loading.load_causal_lm` loads the model.
     """
 
 
@@ -73,8 +79,8 @@ def default_generation_config(family: str, config: dict[str, Any] | None) -> "Ge
     ``config`` is the model's ``config.json`` as a dict (or ``None``). The
     returned :class:`~adaptrix.types.GenerationConfig` should carry
     ``context_length`` read from that config (see
-    :func:`adaptrix.modelconfig.context_length`), not a constant.
-    ``firstresult``.
+    :func:`adaptrix.modelconfig.context_length`), not a constant. Called on
+    the family's owner only; left out (or ``None``), the global defaults apply.
     """
 
 
@@ -82,8 +88,10 @@ def default_generation_config(family: str, config: dict[str, Any] | None) -> "Ge
 def target_modules(family: str, config: dict[str, Any] | None) -> list[str] | None:
     """Return the LoRA target module names for a family you own, or ``None``.
 
-    Names are the leaf names of ``nn.Linear`` modules as they appear in the
-    loaded model (``q_proj``, ``qkv_proj``, ...), the form PEFT's
+    Names are the leaf names of Linear-like layers (``nn.Linear``, GPT-2's
+    ``Conv1D``; see :func:`adaptrix.targets.linear_features`) as they appear
+    in the loaded model (``q_proj``, ``qkv_proj``, ...), the form PEFT's
     ``target_modules`` takes. ``config`` may change the answer (e.g. phi-2 vs
-    phi-3). ``firstresult``.
+    phi-3). Called on the family's owner only; left out (or ``None``), the
+    answer is ``["all-linear"]``.
     """

@@ -85,8 +85,14 @@ def load_causal_lm(
             f"cannot load the tokenizer of {model_id} ({type(exc).__name__}: {exc}); the folder needs "
             "tokenizer files (tokenizer.json or vocab/merges, tokenizer_config.json) saved with the model"
         ) from exc
+    text_only = _text_model_config(model_id, config, common)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **common, **options.extra)
+        if text_only is not None:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_id, config=text_only, key_mapping=VL_TEXT_KEYS, dtype=dtype, **common, **options.extra
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **common, **options.extra)
     except Exception as exc:
         raise ModelLoadError(_weights_error(model_id, exc)) from exc
     model.to(device)
@@ -108,6 +114,39 @@ def load_causal_lm(
         hidden_spans=hidden_spans,
         end_of_turn_tokens=tuple(t for t in end_of_turn_tokens if _in_vocab(tokenizer, t)),
     )
+
+
+#: Checkpoint key prefixes of a vision-language model's language model -> the text model's.
+VL_TEXT_KEYS = {
+    r"^model\.language_model\.": "model.",
+    r"^language_model\.model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+}
+
+
+def _text_model_config(model_id: str, config: dict | None, common: dict[str, Any]):
+    """The text config to load a vision-language checkpoint's language model with, or ``None``.
+
+    ``None`` also when transformers' causal-LM class for the config's own
+    ``model_type`` is already text-only (it takes the full config itself).
+    """
+    from transformers import AutoConfig
+
+    text_type = modelconfig.text_model_type(config)
+    if text_type is None or text_type == modelconfig.model_type(config):
+        return None
+    try:
+        full = AutoConfig.from_pretrained(model_id, **common)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the config of {model_id} ({type(exc).__name__}: {exc})") from exc
+    text = full.get_text_config(decoder=True)
+    if getattr(text, "model_type", None) != text_type:
+        fields = {k: v for k, v in text.to_dict().items() if k != "model_type"}
+        text = AutoConfig.for_model(text_type, **fields)
+    # A VL checkpoint ties the language model's head at the top level.
+    if getattr(full, "tie_word_embeddings", None) is not None:
+        text.tie_word_embeddings = full.tie_word_embeddings
+    return text
 
 
 def _in_vocab(tokenizer, token: str) -> bool:

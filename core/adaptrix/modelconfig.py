@@ -16,20 +16,6 @@ from .errors import ModelConfigError, NotACausalLMError
 
 #: Architecture suffixes of models that generate text token by token.
 GENERATIVE_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-#: Suffixes of heads that do not generate text.
-NON_GENERATIVE_SUFFIXES = (
-    "ForSequenceClassification",
-    "ForTokenClassification",
-    "ForQuestionAnswering",
-    "ForMaskedLM",
-    "ForPreTraining",
-    "ForNextSentencePrediction",
-    "ForMultipleChoice",
-    "ForImageClassification",
-    "ForRewardModel",
-    "WithProjection",
-    "Model",
-)
 
 
 def read_json_object(
@@ -246,27 +232,57 @@ def architectures(config: dict[str, Any] | None) -> list[str]:
     return [a for a in archs if isinstance(a, str)]
 
 
-def is_non_generative_head(config: dict[str, Any] | None) -> bool:
-    """True when every declared architecture is an encoder or a non-text head.
+#: Config keys that hold a non-text tower next to the language model.
+MULTIMODAL_KEYS = ("vision_config", "visual", "vision_tower", "audio_config", "vision_encoder")
 
-    Family plugins use it to refuse e.g. a ``LlamaForSequenceClassification``
-    reward model even though its ``model_type`` is theirs.
+
+def is_vision_language(config: dict[str, Any] | None) -> bool:
+    """True for a multimodal config: a ``...ForConditionalGeneration`` or a vision/audio tower."""
+    if not config:
+        return False
+    if any(a.endswith("ForConditionalGeneration") for a in architectures(config)):
+        return True
+    return any(isinstance(config.get(k), dict) for k in MULTIMODAL_KEYS)
+
+
+def text_model_type(config: dict[str, Any] | None) -> str | None:
+    """For a vision-language config, the ``model_type`` of the text-only causal LM to load from it.
+
+    That is the config's own ``model_type`` when transformers' causal-LM class
+    for it is text-only (``Qwen3_5ForCausalLM``), else its ``text_config``'s
+    (``gemma3`` -> ``gemma3_text``). ``None`` when the installed transformers
+    has no such class, for remote-code models, and for configs that are not
+    vision-language.
     """
-    archs = architectures(config)
-    return bool(archs) and all(a.endswith(NON_GENERATIVE_SUFFIXES) for a in archs)
+    from . import registry
+
+    if not is_vision_language(config) or needs_remote_code(config):
+        return None
+    own = model_type(config)
+    if registry.text_only_class(own):
+        return own
+    text = _text_config(config)
+    for candidate in (text.get("model_type"), f"{own}_text" if own else None):
+        if registry.text_only_class(candidate):
+            return candidate
+    return None
 
 
 def is_causal_lm(config: dict[str, Any] | None) -> bool | None:
-    """True for a text-only causal LM, False otherwise, None when unsure.
+    """True for a model adaptrix can run as a text causal LM, False otherwise, None when unsure.
 
-    Decided from ``architectures``: ``...ForCausalLM`` / ``...LMHeadModel``.
-    Multimodal ``...ForConditionalGeneration`` models count as False here; a
-    family plugin that knows how to load one as a text model claims it by
-    ``model_type`` instead. A config without architectures (a GGUF header) is
-    taken as generative.
+    - A vision-language config (``...ForConditionalGeneration``, a vision
+      tower) is True only when the installed transformers has a text-only
+      causal-LM class to load its language model (:func:`text_model_type`);
+      remote-code vision-language models are always False.
+    - Otherwise decided from ``architectures``: ``...ForCausalLM`` /
+      ``...LMHeadModel``. A config without architectures (a GGUF header) is
+      taken as generative.
     """
     if not config:
         return None
+    if is_vision_language(config):
+        return text_model_type(config) is not None
     archs = architectures(config)
     if not archs:
         return True if config.get("gguf_architecture") else None
@@ -283,11 +299,15 @@ def require_causal_lm(config: dict[str, Any] | None, source: str | None) -> None
 
 def not_causal_lm_message(config: dict[str, Any] | None, source: str | None) -> str:
     archs = architectures(config)
-    kind = (
-        "a multimodal model with no text-only causal LM class"
-        if any(a.endswith("ForConditionalGeneration") for a in archs)
-        else "not a causal language model (an encoder or a classification/reward head)"
-    )
+    if is_vision_language(config) and needs_remote_code(config):
+        kind = "a vision-language model with custom (remote) code, which adaptrix does not run"
+    elif is_vision_language(config):
+        kind = (
+            "a vision-language model, and the installed transformers has no text-only causal LM class "
+            "for its language model"
+        )
+    else:
+        kind = "not a causal language model (an encoder or a classification/reward head)"
     return (
         f"{source or 'config'}: architectures {archs} (model_type {(config or {}).get('model_type')!r}) is "
         f"{kind}; adaptrix runs text generators whose architecture ends in "

@@ -11,14 +11,23 @@ Environment:
 - ``ADAPTRIX_LOAD_PLUGINS=a,b``: load only these (others ``disabled``); an
   empty value loads none. Unknown names in either are an error.
 
-Conflicts: when two plugins list the same family in their ``families`` hook,
-the one whose entry-point name sorts first owns it and the other's
-family-keyed hooks are not called for that family. Both records say so.
+Ownership: the plugin whose ``detect_family`` answered a family owns it; only
+the owner's family-keyed hooks (``FAMILY_HOOKS``) are called for that family,
+and a hook the owner leaves out (or answers ``None`` to) falls back to the
+core's standard behaviour in :mod:`adaptrix.fallbacks`. ``families()`` is
+optional: when present it declares ownership up front (for ``--family`` and
+diagnostics). Two plugins claiming one family (by ``families()`` or by
+detection) is a conflict: the one whose entry-point name sorts first owns it,
+the other's answers for that family are skipped, and both records say so.
+
+Plugins that implement no family hook at all (e.g. an execution backend) are
+welcome as long as they implement some adaptrix hook.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from importlib import metadata
 from typing import Any, Iterable
@@ -33,6 +42,8 @@ ENTRY_POINT_GROUP = "adaptrix"
 STATUSES = ("ok", "failed", "blocked", "disabled")
 #: Hooks whose first argument is a family name; only that family's owner answers.
 FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules")
+#: Hooks that make a plugin a family plugin (as does a non-empty ``families()``).
+FAMILY_PLUGIN_HOOKS = ("detect_family",) + FAMILY_HOOKS
 
 
 class PluginWarning(UserWarning):
@@ -52,11 +63,13 @@ class PluginRecord:
     families: tuple[str, ...] = ()
     hooks: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
+    #: Family hooks this family plugin leaves to the core's standard behaviour.
+    fallback_hooks: tuple[str, ...] = ()
     exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self, filter=lambda a, v: a.name != "exception")
-        for key in ("families", "hooks", "conflicts"):
+        for key in ("families", "hooks", "conflicts", "fallback_hooks"):
             d[key] = list(d[key])
         return d
 
@@ -83,6 +96,8 @@ class PluginHost:
         self._records: dict[str, PluginRecord] = {}
         self._objects: dict[str, object] = {}
         self._owners: dict[str, str] = {}
+        self._detected: dict[str, str] = {}
+        self._lock = threading.RLock()  # detection records owners; engines may detect from threads
 
     # -- loading -----------------------------------------------------------
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
@@ -99,7 +114,9 @@ class PluginHost:
                     f"{var} names unknown plugin(s) {', '.join(unknown)}; "
                     f"installed plugins are: {', '.join(names) or '(none)'}"
                 )
-        for ep in eps:
+        # pluggy calls the most recently registered plugin first: register in
+        # descending name order so entry-point plugins answer in ascending order.
+        for ep in reversed(eps):
             dist_name, version = _dist_info(ep)
             base = dict(name=ep.name, distribution=dist_name, version=version, entry_point=ep.value)
             if ep.name in disable:
@@ -148,7 +165,10 @@ class PluginHost:
             self.pm.unregister(plugin, name=name)
             self._fail(base, exc, "failed validation")
             return self._records[name]
-        record = PluginRecord(status="ok", families=tuple(families), hooks=tuple(hooks), **base)
+        fallback = _fallback_hooks(hooks, families)
+        record = PluginRecord(
+            status="ok", families=tuple(families), hooks=tuple(hooks), fallback_hooks=fallback, **base
+        )
         self._records[name] = record
         self._objects[name] = plugin
         self._resolve_owners()
@@ -196,15 +216,18 @@ class PluginHost:
         for name in sorted(self._objects):
             for family in self._records[name].families:
                 claims.setdefault(family, []).append(name)
+        for family, name in self._detected.items():
+            if name in self._objects and name not in claims.get(family, []):
+                claims.setdefault(family, []).append(name)
+                claims[family].sort()
         self._owners = {family: names[0] for family, names in claims.items()}
         for name in self._objects:
             notes = []
-            for family in self._records[name].families:
-                rivals = [n for n in claims[family] if n != name]
-                if rivals:
-                    winner = claims[family][0]
+            for family, names in sorted(claims.items()):
+                rivals = [n for n in names if n != name]
+                if name in names and rivals:
                     notes.append(
-                        f"family {family!r} also claimed by {', '.join(rivals)}; {winner!r} wins "
+                        f"family {family!r} also claimed by {', '.join(rivals)}; {names[0]!r} wins "
                         "(first entry-point name in sort order)"
                     )
             self._records[name] = attrs.evolve(self._records[name], conflicts=tuple(notes))
@@ -217,7 +240,7 @@ class PluginHost:
         return self._records[name]
 
     def families(self) -> dict[str, str]:
-        """Family name -> owning plugin name."""
+        """Family name -> owning plugin name (declared by ``families()`` or learnt by detection)."""
         return dict(sorted(self._owners.items()))
 
     def owner(self, family: str) -> str:
@@ -246,24 +269,84 @@ class PluginHost:
         for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
             if impl.plugin_name in skip:
                 continue
-            args = {k: kwargs[k] for k in impl.argnames}
-            try:
-                result = impl.function(**args)
-            except AdaptrixError:
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {impl.plugin_name!r} raised in hook {hook}: {type(exc).__name__}: {exc}"
-                ) from exc
+            result = _call_impl(impl, hook, kwargs)
             if result is not None:
                 return result, impl.plugin_name
         return None, None
 
-    def call_family(self, hook: str, family: str, **kwargs: Any) -> tuple[Any, str | None]:
-        """Call a family-keyed hook on the family's owner (and plugins that list no families)."""
+    def detect(self, model_id: str, config: dict[str, Any] | None) -> tuple[str | None, str | None]:
+        """Ask ``detect_family`` in pluggy's order; the plugin that answers owns the family.
+
+        An answer naming a family another plugin already owns (a conflict it
+        loses) is skipped, noted on both records, and the next plugin is asked.
+        """
+        for impl in reversed(self.pm.hook.detect_family.get_hookimpls()):
+            plugin = impl.plugin_name
+            family = _call_impl(impl, "detect_family", {"model_id": model_id, "config": config})
+            if family is None:
+                continue
+            if not isinstance(family, str) or not family:
+                raise PluginError(
+                    f"plugin {plugin!r}: detect_family must return a family name or None, got {family!r}"
+                )
+            with self._lock:
+                owner = self._owners.get(family)
+                if owner is not None and owner != plugin:
+                    self._note_conflict(family, plugin, owner)
+                    continue
+                if owner is None:
+                    self._detected[family] = plugin
+                    self._resolve_owners()
+            return family, plugin
+        return None, None
+
+    def _note_conflict(self, family: str, loser: str, owner: str) -> None:
+        note = f"family {family!r} also claimed by {loser}; {owner!r} wins (it owned the family first)"
+        for name in (loser, owner):
+            rec = self._records[name]
+            if note not in rec.conflicts:
+                self._records[name] = attrs.evolve(rec, conflicts=rec.conflicts + (note,))
+
+    def call_family(self, hook: str, family: str, **kwargs: Any) -> tuple[Any, str]:
+        """Call a family-keyed hook on the family's owner only; return ``(result, owner)``.
+
+        When the owner leaves the hook out or answers ``None``, the core's
+        standard behaviour (:mod:`adaptrix.fallbacks`) answers instead.
+        """
+        from . import fallbacks
+
+        if hook not in FAMILY_HOOKS:
+            raise PluginError(f"{hook!r} is not a family hook; family hooks are: {', '.join(FAMILY_HOOKS)}")
         owner = self.owner(family)
-        exclude = [n for n, r in self._records.items() if r.status == "ok" and r.families and n != owner]
-        return self.call_first(hook, exclude=exclude, family=family, **kwargs)
+        impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == owner]
+        result = _call_impl(impls[0], hook, dict(kwargs, family=family)) if impls else None
+        if result is None:
+            result = getattr(fallbacks, hook)(family=family, **kwargs)
+        return result, owner
+
+    def fallback_hooks(self, family: str) -> tuple[str, ...]:
+        """The family hooks the core answers for ``family`` because its owner leaves them out."""
+        return self._records[self.owner(family)].fallback_hooks
+
+
+def _call_impl(impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
+    args = {k: kwargs[k] for k in impl.argnames}
+    try:
+        return impl.function(**args)
+    except AdaptrixError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {impl.plugin_name!r} raised in hook {hook}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _fallback_hooks(hooks: Iterable[str], families: Iterable[str]) -> tuple[str, ...]:
+    """The family hooks a family plugin leaves to the core (none for a plugin that provides no family)."""
+    hooks = set(hooks)
+    if not (hooks & set(FAMILY_PLUGIN_HOOKS) or list(families)):
+        return ()
+    return tuple(h for h in FAMILY_HOOKS if h not in hooks)
 
 
 def _spec_names() -> list[str]:

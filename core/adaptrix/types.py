@@ -103,10 +103,13 @@ class Detection:
     target_modules: tuple[str, ...]
     config_source: str | None
     warnings: tuple[str, ...] = ()
+    #: Family hooks answered by the core's standard behaviour, not the plugin.
+    fallback_hooks: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self, recurse=False)
         d["generation"] = self.generation.as_dict()
         d["target_modules"] = list(self.target_modules)
         d["warnings"] = list(self.warnings)
+        d["fallback_hooks"] = list(self.fallback_hooks)
         return d

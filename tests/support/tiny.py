@@ -33,6 +33,13 @@ SMALL = dict(
     max_position_embeddings=256,
 )
 
+DEEPSEEK_MLA = dict(
+    n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, q_lora_rank=16, kv_lora_rank=16,
+    qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, head_dim=8, first_k_dense_replace=1, n_group=1,
+    topk_group=1, n_shared_experts=1, num_key_value_heads=4,
+)
+QWEN_MOE_SHARED = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=32)
+
 #: model_type -> extra config keys that make a small, valid instance.
 ARCH_EXTRAS: dict[str, dict] = {
     "qwen2": {},
@@ -48,11 +55,24 @@ ARCH_EXTRAS: dict[str, dict] = {
     "gemma": dict(head_dim=8),
     "gemma2": dict(head_dim=8),
     "gemma3_text": dict(head_dim=8),
-    "deepseek_v3": dict(
-        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, q_lora_rank=16, kv_lora_rank=16,
-        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, head_dim=8, first_k_dense_replace=1, n_group=1,
-        topk_group=1, n_shared_experts=1, num_key_value_heads=4,
+    "deepseek_v3": DEEPSEEK_MLA,
+    # Types each family claims because transformers knows them (issue 8): newest generations.
+    "deepseek_v2": DEEPSEEK_MLA,
+    "deepseek_v32": dict(DEEPSEEK_MLA, index_n_heads=2, index_head_dim=8, index_topk=4),
+    "deepseek_v4": {},
+    "gemma3n_text": dict(
+        head_dim=8, num_kv_shared_layers=0, laurel_rank=4, hidden_size_per_layer_input=4, altup_num_inputs=2,
+        activation_sparsity_pattern=[0.0, 0.0],
     ),
+    "gemma4_text": dict(head_dim=8),
+    "gemma4_unified_text": dict(head_dim=8),
+    "llama4_text": {},
+    "ministral": dict(sliding_window=64, head_dim=8),
+    "ministral3": {},
+    "qwen3_5_text": dict(head_dim=8, layer_types=["linear_attention", "full_attention"]),
+    "qwen3_5_moe_text": dict(head_dim=8, layer_types=["linear_attention", "full_attention"], **QWEN_MOE_SHARED),
+    "qwen3_next": dict(head_dim=8, layer_types=["linear_attention", "full_attention"], **QWEN_MOE_SHARED),
+    "gpt2": {},
     "stablelm": {},
 }
 
@@ -63,7 +83,26 @@ EXPECTED_FAMILY = {
     "llama": "llama", "mistral": "mistral", "mixtral": "mistral",
     "gemma": "gemma", "gemma2": "gemma", "gemma3_text": "gemma",
     "deepseek_v3": "deepseek", "stablelm": "generic",
+    "gpt2": "generic",  # Conv1D layers, not nn.Linear: generic's all-linear must still find them
 }
+
+#: Types a family claims because the installed transformers knows them (issue 8): the newest
+#: generations, and vision-language checkpoints whose language model loads as a text-only causal LM.
+#: Load-tested (tests/test_family_models.py), not trained.
+NEWER_FAMILY = {
+    "deepseek_v2": "deepseek", "deepseek_v32": "deepseek", "deepseek_v4": "deepseek",
+    "gemma3n_text": "gemma", "gemma4_text": "gemma", "gemma4_unified_text": "gemma",
+    "llama4_text": "llama", "ministral": "mistral", "ministral3": "mistral",
+    "qwen3_5_text": "qwen", "qwen3_5_moe_text": "qwen", "qwen3_next": "qwen",
+    "gemma3": "gemma", "mistral3": "mistral",
+}
+
+#: Vision-language model_type -> extra keys of its (tiny) vision tower.
+VL_EXTRAS: dict[str, dict] = {
+    "gemma3": dict(mm_tokens_per_image=4),
+    "mistral3": {},
+}
+VISION_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8)
 
 
 def build_tokenizer():
@@ -93,17 +132,20 @@ def build_tiny_model(model_type: str, folder: Path, seed: int = 0) -> Path:
     vocab = len(tok)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     pad = tok.convert_tokens_to_ids("<|endoftext|>")
-    cfg = AutoConfig.for_model(
-        model_type,
-        vocab_size=vocab,
-        bos_token_id=pad,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        tie_word_embeddings=False,
-        **{**SMALL, **ARCH_EXTRAS[model_type]},
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
+    ids = dict(vocab_size=vocab, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad)
+    if model_type in VL_EXTRAS:  # a vision-language checkpoint, as published
+        from transformers import AutoModelForImageTextToText
+
+        default = AutoConfig.for_model(model_type)
+        text = {"model_type": default.text_config.model_type, **SMALL, **ids, "head_dim": 8}
+        vision = {"model_type": default.vision_config.model_type, **VISION_SMALL}
+        cfg = AutoConfig.for_model(model_type, text_config=text, vision_config=vision, **VL_EXTRAS[model_type])
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(cfg)
+    else:
+        cfg = AutoConfig.for_model(model_type, **ids, tie_word_embeddings=False, **{**SMALL, **ARCH_EXTRAS[model_type]})
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
     # Random init at std 0.02 makes every logit nearly equal; widen it so greedy
     # decoding is decisive and comparisons against an oracle are meaningful.
     with torch.no_grad():

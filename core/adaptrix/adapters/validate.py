@@ -80,15 +80,13 @@ class ModuleIndex:
         """Index a transformers model, a PeftModel around one, or one built on the meta device."""
         import torch
 
+        from ..targets import linear_features
+
         try:
             from peft.tuners.tuners_utils import BaseTunerLayer
             from peft.utils.other import AuxiliaryTrainingWrapper
         except Exception:  # pragma: no cover - peft is a dependency
             BaseTunerLayer = AuxiliaryTrainingWrapper = ()  # type: ignore
-        try:
-            from transformers.pytorch_utils import Conv1D
-        except Exception:  # pragma: no cover
-            Conv1D = ()  # type: ignore
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         modules: dict[str, ModuleSpec] = {}
@@ -103,10 +101,9 @@ class ModuleIndex:
             elif AuxiliaryTrainingWrapper and isinstance(module, AuxiliaryTrainingWrapper):
                 wrapped_prefixes.append(name + ".")
                 module = getattr(module, "original_module", module)
-            if isinstance(module, torch.nn.Linear):
-                spec = ModuleSpec(name, "linear", module.in_features, module.out_features)
-            elif Conv1D and isinstance(module, Conv1D):
-                spec = ModuleSpec(name, "linear", module.weight.shape[0], module.weight.shape[1])
+            features = linear_features(module)
+            if features is not None:
+                spec = ModuleSpec(name, "linear", *features)
             elif isinstance(module, torch.nn.Embedding):
                 spec = ModuleSpec(name, "embedding", module.num_embeddings, module.embedding_dim)
             else:

@@ -41,6 +41,7 @@ def run(args) -> int:
             ("generation", gen),
             ("LoRA targets", list(d.target_modules)),
             ("config", d.config_source),
+            ("from core", ", ".join(d.fallback_hooks) or "-"),
         ]
     )
     for w in d.warnings:

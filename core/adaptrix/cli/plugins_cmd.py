@@ -9,13 +9,19 @@ COLUMNS = [
     ("entry_point", "ENTRY POINT"),
     ("families", "FAMILIES"),
     ("hooks", "HOOKS"),
+    ("fallback_hooks", "FROM CORE"),
     ("status", "STATUS"),
     ("error", "ERROR"),
 ]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plugins", help="inspect installed family plugins")
+    p = sub.add_parser(
+        "plugins",
+        help="inspect installed plugins",
+        description="FROM CORE lists the family hooks a plugin leaves out, answered by adaptrix's "
+        "standard behaviour (shared loader, global defaults, all-linear targets).",
+    )
     psub = p.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND")
     lp = psub.add_parser("list", help="list every plugin found, with its status and error")
     lp.add_argument("--json", action="store_true", help="machine-readable output")

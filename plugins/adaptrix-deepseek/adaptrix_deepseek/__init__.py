@@ -1,4 +1,4 @@
-"""adaptrix family plugin for DeepSeek-V2 and V3 (multi-head latent attention).
+"""adaptrix family plugin for DeepSeek: V2, V3, V3.2 (multi-head latent attention) and V4.
 
 MLA replaces q/k/v with low-rank projections: ``q_a_proj``/``q_b_proj`` (or
 ``q_proj`` when ``q_lora_rank`` is null), ``kv_a_proj_with_mqa`` and
@@ -14,7 +14,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "deepseek"
-MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("deepseek",)
 
 
 @hookimpl
@@ -24,31 +25,31 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("deepseek-v2", "deepseek-v3")) else None
+    return FAMILY if claims(model_id, config, id_keywords=("deepseek-v2", "deepseek-v3"), prefixes=PREFIXES) else None
 
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # DeepSeek's usage recommendations: temperature 0.6, top_p 0.95.
     return GenerationConfig(max_new_tokens=1024, temperature=0.6, top_p=0.95, context_length=context_length(config))
 
 
 @hookimpl
-def target_modules(family, config):
-    if family != FAMILY:
-        return None
+def target_modules(config):
     tc = text_config(config)
-    query = ["q_a_proj", "q_b_proj"] if tc.get("q_lora_rank") else ["q_proj"]
+    kind = tc.get("model_type") or (config or {}).get("model_type")
     mlp = GATED_MLP if (tc.get("first_k_dense_replace") or tc.get("n_shared_experts")) else []
-    return query + ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"] + mlp
+    if kind == "deepseek_v4":
+        # V4 compresses K and V into one projection and factors the output projection.
+        return ["q_a_proj", "q_b_proj", "kv_proj", "o_a_proj", "o_b_proj"] + mlp
+    if kind in ("deepseek_v2", "deepseek_v3", "deepseek_v32"):
+        query = ["q_a_proj", "q_b_proj"] if tc.get("q_lora_rank") else ["q_proj"]
+        return query + ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"] + mlp
+    return None  # a layout this plugin does not know (e.g. DeepSeek-VL's Llama): all-linear
 
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     return load_causal_lm(family, model_id, options)

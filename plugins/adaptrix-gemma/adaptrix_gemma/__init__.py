@@ -12,7 +12,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "gemma"
-MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("gemma",)
 
 
 @hookimpl
@@ -22,13 +23,11 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("gemma",)) else None
+    return FAMILY if claims(model_id, config, id_keywords=("gemma",), prefixes=PREFIXES) else None
 
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # Gemma 3 model card: temperature 1.0, top_k 64, top_p 0.95.
     return GenerationConfig(
         max_new_tokens=512, temperature=1.0, top_p=0.95, top_k=64, context_length=context_length(config)
@@ -37,15 +36,11 @@ def default_generation_config(family, config):
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     return ATTENTION + GATED_MLP
 
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     return load_causal_lm(family, model_id, options, end_of_turn_tokens=("<end_of_turn>",))

@@ -27,20 +27,16 @@ def detect_family(model_id, config):
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     return GenerationConfig(context_length=context_length(config))
 
 
 @hookimpl
 def target_modules(family, config):
-    return ["all-linear"] if family == FAMILY else None
+    return ["all-linear"]
 
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     return load_causal_lm(family, model_id, options)

@@ -12,7 +12,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "llama"
-MODEL_TYPES = ("llama", "llama4", "llama4_text")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("llama",)
 
 
 @hookimpl
@@ -22,21 +23,17 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("llama", "smollm")) else None
+    return FAMILY if claims(model_id, config, id_keywords=("llama", "smollm"), prefixes=PREFIXES) else None
 
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # Meta's generation_config.json for Llama 3.x: temperature 0.6, top_p 0.9.
     return GenerationConfig(max_new_tokens=512, temperature=0.6, top_p=0.9, context_length=context_length(config))
 
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     # Llama 4's routed experts are fused parameters; its shared expert and dense
     # layers keep gate/up/down Linear layers, so the same names apply.
     return ATTENTION + GATED_MLP
@@ -44,8 +41,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     # Llama 3 instruct turns end with <|eot_id|>, Llama 4 with <|eot|>.

@@ -8,7 +8,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "mistral"
-MODEL_TYPES = ("mistral", "mixtral", "ministral")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("mistral", "mixtral", "ministral")
 
 
 @hookimpl
@@ -18,29 +19,23 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("mistral", "mixtral")) else None
+    return FAMILY if claims(model_id, config, id_keywords=("mistral", "mixtral"), prefixes=PREFIXES) else None
 
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # Mistral's guidance for its instruct models: temperature around 0.7, top_p 0.95.
     return GenerationConfig(max_new_tokens=512, temperature=0.7, top_p=0.95, context_length=context_length(config))
 
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     # Mixtral's experts are fused 3-D parameters in transformers 5: attention only.
     return list(ATTENTION) if is_moe(config) else ATTENTION + GATED_MLP
 
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     return load_causal_lm(family, model_id, options)

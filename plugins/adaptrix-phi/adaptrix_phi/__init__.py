@@ -12,7 +12,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "phi"
-MODEL_TYPES = ("phi", "phi3", "phimoe")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("phi",)
 
 
 @hookimpl
@@ -22,20 +23,16 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("phi-", "/phi")) else None
+    return FAMILY if claims(model_id, config, id_keywords=("phi-", "/phi"), prefixes=PREFIXES) else None
 
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     return GenerationConfig(max_new_tokens=512, temperature=0.7, top_p=0.85, context_length=context_length(config))
 
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     model_type = (config or {}).get("model_type")
     if model_type == "phi":
         return ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
@@ -46,8 +43,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
 
     # Phi-3 chat turns end with <|end|>, which is not the tokenizer's EOS.

@@ -13,7 +13,8 @@ from adaptrix.modelconfig import context_length
 from adaptrix.types import GenerationConfig
 
 FAMILY = "qwen"
-MODEL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+#: Every model_type starting with one of these is this family's, whatever transformers adds.
+PREFIXES = ("qwen",)
 THINKING_TYPES = ("qwen3", "qwen3_moe")
 
 
@@ -24,13 +25,11 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, MODEL_TYPES, ("qwen",)) else None
+    return FAMILY if claims(model_id, config, id_keywords=("qwen",), prefixes=PREFIXES) else None
 
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # Qwen model cards: temperature 0.7, top_p 0.8-0.9, top_k 20, repetition_penalty 1.05.
     return GenerationConfig(
         max_new_tokens=1024, temperature=0.7, top_p=0.9, top_k=20, repetition_penalty=1.05,
@@ -40,8 +39,6 @@ def default_generation_config(family, config):
 
 @hookimpl
 def target_modules(family, config):
-    if family != FAMILY:
-        return None
     tc = text_config(config)
     if is_moe(config):
         # Routed experts are fused 3-D parameters in transformers 5, not Linear layers;
@@ -53,8 +50,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm
     from adaptrix.modelconfig import load_config
 

@@ -27,21 +27,17 @@ def detect_family(model_id, config):
 
 @hookimpl
 def default_generation_config(family, config):
-    if family != FAMILY:
-        return None
     # Stability's model cards sample with temperature 0.7, top_p 0.95.
     return GenerationConfig(max_new_tokens=512, temperature=0.7, top_p=0.95, context_length=context_length(config))
 
 
 @hookimpl
 def target_modules(family, config):
-    return ATTENTION + GATED_MLP if family == FAMILY else None
+    return ATTENTION + GATED_MLP
 
 
 @hookimpl
 def load_model(family, model_id, options):
-    if family != FAMILY:
-        return None
     from adaptrix.loading import load_causal_lm  # heavy imports stay inside the hook
 
     return load_causal_lm(family, model_id, options, end_of_turn_tokens=("<|im_end|>",))

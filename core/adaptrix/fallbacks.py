@@ -1,0 +1,31 @@
+"""The core's standard behaviour for each family hook a plugin leaves out.
+
+A family plugin may implement only ``detect_family``; for every other
+family-keyed hook its owner does not implement (or answers ``None`` to), the
+plugin host calls the function of the same name here. No heavy imports at
+module level: ``load_model`` imports transformers only when it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .modelconfig import context_length
+from .targets import ALL_LINEAR
+from .types import GenerationConfig, LoadedModel, LoadOptions
+
+def load_model(family: str, model_id: str, options: LoadOptions) -> LoadedModel:
+    """The shared loader, :func:`adaptrix.loading.load_causal_lm`, with no family extras."""
+    from .loading import load_causal_lm
+
+    return load_causal_lm(family, model_id, options)
+
+
+def default_generation_config(family: str, config: dict[str, Any] | None) -> GenerationConfig:
+    """No family opinion: the global defaults apply, with the config's own context length."""
+    return GenerationConfig(context_length=context_length(config))
+
+
+def target_modules(family: str, config: dict[str, Any] | None) -> list[str]:
+    """Every Linear-like layer but the output head."""
+    return [ALL_LINEAR]
