@@ -20,9 +20,12 @@ class RawLlama:
 
         self.L = L
         L.llama_backend_init()
-        L.llama_log_set(_silent, ctypes.c_void_p(0))
+        if _silent is not None:
+            L.llama_log_set(_silent, ctypes.c_void_p(0))
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = 0
+        # no AMX/repacked weight buffers: their kernels die with SIGILL on this sandbox (AMX not enabled)
+        mp.use_extra_bufts = False
         self.model = L.llama_model_load_from_file(str(gguf_path).encode(), mp)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf_path}")
@@ -83,9 +86,10 @@ class RawLlama:
         out: list[int] = []
         pending, pos = list(tokens), 0
         for _ in range(max_new):
-            batch = L.llama_batch_get_one((ctypes.c_int32 * len(pending))(*pending), len(pending))
-            if L.llama_decode(self.ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed")
+            arr = (L.llama_token * len(pending))(*pending)  # kept alive until decode returns
+            rc = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(pending)))
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
             pos += len(pending)
             row = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
             nxt = int(row.argmax())
