@@ -160,13 +160,28 @@ def read_gguf_metadata(path: Path, wanted: tuple[str, ...] = (), suffix: str | N
     Only keys in ``wanted`` or ending in ``suffix`` are kept (all when both are
     empty); arrays (the tokenizer vocabulary) are skipped over, not decoded.
     """
+    return _read_gguf(path, wanted, suffix, with_tensors=False)[0]
+
+
+def read_gguf_header(
+    path: Path, wanted: tuple[str, ...] = (), suffix: str | None = None
+) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """``(metadata, tensors)``: :func:`read_gguf_metadata` plus every tensor's name and shape.
+
+    Shapes are in numpy (row-major) order, e.g. ``(out_features, in_features)``
+    for a linear weight; no tensor data is read.
+    """
+    return _read_gguf(path, wanted, suffix, with_tensors=True)
+
+
+def _read_gguf(path, wanted, suffix, with_tensors: bool):
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ValueError("missing GGUF magic bytes")
         (version,) = struct.unpack("<I", f.read(4))
         if version < 2:
             raise ValueError(f"GGUF version {version} is too old (need 2 or later)")
-        _tensors, kv_count = struct.unpack("<QQ", f.read(16))
+        n_tensors, kv_count = struct.unpack("<QQ", f.read(16))
 
         def read_exact(n: int) -> bytes:
             data = f.read(n)
@@ -191,6 +206,10 @@ def read_gguf_metadata(path: Path, wanted: tuple[str, ...] = (), suffix: str | N
                 (count,) = struct.unpack("<Q", read_exact(8))
                 if itype in _GGUF_SCALARS:
                     f.seek(struct.calcsize(_GGUF_SCALARS[itype]) * count, 1)
+                elif itype == 8:  # strings: skip each by its length, undecoded
+                    for _ in range(count):
+                        (n,) = struct.unpack("<Q", read_exact(8))
+                        f.seek(n, 1)
                 else:
                     for _ in range(count):
                         read_value(itype)
@@ -205,7 +224,17 @@ def read_gguf_metadata(path: Path, wanted: tuple[str, ...] = (), suffix: str | N
             value = read_value(vtype)
             if keep and value is not None:
                 meta[key] = value
-        return meta
+        tensors: dict[str, tuple[int, ...]] = {}
+        if with_tensors:
+            for _ in range(n_tensors):
+                name = read_string()
+                (n_dims,) = struct.unpack("<I", read_exact(4))
+                if n_dims > 8:
+                    raise ValueError(f"tensor {name!r} declares {n_dims} dimensions")
+                dims = struct.unpack(f"<{n_dims}Q", read_exact(8 * n_dims))
+                read_exact(12)  # ggml type (uint32) and data offset (uint64)
+                tensors[name] = tuple(int(d) for d in reversed(dims))
+        return meta, tensors
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
