@@ -92,3 +92,7 @@ class AdapterIncompatibleError(AdapterError):
 
 class TrainingError(AdaptrixError):
     """Training data or options are unusable (the message names the line/field)."""
+
+
+class BackendError(AdaptrixError):
+    """The asked-for execution backend is not installed, cannot run here, or cannot run this model."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .types import GenerationConfig, LoadedModel, LoadOptions
 
 PROJECT = "adaptrix"
@@ -94,4 +95,18 @@ def target_modules(family: str, config: dict[str, Any] | None) -> list[str] | No
     ``target_modules`` takes. ``config`` may change the answer (e.g. phi-2 vs
     phi-3). Called on the family's owner only; left out (or ``None``), the
     answer is ``["all-linear"]``.
+    """
+
+
+@hookspec
+def backends() -> "list[Backend]":
+    """List the execution backends this plugin provides (see :mod:`adaptrix.backends`).
+
+    Receives nothing. Returns a list of :class:`~adaptrix.backends.Backend`
+    instances (or classes, instantiated with no arguments). A backend is how a
+    loaded model runs: it tokenizes, generates and applies adapters; the core
+    ships the reference ``transformers`` backend. Not ``firstresult``: every
+    plugin's list is gathered, and a name already taken is reported as
+    shadowed by ``adaptrix plugins list``. Import the backend's engine inside
+    its ``load`` method, never at module import.
     """

@@ -274,6 +274,25 @@ class PluginHost:
                 return result, impl.plugin_name
         return None, None
 
+    def call_all(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call ``hook`` on every plugin in pluggy's order: ``[(plugin name, result), ...]``, ``None`` skipped.
+
+        A plugin that raises is skipped with a :class:`PluginWarning` (an error
+        in strict mode): one broken plugin never hides the others' answers.
+        """
+        answers = []
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                result = _call_impl(impl, hook, kwargs)
+            except PluginError as exc:
+                if self.strict:
+                    raise
+                warnings.warn(f"{exc}; its answer is skipped", PluginWarning, stacklevel=2)
+                continue
+            if result is not None:
+                answers.append((impl.plugin_name, result))
+        return answers
+
     def detect(self, model_id: str, config: dict[str, Any] | None) -> tuple[str | None, str | None]:
         """Ask ``detect_family`` in pluggy's order; the plugin that answers owns the family.
 

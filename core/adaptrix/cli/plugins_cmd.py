@@ -13,6 +13,13 @@ COLUMNS = [
     ("status", "STATUS"),
     ("error", "ERROR"),
 ]
+BACKEND_COLUMNS = [
+    ("name", "BACKEND"),
+    ("plugin", "FROM"),
+    ("status", "STATUS"),
+    ("summary", "WHAT IT RUNS"),
+    ("error", "ERROR"),
+]
 
 
 def register(sub) -> None:
@@ -40,10 +47,13 @@ def run_list(args) -> int:
         warnings.simplefilter("ignore", PluginWarning)
         host.load_entry_points()
     records = host.records()
+    from ..backends import backend_records
+
+    backends = [b.as_dict() for b in backend_records(host)]
     if args.json:
         from .output import print_json
 
-        print_json({"plugins": [r.as_dict() for r in records], "families": host.families()})
+        print_json({"plugins": [r.as_dict() for r in records], "families": host.families(), "backends": backends})
         return 0
     from .output import print_table
 
@@ -54,4 +64,6 @@ def run_list(args) -> int:
     conflicts = sorted({c for r in records for c in r.conflicts})
     for note in conflicts:
         print(f"conflict: {note}")
+    print()
+    print_table(backends, BACKEND_COLUMNS)
     return 0

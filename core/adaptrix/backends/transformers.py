@@ -1,0 +1,182 @@
+"""The reference backend: transformers models with peft adapters.
+
+Loading goes through the family plugin's ``load_model`` hook (the shared
+loader when the plugin leaves it out); generation through ``model.generate``
+with left-padded batches; adapters through
+:class:`adaptrix.adapters.manager.AdapterManager` (switching, composition,
+merging, mixed-adapter batches). Training runs on this backend only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Sequence
+
+from ..errors import ModelLoadError
+from . import Backend, Runner
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+    summary = "transformers + peft (reference: every adapter operation, training)"
+    priority = 0
+    requires = ("torch", "transformers", "peft")
+    install_hint = "pip install torch==2.13.0 transformers peft (or the torch build for your GPU)"
+
+    def load(self, source, options, host) -> "TransformersRunner":
+        folder = source.ensure_folder() if hasattr(source, "ensure_folder") else source.load_path
+        loaded, plugin = host.call_family("load_model", source.family, model_id=str(folder), options=options)
+        if loaded is None:
+            raise ModelLoadError(
+                f"no plugin loaded {source.model_id!r} for family {source.family!r} (load_model returned None)"
+            )
+        return TransformersRunner(loaded, options)
+
+
+class TransformersRunner(Runner):
+    backend = "transformers"
+    capabilities = frozenset({"train", "compose", "merge", "mixed_batch"})
+
+    def __init__(self, loaded, options):
+        from ..devices import resolve_device, resolve_dtype
+
+        self.loaded = loaded
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.eos_ids = tuple(eos_ids(loaded.model, loaded.tokenizer, loaded.end_of_turn_tokens))
+        tok = loaded.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.eos_ids[0] if self.eos_ids else None)
+        self.parameters = sum(p.numel() for p in loaded.model.parameters())
+        self.manager = None
+
+    # -- adapters ---------------------------------------------------------------------
+    def adapter_manager(self, adapters_dir, **options):
+        from ..adapters.manager import AdapterManager
+
+        self.manager = AdapterManager(self.loaded, adapters_dir, **options)
+        return self.manager
+
+    # -- generation ---------------------------------------------------------------------
+    def generate(self, rows, cfg, *, adapters=None, stop=None, on_tokens=None, cancel=None) -> list[list[int]]:
+        import torch
+
+        from .. import generation as gen
+
+        width = max(len(r) for r in rows)
+        pad = self.pad_id if self.pad_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long, device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long,
+                            device=self.device)
+        kw = gen.transformers_kwargs(cfg)
+        kw["eos_token_id"] = list(self.eos_ids) or None
+        kw["pad_token_id"] = pad
+        if stop is not None or cancel is not None:
+            kw["stopping_criteria"] = _criteria(width, stop, cancel)
+        if on_tokens is not None:
+            kw["streamer"] = _Streamer(on_tokens)
+        if adapters is not None and self.manager is not None:
+            kw.update(self.manager.batch_kwargs(list(adapters), len(rows)))
+        model = self.manager.generation_model() if self.manager is not None else self.loaded.model
+        with torch.inference_mode(), self._seeded(cfg):
+            out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+        eos = set(self.eos_ids)
+        results = []
+        for row in out[:, width:].tolist():
+            new = []
+            for t in row:
+                new.append(t)
+                if t in eos:
+                    break
+            else:
+                while new and new[-1] == pad and pad not in eos:
+                    new.pop()  # padding after a row that ended before the others
+            results.append(new)
+        return results
+
+    @contextlib.contextmanager
+    def _seeded(self, cfg):
+        from .. import generation as gen
+
+        if cfg.seed is None or gen.is_greedy(cfg):
+            yield
+            return
+        import torch
+
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed)
+            yield
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "parameters": self.parameters,
+        }
+
+    def close(self) -> None:
+        if self.manager is not None:
+            self.manager.close()
+        device = self.device
+        self.loaded = None
+        self.manager = None
+        import gc
+
+        gc.collect()
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _criteria(prompt_len: int, stop: Callable[[int, Sequence[int]], bool] | None, cancel: threading.Event | None):
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if cancel is not None and cancel.is_set():
+                return done | True
+            if stop is not None:
+                for row in range(input_ids.shape[0]):
+                    if stop(row, input_ids[row, prompt_len:].tolist()):
+                        done[row] = True
+            return done
+
+    return StoppingCriteriaList([_Stop()])
+
+
+class _Streamer:
+    """A transformers streamer handing each step's new ids to a callback (the prompt is skipped)."""
+
+    def __init__(self, on_tokens: Callable[[list[int]], None]):
+        self.on_tokens = on_tokens
+        self._skipped_prompt = False
+
+    def put(self, value):
+        if not self._skipped_prompt:
+            self._skipped_prompt = True  # generate() first puts the prompt ids
+            return
+        self.on_tokens(value.reshape(-1).tolist())
+
+    def end(self):
+        pass
+
+
+def eos_ids(model, tokenizer, end_of_turn_tokens) -> list[int]:
+    """EOS ids of the model's generation config (else the tokenizer's), then the family's end-of-turn tokens."""
+    ids: list[int] = []
+    gc_ = getattr(model, "generation_config", None)
+    eos = getattr(gc_, "eos_token_id", None) if gc_ is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
+        if value is not None and value not in ids:
+            ids.append(int(value))
+    for token in end_of_turn_tokens:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if tid is not None and tid != tokenizer.unk_token_id and tid not in ids:
+            ids.append(int(tid))
+    return ids
