@@ -26,10 +26,10 @@ from typing import Any, Iterator, Sequence
 import attrs
 
 from . import generation as gen
-from .adapters.engine_api import UNSET, AdapterAPI
+from .adapters.engine_api import AdapterAPI
 from .conversation import ConversationStore, Conversation, Prompt, build_prompt
 from .errors import EngineStateError, GenerationError, ModelLoadError
-from .types import GenerationConfig, LoadOptions
+from .types import UNSET, GenerationConfig, LoadOptions
 
 
 class Engine(AdapterAPI):

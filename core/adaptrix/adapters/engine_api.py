@@ -15,8 +15,9 @@ import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
-#: Sentinel for "the adapter argument was not given": use the active adapter.
-UNSET: Any = object()
+from ..types import UNSET
+
+__all__ = ["UNSET", "AdapterAPI"]
 
 
 class AdapterAPI:

@@ -265,3 +265,19 @@ def human_bytes(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def load_pickle_state(path: Path, name: str) -> dict:
+    """An adapter_model.bin the user allowed, read with ``torch.load(weights_only=True)`` (no code runs)."""
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AdapterFormatError(
+            f"adapter {name!r}: {path} could not be read with torch.load(weights_only=True) "
+            f"({type(exc).__name__}: {exc}); it may hold code or be corrupt: convert it to safetensors"
+        ) from exc
+    if not isinstance(state, dict):
+        raise AdapterFormatError(f"adapter {name!r}: {path} holds a {type(state).__name__}, not a state dict")
+    return state

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import AdapterError, AdapterFormatError, AdapterIncompatibleError, AdapterNotFoundError
-from .info import PICKLE_FILE, AdapterInfo, TensorSpec, read_adapter_info
+from ..types import UNSET
+from . import peft_compat
+from .info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
 from .inject import inject, plan
 from .sources import available_adapters, resolve_adapter
 from .validate import CompatibilityReport, ModuleIndex, validate
@@ -155,7 +157,7 @@ class AdapterManager:
         state = None
         tensors = None
         if info.weights_format == "pickle" and allow_pickle:
-            state = _load_pickle(Path(info.weights_file), info.name)
+            state = load_pickle_state(Path(info.weights_file), info.name)
             tensors = [TensorSpec(k, str(v.dtype), tuple(v.shape)) for k, v in state.items()]
         report = validate(
             info, self.index, model_family=self.loaded.family, model_id=self.loaded.model_id,
@@ -242,7 +244,7 @@ class AdapterManager:
 
     def _rollback(self, name: str) -> None:
         if self.peft is None:
-            _strip_lora(self.base)
+            peft_compat.strip_lora(self.base)
             return
         if name in self.peft.peft_config:
             with contextlib.suppress(Exception):
@@ -329,11 +331,7 @@ class AdapterManager:
 
     def _apply(self, target: tuple[str, ...]) -> None:
         """Set the active adapters on the cached LoRA layers (no model walk)."""
-        names = list(target)
-        for layer in self._layers:  # plain attributes: skip nn.Module.__setattr__ (10x slower)
-            layer.__dict__["_active_adapter"] = names
-        if self.peft is not None and target:
-            self.peft.base_model.__dict__["active_adapter"] = target[0]
+        peft_compat.set_active(self.peft, self._layers, target)
         self._active = target
 
     def _refresh_layers(self) -> None:
@@ -377,8 +375,6 @@ class AdapterManager:
 
         ``adapter`` set to :data:`UNSET` keeps the active state (and merges it when merge mode is on).
         """
-        from .engine_api import UNSET
-
         with self._lock:
             if adapter is UNSET:
                 if self.merge_mode and len(self._active) == 1 and not self._merged:
@@ -501,15 +497,11 @@ class AdapterManager:
                 )
 
     def _install_mixed_forward(self) -> None:
-        """Route peft's ``adapter_names`` through :meth:`_mixed_forward` on this PeftModel."""
-        tuner = self.peft.base_model
-        if getattr(tuner, "_adaptrix_mixed", False):
-            return
-        original = tuner._enable_peft_forward_hooks
+        """Route peft's ``adapter_names`` batches through :meth:`_mixed_forward` on this PeftModel."""
         manager = self
 
         @contextlib.contextmanager
-        def enable(*args, **kwargs):
+        def enable(original, *args, **kwargs):
             names = kwargs.get("adapter_names")
             if names is None:
                 with original(*args, **kwargs):
@@ -525,8 +517,7 @@ class AdapterManager:
                 with manager._mixed_forward(list(names)), original(*args, **kwargs):
                     yield
 
-        tuner._enable_peft_forward_hooks = enable
-        tuner._adaptrix_mixed = True
+        peft_compat.wrap_forward_hooks(self.peft, enable)
 
     def _fast_mixed_ok(self, names: Sequence[str]) -> bool:
         """The concatenated path serves plain Linear LoRA only (no embeddings, modules_to_save, variants)."""
@@ -663,33 +654,3 @@ def _as_tuple(names) -> tuple[str, ...]:
         if not isinstance(n, str):
             raise AdapterError(f"adapter names must be strings, got {n!r}")
     return out
-
-
-def _load_pickle(path: Path, name: str):
-    import torch
-
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AdapterFormatError(
-            f"adapter {name!r}: {path} could not be read with torch.load(weights_only=True) "
-            f"({type(exc).__name__}: {exc}); it may hold code or be corrupt: convert it to safetensors"
-        ) from exc
-    if not isinstance(state, dict):
-        raise AdapterFormatError(f"adapter {name!r}: {path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def _strip_lora(model) -> None:
-    """Put back the original layers wherever a failed peft injection left a LoRA wrapper."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            original = (
-                module.get_base_layer() if isinstance(module, BaseTunerLayer) else getattr(module, "original_module")
-            )
-            setattr(parent, child, original)
