@@ -23,7 +23,8 @@ def model(tiny_model):
 def expected(model):
     from adaptrix import Engine
 
-    e = Engine(model, progress=False).initialize()
+    e = Engine(model, progress=False)
+    e.initialize()
     text = e.generate("What is machine learning?", temperature=0, max_new_tokens=8)
     e.cleanup()
     return text

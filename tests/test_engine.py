@@ -31,7 +31,8 @@ def engine_of(tiny_model):
 
     def get(model_type: str) -> Engine:
         if model_type not in engines:
-            engines[model_type] = Engine(str(tiny_model(model_type)), progress=False).initialize()
+            engines[model_type] = Engine(str(tiny_model(model_type)), progress=False)
+            engines[model_type].initialize()
         return engines[model_type]
 
     yield get
@@ -251,7 +252,8 @@ def test_system_prompt_kept_in_conversation(llama):
 def test_plain_fallback_without_chat_template(tiny_model):
     import torch
 
-    engine = Engine(str(tiny_model("mistral")), progress=False).initialize()
+    engine = Engine(str(tiny_model("mistral")), progress=False)
+    engine.initialize()
     try:
         tok = engine.tokenizer
         tok.chat_template = None
@@ -299,8 +301,12 @@ def test_state_errors(tiny_model):
         engine.generate("Hi")
     with pytest.raises(EngineStateError, match="initialize"):
         engine.get_model_info()
+    assert engine.initialize() is True  # the seed's API
+    model = engine.model
+    assert engine.initialize() is True and engine.model is model  # idempotent: nothing reloaded
+    with engine as same:  # the context manager still gives the engine
+        assert same is engine
     engine.initialize()
-    assert engine.initialize() is engine  # idempotent
     text = engine.generate("Hi", temperature=0, max_new_tokens=3)
     engine.cleanup()
     with pytest.raises(EngineStateError):
@@ -341,7 +347,8 @@ def test_model_info(engine_of):
 
 
 def test_family_override(tiny_model):
-    engine = Engine(str(tiny_model("stablelm")), family="generic", progress=False).initialize()
+    engine = Engine(str(tiny_model("stablelm")), family="generic", progress=False)
+    engine.initialize()
     try:
         assert engine.family == "generic"
     finally:

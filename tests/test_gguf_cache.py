@@ -133,12 +133,14 @@ def test_engine_loads_through_the_cache(cache, tmp_path, tiny_model, monkeypatch
     f = write_gguf(tmp_path / "tiny.gguf")
     conv = FakeConverter(source=tiny_model("llama"))
     monkeypatch.setattr(gguf_cache, "convert_with_transformers", conv)
-    e1 = Engine(str(f), progress=False).initialize()
+    e1 = Engine(str(f), progress=False)
+    e1.initialize()
     info = e1.get_model_info()
     assert info["gguf_file"] == str(f) and info["source"].startswith(str(cache))
     text = e1.generate("Hi", temperature=0, max_new_tokens=4)
     e1.cleanup()
-    e2 = Engine(str(f), progress=False).initialize()
+    e2 = Engine(str(f), progress=False)
+    e2.initialize()
     assert e2.generate("Hi", temperature=0, max_new_tokens=4) == text
     e2.cleanup()
     assert conv.calls == 1

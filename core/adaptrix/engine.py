@@ -29,6 +29,7 @@ from . import generation as gen
 from .adapters.engine_api import AdapterAPI
 from .conversation import ConversationStore, Conversation, Prompt, build_prompt
 from .errors import EngineStateError, GenerationError, ModelLoadError
+from .lease import ModelLease
 from .types import UNSET, GenerationConfig, LoadOptions
 
 
@@ -76,7 +77,8 @@ class Engine(AdapterAPI):
         self.family: str | None = None
         self.plugin: str | None = None
         self.conversations = ConversationStore()
-        self._lock = threading.RLock()
+        #: Exclusive use of the model: held by a thread for a call, by a stream's token while it generates.
+        self._lock = ModelLease()
         self._loaded = None
         self._state: dict[str, Any] = {}
 
@@ -94,17 +96,17 @@ class Engine(AdapterAPI):
         """The base model (``transformers`` module); adapters wrap it at generation time."""
         return self._require_loaded().model
 
-    def initialize(self) -> "Engine":
+    def initialize(self) -> bool:
         """Resolve the source, detect the family and load model + tokenizer through its plugin.
 
-        Calling it again on an initialized engine does nothing. A failure leaves
-        the engine uninitialized (and ``initialize`` may be called again).
+        Returns ``True`` (errors raise). Calling it again on an initialized engine
+        does nothing. A failure leaves the engine uninitialized (and
+        ``initialize`` may be called again).
         """
         with self._lock:
-            if self._loaded is not None:
-                return self
-            self._load()
-        return self
+            if self._loaded is None:
+                self._load()
+        return True
 
     def _load(self) -> None:
         import time
@@ -193,7 +195,8 @@ class Engine(AdapterAPI):
                     torch.cuda.empty_cache()
 
     def __enter__(self) -> "Engine":
-        return self.initialize()
+        self.initialize()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
@@ -417,8 +420,11 @@ class Engine(AdapterAPI):
         """Yield the reply's text in pieces as the model produces them.
 
         Same arguments and same text as :meth:`generate` (hidden spans and stop
-        strings are handled on the fly). The engine's lock and the adapter
-        scope are held until the iterator is exhausted or closed.
+        strings are handled on the fly). The iterator may be advanced from any
+        thread, one at a time (a thread pool's ``iterate_in_threadpool``). From
+        the first ``next()`` until the generation ends, the model and the
+        stream's adapters belong to the stream: other calls, from any thread,
+        wait for it. Closing or dropping the iterator stops the generation.
         """
         self._require_loaded()
         _check_prompt(prompt)
@@ -430,11 +436,22 @@ class Engine(AdapterAPI):
 
     def _stream(self, prompt, explicit, task_type, adapter, system, use_context, conversation, show_thinking,
                 enable_thinking, chat_template_kwargs, raw):
+        """The stream's generator. The model is leased to this stream (a token, not a thread) from the
+        first ``next()`` until its generation ends: ``next()`` may come from any thread, and a call
+        made meanwhile (from any thread, this one included) waits for the generation, never changes it.
+        The generation runs to its end in a worker thread unless the stream is closed or dropped."""
         import torch
 
-        with self._lock:
-            self._require_loaded()
-            with self._adapter_scope(adapter):
+        owner = _StreamOwner()
+        lease = self._lock
+        streamer = gen.QueueStreamer()
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+        lease.acquire(owner)
+        try:
+            with lease.acting_as(owner), contextlib.ExitStack() as held:
+                self._require_loaded()
+                held.enter_context(self._adapter_scope(adapter))
                 task = task_type if task_type is not None else self._adapter_task_type(adapter)
                 cfg = self._resolve(explicit, task)
                 conv = None if raw else self._conversation_for(use_context, conversation)
@@ -446,50 +463,56 @@ class Engine(AdapterAPI):
                 stops = tuple(cfg.stop or ()) + formatted.stops
                 spans = self._spans(show_thinking)
                 inside = gen.open_span(formatted.text, spans)
-                streamer = gen.QueueStreamer()
-                cancel = threading.Event()
-                failure: list[BaseException] = []
+                decoder = gen.IncrementalDecoder(self._loaded.tokenizer)
+                scope = held.pop_all()  # from here on the worker restores the adapters and frees the lease
 
-                def work():
+            def work():
+                with lease.acting_as(owner):
                     try:
                         self._model_generate(
                             ids, torch.ones_like(ids), cfg, stops, ids.shape[1], spans, inside, cancel=cancel,
                             streamer=streamer,
                         )
-                    except BaseException as exc:  # re-raised in the caller's thread
+                    except BaseException as exc:  # re-raised in the consuming thread
                         failure.append(exc)
                     finally:
-                        streamer.end()
+                        try:
+                            scope.close()
+                        finally:
+                            lease.release(owner)
+                            streamer.end()
 
-                worker = threading.Thread(target=work, name="adaptrix-stream", daemon=True)
-                decoder = gen.IncrementalDecoder(self._loaded.tokenizer)
-                pipeline = gen.TextPipeline(spans, stops, inside)
-                pieces: list[str] = []
-                worker.start()
-                try:
-                    while True:
-                        item = streamer.queue.get()
-                        if item is streamer.END:
-                            break
-                        piece = pipeline.feed(decoder.add(item))
-                        if piece:
-                            pieces.append(piece)
-                            yield piece
-                        if pipeline.stopped:
-                            cancel.set()
-                    if failure:
-                        raise failure[0]
-                    tail = pipeline.feed(decoder.finish()) + pipeline.flush()
-                    if tail:
-                        pieces.append(tail)
-                        yield tail
-                    if conv is not None:
-                        if system is not None:
-                            conv.system = system
-                        conv.add_turn(prompt, "".join(pieces))
-                finally:
-                    cancel.set()
-                    worker.join()
+            worker = threading.Thread(target=work, name="adaptrix-stream", daemon=True)
+            worker.start()
+        except BaseException:
+            lease.release(owner)
+            raise
+        pipeline = gen.TextPipeline(spans, stops, inside)
+        pieces: list[str] = []
+        try:
+            while True:
+                item = streamer.queue.get()
+                if item is streamer.END:
+                    break
+                piece = pipeline.feed(decoder.add(item))
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+            if failure:
+                raise failure[0]
+            tail = pipeline.feed(decoder.finish()) + pipeline.flush()
+            if tail:
+                pieces.append(tail)
+                yield tail
+            if conv is not None:
+                with lease:
+                    if system is not None:
+                        conv.system = system
+                    conv.add_turn(prompt, "".join(pieces))
+        finally:
+            # Closed, dropped or done: stop the generation (no join: this may run in a finalizer);
+            # the worker restores the adapters and frees the model within one token.
+            cancel.set()
 
     # -- batches ----------------------------------------------------------------------
     def generate_batch(
@@ -557,7 +580,10 @@ class Engine(AdapterAPI):
             spans = self._spans(show_thinking)
             extra = self._adapter_batch_kwargs(list(adapters) if adapters is not None else None, len(prompts))
             inside = gen.open_span(formatted[0].text, spans)  # one template: every row ends the same way
-            out = self._model_generate(ids, mask, cfg, stops, width, spans, inside, extra=extra)
+            try:
+                out = self._model_generate(ids, mask, cfg, stops, width, spans, inside, extra=extra)
+            finally:
+                self._adapter_batch_done()
             eos = set(self._state["eos_ids"])
             results = []
             for row, f in zip(out[:, width:].tolist(), formatted):
@@ -651,6 +677,12 @@ def _gguf_file_of(model_id: str) -> Path | None:
         if len(files) == 1:
             return files[0]
     return None
+
+
+class _StreamOwner:
+    """The identity a stream holds the model lease under (hashable by identity)."""
+
+    __slots__ = ("__weakref__",)
 
 
 def _first(values):

@@ -308,6 +308,11 @@ class AdapterManager:
             self._drop(victim)
             self._known[victim] = (folder, pickled)
 
+    def settle(self) -> None:
+        """Evict down to the residency budget again (a mixed batch may exceed it while it runs)."""
+        with self._lock:
+            self._make_room()
+
     def ensure_loaded(self, names: Iterable[str]) -> None:
         """Load (or transparently reload) adapters asked for by name."""
         for n in names:
@@ -470,7 +475,8 @@ class AdapterManager:
             for a in names:
                 if not isinstance(a, str):
                     raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
-            self.ensure_loaded(dict.fromkeys(names))
+            with self._pin(names):  # a budget smaller than the batch must not evict one of its rows' adapters
+                self.ensure_loaded(dict.fromkeys(names))
             self._check_mixed_modules_to_save(names)
             self._touch(names)
             self._unmerge()  # before the caller picks generation_model(): adapter_names needs the PeftModel
@@ -626,6 +632,7 @@ class AdapterManager:
             self._touch([name])
             if activate:
                 self.switch(name)
+            self._make_room()  # its sources are no longer in use
             return info
 
     def close(self) -> None:

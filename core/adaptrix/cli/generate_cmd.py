@@ -29,7 +29,8 @@ def make_engine(args):
         adapters_dir=args.adapters_dir,
         progress=sys.stderr.isatty(),
     )
-    return engine.initialize()
+    engine.initialize()
+    return engine
 
 
 def register(sub) -> None:
