@@ -27,8 +27,9 @@ import attrs
 
 from . import generation as gen
 from .adapters.engine_api import AdapterAPI
+from .adapters.manager import check_residency_limits
 from .conversation import ConversationStore, Conversation, Prompt, build_prompt
-from .errors import EngineStateError, GenerationError, ModelLoadError
+from .errors import EngineStateError, GenerationError, ModelConfigError, ModelLoadError
 from .lease import ModelLease
 from .types import UNSET, GenerationConfig, LoadOptions
 
@@ -59,6 +60,17 @@ class Engine(AdapterAPI):
         merge_adapters: bool = False,
         **family_options: Any,
     ):
+        if family_options:
+            from . import family_options as fo
+            from .plugins import get_host
+
+            fo.check_known(family_options, get_host(), _ENGINE_ARGUMENTS)
+        if model_id is not None and (not isinstance(model_id, (str, os.PathLike)) or not str(model_id).strip()):
+            raise ModelConfigError(
+                f"model_id {model_id!r} names no model: give a Hub id, a model folder or a .gguf file "
+                "(or leave it out for the embedded default model)"
+            )
+        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.model_id = None if model_id is None else str(model_id)
         self.device = device
         self.dtype = dtype
@@ -136,6 +148,10 @@ class Engine(AdapterAPI):
             family = self.family_override
         else:
             family, _ = detect_family(model_id, config, host, config_source)
+        if self.family_options:
+            from . import family_options as fo
+
+            fo.check_family(self.family_options, host, family)
         options = LoadOptions(
             device=str(device),
             dtype=self.dtype,
@@ -642,6 +658,13 @@ class Engine(AdapterAPI):
         }
         info.update(self._adapters_info())
         return info
+
+
+#: The keyword arguments of ``Engine()`` itself (anything else must be a declared family option).
+_ENGINE_ARGUMENTS = (
+    "model_id", "device", "dtype", "adapters_dir", "trust_remote_code", "revision", "family", "progress",
+    "max_loaded_adapters", "max_adapter_bytes", "merge_adapters",
+)
 
 
 #: The seed design's name for the engine.

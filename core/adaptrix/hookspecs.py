@@ -87,3 +87,16 @@ def target_modules(family: str, config: dict[str, Any] | None) -> list[str] | No
     ``target_modules`` takes. ``config`` may change the answer (e.g. phi-2 vs
     phi-3). ``firstresult``.
     """
+
+
+@hookspec(firstresult=True)
+def family_options(family: str) -> "dict[str, str] | None":
+    """Declare the family options (extra ``Engine(...)`` keyword arguments) a family you own takes.
+
+    Receives the family name. Returns a dict of option name -> one-line
+    description, e.g. ``{"enable_thinking": "start Qwen3 chats with thinking on"}``,
+    or ``None``. The engine passes declared options to ``load_model`` as
+    ``options.family_options``; it refuses, when constructed, a name no
+    installed plugin declares, and at ``initialize()`` one the detected family
+    does not declare. ``firstresult``.
+    """

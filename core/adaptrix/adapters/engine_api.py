@@ -172,6 +172,9 @@ class AdapterAPI:
         self, *, max_loaded_adapters: int | None = None, max_adapter_bytes: int | None = None, merge: bool | None = None
     ) -> None:
         """Residency limits (LRU) and merge mode; applies now and to later models."""
+        from .manager import check_residency_limits
+
+        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.max_loaded_adapters = max_loaded_adapters
         self.max_adapter_bytes = max_adapter_bytes
         if merge is not None:

@@ -62,6 +62,7 @@ class AdapterManager:
         merge: bool = False,
         lock=None,
     ):
+        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.loaded = loaded
         self.base = loaded.model
         self.adapters_dir = adapters_dir
@@ -644,6 +645,13 @@ class AdapterManager:
             self._known.clear()
             self._layers, self._lora_layers, self._slots, self._active = [], [], [], ()
             self._mixed = None
+
+
+def check_residency_limits(max_loaded_adapters, max_adapter_bytes) -> None:
+    """Residency limits are positive whole numbers or None; anything else raises :class:`AdapterError`."""
+    for name, value in (("max_loaded_adapters", max_loaded_adapters), ("max_adapter_bytes", max_adapter_bytes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise AdapterError(f"{name} must be a positive whole number or None, got {value!r}")
 
 
 def _max_rank(info: AdapterInfo) -> int | None:
