@@ -325,6 +325,7 @@ class Engine(AdapterAPI):
         """Like :meth:`generate`, returning a :class:`~adaptrix.generation.GenerationResult`."""
         self._require_loaded()
         _check_prompt(prompt)
+        _check_text(system, "system")
         explicit = gen.explicit_settings(**_settings_only(settings))
         with self._lock:
             self._require_loaded()
@@ -444,6 +445,7 @@ class Engine(AdapterAPI):
         """
         self._require_loaded()
         _check_prompt(prompt)
+        _check_text(system, "system")
         explicit = gen.explicit_settings(**_settings_only(settings))
         return self._stream(
             prompt, explicit, task_type, adapter, system, use_context, conversation, show_thinking,
@@ -576,6 +578,7 @@ class Engine(AdapterAPI):
             return []
         for i, p in enumerate(prompts):
             _check_prompt(p, f"prompts[{i}]")
+        _check_text(system, "system")
         if adapters is not None and len(adapters) != len(prompts):
             raise GenerationError(f"adapters has {len(adapters)} entries for {len(prompts)} prompts; give one per prompt")
         explicit = gen.explicit_settings(**_settings_only(settings))
@@ -686,6 +689,22 @@ def _check_prompt(prompt, what: str = "prompt") -> None:
         raise GenerationError(f"{what} must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise GenerationError(f"{what} is empty; give the model some text to answer")
+    _check_text(prompt, what)
+
+
+def _check_text(text, what: str) -> None:
+    """Text a tokenizer can take: valid Unicode (no lone surrogate such as a half-decoded emoji)."""
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise GenerationError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GenerationError(
+            f"{what} holds {text[exc.start:exc.end]!r} at character {exc.start}, a lone UTF-16 surrogate that is "
+            "not text (a badly decoded emoji?); decode the input as UTF-8 and try again"
+        ) from None
 
 
 def _gguf_file_of(model_id: str) -> Path | None:

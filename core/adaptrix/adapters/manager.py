@@ -23,6 +23,7 @@ All public methods hold ``lock`` (the engine passes its generation lock).
 from __future__ import annotations
 
 import collections
+import math
 import contextlib
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from ..types import UNSET
 from . import peft_compat
 from .info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
 from .inject import inject, plan
-from .sources import available_adapters, resolve_adapter
+from .sources import available_adapters, is_bare_name, resolve_adapter
 from .validate import CompatibilityReport, ModuleIndex, validate
 
 BASE = "__base__"
@@ -574,8 +575,21 @@ class AdapterManager:
         with self._lock:
             if method not in COMBINATIONS:
                 raise AdapterError(f"composition method {method!r} is unknown; use one of {', '.join(COMBINATIONS)}")
-            if not weights:
-                raise AdapterError(f"compose_adapters({name!r}) needs at least one adapter with a weight")
+            if not isinstance(weights, dict) or not weights:
+                raise AdapterError(
+                    f"compose_adapters({name!r}) needs a dict of adapter name -> weight, got {weights!r}"
+                )
+            if not isinstance(name, str) or not is_bare_name(name) or not name.strip():
+                raise AdapterError(f"a composed adapter's name must be a plain name (no path), got {name!r}")
+            for source, weight in weights.items():
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                    raise AdapterError(
+                        f"compose_adapters({name!r}): the weight of {source!r} must be a finite number, got {weight!r}"
+                    )
+            for key, value in (("density", density), ("svd_rank", svd_rank)):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or not math.isfinite(value) or value <= 0):
+                    raise AdapterError(f"compose_adapters({name!r}): {key} must be a positive number, got {value!r}")
             if name in self._infos or name in self._known or name == BASE:
                 raise AdapterError(
                     f"adapter name {name!r} is already in use (loaded or evicted); peft would silently keep the "
@@ -664,8 +678,12 @@ def _as_tuple(names) -> tuple[str, ...]:
         return ()
     if isinstance(names, str):
         return (names,)
+    if not isinstance(names, (list, tuple)):
+        raise AdapterError(
+            f"an adapter is named by a string (or a list of names, or None for the base model), got {names!r}"
+        )
     out = tuple(names)
     for n in out:
         if not isinstance(n, str):
-            raise AdapterError(f"adapter names must be strings, got {n!r}")
+            raise AdapterError(f"adapter names must be strings, got {n!r} in {list(out)!r}")
     return out
