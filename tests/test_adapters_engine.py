@@ -99,13 +99,18 @@ def test_logits_and_tokens_match_peft_and_base_is_restored(engine, setup):
     assert engine.get_model_info()["adapters_loaded"] == []
 
 
-def test_adapter_task_type_without_a_preset_selects_none(engine):
+def test_adapter_task_type_without_a_preset_selects_none(engine, setup):
     """An adapter's own label ("style") must not break generation: it selects no preset."""
     engine.load_adapter("math", activate=False)
     assert engine._adapter_task_type("math") == "math"
     engine.load_adapter("styled")
     assert engine._adapter_task_type() is None
-    assert isinstance(engine.generate(PROMPTS[0], **GREEDY), str)
+    r = engine.generate_detailed(PROMPTS[0], max_new_tokens=8, raw=True)  # sampling settings left to the engine
+    assert r.settings == engine.resolve_settings(task_type=None, max_new_tokens=8)  # no preset applied
+    greedy = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids  # and the styled adapter is what runs
+    model_dir, adir = setup
+    want = _oracle_tokens(engine, _oracle(model_dir, {"styled": adir / "styled"}), PROMPTS[0])
+    assert list(greedy) == want[: len(greedy)]
 
 
 def test_switch_per_call_and_list(engine, setup):
@@ -599,3 +604,33 @@ def test_a_call_during_a_stream_does_not_change_the_streams_adapter(engine):
     other.join(60)
     assert first + rest == math_text and results == [code_text]
     assert engine.active_adapter is None
+
+
+# -- peft internals (issue 8) ----------------------------------------------------------------------
+
+
+def test_installed_peft_is_one_peft_compat_was_checked_against():
+    """adaptrix.adapters.peft_compat touches peft privates; a peft release nobody read it against must fail here
+    first, not as a KeyError in a user's generate."""
+    from adaptrix.adapters import peft_compat
+
+    assert peft.__version__ in peft_compat.CHECKED_PEFT_VERSIONS, (
+        f"peft {peft.__version__} is installed but adaptrix.adapters.peft_compat was checked against "
+        f"{', '.join(peft_compat.CHECKED_PEFT_VERSIONS)} only: read it against this release, run the adapter "
+        "tests, then add the version"
+    )
+
+
+def test_peft_privates_live_in_peft_compat_only():
+    import re
+    from pathlib import Path
+
+    import adaptrix
+
+    root = Path(adaptrix.__file__).parent
+    private = re.compile(r"_enable_peft_forward_hooks|_create_and_replace|_prepare_adapter_config|"
+                         r"_check_new_adapter_config|_check_target_module_compatiblity|\[\"_active_adapter\"\]|"
+                         r"targeted_module_names")
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if p.name != "peft_compat.py" and private.search(p.read_text()))
+    assert users == []

@@ -360,3 +360,43 @@ def test_public_names():
     code = "import sys, adaptrix; adaptrix.Engine; print(sorted(m for m in ('torch','transformers','peft') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "kwargs, hint",
+    [
+        ({"model": "x"}, "did you mean 'model_id'"),  # used to load the embedded SmolLM2 instead
+        ({"devcie": "cuda"}, "did you mean 'device'"),  # used to run on the CPU
+        ({"enable_thinkng": True}, "did you mean 'enable_thinking'"),  # used to do nothing
+    ],
+)
+def test_unknown_keyword_arguments_are_refused_at_construction(kwargs, hint):
+    from adaptrix.errors import UnknownOptionError
+
+    (name,) = kwargs
+    with pytest.raises(UnknownOptionError, match=rf"unknown keyword argument\(s\) '{name}'\. '{name}': {hint}") as info:
+        Engine(**kwargs)
+    message = str(info.value)
+    assert "Engine arguments are: adapters_dir, device, dtype" in message
+    assert "qwen: enable_thinking (" in message  # the installed plugins' family options, described
+    assert isinstance(info.value, TypeError)  # what Python itself raises for a bad keyword
+
+
+def test_family_options_come_from_the_plugins_and_fit_the_detected_family(tiny_model):
+    from adaptrix.errors import UnknownOptionError
+    from adaptrix.plugins import get_host
+
+    host = get_host()
+    options, plugin = host.call_family("family_options", "qwen")
+    assert "enable_thinking" in options and plugin == "qwen"
+    assert host.call_family("family_options", "llama") == (None, None)
+    llama = Engine(str(tiny_model("llama")), progress=False, enable_thinking=True)
+    with pytest.raises(UnknownOptionError, match=r"'enable_thinking' do not apply.*family 'llama' takes family options: none"):
+        llama.initialize()
+    assert not llama.is_initialized
+    qwen = Engine(str(tiny_model("qwen3")), progress=False, enable_thinking=True)
+    assert qwen.initialize() is True
+    try:
+        assert qwen.get_model_info()["chat_template_kwargs"] == {"enable_thinking": True}
+    finally:
+        qwen.cleanup()

@@ -9,7 +9,7 @@ adapter, so all of these passes grow with the number of adapters loaded.
 Validation has already named the modules an adapter targets (from its config
 and the model's module index). For plain LoRA on Linear layers whose file
 fills exactly those modules, :func:`inject` adds the adapter to just those
-modules with peft's own per-module ``_create_and_replace`` (which handles rank
+modules with peft's own per-module factory (:func:`.peft_compat.add_lora_modules`; it handles rank
 and alpha patterns, rsLoRA scaling, dropout, device and dtype placement, and
 wraps a module no earlier adapter targeted), copies the tensors from the file
 into the new ``lora_A``/``lora_B`` weights, and applies peft's dtype autocast to
