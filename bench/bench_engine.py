@@ -68,12 +68,15 @@ def load_times(skip_cold: bool) -> dict:
         try:
             if not skip_cold:
                 start = time.perf_counter()
-                Engine(progress=False).initialize().cleanup()
+                e = Engine(progress=False)
+                e.initialize()
+                e.cleanup()
                 result["cold"] = time.perf_counter() - start
             cached = []
             for _ in range(3):
                 start = time.perf_counter()
-                e = Engine(progress=False).initialize()
+                e = Engine(progress=False)
+                e.initialize()
                 cached.append(time.perf_counter() - start)
                 e.cleanup()
             result["cached"] = statistics.median(cached)
@@ -84,7 +87,7 @@ def load_times(skip_cold: bool) -> dict:
                 os.environ["ADAPTRIX_CACHE"] = old
     code = (
         "import time; t=time.perf_counter(); from adaptrix import Engine; "
-        "e=Engine(progress=False).initialize(); print(time.perf_counter()-t)"
+        "e=Engine(progress=False); e.initialize(); print(time.perf_counter()-t)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     result["fresh_process"] = float(out.strip().splitlines()[-1])
@@ -146,7 +149,8 @@ def main() -> int:
     from adaptrix.errors import ModelConfigError
 
     try:
-        engine = Engine(progress=False).initialize()
+        engine = Engine(progress=False)
+        engine.initialize()
     except ModelConfigError as exc:
         print(f"skipped: {exc}")
         return 0

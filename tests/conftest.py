@@ -54,7 +54,8 @@ def smollm2_engine():
         pytest.skip(str(exc))
     from adaptrix import Engine
 
-    engine = Engine(progress=False).initialize()
+    engine = Engine(progress=False)
+    engine.initialize()
     yield engine
     engine.cleanup()
 

@@ -33,7 +33,8 @@ def engine(setup):
     from adaptrix import Engine
 
     model_dir, adir = setup
-    eng = Engine(model_id=str(model_dir), device="cpu", adapters_dir=str(adir), progress=False).initialize()
+    eng = Engine(model_id=str(model_dir), device="cpu", adapters_dir=str(adir), progress=False)
+    eng.initialize()
     yield eng
     eng.cleanup()
 
@@ -55,6 +56,8 @@ def _oracle(model_dir, adapters, active=None):
 
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     names = list(adapters)
+    if not names:
+        return base
     pm = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0]).eval()
     for n in names[1:]:
         pm.load_adapter(str(adapters[n]), adapter_name=n)
@@ -74,7 +77,8 @@ def test_logits_and_tokens_match_peft_and_base_is_restored(engine, setup):
     model_dir, adir = setup
     base_logits = _logits(engine, PROMPTS[0], None)
     base_tokens = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids
-    info = engine.load_adapter("math")
+    assert engine.load_adapter("math") is True  # the seed's API
+    info = engine.adapters.info("math")
     assert info.task_type == "math" and engine.active_adapter == "math"
     pm = _oracle(model_dir, {"math": adir / "math"})
     with torch.no_grad():
@@ -85,23 +89,28 @@ def test_logits_and_tokens_match_peft_and_base_is_restored(engine, setup):
     toks = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids
     assert list(toks) == _oracle_tokens(engine, pm, PROMPTS[0])[: len(toks)]
     assert engine._adapter_task_type() == "math"
-    engine.switch_adapter(None)
+    assert engine.switch_adapter(None) is True
     assert engine.active_adapter is None
     assert torch.equal(_logits(engine, PROMPTS[0], "active"), base_logits)
     assert engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids == base_tokens
-    engine.unload_adapter("math")
+    assert engine.unload_adapter("math") is True
     assert torch.equal(_logits(engine, PROMPTS[0], "active"), base_logits)
     assert engine._generation_model() is engine.model
     assert engine.get_model_info()["adapters_loaded"] == []
 
 
-def test_adapter_task_type_without_a_preset_selects_none(engine):
+def test_adapter_task_type_without_a_preset_selects_none(engine, setup):
     """An adapter's own label ("style") must not break generation: it selects no preset."""
     engine.load_adapter("math", activate=False)
     assert engine._adapter_task_type("math") == "math"
     engine.load_adapter("styled")
     assert engine._adapter_task_type() is None
-    assert isinstance(engine.generate(PROMPTS[0], **GREEDY), str)
+    r = engine.generate_detailed(PROMPTS[0], max_new_tokens=8, raw=True)  # sampling settings left to the engine
+    assert r.settings == engine.resolve_settings(task_type=None, max_new_tokens=8)  # no preset applied
+    greedy = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids  # and the styled adapter is what runs
+    model_dir, adir = setup
+    want = _oracle_tokens(engine, _oracle(model_dir, {"styled": adir / "styled"}), PROMPTS[0])
+    assert list(greedy) == want[: len(greedy)]
 
 
 def test_switch_per_call_and_list(engine, setup):
@@ -258,7 +267,8 @@ def test_residency_limit_given_to_the_constructor(setup):
     from adaptrix import Engine
 
     model_dir, adir = setup
-    eng = Engine(model_id=str(model_dir), adapters_dir=str(adir), progress=False, max_loaded_adapters=1).initialize()
+    eng = Engine(model_id=str(model_dir), adapters_dir=str(adir), progress=False, max_loaded_adapters=1)
+    eng.initialize()
     try:
         assert eng.family_options == {}  # not mistaken for a plugin option
         eng.load_adapter("math")
@@ -271,7 +281,8 @@ def test_residency_limit_given_to_the_constructor(setup):
 def test_byte_budget(engine):
     one = engine.validate_adapter("math")  # noqa: F841 - validation alone loads nothing
     assert engine.get_model_info()["adapters_loaded"] == []
-    size = engine.load_adapter("math").tensor_bytes
+    engine.load_adapter("math")
+    size = engine.adapters.info("math").tensor_bytes
     engine.configure_adapters(max_adapter_bytes=int(size * 1.5))
     engine.load_adapter("code")
     assert engine.get_model_info()["adapters_loaded"] == ["code"]
@@ -379,3 +390,247 @@ def test_failed_load_leaves_engine_unchanged(engine, setup, tmp_path, monkeypatc
         engine.load_adapter(str(bad))
     report = engine.validate_adapter(str(bad))
     assert not report.ok and "truncated" in report.errors[0]
+
+
+# -- unload and eviction keep the engine working (issue 8) ----------------------------------------
+
+
+def test_unloading_an_adapter_keeps_every_call_working(engine, setup):
+    """Unloading the first-loaded adapter while the base is active used to leave peft pointing at it:
+    every later generate, stream and batch failed with KeyError."""
+    model_dir, adir = setup
+    engine.load_adapter("math")
+    engine.load_adapter("code")
+    engine.switch_adapter(None)
+    engine.unload_adapter("math")
+    base = _oracle_tokens(engine, _oracle(model_dir, {}), PROMPTS[0])
+    assert list(engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids) == base[: len(base)]
+    code = _oracle_tokens(engine, _oracle(model_dir, {"code": adir / "code"}), PROMPTS[0])
+    got = engine.generate_detailed(PROMPTS[0], adapter="code", **GREEDY)
+    assert list(got.token_ids) == code[: len(got.token_ids)]
+    assert "".join(engine.stream(PROMPTS[0], adapter="code", **GREEDY)) == got.text
+    rows = engine.generate_batch_detailed(PROMPTS[:2], adapters=["code", None], **GREEDY)
+    assert rows[0].token_ids == got.token_ids
+
+
+def test_lru_eviction_with_a_budget_of_one(setup):
+    from adaptrix import Engine
+
+    model_dir, adir = setup
+    eng = Engine(str(model_dir), adapters_dir=str(adir), progress=False, max_loaded_adapters=1)
+    eng.initialize()
+    try:
+        for name in ("math", "code", "math", "chat"):
+            got = eng.generate_detailed(PROMPTS[1], adapter=name, **GREEDY).token_ids
+            want = _oracle_tokens(eng, _oracle(model_dir, {name: adir / name}), PROMPTS[1])
+            assert list(got) == want[: len(got)], name
+            assert eng.get_model_info()["adapters_loaded"] == [name]
+    finally:
+        eng.cleanup()
+
+
+def _expected_tokens(engine, model_dir, adir, active, composed, prompt, cache):
+    """Plain peft on a freshly loaded base: the tokens for ``active`` (names; composed ones by recipe)."""
+    key = (prompt, active, tuple(sorted((n, tuple(sorted(composed[n].items()))) for n in active if n in composed)))
+    if key not in cache:
+        real = sorted({n for n in active if n not in composed} | {s for n in active if n in composed for s in composed[n]})
+        pm = _oracle(model_dir, {n: adir / n for n in real})
+        if real:
+            for n in active:
+                if n in composed:
+                    pm.add_weighted_adapter(list(composed[n]), list(composed[n].values()), n, combination_type="cat")
+            if active:
+                pm.base_model.set_adapter(list(active))
+            else:
+                pm.base_model.disable_adapter_layers()
+        cache[key] = _oracle_tokens(engine, pm, prompt)
+    return cache[key]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_adapter_sequences_match_a_fresh_peft_model(setup, seed, one_thread):
+    """Random load/switch/batch/compose/unload steps under a residency budget of 2 (so evictions happen):
+    after every step the next generate equals plain peft on a fresh base with the same adapters active."""
+    import random
+
+    from adaptrix import Engine
+
+    model_dir, adir = setup
+    rng = random.Random(seed)
+    real = ["math", "code", "chat", "wide"]
+    eng = Engine(str(model_dir), adapters_dir=str(adir), progress=False, max_loaded_adapters=2)
+    eng.initialize()
+    composed: dict[str, dict[str, float]] = {}
+    active: tuple[str, ...] = ()
+    cache: dict = {}
+    log = []
+    try:
+        for step in range(24):
+            op = rng.choice(["load", "switch", "switch", "unload", "batch", "compose", "call"])
+            resident = [r["name"] for r in eng.list_adapters() if r["state"] in ("loaded", "evicted")]
+            if op == "load":
+                name, activate = rng.choice(real), rng.random() < 0.5
+                eng.load_adapter(name, activate=activate)
+                active = (name,) if activate else active
+            elif op == "switch":
+                pick = rng.choice([None, "one", "two", "composed"])
+                if pick == "one":
+                    target = (rng.choice(real),)
+                elif pick == "two":
+                    target = tuple(rng.sample(real, 2))
+                elif pick == "composed" and composed:
+                    target = (rng.choice(sorted(composed)),)
+                else:
+                    target = ()
+                eng.switch_adapter(list(target) if len(target) > 1 else (target[0] if target else None))
+                active = target
+            elif op == "unload" and resident:
+                name = rng.choice(resident)
+                eng.unload_adapter(name)
+                composed.pop(name, None)
+                active = tuple(a for a in active if a != name)
+            elif op == "batch":
+                rows = [rng.choice([None, *real]) for _ in range(3)]
+                got = eng.generate_batch_detailed(PROMPTS[:3], adapters=rows, **GREEDY)
+                for prompt, row, r in zip(PROMPTS, rows, got):
+                    want = _expected_tokens(eng, model_dir, adir, (row,) if row else (), {}, prompt, cache)
+                    assert list(r.token_ids) == want[: len(r.token_ids)], (log, op, row)
+            elif op == "compose":
+                a, b = rng.sample(real, 2)
+                name = f"mix{step}"
+                recipe = {a: 0.6, b: 0.4}
+                activate = rng.random() < 0.5
+                eng.compose_adapters(recipe, name=name, method="cat", activate=activate)
+                composed[name] = recipe
+                active = (name,) if activate else active
+            elif op == "call":
+                name = rng.choice([None, *real])
+                got = eng.generate_detailed(PROMPTS[2], adapter=name, **GREEDY).token_ids
+                want = _expected_tokens(eng, model_dir, adir, (name,) if name else (), {}, PROMPTS[2], cache)
+                assert list(got) == want[: len(got)], (log, op, name)
+            log.append((op, active))
+            shown = eng.active_adapter
+            assert (() if shown is None else (shown,) if isinstance(shown, str) else shown) == active, log
+            assert len(eng.get_model_info()["adapters_loaded"]) <= max(2, len(active) + len(composed)), log
+            got = eng.generate_detailed(PROMPTS[0], **GREEDY).token_ids
+            want = _expected_tokens(eng, model_dir, adir, active, composed, PROMPTS[0], cache)
+            assert list(got) == want[: len(got)], log
+    finally:
+        eng.cleanup()
+
+
+# -- streams and threads (issue 8) -------------------------------------------------------------------
+
+
+def _in_thread(fn, timeout=60):
+    out, errors = [], []
+    t = threading.Thread(target=lambda: _capture(fn, out, errors), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the call never returned: the engine stayed locked"
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
+def _capture(fn, out, errors):
+    try:
+        out.append(fn())
+    except BaseException as exc:  # pragma: no cover - re-raised by _in_thread
+        errors.append(exc)
+
+
+def test_a_stream_consumed_from_a_thread_pool_leaves_the_engine_usable(engine):
+    """Starlette's iterate_in_threadpool calls next() from whichever worker is free."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine.load_adapter("math", activate=False)
+    settings = dict(GREEDY, max_new_tokens=12)
+    alone = engine.generate(PROMPTS[0], adapter="math", **settings)
+    pools = [ThreadPoolExecutor(1), ThreadPoolExecutor(1)]
+    it = engine.stream(PROMPTS[0], adapter="math", **settings)
+    pieces, i = [], 0
+    while True:
+        try:  # two threads, alternately; the first piece in one, the end in the other
+            pieces.append(pools[min(i, 1 + i % 2) % 2].submit(next, it).result(timeout=60))
+        except StopIteration:
+            break
+        i += 1
+    assert i >= 2 and "".join(pieces) == alone
+    assert _in_thread(lambda: engine.generate(PROMPTS[0], adapter="math", **settings)) == alone
+    for pool in pools:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("end", ["close", "drop"])
+def test_an_abandoned_stream_frees_the_engine(engine, end):
+    import gc
+
+    engine.load_adapter("math", activate=False)
+    alone = engine.generate(PROMPTS[1], adapter="code", **GREEDY)
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = engine.stream(PROMPTS[1], adapter="math", **dict(GREEDY, max_new_tokens=200))
+    with ThreadPoolExecutor(1) as first, ThreadPoolExecutor(1) as second:
+        first.submit(next, it).result(timeout=60)
+        if end == "close":
+            second.submit(it.close).result(timeout=60)  # closed by another thread than the one that started it
+        else:
+            del it
+            second.submit(gc.collect).result(timeout=60)
+    assert _in_thread(lambda: engine.generate(PROMPTS[1], adapter="code", **GREEDY)) == alone
+    assert engine.active_adapter is None
+
+
+def test_a_call_during_a_stream_does_not_change_the_streams_adapter(engine):
+    engine.load_adapter("math", activate=False)
+    engine.load_adapter("code", activate=False)
+    settings = dict(GREEDY, max_new_tokens=12)
+    math_text = engine.generate(PROMPTS[0], adapter="math", **settings)
+    code_text = engine.generate(PROMPTS[0], adapter="code", **settings)
+    assert math_text != code_text
+    # the same thread, stream still open: the call waits for the stream's generation, then runs
+    it = engine.stream(PROMPTS[0], adapter="math", **settings)
+    first = next(it)
+    assert engine.generate(PROMPTS[0], adapter="code", **settings) == code_text
+    assert first + "".join(it) == math_text
+    # another thread meanwhile: same answers
+    it = engine.stream(PROMPTS[0], adapter="math", **settings)
+    first = next(it)
+    other = threading.Thread(target=lambda: results.append(engine.generate(PROMPTS[0], adapter="code", **settings)))
+    results: list[str] = []
+    other.start()
+    rest = "".join(it)
+    other.join(60)
+    assert first + rest == math_text and results == [code_text]
+    assert engine.active_adapter is None
+
+
+# -- peft internals (issue 8) ----------------------------------------------------------------------
+
+
+def test_installed_peft_is_one_peft_compat_was_checked_against():
+    """adaptrix.adapters.peft_compat touches peft privates; a peft release nobody read it against must fail here
+    first, not as a KeyError in a user's generate."""
+    from adaptrix.adapters import peft_compat
+
+    assert peft.__version__ in peft_compat.CHECKED_PEFT_VERSIONS, (
+        f"peft {peft.__version__} is installed but adaptrix.adapters.peft_compat was checked against "
+        f"{', '.join(peft_compat.CHECKED_PEFT_VERSIONS)} only: read it against this release, run the adapter "
+        "tests, then add the version"
+    )
+
+
+def test_peft_privates_live_in_peft_compat_only():
+    import re
+    from pathlib import Path
+
+    import adaptrix
+
+    root = Path(adaptrix.__file__).parent
+    private = re.compile(r"_enable_peft_forward_hooks|_create_and_replace|_prepare_adapter_config|"
+                         r"_check_new_adapter_config|_check_target_module_compatiblity|\[\"_active_adapter\"\]|"
+                         r"targeted_module_names")
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if p.name != "peft_compat.py" and private.search(p.read_text()))
+    assert users == []

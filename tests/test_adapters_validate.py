@@ -244,3 +244,32 @@ def test_real_adapter_configs_are_inspected(fixtures_dir, tmp_path):
                 seen.add(prefix)
         assert json.loads(json.dumps(info.as_dict()))  # JSON-able for --json
     assert seen == {p for p in EXPECTED if any(c.name.startswith(p) for c in configs)}
+
+
+def test_adapter_modules_import_one_way():
+    """adapters/: no import circle and no module reaching into another's private names."""
+    import ast
+    from pathlib import Path
+
+    import adaptrix.adapters
+
+    folder = Path(adaptrix.adapters.__file__).parent
+    graph, private = {}, []
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [a.name for a in node.names]
+                deps.update(t.split(".")[0] for t in targets)
+                if node.module:
+                    private += [f"{path.stem} -> {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+        graph[path.stem] = deps & {p.stem for p in folder.glob("*.py")}
+    assert private == []
+
+    def visit(node, trail):
+        assert node not in trail, f"import circle: {' -> '.join(trail + [node])}"
+        for dep in graph.get(node, ()):
+            visit(dep, trail + [node])
+
+    for module in graph:
+        visit(module, [])

@@ -31,7 +31,8 @@ def engine_of(tiny_model):
 
     def get(model_type: str) -> Engine:
         if model_type not in engines:
-            engines[model_type] = Engine(str(tiny_model(model_type)), progress=False).initialize()
+            engines[model_type] = Engine(str(tiny_model(model_type)), progress=False)
+            engines[model_type].initialize()
         return engines[model_type]
 
     yield get
@@ -251,7 +252,8 @@ def test_system_prompt_kept_in_conversation(llama):
 def test_plain_fallback_without_chat_template(tiny_model):
     import torch
 
-    engine = Engine(str(tiny_model("mistral")), progress=False).initialize()
+    engine = Engine(str(tiny_model("mistral")), progress=False)
+    engine.initialize()
     try:
         tok = engine.tokenizer
         tok.chat_template = None
@@ -299,8 +301,12 @@ def test_state_errors(tiny_model):
         engine.generate("Hi")
     with pytest.raises(EngineStateError, match="initialize"):
         engine.get_model_info()
+    assert engine.initialize() is True  # the seed's API
+    model = engine.model
+    assert engine.initialize() is True and engine.model is model  # idempotent: nothing reloaded
+    with engine as same:  # the context manager still gives the engine
+        assert same is engine
     engine.initialize()
-    assert engine.initialize() is engine  # idempotent
     text = engine.generate("Hi", temperature=0, max_new_tokens=3)
     engine.cleanup()
     with pytest.raises(EngineStateError):
@@ -341,7 +347,8 @@ def test_model_info(engine_of):
 
 
 def test_family_override(tiny_model):
-    engine = Engine(str(tiny_model("stablelm")), family="generic", progress=False).initialize()
+    engine = Engine(str(tiny_model("stablelm")), family="generic", progress=False)
+    engine.initialize()
     try:
         assert engine.family == "generic"
     finally:
@@ -353,3 +360,43 @@ def test_public_names():
     code = "import sys, adaptrix; adaptrix.Engine; print(sorted(m for m in ('torch','transformers','peft') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "kwargs, hint",
+    [
+        ({"model": "x"}, "did you mean 'model_id'"),  # used to load the embedded SmolLM2 instead
+        ({"devcie": "cuda"}, "did you mean 'device'"),  # used to run on the CPU
+        ({"enable_thinkng": True}, "did you mean 'enable_thinking'"),  # used to do nothing
+    ],
+)
+def test_unknown_keyword_arguments_are_refused_at_construction(kwargs, hint):
+    from adaptrix.errors import UnknownOptionError
+
+    (name,) = kwargs
+    with pytest.raises(UnknownOptionError, match=rf"unknown keyword argument\(s\) '{name}'\. '{name}': {hint}") as info:
+        Engine(**kwargs)
+    message = str(info.value)
+    assert "Engine arguments are: adapters_dir, device, dtype" in message
+    assert "qwen: enable_thinking (" in message  # the installed plugins' family options, described
+    assert isinstance(info.value, TypeError)  # what Python itself raises for a bad keyword
+
+
+def test_family_options_come_from_the_plugins_and_fit_the_detected_family(tiny_model):
+    from adaptrix.errors import UnknownOptionError
+    from adaptrix.plugins import get_host
+
+    host = get_host()
+    options, plugin = host.call_family("family_options", "qwen")
+    assert "enable_thinking" in options and plugin == "qwen"
+    assert host.call_family("family_options", "llama") == (None, None)
+    llama = Engine(str(tiny_model("llama")), progress=False, enable_thinking=True)
+    with pytest.raises(UnknownOptionError, match=r"'enable_thinking' do not apply.*family 'llama' takes family options: none"):
+        llama.initialize()
+    assert not llama.is_initialized
+    qwen = Engine(str(tiny_model("qwen3")), progress=False, enable_thinking=True)
+    assert qwen.initialize() is True
+    try:
+        assert qwen.get_model_info()["chat_template_kwargs"] == {"enable_thinking": True}
+    finally:
+        qwen.cleanup()

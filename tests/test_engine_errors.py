@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def working(tiny_model):
-    engine = Engine(str(tiny_model("llama")), progress=False).initialize()
+    engine = Engine(str(tiny_model("llama")), progress=False)
+    engine.initialize()
     yield engine
     engine.cleanup()
 
@@ -33,7 +34,8 @@ def still_works(working):
     expected = working.generate("Hi", temperature=0, max_new_tokens=4)
     yield
     assert working.generate("Hi", temperature=0, max_new_tokens=4) == expected
-    fresh = Engine(working.model_id, progress=False).initialize()  # loading still works too
+    fresh = Engine(working.model_id, progress=False)  # loading still works too
+    fresh.initialize()
     assert fresh.generate("Hi", temperature=0, max_new_tokens=4) == expected
     fresh.cleanup()
 

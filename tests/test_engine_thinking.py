@@ -37,7 +37,8 @@ def qwen3_real_tok(fixtures_dir, tmp_path_factory):
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    engine = Engine(str(folder), progress=False).initialize()
+    engine = Engine(str(folder), progress=False)
+    engine.initialize()
     yield engine
     engine.cleanup()
 

@@ -244,7 +244,8 @@ def test_engine_loads_trained_adapter(tiny_model, tmp_path):
     engine = Engine(str(model), adapters_dir=tmp_path / "adapters", progress=False)
     engine.initialize()
     try:
-        info = engine.load_adapter("tiny_qa")
+        engine.load_adapter("tiny_qa")
+        info = engine.adapters.info("tiny_qa")
         assert engine.active_adapter == "tiny_qa"
         assert info.task_type == "general"
         with_adapter = engine.generate_detailed("What is 25 times 8?", max_new_tokens=8, temperature=0)

@@ -25,10 +25,12 @@ from typing import Any, Iterator, Sequence
 import attrs
 
 from . import generation as gen
-from .adapters.engine_api import UNSET, AdapterAPI
+from .adapters.engine_api import AdapterAPI
+from .adapters.manager import check_residency_limits
 from .conversation import ConversationStore, Conversation, Prompt, build_prompt
-from .errors import EngineStateError, GenerationError, ModelLoadError
-from .types import GenerationConfig, LoadOptions
+from .errors import EngineStateError, GenerationError, ModelConfigError, ModelLoadError
+from .lease import ModelLease
+from .types import UNSET, GenerationConfig, LoadOptions
 
 
 class Engine(AdapterAPI):
@@ -57,6 +59,17 @@ class Engine(AdapterAPI):
         merge_adapters: bool = False,
         **family_options: Any,
     ):
+        if family_options:
+            from . import family_options as fo
+            from .plugins import get_host
+
+            fo.check_known(family_options, get_host(), _ENGINE_ARGUMENTS)
+        if model_id is not None and (not isinstance(model_id, (str, os.PathLike)) or not str(model_id).strip()):
+            raise ModelConfigError(
+                f"model_id {model_id!r} names no model: give a Hub id, a model folder or a .gguf file "
+                "(or leave it out for the embedded default model)"
+            )
+        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.model_id = None if model_id is None else str(model_id)
         self.device = device
         self.dtype = dtype
@@ -75,7 +88,8 @@ class Engine(AdapterAPI):
         self.family: str | None = None
         self.plugin: str | None = None
         self.conversations = ConversationStore()
-        self._lock = threading.RLock()
+        #: Exclusive use of the model: held by a thread for a call, by a stream's token while it generates.
+        self._lock = ModelLease()
         self._loaded = None
         self._state: dict[str, Any] = {}
 
@@ -93,17 +107,17 @@ class Engine(AdapterAPI):
         """The base model (``transformers`` module); adapters wrap it at generation time."""
         return self._require_loaded().model
 
-    def initialize(self) -> "Engine":
+    def initialize(self) -> bool:
         """Resolve the source, detect the family and load model + tokenizer through its plugin.
 
-        Calling it again on an initialized engine does nothing. A failure leaves
-        the engine uninitialized (and ``initialize`` may be called again).
+        Returns ``True`` (errors raise). Calling it again on an initialized engine
+        does nothing. A failure leaves the engine uninitialized (and
+        ``initialize`` may be called again).
         """
         with self._lock:
-            if self._loaded is not None:
-                return self
-            self._load()
-        return self
+            if self._loaded is None:
+                self._load()
+        return True
 
     def _load(self) -> None:
         import time
@@ -118,8 +132,13 @@ class Engine(AdapterAPI):
         dtype = resolve_dtype(self.dtype, device)
         host = get_host()
         src = resolve_source(self.model_id, revision=self.revision, family=self.family_override, host=host)
+        family = src.family
+        if self.family_options:
+            from . import family_options as fo
+
+            fo.check_family(self.family_options, host, family)
         src = src.ensure_folder(progress=self.progress)  # the transformers backend loads a folder
-        model_id, source, config, family = src.model_id, src.path, src.config, src.family
+        model_id, source, config = src.model_id, src.path, src.config
         options = LoadOptions(
             device=str(device),
             dtype=self.dtype,
@@ -190,7 +209,8 @@ class Engine(AdapterAPI):
                     torch.cuda.empty_cache()
 
     def __enter__(self) -> "Engine":
-        return self.initialize()
+        self.initialize()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
@@ -303,6 +323,7 @@ class Engine(AdapterAPI):
         """Like :meth:`generate`, returning a :class:`~adaptrix.generation.GenerationResult`."""
         self._require_loaded()
         _check_prompt(prompt)
+        _check_text(system, "system")
         explicit = gen.explicit_settings(**_settings_only(settings))
         with self._lock:
             self._require_loaded()
@@ -414,11 +435,15 @@ class Engine(AdapterAPI):
         """Yield the reply's text in pieces as the model produces them.
 
         Same arguments and same text as :meth:`generate` (hidden spans and stop
-        strings are handled on the fly). The engine's lock and the adapter
-        scope are held until the iterator is exhausted or closed.
+        strings are handled on the fly). The iterator may be advanced from any
+        thread, one at a time (a thread pool's ``iterate_in_threadpool``). From
+        the first ``next()`` until the generation ends, the model and the
+        stream's adapters belong to the stream: other calls, from any thread,
+        wait for it. Closing or dropping the iterator stops the generation.
         """
         self._require_loaded()
         _check_prompt(prompt)
+        _check_text(system, "system")
         explicit = gen.explicit_settings(**_settings_only(settings))
         return self._stream(
             prompt, explicit, task_type, adapter, system, use_context, conversation, show_thinking,
@@ -427,11 +452,22 @@ class Engine(AdapterAPI):
 
     def _stream(self, prompt, explicit, task_type, adapter, system, use_context, conversation, show_thinking,
                 enable_thinking, chat_template_kwargs, raw):
+        """The stream's generator. The model is leased to this stream (a token, not a thread) from the
+        first ``next()`` until its generation ends: ``next()`` may come from any thread, and a call
+        made meanwhile (from any thread, this one included) waits for the generation, never changes it.
+        The generation runs to its end in a worker thread unless the stream is closed or dropped."""
         import torch
 
-        with self._lock:
-            self._require_loaded()
-            with self._adapter_scope(adapter):
+        owner = _StreamOwner()
+        lease = self._lock
+        streamer = gen.QueueStreamer()
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+        lease.acquire(owner)
+        try:
+            with lease.acting_as(owner), contextlib.ExitStack() as held:
+                self._require_loaded()
+                held.enter_context(self._adapter_scope(adapter))
                 task = task_type if task_type is not None else self._adapter_task_type(adapter)
                 cfg = self._resolve(explicit, task)
                 conv = None if raw else self._conversation_for(use_context, conversation)
@@ -443,50 +479,56 @@ class Engine(AdapterAPI):
                 stops = tuple(cfg.stop or ()) + formatted.stops
                 spans = self._spans(show_thinking)
                 inside = gen.open_span(formatted.text, spans)
-                streamer = gen.QueueStreamer()
-                cancel = threading.Event()
-                failure: list[BaseException] = []
+                decoder = gen.IncrementalDecoder(self._loaded.tokenizer)
+                scope = held.pop_all()  # from here on the worker restores the adapters and frees the lease
 
-                def work():
+            def work():
+                with lease.acting_as(owner):
                     try:
                         self._model_generate(
                             ids, torch.ones_like(ids), cfg, stops, ids.shape[1], spans, inside, cancel=cancel,
                             streamer=streamer,
                         )
-                    except BaseException as exc:  # re-raised in the caller's thread
+                    except BaseException as exc:  # re-raised in the consuming thread
                         failure.append(exc)
                     finally:
-                        streamer.end()
+                        try:
+                            scope.close()
+                        finally:
+                            lease.release(owner)
+                            streamer.end()
 
-                worker = threading.Thread(target=work, name="adaptrix-stream", daemon=True)
-                decoder = gen.IncrementalDecoder(self._loaded.tokenizer)
-                pipeline = gen.TextPipeline(spans, stops, inside)
-                pieces: list[str] = []
-                worker.start()
-                try:
-                    while True:
-                        item = streamer.queue.get()
-                        if item is streamer.END:
-                            break
-                        piece = pipeline.feed(decoder.add(item))
-                        if piece:
-                            pieces.append(piece)
-                            yield piece
-                        if pipeline.stopped:
-                            cancel.set()
-                    if failure:
-                        raise failure[0]
-                    tail = pipeline.feed(decoder.finish()) + pipeline.flush()
-                    if tail:
-                        pieces.append(tail)
-                        yield tail
-                    if conv is not None:
-                        if system is not None:
-                            conv.system = system
-                        conv.add_turn(prompt, "".join(pieces))
-                finally:
-                    cancel.set()
-                    worker.join()
+            worker = threading.Thread(target=work, name="adaptrix-stream", daemon=True)
+            worker.start()
+        except BaseException:
+            lease.release(owner)
+            raise
+        pipeline = gen.TextPipeline(spans, stops, inside)
+        pieces: list[str] = []
+        try:
+            while True:
+                item = streamer.queue.get()
+                if item is streamer.END:
+                    break
+                piece = pipeline.feed(decoder.add(item))
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+            if failure:
+                raise failure[0]
+            tail = pipeline.feed(decoder.finish()) + pipeline.flush()
+            if tail:
+                pieces.append(tail)
+                yield tail
+            if conv is not None:
+                with lease:
+                    if system is not None:
+                        conv.system = system
+                    conv.add_turn(prompt, "".join(pieces))
+        finally:
+            # Closed, dropped or done: stop the generation (no join: this may run in a finalizer);
+            # the worker restores the adapters and frees the model within one token.
+            cancel.set()
 
     # -- batches ----------------------------------------------------------------------
     def generate_batch(
@@ -534,6 +576,7 @@ class Engine(AdapterAPI):
             return []
         for i, p in enumerate(prompts):
             _check_prompt(p, f"prompts[{i}]")
+        _check_text(system, "system")
         if adapters is not None and len(adapters) != len(prompts):
             raise GenerationError(f"adapters has {len(adapters)} entries for {len(prompts)} prompts; give one per prompt")
         explicit = gen.explicit_settings(**_settings_only(settings))
@@ -554,7 +597,10 @@ class Engine(AdapterAPI):
             spans = self._spans(show_thinking)
             extra = self._adapter_batch_kwargs(list(adapters) if adapters is not None else None, len(prompts))
             inside = gen.open_span(formatted[0].text, spans)  # one template: every row ends the same way
-            out = self._model_generate(ids, mask, cfg, stops, width, spans, inside, extra=extra)
+            try:
+                out = self._model_generate(ids, mask, cfg, stops, width, spans, inside, extra=extra)
+            finally:
+                self._adapter_batch_done()
             eos = set(self._state["eos_ids"])
             results = []
             for row, f in zip(out[:, width:].tolist(), formatted):
@@ -613,7 +659,6 @@ class Engine(AdapterAPI):
         }
         info.update(self._adapters_info())
         return info
-
 
     # -- serving seam (adaptrix serve, adaptrix.batching) ----------------------------
     # Three public methods for step-level decoders that run the model themselves
@@ -679,6 +724,13 @@ class Engine(AdapterAPI):
         return self._result(list(new_ids), prepared.prompt, prepared.settings, prepared.stops, prepared.spans)
 
 
+#: The keyword arguments of ``Engine()`` itself (anything else must be a declared family option).
+_ENGINE_ARGUMENTS = (
+    "model_id", "device", "dtype", "adapters_dir", "trust_remote_code", "revision", "family", "progress",
+    "max_loaded_adapters", "max_adapter_bytes", "merge_adapters",
+)
+
+
 #: The seed design's name for the engine.
 ModularAdaptrixEngine = Engine
 
@@ -698,6 +750,28 @@ def _check_prompt(prompt, what: str = "prompt") -> None:
         raise GenerationError(f"{what} must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise GenerationError(f"{what} is empty; give the model some text to answer")
+    _check_text(prompt, what)
+
+
+def _check_text(text, what: str) -> None:
+    """Text a tokenizer can take: valid Unicode (no lone surrogate such as a half-decoded emoji)."""
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise GenerationError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GenerationError(
+            f"{what} holds {text[exc.start:exc.end]!r} at character {exc.start}, a lone UTF-16 surrogate that is "
+            "not text (a badly decoded emoji?); decode the input as UTF-8 and try again"
+        ) from None
+
+
+class _StreamOwner:
+    """The identity a stream holds the model lease under (hashable by identity)."""
+
+    __slots__ = ("__weakref__",)
 
 
 def _first(values):

@@ -66,6 +66,10 @@ class ChatTemplateError(GenerationError):
     """The model's chat template refused the conversation (e.g. a system message)."""
 
 
+class UnknownOptionError(AdaptrixError, TypeError):
+    """A keyword argument the engine and the installed plugins do not take (also a ``TypeError``)."""
+
+
 class EngineStateError(AdaptrixError):
     """The engine was used before ``initialize()`` or after ``cleanup()``."""
 

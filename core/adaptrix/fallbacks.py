@@ -29,3 +29,8 @@ def default_generation_config(family: str, config: dict[str, Any] | None) -> Gen
 def target_modules(family: str, config: dict[str, Any] | None) -> list[str]:
     """Every Linear-like layer but the output head."""
     return [ALL_LINEAR]
+
+
+def family_options(family: str) -> dict[str, str]:
+    """No family options: ``Engine(...)`` takes only its own keyword arguments for this family."""
+    return {}

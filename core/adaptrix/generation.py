@@ -17,6 +17,7 @@ piece, so the concatenated stream equals the generated text.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from typing import Any, Iterable, Sequence
@@ -88,11 +89,17 @@ class PreparedRequest:
 # -- settings -----------------------------------------------------------------
 
 
+#: torch.manual_seed takes seeds in [0, 2**64).
+SEED_LIMIT = 2**64
+
+
 def _number(name: str, value, kind=float):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise GenerationError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GenerationError(f"{name} must be a finite number, got {value!r}")
     if kind is int:
         if int(value) != value:
             raise GenerationError(f"{name} must be a whole number, got {value!r}")
@@ -125,6 +132,9 @@ def explicit_settings(
                 "older name of max_new_tokens (new tokens), pass only one"
             )
         max_new_tokens = max_length
+    seed = _number("seed", seed, int)
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise GenerationError(f"seed must be a whole number from 0 to 2**64-1, got {seed}")
     if max_new_tokens is not None and max_new_tokens <= 0:
         raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens}")
     if isinstance(stop, str):
@@ -138,7 +148,7 @@ def explicit_settings(
         top_k=_number("top_k", top_k, int),
         repetition_penalty=_number("repetition_penalty", repetition_penalty),
         stop=stop,
-        seed=_number("seed", seed, int),
+        seed=seed,
     )
     generation_defaults.check(cfg)
     return cfg

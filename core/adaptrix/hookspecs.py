@@ -110,3 +110,16 @@ def backends() -> "list[Backend]":
     shadowed by ``adaptrix plugins list``. Import the backend's engine inside
     its ``load`` method, never at module import.
     """
+
+
+@hookspec(firstresult=True)
+def family_options(family: str) -> "dict[str, str] | None":
+    """Declare the family options (extra ``Engine(...)`` keyword arguments) a family you own takes.
+
+    Receives the family name. Returns a dict of option name -> one-line
+    description, e.g. ``{"enable_thinking": "start Qwen3 chats with thinking on"}``,
+    or ``None``. The engine passes declared options to ``load_model`` as
+    ``options.family_options``; it refuses, when constructed, a name no
+    installed plugin declares, and at ``initialize()`` one the detected family
+    does not declare. ``firstresult``.
+    """

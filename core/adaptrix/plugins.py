@@ -41,7 +41,7 @@ from .errors import AdaptrixError, PluginConfigError, PluginError, PluginUnavail
 ENTRY_POINT_GROUP = "adaptrix"
 STATUSES = ("ok", "failed", "blocked", "disabled")
 #: Hooks whose first argument is a family name; only that family's owner answers.
-FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules")
+FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules", "family_options")
 #: Hooks that make a plugin a family plugin (as does a non-empty ``families()``).
 FAMILY_PLUGIN_HOOKS = ("detect_family",) + FAMILY_HOOKS
 

@@ -10,6 +10,9 @@ from typing import Any
 
 import attrs
 
+#: Sentinel for "the argument was not given" (e.g. ``adapter``: use the active adapter).
+UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "UNSET", "__bool__": lambda self: False})()
+
 
 def _opt_positive_int(instance, attribute, value):
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):

@@ -15,8 +15,9 @@ import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
-#: Sentinel for "the adapter argument was not given": use the active adapter.
-UNSET: Any = object()
+from ..types import UNSET
+
+__all__ = ["UNSET", "AdapterAPI"]
 
 
 class AdapterAPI:
@@ -64,6 +65,11 @@ class AdapterAPI:
             return {}
         return self._adapter_manager.batch_kwargs(adapters, batch_size)
 
+    def _adapter_batch_done(self) -> None:
+        """A batch finished: adapters it kept resident beyond the budget may go."""
+        if self._adapter_manager is not None:
+            self._adapter_manager.settle()
+
     def _adapter_task_type(self, adapter=UNSET) -> str | None:
         """The task preset declared by the adapter's adaptrix.json, if it names one.
 
@@ -99,23 +105,25 @@ class AdapterAPI:
 
     def load_adapter(
         self, name_or_path: str | Path, *, name: str | None = None, allow_pickle: bool = False, activate: bool = True
-    ):
+    ) -> bool:
         """Validate then load an adapter (name in adapters_dir, folder, or Hub id); make it active by default.
 
-        Raises :class:`~adaptrix.errors.AdapterIncompatibleError` (``.report``)
-        when validation fails; the engine is then unchanged. Returns its AdapterInfo.
+        Returns ``True``; ``engine.adapters.info(name)`` describes it. Raises
+        :class:`~adaptrix.errors.AdapterIncompatibleError` (``.report``) when
+        validation fails; the engine is then unchanged.
         """
-        return self._manager("load an adapter").load(
-            name_or_path, name=name, allow_pickle=allow_pickle, activate=activate
-        )
+        self._manager("load an adapter").load(name_or_path, name=name, allow_pickle=allow_pickle, activate=activate)
+        return True
 
-    def unload_adapter(self, name: str) -> None:
-        """Remove a loaded adapter; when it was active, the rest (or the base) stays active."""
+    def unload_adapter(self, name: str) -> bool:
+        """Remove a loaded adapter; when it was active, the rest (or the base) stays active. Returns ``True``."""
         self._manager("unload an adapter").unload(name)
+        return True
 
-    def switch_adapter(self, name: str | Sequence[str] | None, *, merge: bool | None = None) -> None:
-        """Make ``name`` active (None: base model; a list: several summed). Loads it when needed."""
+    def switch_adapter(self, name: str | Sequence[str] | None, *, merge: bool | None = None) -> bool:
+        """Make ``name`` active (None: base model; a list: several summed); loads it when needed. Returns ``True``."""
         self._manager("switch adapters").switch(name, merge=merge)
+        return True
 
     def list_adapters(self) -> list[dict[str, Any]]:
         """Available, loaded and evicted adapters, with ``active`` marked."""
@@ -164,6 +172,9 @@ class AdapterAPI:
         self, *, max_loaded_adapters: int | None = None, max_adapter_bytes: int | None = None, merge: bool | None = None
     ) -> None:
         """Residency limits (LRU) and merge mode; applies now and to later models."""
+        from .manager import check_residency_limits
+
+        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.max_loaded_adapters = max_loaded_adapters
         self.max_adapter_bytes = max_adapter_bytes
         if merge is not None:

@@ -134,7 +134,15 @@ def read_safetensors_header(path: Path, adapter: str = "?") -> tuple[list[Tensor
             raise AdapterFormatError(
                 f"adapter {adapter!r}: {path}: header entry for tensor {name!r} is malformed ({entry!r})"
             ) from exc
-        spec = TensorSpec(name, dtype, tuple(int(s) for s in shape))
+        for field, values in (("shape", shape), ("data_offsets", [start, stop])):
+            if not isinstance(values, list) or not all(_whole(v) for v in values):
+                raise AdapterFormatError(
+                    f"adapter {adapter!r}: {path}: tensor {name!r} has {field} {values!r}; a safetensors header "
+                    "holds non-negative whole numbers there. The file is corrupt: re-save or re-download it"
+                )
+        if not isinstance(dtype, str):
+            raise AdapterFormatError(f"adapter {adapter!r}: {path}: tensor {name!r} has dtype {dtype!r}, not a name")
+        spec = TensorSpec(name, dtype, tuple(shape))
         count = 1
         for dim in spec.shape:
             count *= dim
@@ -154,6 +162,42 @@ def read_safetensors_header(path: Path, adapter: str = "?") -> tuple[list[Tensor
             f"only {available} bytes follow the header; re-save or re-download the adapter"
         )
     return tensors, meta, end
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+#: adapter_config.json fields adaptrix reads, and the JSON types peft writes there.
+_CONFIG_FIELDS = {
+    "peft_type": ("a name such as \"LORA\"", lambda v: isinstance(v, str)),
+    "r": ("a positive whole number", lambda v: _whole(v) and v > 0),
+    "lora_alpha": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "target_modules": ("a list of module names or one regex string", lambda v: isinstance(v, str) or _names(v)),
+    "modules_to_save": ("a list of module names", _names),
+    "exclude_modules": ("a list of module names or one regex string", lambda v: isinstance(v, str) or _names(v)),
+    "layers_to_transform": ("a layer number or a list of them", lambda v: _whole(v) or (
+        isinstance(v, list) and all(_whole(x) for x in v))),
+    "rank_pattern": ("an object of pattern -> rank", lambda v: isinstance(v, dict) and all(_whole(x) for x in v.values())),
+    "alpha_pattern": ("an object of pattern -> alpha", lambda v: isinstance(v, dict) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())),
+    "base_model_name_or_path": ("a model id or path", lambda v: isinstance(v, str)),
+}
+
+
+def check_config_fields(cfg: dict[str, Any], path: Path, adapter: str) -> None:
+    """Raise :class:`AdapterFormatError` naming the file, field and value of a field of the wrong type."""
+    for field, (expected, ok) in _CONFIG_FIELDS.items():
+        value = cfg.get(field)
+        if value is not None and not ok(value):
+            raise AdapterFormatError(
+                f"adapter {adapter!r}: {path}: field {field!r} is {value!r}; it must be {expected}. "
+                "Fix the file or re-save the adapter with save_pretrained()"
+            )
 
 
 def base_family(base_model: str | None) -> tuple[str | None, str | None]:
@@ -208,12 +252,15 @@ def read_adapter_info(path: str | Path, name: str | None = None) -> AdapterInfo:
         raise AdapterNotFoundError(f"adapter {name!r}: {path} is not a folder")
     cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
-        present = ", ".join(sorted(p.name for p in path.iterdir())) or "(empty)"
+        # name only adapter-like files: the folder may be anything the user pointed at
+        present = ", ".join(sorted(p.name for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin")))
         raise AdapterFormatError(
-            f"adapter {name!r}: {path} has no {CONFIG_FILE} (found: {present}); an adapter is a folder "
+            f"adapter {name!r}: {path} has no {CONFIG_FILE} (adapter files found: {present or 'none'}); "
+            "an adapter is a folder "
             "saved with PeftModel.save_pretrained()"
         )
     cfg = read_json_object(cfg_path, name)
+    check_config_fields(cfg, cfg_path, name)
     meta: dict[str, Any] = {}
     if (path / META_FILE).is_file():
         meta = read_json_object(path / META_FILE, name)
@@ -265,3 +312,19 @@ def human_bytes(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def load_pickle_state(path: Path, name: str) -> dict:
+    """An adapter_model.bin the user allowed, read with ``torch.load(weights_only=True)`` (no code runs)."""
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AdapterFormatError(
+            f"adapter {name!r}: {path} could not be read with torch.load(weights_only=True) "
+            f"({type(exc).__name__}: {exc}); it may hold code or be corrupt: convert it to safetensors"
+        ) from exc
+    if not isinstance(state, dict):
+        raise AdapterFormatError(f"adapter {name!r}: {path} holds a {type(state).__name__}, not a state dict")
+    return state

@@ -9,7 +9,7 @@ adapter, so all of these passes grow with the number of adapters loaded.
 Validation has already named the modules an adapter targets (from its config
 and the model's module index). For plain LoRA on Linear layers whose file
 fills exactly those modules, :func:`inject` adds the adapter to just those
-modules with peft's own per-module ``_create_and_replace`` (which handles rank
+modules with peft's own per-module factory (:func:`.peft_compat.add_lora_modules`; it handles rank
 and alpha patterns, rsLoRA scaling, dropout, device and dtype placement, and
 wraps a module no earlier adapter targeted), copies the tensors from the file
 into the new ``lora_A``/``lora_B`` weights, and applies peft's dtype autocast to
@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from .info import AdapterInfo
-from .validate import ModuleIndex, _split_key, _targeted
+from . import peft_compat
+from .matching import split_key, targeted_modules
+from .validate import ModuleIndex
 
 #: Config keys the direct path understands; any other key set to a non-empty
 #: value (DoRA, layer patterns, weight tying, exotic initialisations, ...) means peft's loader.
@@ -52,11 +54,11 @@ def plan(info: AdapterInfo, index: ModuleIndex, model) -> list[str] | None:
         return None
     if not isinstance(cfg.get("target_modules"), list):  # a regex or "all-linear": peft's own matching
         return None
-    modules = _targeted(index, cfg)
+    modules = targeted_modules(index, cfg)
     if not modules or any(index.modules[n].kind != "linear" or n == index.output_name for n in modules):
         return None
     wanted = {(n, p) for n in modules for p in _PARAMS}
-    found = [_split_key(t.name) for t in info.tensors]
+    found = [split_key(t.name) for t in info.tensors]
     if len(found) != len(wanted) or set(found) != wanted:
         return None
     return modules
@@ -72,24 +74,13 @@ def inject(peft_model, info: AdapterInfo, modules: list[str]) -> list[tuple[Any,
     from peft import LoraConfig
     from safetensors.torch import load_file
 
-    tuner = peft_model.base_model
-    model = tuner.model
+    tensors = {split_key(k): v for k, v in load_file(info.weights_file).items()}
     config = LoraConfig.from_pretrained(info.path)
     config.inference_mode = True
-    config = tuner._prepare_adapter_config(config, tuner.get_model_config(model))
-    tensors = {_split_key(k): v for k, v in load_file(info.weights_file).items()}
     name = info.name
-    peft_model.peft_config[name] = config
-    tuner._check_new_adapter_config(config)
     wrapped = []
-    for module_name in modules:
-        parent_name, _, child = module_name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        target = parent._modules[child]
-        tuner._check_target_module_compatiblity(config, model, child)
-        tuner._create_and_replace(config, name, target, child, parent, current_key=module_name)
-        layer = parent._modules[child]
-        if layer is not target:
+    for module_name, parent, child, layer, new in peft_compat.add_lora_modules(peft_model, config, name, modules):
+        if new:
             wrapped.append((parent, child, layer))
         for sub in (layer.lora_A[name], layer.lora_B[name], layer.lora_dropout[name]):
             _upcast(sub)  # before the copy, as peft does: a bfloat16 model keeps the file's float32 values
@@ -97,11 +88,8 @@ def inject(peft_model, info: AdapterInfo, modules: list[str]) -> list[tuple[Any,
         with torch.no_grad():
             layer.lora_A[name].weight.copy_(tensors[module_name, "lora_A.weight"])
             layer.lora_B[name].weight.copy_(tensors[module_name, "lora_B.weight"])
-        if layer is not target:
+        if new:
             layer.train(parent.training)
-    for module_name in modules:
-        if module_name not in tuner.targeted_module_names:
-            tuner.targeted_module_names.append(module_name)
     return wrapped
 
 

@@ -23,6 +23,7 @@ All public methods hold ``lock`` (the engine passes its generation lock).
 from __future__ import annotations
 
 import collections
+import math
 import contextlib
 import tempfile
 import threading
@@ -30,9 +31,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import AdapterError, AdapterFormatError, AdapterIncompatibleError, AdapterNotFoundError
-from .info import PICKLE_FILE, AdapterInfo, TensorSpec, read_adapter_info
+from ..types import UNSET
+from . import peft_compat
+from .info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
 from .inject import inject, plan
-from .sources import available_adapters, resolve_adapter
+from .sources import available_adapters, is_bare_name, resolve_adapter
 from .validate import CompatibilityReport, ModuleIndex, validate
 
 BASE = "__base__"
@@ -60,6 +63,7 @@ class AdapterManager:
         merge: bool = False,
         lock=None,
     ):
+        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.loaded = loaded
         self.base = loaded.model
         self.adapters_dir = adapters_dir
@@ -155,7 +159,7 @@ class AdapterManager:
         state = None
         tensors = None
         if info.weights_format == "pickle" and allow_pickle:
-            state = _load_pickle(Path(info.weights_file), info.name)
+            state = load_pickle_state(Path(info.weights_file), info.name)
             tensors = [TensorSpec(k, str(v.dtype), tuple(v.shape)) for k, v in state.items()]
         report = validate(
             info, self.index, model_family=self.loaded.family, model_id=self.loaded.model_id,
@@ -242,7 +246,7 @@ class AdapterManager:
 
     def _rollback(self, name: str) -> None:
         if self.peft is None:
-            _strip_lora(self.base)
+            peft_compat.strip_lora(self.base)
             return
         if name in self.peft.peft_config:
             with contextlib.suppress(Exception):
@@ -306,6 +310,11 @@ class AdapterManager:
             self._drop(victim)
             self._known[victim] = (folder, pickled)
 
+    def settle(self) -> None:
+        """Evict down to the residency budget again (a mixed batch may exceed it while it runs)."""
+        with self._lock:
+            self._make_room()
+
     def ensure_loaded(self, names: Iterable[str]) -> None:
         """Load (or transparently reload) adapters asked for by name."""
         for n in names:
@@ -329,11 +338,7 @@ class AdapterManager:
 
     def _apply(self, target: tuple[str, ...]) -> None:
         """Set the active adapters on the cached LoRA layers (no model walk)."""
-        names = list(target)
-        for layer in self._layers:  # plain attributes: skip nn.Module.__setattr__ (10x slower)
-            layer.__dict__["_active_adapter"] = names
-        if self.peft is not None and target:
-            self.peft.base_model.__dict__["active_adapter"] = target[0]
+        peft_compat.set_active(self.peft, self._layers, target)
         self._active = target
 
     def _refresh_layers(self) -> None:
@@ -377,8 +382,6 @@ class AdapterManager:
 
         ``adapter`` set to :data:`UNSET` keeps the active state (and merges it when merge mode is on).
         """
-        from .engine_api import UNSET
-
         with self._lock:
             if adapter is UNSET:
                 if self.merge_mode and len(self._active) == 1 and not self._merged:
@@ -474,7 +477,8 @@ class AdapterManager:
             for a in names:
                 if not isinstance(a, str):
                     raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
-            self.ensure_loaded(dict.fromkeys(names))
+            with self._pin(names):  # a budget smaller than the batch must not evict one of its rows' adapters
+                self.ensure_loaded(dict.fromkeys(names))
             self._check_mixed_modules_to_save(names)
             self._touch(names)
             self._unmerge()  # before the caller picks generation_model(): adapter_names needs the PeftModel
@@ -501,15 +505,11 @@ class AdapterManager:
                 )
 
     def _install_mixed_forward(self) -> None:
-        """Route peft's ``adapter_names`` through :meth:`_mixed_forward` on this PeftModel."""
-        tuner = self.peft.base_model
-        if getattr(tuner, "_adaptrix_mixed", False):
-            return
-        original = tuner._enable_peft_forward_hooks
+        """Route peft's ``adapter_names`` batches through :meth:`_mixed_forward` on this PeftModel."""
         manager = self
 
         @contextlib.contextmanager
-        def enable(*args, **kwargs):
+        def enable(original, *args, **kwargs):
             names = kwargs.get("adapter_names")
             if names is None:
                 with original(*args, **kwargs):
@@ -525,8 +525,7 @@ class AdapterManager:
                 with manager._mixed_forward(list(names)), original(*args, **kwargs):
                     yield
 
-        tuner._enable_peft_forward_hooks = enable
-        tuner._adaptrix_mixed = True
+        peft_compat.wrap_forward_hooks(self.peft, enable)
 
     def _fast_mixed_ok(self, names: Sequence[str]) -> bool:
         """The concatenated path serves plain Linear LoRA only (no embeddings, modules_to_save, variants)."""
@@ -576,8 +575,21 @@ class AdapterManager:
         with self._lock:
             if method not in COMBINATIONS:
                 raise AdapterError(f"composition method {method!r} is unknown; use one of {', '.join(COMBINATIONS)}")
-            if not weights:
-                raise AdapterError(f"compose_adapters({name!r}) needs at least one adapter with a weight")
+            if not isinstance(weights, dict) or not weights:
+                raise AdapterError(
+                    f"compose_adapters({name!r}) needs a dict of adapter name -> weight, got {weights!r}"
+                )
+            if not isinstance(name, str) or not is_bare_name(name) or not name.strip():
+                raise AdapterError(f"a composed adapter's name must be a plain name (no path), got {name!r}")
+            for source, weight in weights.items():
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                    raise AdapterError(
+                        f"compose_adapters({name!r}): the weight of {source!r} must be a finite number, got {weight!r}"
+                    )
+            for key, value in (("density", density), ("svd_rank", svd_rank)):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or not math.isfinite(value) or value <= 0):
+                    raise AdapterError(f"compose_adapters({name!r}): {key} must be a positive number, got {value!r}")
             if name in self._infos or name in self._known or name == BASE:
                 raise AdapterError(
                     f"adapter name {name!r} is already in use (loaded or evicted); peft would silently keep the "
@@ -635,6 +647,7 @@ class AdapterManager:
             self._touch([name])
             if activate:
                 self.switch(name)
+            self._make_room()  # its sources are no longer in use
             return info
 
     def close(self) -> None:
@@ -648,6 +661,13 @@ class AdapterManager:
             self._mixed = None
 
 
+def check_residency_limits(max_loaded_adapters, max_adapter_bytes) -> None:
+    """Residency limits are positive whole numbers or None; anything else raises :class:`AdapterError`."""
+    for name, value in (("max_loaded_adapters", max_loaded_adapters), ("max_adapter_bytes", max_adapter_bytes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise AdapterError(f"{name} must be a positive whole number or None, got {value!r}")
+
+
 def _max_rank(info: AdapterInfo) -> int | None:
     pattern = info.config.get("rank_pattern") or {}
     return max([info.rank or 0, *pattern.values()]) if pattern else info.rank
@@ -658,38 +678,12 @@ def _as_tuple(names) -> tuple[str, ...]:
         return ()
     if isinstance(names, str):
         return (names,)
+    if not isinstance(names, (list, tuple)):
+        raise AdapterError(
+            f"an adapter is named by a string (or a list of names, or None for the base model), got {names!r}"
+        )
     out = tuple(names)
     for n in out:
         if not isinstance(n, str):
-            raise AdapterError(f"adapter names must be strings, got {n!r}")
+            raise AdapterError(f"adapter names must be strings, got {n!r} in {list(out)!r}")
     return out
-
-
-def _load_pickle(path: Path, name: str):
-    import torch
-
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AdapterFormatError(
-            f"adapter {name!r}: {path} could not be read with torch.load(weights_only=True) "
-            f"({type(exc).__name__}: {exc}); it may hold code or be corrupt: convert it to safetensors"
-        ) from exc
-    if not isinstance(state, dict):
-        raise AdapterFormatError(f"adapter {name!r}: {path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def _strip_lora(model) -> None:
-    """Put back the original layers wherever a failed peft injection left a LoRA wrapper."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            original = (
-                module.get_base_layer() if isinstance(module, BaseTunerLayer) else getattr(module, "original_module")
-            )
-            setattr(parent, child, original)

@@ -19,6 +19,12 @@ def available_adapters(adapters_dir: str | Path | None) -> dict[str, Path]:
     return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / CONFIG_FILE).is_file()}
 
 
+def is_bare_name(text: str) -> bool:
+    """One path component (no separator, not ``.``/``..``, not ``~``-expanded): a name, not a path."""
+    seps = [os.sep] + ([os.altsep] if os.altsep else [])
+    return not any(sep in text for sep in seps) and text not in (".", "..") and not text.startswith("~")
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -26,15 +32,29 @@ def _offline() -> bool:
 def resolve_adapter(name_or_path: str | Path, adapters_dir: str | Path | None = None) -> tuple[str, Path]:
     """Return ``(name, folder)``.
 
-    Order: a folder named so under ``adapters_dir``; an existing local path;
-    a Hub repo id (``owner/name``) through ``huggingface_hub.snapshot_download``,
-    which uses its cache and honours ``HF_HUB_OFFLINE``.
+    A bare name (one path component: ``math_specialist``) is looked up inside
+    ``adapters_dir`` only, so a name can never reach outside it. Anything else
+    is an explicit path (``./x``, ``../x``, ``/abs/x``, ``~/x``) when that
+    folder exists, else a Hub repo id (``owner/name``) through
+    ``huggingface_hub.snapshot_download``, which uses its cache and honours
+    ``HF_HUB_OFFLINE``.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise AdapterNotFoundError(
+            f"adapter names are strings (a name in adapters_dir, a folder or a Hub id), got {name_or_path!r}"
+        )
     text = str(name_or_path)
-    if adapters_dir:
-        candidate = Path(adapters_dir).expanduser() / text
-        if candidate.is_dir():
+    if not text.strip() or "\0" in text:
+        raise AdapterNotFoundError(f"adapter {text!r} is not a name: give a name in adapters_dir, a folder or a Hub id")
+    if is_bare_name(text):
+        candidate = Path(adapters_dir).expanduser() / text if adapters_dir else None
+        if candidate is not None and candidate.is_dir():
             return candidate.name, candidate
+        known = ", ".join(available_adapters(adapters_dir)) or "(none)"
+        raise AdapterNotFoundError(
+            f"adapter {text!r} not found in adapters_dir {str(adapters_dir)!r} (available: {known}); "
+            f"for a folder elsewhere pass its path (./{text}), for the Hub an id like owner/{text}"
+        )
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -8,17 +8,15 @@ adapter, the module or tensor, and both values.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import attrs
 
-from .info import AdapterInfo, TensorSpec
+from .info import AdapterInfo, TensorSpec, load_pickle_state
+from .matching import matches, split_key, targeted_modules
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
-_PREFIX = "base_model.model."
-_LAYER_RE = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
 
 
 @attrs.frozen
@@ -123,41 +121,6 @@ class ModuleIndex:
         return sorted({n.rsplit(".", 1)[-1] for n, s in self.modules.items() if s.kind in ("linear", "embedding")})
 
 
-def _matches(name: str, targets) -> bool:
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
-
-
-def _targeted(index: ModuleIndex, cfg: dict) -> list[str]:
-    targets = cfg.get("target_modules")
-    if targets is None:
-        return []
-    if isinstance(targets, str) and targets.lower() == "all-linear":
-        out = [n for n, s in index.modules.items() if s.kind == "linear" and n != index.output_name]
-    else:
-        out = [n for n, s in index.modules.items() if s.kind in ("linear", "embedding") and _matches(n, targets)]
-    excl = cfg.get("exclude_modules")
-    if excl:
-        out = [n for n in out if not _matches(n, excl)]
-    layers = cfg.get("layers_to_transform")
-    if layers is not None:
-        wanted = {layers} if isinstance(layers, int) else set(layers)
-        out = [n for n in out if (m := _LAYER_RE.search("." + n + ".")) is None or int(m.group(1)) in wanted]
-    return out
-
-
-def _split_key(key: str) -> tuple[str, str]:
-    """``base_model.model.X.lora_A.weight`` -> (``X``, ``lora_A.weight``)."""
-    key = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-    for marker in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B", ".lora_magnitude_vector", ".base_layer."):
-        i = key.find(marker)
-        if i >= 0:
-            return key[:i], key[i + 1:]
-    module, _, param = key.rpartition(".")
-    return module, param
-
-
 def _short(names: Iterable[str], n: int = 5) -> str:
     names = list(names)
     more = f" and {len(names) - n} more" if len(names) > n else ""
@@ -254,13 +217,13 @@ def validate(
     targets = cfg.get("target_modules")
     if targets:
         if isinstance(targets, str):
-            if targets.lower() != "all-linear" and not _targeted(index, cfg):
+            if targets.lower() != "all-linear" and not targeted_modules(index, cfg):
                 errors.append(
                     f"{who}: target_modules pattern {targets!r} matches no Linear or Embedding layer of "
                     f"{model_id or 'the model'}; the model has: {', '.join(index.adaptable())}"
                 )
         else:
-            missing = [t for t in targets if not any(_matches(n, [t]) for n in index.modules)]
+            missing = [t for t in targets if not any(matches(n, [t]) for n in index.modules)]
             if missing:
                 errors.append(
                     f"{who}: target modules {sorted(missing)} do not exist in {model_id or 'the model'}; "
@@ -276,12 +239,12 @@ def validate(
 def _check_tensors(who, info, index, specs, errors, warnings, model_id) -> None:
     cfg = info.config
     save = set(cfg.get("modules_to_save") or ())
-    targeted = set(_targeted(index, cfg))
+    targeted = set(targeted_modules(index, cfg))
     unknown, untargeted, effective = [], [], set()
     ranks: dict[str, dict[str, int]] = {}
     vocab = index.vocab_size
     for t in specs:
-        module, param = _split_key(t.name)
+        module, param = split_key(t.name)
         spec = index.modules.get(module)
         if spec is None:
             unknown.append(t.name)
@@ -334,7 +297,7 @@ def _check_tensors(who, info, index, specs, errors, warnings, model_id) -> None:
         leaf = param.split(".")[-1]
         if param.startswith("base_layer."):
             expected = spec.params.get(leaf)
-        elif any(_matches(module, [m]) for m in save):
+        elif any(matches(module, [m]) for m in save):
             expected = spec.params.get(param)
         else:
             untargeted.append(t.name)
@@ -413,9 +376,7 @@ def validate_for_model(
         return CompatibilityReport(adapter=name, model=model_id, errors=(str(exc),))
     tensors = None
     if info.weights_format == "pickle" and allow_pickle:
-        from .manager import _load_pickle
-
-        state = _load_pickle(Path(info.weights_file), name)
+        state = load_pickle_state(Path(info.weights_file), name)
         tensors = [TensorSpec(k, str(v.dtype), tuple(v.shape)) for k, v in state.items()]
     return validate(info, module_index, model_family=family, model_id=model_id, allow_pickle=allow_pickle,
                     tensors=tensors)

@@ -67,6 +67,14 @@ def load_model(family, model_id, options):
     )
 
 
+@hookimpl
+def family_options(family):
+    return {
+        "enable_thinking": "Qwen3: let the chat template open a <think> block by default "
+        "(per call: generate(..., enable_thinking=...))",
+    }
+
+
 def _fix_tokenizer(tokenizer, config):
     # Qwen base tokenizers ship without a pad token; <|endoftext|> is the documented one,
     # and it must not be <|im_end|>, or padded batches would stop turns early.
