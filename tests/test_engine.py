@@ -389,7 +389,7 @@ def test_family_options_come_from_the_plugins_and_fit_the_detected_family(tiny_m
     host = get_host()
     options, plugin = host.call_family("family_options", "qwen")
     assert "enable_thinking" in options and plugin == "qwen"
-    assert host.call_family("family_options", "llama") == (None, None)
+    assert host.call_family("family_options", "llama") == ({}, "llama")  # the core default: no options
     llama = Engine(str(tiny_model("llama")), progress=False, enable_thinking=True)
     with pytest.raises(UnknownOptionError, match=r"'enable_thinking' do not apply.*family 'llama' takes family options: none"):
         llama.initialize()

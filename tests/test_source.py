@@ -79,7 +79,7 @@ def test_default_model_records_its_hub_id():
 
 
 def test_bad_sources(tmp_path):
-    with pytest.raises(ModelConfigError, match="model id is empty"):
+    with pytest.raises(ModelConfigError, match="names no model"):
         resolve_source("")
     two = tmp_path / "two"
     two.mkdir()

@@ -64,13 +64,10 @@ class Engine(AdapterAPI):
             from .plugins import get_host
 
             fo.check_known(family_options, get_host(), _ENGINE_ARGUMENTS)
-        if model_id is not None and (not isinstance(model_id, (str, os.PathLike)) or not str(model_id).strip()):
-            raise ModelConfigError(
-                f"model_id {model_id!r} names no model: give a Hub id, a model folder or a .gguf file "
-                "(or leave it out for the embedded default model)"
-            )
+        from .modelconfig import check_model_id
+
         check_residency_limits(max_loaded_adapters, max_adapter_bytes)
-        self.model_id = None if model_id is None else str(model_id)
+        self.model_id = None if model_id is None else check_model_id(model_id)
         self.device = device
         self.dtype = dtype
         self.adapters_dir = adapters_dir

@@ -75,6 +75,16 @@ def gguf_file_of(model_id: str) -> Path | None:
     return None
 
 
+def check_model_id(model_id) -> str:
+    """``model_id`` as a string, or a :class:`ModelConfigError` when it names no model (empty, not a path)."""
+    if not isinstance(model_id, (str, os.PathLike)) or not str(model_id).strip():
+        raise ModelConfigError(
+            f"model_id {model_id!r} names no model: give a Hub id, a model folder or a .gguf file "
+            "(or leave it out for the embedded default model)"
+        )
+    return str(model_id)
+
+
 def load_config(model_id: str, revision: str | None = None) -> tuple[dict[str, Any], str]:
     """Return ``(config, source)`` for a Hub id, a local folder, a config.json or a .gguf file.
 
@@ -82,9 +92,7 @@ def load_config(model_id: str, revision: str | None = None) -> tuple[dict[str, A
     Hub ids go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``).
     A GGUF file gives the config its header holds (:func:`gguf_config`).
     """
-    model_id = str(model_id)
-    if not model_id.strip():
-        raise ModelConfigError("the model id is empty; pass a Hub id, a model folder or a .gguf file")
+    model_id = check_model_id(model_id)
     path = Path(os.path.expanduser(model_id))
     gguf = gguf_file_of(model_id)
     if gguf is not None:

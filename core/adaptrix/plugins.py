@@ -42,6 +42,9 @@ ENTRY_POINT_GROUP = "adaptrix"
 STATUSES = ("ok", "failed", "blocked", "disabled")
 #: Hooks whose first argument is a family name; only that family's owner answers.
 FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules", "family_options")
+#: Family hooks whose absence ``plugins list`` reports as answered by the core's standard behaviour
+#: (``family_options`` left out simply means the family takes no options).
+REPORTED_FALLBACKS = ("load_model", "default_generation_config", "target_modules")
 #: Hooks that make a plugin a family plugin (as does a non-empty ``families()``).
 FAMILY_PLUGIN_HOOKS = ("detect_family",) + FAMILY_HOOKS
 
@@ -365,7 +368,7 @@ def _fallback_hooks(hooks: Iterable[str], families: Iterable[str]) -> tuple[str,
     hooks = set(hooks)
     if not (hooks & set(FAMILY_PLUGIN_HOOKS) or list(families)):
         return ()
-    return tuple(h for h in FAMILY_HOOKS if h not in hooks)
+    return tuple(h for h in REPORTED_FALLBACKS if h not in hooks)
 
 
 def _spec_names() -> list[str]:

@@ -135,9 +135,7 @@ def resolve_source(
     from .plugins import get_host
 
     del progress  # resolving reads headers only; conversion is ensure_folder's (and shows its own bar)
-    requested = None if model_id is None else str(model_id)
-    if requested is not None and not requested.strip():
-        raise ModelConfigError("the model id is empty; pass a Hub id, a model folder or a .gguf file")
+    requested = None if model_id is None else modelconfig.check_model_id(model_id)
     resolved = str(default_model_path()) if requested is None else requested
     gguf = modelconfig.gguf_file_of(resolved)
     if gguf is not None:

@@ -407,7 +407,7 @@ async def load_adapter(server: Server, request):
             server.scheduler.forget_compositions(load.name)
             engine.unload_adapter(load.name)
         try:
-            info = engine.load_adapter(str(folder), name=load.name, activate=False)
+            engine.load_adapter(str(folder), name=load.name, activate=False)
         except Exception:
             if replaced and old.get("path") and not str(old["path"]).startswith("<"):
                 engine.load_adapter(old["path"], name=load.name, activate=False)  # put the old one back
@@ -415,7 +415,7 @@ async def load_adapter(server: Server, request):
         server.runtime[load.name] = folder
         server.metrics.loads.inc()
         return {"object": "lora_adapter", "lora_name": load.name, "lora_path": str(folder), "replaced": replaced,
-                "rank": info.rank, "warnings": list(report.warnings)}
+                "rank": engine.adapters.info(load.name).rank, "warnings": list(report.warnings)}
 
     result = await asyncio.wrap_future(server.scheduler.call(work, barrier=True))
     return _json(result)
