@@ -1,4 +1,4 @@
-"""Adapter benchmarks: adaptrix's AdapterManager side by side with raw peft, in one run.
+"""Adapter benchmarks: adaptrix's PeftAdapterManager side by side with raw peft, in one run.
 
 Model: a random Qwen3-shaped model (hidden 512, 8 layers, vocab 32000, tied
 embeddings; about 35M parameters) built in a temp dir. Adapters: LoRA r=16 on
@@ -81,15 +81,15 @@ def fresh(model_dir):
     return model
 
 
-from adaptrix.adapters.engine_api import UNSET  # noqa: E402
+from adaptrix.types import UNSET  # noqa: E402
 
 
 def manager_for(model_dir, adapters_dir, **kw):
-    from adaptrix.adapters.manager import AdapterManager
+    from adaptrix.adapters.peft_manager import PeftAdapterManager
     from adaptrix.types import LoadedModel
 
     model = fresh(model_dir)
-    return AdapterManager(LoadedModel(model=model, tokenizer=None, family="qwen", model_id=str(model_dir)),
+    return PeftAdapterManager(LoadedModel(model=model, tokenizer=None, family="qwen", model_id=str(model_dir)),
                           adapters_dir, **kw)
 
 

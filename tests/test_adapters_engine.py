@@ -44,10 +44,10 @@ def _ids(engine, prompt):
 
 
 def _logits(engine, prompt, adapter):
-    from adaptrix.adapters.engine_api import UNSET
+    from adaptrix.types import UNSET
 
-    with torch.no_grad(), engine._adapter_scope(adapter if adapter != "active" else UNSET):
-        return engine._generation_model()(_ids(engine, prompt)).logits
+    with torch.no_grad(), engine.adapters.scope(adapter if adapter != "active" else UNSET):
+        return engine.adapters.generation_model()(_ids(engine, prompt)).logits
 
 
 def _oracle(model_dir, adapters, active=None):
@@ -95,7 +95,7 @@ def test_logits_and_tokens_match_peft_and_base_is_restored(engine, setup):
     assert engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids == base_tokens
     assert engine.unload_adapter("math") is True
     assert torch.equal(_logits(engine, PROMPTS[0], "active"), base_logits)
-    assert engine._generation_model() is engine.model
+    assert engine.adapters.generation_model() is engine.model
     assert engine.get_model_info()["adapters_loaded"] == []
 
 
@@ -171,12 +171,12 @@ def test_direct_injection_equals_peft_parameters_in_bfloat16(setup):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptrix.adapters.manager import AdapterManager
+    from adaptrix.adapters.peft_manager import PeftAdapterManager
     from adaptrix.types import LoadedModel
 
     model_dir, adir = setup
     load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()  # noqa: E731
-    m = AdapterManager(LoadedModel(model=load(), tokenizer=None, family="qwen", model_id=str(model_dir)), adir)
+    m = PeftAdapterManager(LoadedModel(model=load(), tokenizer=None, family="qwen", model_id=str(model_dir)), adir)
     m.load("math")
     m.load("chat")
     pm = PeftModel.from_pretrained(load(), str(adir / "math"), adapter_name="math").eval()
@@ -318,7 +318,7 @@ def test_merge_gives_same_tokens_and_exact_unmerge(engine):
     unmerged_logits = _logits(engine, PROMPTS[0], "active")
     engine.merge_adapter()
     assert engine.get_model_info()["merged"] == ["math"]
-    assert engine._generation_model() is engine.model  # merged: the LoRA wrappers are out of the forward path
+    assert engine.adapters.generation_model() is engine.model  # merged: the LoRA wrappers are out of the forward path
     assert engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids == unmerged
     assert torch.allclose(_logits(engine, PROMPTS[0], "active"), unmerged_logits, atol=1e-4)
     # a per-call base request unmerges: exact base
@@ -363,7 +363,7 @@ def test_failed_load_leaves_engine_unchanged(engine, setup, tmp_path, monkeypatc
     with pytest.raises(AdapterError, match="peft failed to load .*disk went away.*unchanged"):
         engine.load_adapter("code")
     m = engine.adapters
-    assert m.peft is None and engine._generation_model() is engine.model
+    assert m.peft is None and engine.adapters.generation_model() is engine.model
     assert not any("lora" in type(x).__module__ for x in engine.model.modules())
     assert torch.equal(_logits(engine, PROMPTS[0], None), base)
     monkeypatch.undo()

@@ -142,11 +142,11 @@ def test_pickle_refused_unless_allowed(engine, adapters, tmp_path):
     ids = torch.tensor([engine.tokenizer("Hello").input_ids])
     engine.load_adapter(str(pkl), allow_pickle=True)
     with torch.no_grad():
-        got = engine._generation_model()(ids).logits
+        got = engine.adapters.generation_model()(ids).logits
     engine.unload_adapter("pkl")
     engine.load_adapter("good")
     with torch.no_grad():
-        expected = engine._generation_model()(ids).logits
+        expected = engine.adapters.generation_model()(ids).logits
     engine.unload_adapter("good")
     assert torch.equal(got, expected)
 

@@ -52,7 +52,7 @@ def oracle_ids(engine: Engine, prompt: str, max_new_tokens: int, **extra) -> lis
     """Build the prompt ourselves and call transformers directly."""
     import torch
 
-    loaded = engine._loaded
+    loaded = engine.runner.loaded
     tok = loaded.tokenizer
     text = tok.apply_chat_template(
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True,
@@ -157,7 +157,7 @@ def test_settings_precedence(llama):
 
 def test_settings_reach_model_generate(llama, monkeypatch):
     seen = []
-    model = llama._loaded.model
+    model = llama.model
     original = model.generate
 
     def spy(*args, **kwargs):
@@ -377,7 +377,7 @@ def test_unknown_keyword_arguments_are_refused_at_construction(kwargs, hint):
     with pytest.raises(UnknownOptionError, match=rf"unknown keyword argument\(s\) '{name}'\. '{name}': {hint}") as info:
         Engine(**kwargs)
     message = str(info.value)
-    assert "Engine arguments are: adapters_dir, device, dtype" in message
+    assert "Engine arguments are: adapters_dir, backend, device, dtype" in message
     assert "qwen: enable_thinking (" in message  # the installed plugins' family options, described
     assert isinstance(info.value, TypeError)  # what Python itself raises for a bad keyword
 

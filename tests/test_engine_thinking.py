@@ -70,7 +70,7 @@ def hybrid(qwen3_real_tok, fixtures_dir, monkeypatch):
 
 
 def fmt(e, **kw):
-    return e._format("Hi", e.resolve_settings(max_new_tokens=4), None, None, e._template_kwargs(None, **kw), False)
+    return e.prepare_request("Hi", max_new_tokens=4, **kw).prompt
 
 
 def test_qwen3_template_kwargs(qwen3_real_tok, hybrid):

@@ -1,4 +1,4 @@
-"""The engine: load any causal LM through its family plugin, generate, converse, stream.
+"""The engine: any causal LM on any backend, with its adapters, one API.
 
 ::
 
@@ -9,38 +9,63 @@
     for piece in engine.stream("Tell me a story", max_new_tokens=64):
         print(piece, end="", flush=True)
 
-The engine names no family: detection, loading, tokenizer fixes and sampling
-defaults all come from plugins. Adapter methods (``load_adapter``,
-``switch_adapter``, ...) come from :class:`adaptrix.adapters.engine_api.AdapterAPI`.
+The engine names no family and no backend but the reference one. It resolves
+the source once (:mod:`adaptrix.source`), asks the plugins for the family's
+defaults, picks a backend (:mod:`adaptrix.backends`) whose :class:`Runner`
+executes the model, and keeps an adapter manager (the backend's subclass of
+:class:`adaptrix.adapters.manager.AdapterManager`). What it adds on top: the
+settings resolution order, prompt formatting and conversations, the text
+pipeline (hidden spans, stop strings), streaming from any thread, and one
+lease on the model so that calls never interleave.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
+import queue
 import threading
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import attrs
 
 from . import generation as gen
-from .adapters.engine_api import AdapterAPI
 from .adapters.manager import check_residency_limits
-from .conversation import ConversationStore, Conversation, Prompt, build_prompt
-from .errors import EngineStateError, GenerationError, ModelConfigError, ModelLoadError
+from .conversation import Conversation, ConversationStore, Prompt, build_prompt
+from .errors import BackendError, ContextOverflowError, EngineStateError, GenerationError
 from .lease import ModelLease
+from .request import GenerationRequest
 from .types import UNSET, GenerationConfig, LoadOptions
 
+#: The keyword arguments of ``Engine()`` itself (anything else must be a declared family option).
+_ENGINE_ARGUMENTS = (
+    "model_id", "device", "dtype", "adapters_dir", "trust_remote_code", "revision", "family", "backend",
+    "progress", "max_loaded_adapters", "max_adapter_bytes", "merge_adapters",
+)
 
-class Engine(AdapterAPI):
+
+@attrs.frozen
+class Session:
+    """What ``initialize()`` loaded: the resolved source, the backend and its runner, the family's defaults."""
+
+    source: Any  # adaptrix.source.ModelSource
+    backend: Any  # adaptrix.backends.Choice
+    runner: Any  # adaptrix.backends.Runner
+    adapters: Any  # adaptrix.adapters.manager.AdapterManager
+    family_defaults: GenerationConfig
+    context_length: int | None
+    load_seconds: float
+
+
+class Engine:
     """One model (and its adapters) ready to generate text.
 
-    ``model_id``: a Hub id, a local folder saved with ``save_pretrained``, or a
-    ``.gguf`` file (converted once into a cached safetensors folder, see
-    :mod:`adaptrix.gguf_cache`); ``None`` is the embedded default model.
-    ``family`` overrides detection; other keyword arguments are family options
-    passed to the plugin (e.g. ``enable_thinking=True`` for Qwen3).
+    ``model_id``: a Hub id, a local folder saved with ``save_pretrained``, a
+    ``.gguf`` file or a GGUF repo on the Hub (``owner/repo-GGUF:Q4_K_M``);
+    ``None`` is the embedded default model. ``backend``: ``auto`` (llama.cpp
+    for a GGUF source when installed, else transformers), or a backend's
+    name. ``family`` overrides detection; other keyword arguments are family
+    options the plugins declare (e.g. ``enable_thinking=True`` for Qwen3).
     """
 
     def __init__(
@@ -53,20 +78,23 @@ class Engine(AdapterAPI):
         revision: str | None = None,
         family: str | None = None,
         *,
+        backend: str = "auto",
         progress: bool = True,
         max_loaded_adapters: int | None = None,
         max_adapter_bytes: int | None = None,
         merge_adapters: bool = False,
         **family_options: Any,
     ):
+        from .modelconfig import check_model_id
+
         if family_options:
             from . import family_options as fo
             from .plugins import get_host
 
             fo.check_known(family_options, get_host(), _ENGINE_ARGUMENTS)
-        from .modelconfig import check_model_id
-
         check_residency_limits(max_loaded_adapters, max_adapter_bytes)
+        if not isinstance(backend, str) or not backend.strip():
+            raise BackendError(f"backend must be 'auto' or a backend's name, got {backend!r}")
         self.model_id = None if model_id is None else check_model_id(model_id)
         self.device = device
         self.dtype = dtype
@@ -74,6 +102,7 @@ class Engine(AdapterAPI):
         self.trust_remote_code = bool(trust_remote_code)
         self.revision = revision
         self.family_override = family
+        self.backend = backend.strip().lower()
         self.family_options = dict(family_options)
         #: Adapter residency (LRU) and merge mode; see ``configure_adapters``.
         self.max_loaded_adapters = max_loaded_adapters
@@ -87,123 +116,96 @@ class Engine(AdapterAPI):
         self.conversations = ConversationStore()
         #: Exclusive use of the model: held by a thread for a call, by a stream's token while it generates.
         self._lock = ModelLease()
-        self._loaded = None
-        self._state: dict[str, Any] = {}
+        self._session: Session | None = None
 
     # -- life cycle ------------------------------------------------------------
     @property
     def is_initialized(self) -> bool:
-        return self._loaded is not None
+        return self._session is not None
 
     @property
     def tokenizer(self):
-        return self._require_loaded().tokenizer
+        return self._require_loaded().runner.loaded.tokenizer
 
     @property
     def model(self):
-        """The base model (``transformers`` module); adapters wrap it at generation time."""
-        return self._require_loaded().model
+        """The backend's base model (a ``transformers`` module on the reference backend)."""
+        return self._require_loaded().runner.loaded.model
+
+    @property
+    def runner(self):
+        """The backend's :class:`~adaptrix.backends.Runner` (after ``initialize()``)."""
+        return self._require_loaded().runner
 
     def initialize(self) -> bool:
-        """Resolve the source, detect the family and load model + tokenizer through its plugin.
+        """Resolve the source, choose the backend, load the model through it. Returns ``True`` (errors raise).
 
-        Returns ``True`` (errors raise). Calling it again on an initialized engine
-        does nothing. A failure leaves the engine uninitialized (and
-        ``initialize`` may be called again).
+        Calling it again on an initialized engine does nothing. A failure leaves
+        the engine uninitialized (and ``initialize`` may be called again).
         """
         with self._lock:
-            if self._loaded is None:
-                self._load()
+            if self._session is None:
+                self._session = self._load()
         return True
 
-    def _load(self) -> None:
+    def _load(self) -> Session:
         import time
 
         from . import modelconfig
-        from .devices import resolve_device, resolve_dtype
+        from .backends import choose_backend
         from .plugins import get_host
         from .source import resolve_source
 
         start = time.perf_counter()
-        device = resolve_device(self.device)  # fail fast, before any file is read
-        dtype = resolve_dtype(self.dtype, device)
         host = get_host()
         src = resolve_source(self.model_id, revision=self.revision, family=self.family_override, host=host)
-        family = src.family
         if self.family_options:
             from . import family_options as fo
 
-            fo.check_family(self.family_options, host, family)
-        src = src.ensure_folder(progress=self.progress)  # the transformers backend loads a folder
-        model_id, source, config = src.model_id, src.path, src.config
+            fo.check_family(self.family_options, host, src.family)
+        choice = choose_backend(src, self.backend, host)
         options = LoadOptions(
-            device=str(device),
+            device=str(self.device),
             dtype=self.dtype,
             trust_remote_code=self.trust_remote_code,
             revision=src.load_revision,
             family_options=dict(self.family_options),
-            config=config,
+            config=src.config,
             config_source=src.config_source,
+            progress=self.progress,
         )
+        runner = choice.backend.load(src, options, host)
         try:
-            loaded, plugin = host.call_family("load_model", family, model_id=source, options=options)
-        except ModelLoadError as exc:
-            if src.cache is None:
-                raise
-            raise ModelLoadError(
-                f"{exc} (loaded from the cached conversion {src.cache.folder} of {src.gguf_file}; if it is "
-                "damaged, delete that folder and adaptrix converts the file again)"
-            ) from exc
-        if loaded is None:
-            raise ModelLoadError(f"no plugin loaded {model_id!r} for family {family!r} (load_model returned None)")
-        family_gen, _ = host.call_family("default_generation_config", family, config=config)
-        family_gen = (family_gen or GenerationConfig()).merged_over(
-            GenerationConfig(context_length=modelconfig.context_length(config))
-        )
-        tok = loaded.tokenizer
-        ctx = family_gen.context_length
-        if ctx is None:
-            limit = getattr(tok, "model_max_length", None)
-            ctx = limit if isinstance(limit, int) and 0 < limit < 10**7 else None
-        model = loaded.model
-        self._state = {
-            "model_id": model_id,
-            "source": source,
-            "config_source": src.config_source,
-            "gguf": src.cache,
-            "model_source": src,
-            "config": config,
-            "family_defaults": family_gen,
-            "context_length": ctx,
-            "eos_ids": _eos_ids(model, tok, loaded.end_of_turn_tokens),
-            "pad_id": tok.pad_token_id if tok.pad_token_id is not None else _first(_eos_ids(model, tok, ())),
-            "device": device,
-            "dtype": dtype,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "load_seconds": time.perf_counter() - start,
-        }
-        self._loaded = loaded
-        self.family = family
-        self.plugin = plugin
-        self._on_model_loaded(loaded)
+            src = runner.source  # the backend may have converted it (a GGUF into a cached folder)
+            family_gen, _ = host.call_family("default_generation_config", src.family, config=src.config)
+            family_gen = (family_gen or GenerationConfig()).merged_over(
+                GenerationConfig(context_length=modelconfig.context_length(src.config))
+            )
+            ctx = family_gen.context_length or runner.context_length
+            if ctx is None:
+                limit = getattr(runner.loaded.tokenizer, "model_max_length", None)
+                ctx = limit if isinstance(limit, int) and 0 < limit < 10**7 else None
+            adapters = runner.adapter_manager(
+                self.adapters_dir, max_loaded_adapters=self.max_loaded_adapters,
+                max_adapter_bytes=self.max_adapter_bytes, merge=self.merge_adapters, lock=self._lock,
+            )
+        except BaseException:
+            runner.close()
+            raise
+        self.family, self.plugin = src.family, src.plugin
+        return Session(src, choice, runner, adapters, family_gen, ctx, time.perf_counter() - start)
 
     def cleanup(self) -> None:
         """Release the model, its adapters and every conversation; ``initialize()`` loads again."""
         with self._lock:
-            if self._loaded is None:
+            session, self._session = self._session, None
+            if session is None:
                 return
             try:
-                self._on_cleanup()
+                session.adapters.close()
             finally:
-                device = self._state.get("device")
-                self._loaded = None
-                self._state = {}
+                session.runner.close()
                 self.conversations.reset()
-                gc.collect()
-                if device is not None and device.type == "cuda":
-                    import torch
-
-                    torch.cuda.empty_cache()
 
     def __enter__(self) -> "Engine":
         self.initialize()
@@ -212,12 +214,12 @@ class Engine(AdapterAPI):
     def __exit__(self, *exc) -> None:
         self.cleanup()
 
-    def _require_loaded(self):
-        if self._loaded is None:
+    def _require_loaded(self) -> Session:
+        if self._session is None:
             raise EngineStateError(
                 "the engine has no model loaded: call engine.initialize() first (again after cleanup())"
             )
-        return self._loaded
+        return self._session
 
     # -- settings ----------------------------------------------------------------
     def resolve_settings(self, task_type: str | None = None, adapter=UNSET, **settings) -> GenerationConfig:
@@ -228,47 +230,82 @@ class Engine(AdapterAPI):
         return self._resolve(explicit, task)
 
     def _resolve(self, explicit: GenerationConfig, task: str | None) -> GenerationConfig:
-        cfg = gen.resolve_settings(explicit, task, self._state["family_defaults"])
-        ctx = self._state["context_length"]
+        session = self._require_loaded()
+        cfg = gen.resolve_settings(explicit, task, session.family_defaults)
+        ctx = session.context_length
         cfg = attrs.evolve(cfg, context_length=ctx)
         if ctx is not None:
             if explicit.max_new_tokens is not None and explicit.max_new_tokens >= ctx:
                 raise GenerationError(
                     f"max_new_tokens={explicit.max_new_tokens} does not fit in the context of "
-                    f"{self._state['model_id']} ({ctx} tokens); ask for fewer new tokens"
+                    f"{session.source.model_id} ({ctx} tokens); ask for fewer new tokens"
                 )
             if explicit.max_new_tokens is None and cfg.max_new_tokens >= ctx // 2:
                 # a default larger than half the window would leave almost no room for the prompt
                 cfg = attrs.evolve(cfg, max_new_tokens=max(1, ctx // 2))
         return cfg
 
-    def _template_kwargs(self, chat_template_kwargs, enable_thinking) -> dict:
-        kwargs = dict(self._loaded.chat_template_kwargs)
-        kwargs.update(chat_template_kwargs or {})
-        if enable_thinking is not None:
-            kwargs["enable_thinking"] = bool(enable_thinking)
-        return kwargs
+    def _adapter_task_type(self, adapter=UNSET) -> str | None:
+        """The task preset declared by the adapter's adaptrix.json, if it names one.
+
+        A task type adaptrix has no preset for (an adapter's own label such as
+        "style") selects nothing rather than failing the generation.
+        """
+        from .generation_defaults import TASK_PRESETS
+
+        m = self._require_loaded().adapters
+        if adapter is None:
+            return None
+        if adapter is UNSET:
+            adapter = m.active
+        if not isinstance(adapter, str):
+            return None
+        try:
+            task = m.info(adapter).task_type
+        except Exception:
+            return None
+        return task if task in TASK_PRESETS else None
 
     # -- prompt formatting ---------------------------------------------------------
-    def _conversation_for(self, use_context, conversation) -> Conversation | None:
-        if conversation is not None:
-            if not isinstance(conversation, str) or not conversation:
-                raise GenerationError(f"conversation must be a non-empty name, got {conversation!r}")
-            return self.conversations.get(conversation)
-        if use_context is None:
-            use_context = self.use_context_by_default
-        return self.conversations.get() if use_context else None
+    def _conversation_for(self, req: GenerationRequest) -> Conversation | None:
+        if req.raw:
+            return None
+        if req.conversation is not None:
+            return self.conversations.get(req.conversation)
+        use = self.use_context_by_default if req.use_context is None else req.use_context
+        return self.conversations.get() if use else None
+
+    def _prepare(self, req: GenerationRequest, conv: Conversation | None) -> gen.PreparedRequest:
+        """Resolve ``req``'s settings and format its prompt (with ``conv``'s history) as it will run."""
+        session = self._require_loaded()
+        loaded = session.runner.loaded
+        task = req.task_type if req.task_type is not None else self._adapter_task_type(req.adapter)
+        cfg = self._resolve(req.settings, task)
+        template_kwargs = dict(loaded.chat_template_kwargs)
+        template_kwargs.update(req.chat_template_kwargs)
+        if req.enable_thinking is not None:
+            template_kwargs["enable_thinking"] = bool(req.enable_thinking)
+        formatted = self._format(req.prompt, cfg, conv, req.system, template_kwargs, req.raw)
+        spans = () if req.show_thinking else tuple(loaded.hidden_spans)
+        return gen.PreparedRequest(
+            prompt=formatted,
+            settings=cfg,
+            stops=tuple(cfg.stop or ()) + formatted.stops,
+            spans=spans,
+            inside=gen.open_span(formatted.text, spans),
+            eos_ids=tuple(session.runner.eos_ids),
+            pad_id=session.runner.pad_id,
+        )
 
     def _format(self, prompt, cfg, conv, system, template_kwargs, raw) -> Prompt:
-        loaded = self._loaded
-        ctx = self._state["context_length"]
+        session = self._require_loaded()
+        tokenizer = session.runner.loaded.tokenizer
+        ctx = session.context_length
         budget = None if ctx is None else ctx - cfg.max_new_tokens
-        name = self._state["model_id"]
+        name = session.source.model_id
         if raw:
-            ids = list(loaded.tokenizer(prompt)["input_ids"])
+            ids = list(tokenizer(prompt)["input_ids"])
             if budget is not None and len(ids) > budget:
-                from .errors import ContextOverflowError
-
                 raise ContextOverflowError(
                     f"the prompt is {len(ids)} tokens; the context of {name} is {ctx} tokens and "
                     f"max_new_tokens={cfg.max_new_tokens} leaves room for {budget}: shorten the prompt or "
@@ -278,7 +315,7 @@ class Engine(AdapterAPI):
         if conv is not None and system is None:
             system = conv.system
         return build_prompt(
-            loaded.tokenizer,
+            tokenizer,
             prompt,
             history=conv.turns() if conv is not None else [],
             system=system,
@@ -289,149 +326,74 @@ class Engine(AdapterAPI):
             context_length=ctx,
         )
 
+    def _stop_check(self, prepared: Sequence[gen.PreparedRequest]):
+        """``stop(row, new_ids)`` for the runner: True once a row's visible text holds one of its stop strings."""
+        if not any(p.stops for p in prepared):
+            return None
+        return gen.stop_check(self.tokenizer, [(p.spans, p.stops, p.inside) for p in prepared])
+
+    def _remember(self, conv: Conversation | None, req: GenerationRequest, text: str) -> None:
+        if conv is not None:
+            if req.system is not None:
+                conv.system = req.system
+            conv.add_turn(req.prompt, text)
+
     # -- generation ---------------------------------------------------------------
-    def generate(self, prompt: str, **kwargs) -> str:
+    def generate(self, prompt: str, **options) -> str:
         """Generate a reply to ``prompt`` and return its text.
 
-        Keyword arguments: sampling settings (``max_new_tokens`` or its seed
-        name ``max_length``, ``temperature``, ``top_p``, ``top_k``,
-        ``repetition_penalty``, ``stop``, ``seed``), ``task_type``,
-        ``adapter`` (a name, ``None`` for the base model), ``system``,
+        Options: sampling settings (``max_new_tokens`` or its seed name
+        ``max_length``, ``temperature``, ``top_p``, ``top_k``,
+        ``repetition_penalty``, ``stop``, ``seed``), ``task_type``, ``adapter``
+        (a name, a list, ``None`` for the base model), ``system``,
         ``use_context``, ``conversation`` (a name), ``show_thinking``,
-        ``enable_thinking``, ``chat_template_kwargs``, ``raw`` (no chat template).
+        ``enable_thinking``, ``chat_template_kwargs``, ``raw`` (no chat
+        template). See :class:`~adaptrix.request.GenerationRequest`.
         """
-        return self.generate_detailed(prompt, **kwargs).text
+        return self.generate_detailed(prompt, **options).text
 
-    def generate_detailed(
-        self,
-        prompt: str,
-        *,
-        task_type: str | None = None,
-        adapter=UNSET,
-        system: str | None = None,
-        use_context: bool | None = None,
-        conversation: str | None = None,
-        show_thinking: bool = False,
-        enable_thinking: bool | None = None,
-        chat_template_kwargs: dict | None = None,
-        raw: bool = False,
-        **settings,
-    ) -> gen.GenerationResult:
+    def generate_detailed(self, prompt: str | GenerationRequest, **options) -> gen.GenerationResult:
         """Like :meth:`generate`, returning a :class:`~adaptrix.generation.GenerationResult`."""
         self._require_loaded()
-        _check_prompt(prompt)
-        _check_text(system, "system")
-        explicit = gen.explicit_settings(**_settings_only(settings))
+        req = prompt if isinstance(prompt, GenerationRequest) else GenerationRequest.build(prompt, **options)
         with self._lock:
-            self._require_loaded()
-            with self._adapter_scope(adapter):
-                task = task_type if task_type is not None else self._adapter_task_type(adapter)
-                cfg = self._resolve(explicit, task)
-                conv = None if raw else self._conversation_for(use_context, conversation)
-                formatted = self._format(
-                    prompt, cfg, conv, system, self._template_kwargs(chat_template_kwargs, enable_thinking), raw
-                )
-                result = self._run_one(formatted, cfg, show_thinking)
-                if conv is not None:
-                    if system is not None:
-                        conv.system = system
-                    conv.add_turn(prompt, result.text)
+            session = self._require_loaded()
+            with session.adapters.scope(req.adapter):
+                conv = self._conversation_for(req)
+                prepared = self._prepare(req, conv)
+                new = session.runner.generate([prepared.input_ids], prepared.settings,
+                                              stop=self._stop_check([prepared]))[0]
+                result = self.result_for(prepared, new)
+                self._remember(conv, req, result.text)
                 return result
 
-    def _spans(self, show_thinking: bool):
-        return () if show_thinking else tuple(self._loaded.hidden_spans)
-
-    def _generate_kwargs(self, cfg: GenerationConfig) -> dict:
-        kw = gen.transformers_kwargs(cfg)
-        kw["eos_token_id"] = list(self._state["eos_ids"]) or None
-        kw["pad_token_id"] = self._state["pad_id"]
-        return kw
-
-    @contextlib.contextmanager
-    def _seeded(self, cfg: GenerationConfig):
-        if cfg.seed is None or gen.is_greedy(cfg):
-            yield
-            return
-        import torch
-
-        device = self._state["device"]
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(cfg.seed)
-            yield
-
-    def _model_generate(
-        self, input_ids, attention_mask, cfg, stops, prompt_len, spans, inside=None, extra=None, cancel=None,
-        streamer=None,
-    ):
-        import torch
-
-        kw = self._generate_kwargs(cfg)
-        if stops or cancel is not None:
-            from transformers import StoppingCriteriaList
-
-            kw["stopping_criteria"] = StoppingCriteriaList(
-                [gen.stopping_criteria(self._loaded.tokenizer, prompt_len, spans, stops, cancel, inside)]
-            )
-        if streamer is not None:
-            kw["streamer"] = streamer
-        kw.update(extra or {})
-        model = self._generation_model()
-        with torch.inference_mode(), self._seeded(cfg):
-            return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
-
-    def _run_one(self, formatted: Prompt, cfg: GenerationConfig, show_thinking: bool) -> gen.GenerationResult:
-        import torch
-
-        device = self._state["device"]
-        ids = torch.tensor([formatted.input_ids], dtype=torch.long, device=device)
-        mask = torch.ones_like(ids)
-        stops = tuple(cfg.stop or ()) + formatted.stops
-        spans = self._spans(show_thinking)
-        inside = gen.open_span(formatted.text, spans)
-        out = self._model_generate(ids, mask, cfg, stops, ids.shape[1], spans, inside)
-        new = out[0, ids.shape[1] :].tolist()
-        return self._result(new, formatted, cfg, stops, spans)
-
-    def _result(self, new: list[int], formatted: Prompt, cfg, stops, spans) -> gen.GenerationResult:
-        raw_text = self._loaded.tokenizer.decode(new, skip_special_tokens=True)
-        pipeline = gen.TextPipeline(spans, stops, gen.open_span(formatted.text, spans))
+    def result_for(self, prepared: gen.PreparedRequest, new_ids: Sequence[int]) -> gen.GenerationResult:
+        """The :class:`~adaptrix.generation.GenerationResult` ``generate`` returns for these generated ids."""
+        new = list(new_ids)
+        raw_text = self.tokenizer.decode(new, skip_special_tokens=True)
+        pipeline = prepared.pipeline()
         text = pipeline.run(raw_text)
         if pipeline.stopped:
             reason = "stop"
-        elif new and new[-1] in self._state["eos_ids"]:
+        elif new and new[-1] in prepared.eos_ids:
             reason = "eos"
         else:
             reason = "length"
         return gen.GenerationResult(
             text=text,
             token_ids=tuple(new),
-            prompt_tokens=len(formatted.input_ids),
+            prompt_tokens=len(prepared.input_ids),
             finish_reason=reason,
-            settings=cfg,
-            trimmed_turns=formatted.trimmed_turns,
+            settings=prepared.settings,
+            trimmed_turns=prepared.prompt.trimmed_turns,
             raw_text=raw_text,
         )
 
     # -- streaming ------------------------------------------------------------------
-    def stream(
-        self,
-        prompt: str,
-        *,
-        task_type: str | None = None,
-        adapter=UNSET,
-        system: str | None = None,
-        use_context: bool | None = None,
-        conversation: str | None = None,
-        show_thinking: bool = False,
-        enable_thinking: bool | None = None,
-        chat_template_kwargs: dict | None = None,
-        raw: bool = False,
-        **settings,
-    ) -> Iterator[str]:
+    def stream(self, prompt: str | GenerationRequest, **options) -> Iterator[str]:
         """Yield the reply's text in pieces as the model produces them.
 
-        Same arguments and same text as :meth:`generate` (hidden spans and stop
+        Same options and same text as :meth:`generate` (hidden spans and stop
         strings are handled on the fly). The iterator may be advanced from any
         thread, one at a time (a thread pool's ``iterate_in_threadpool``). From
         the first ``next()`` until the generation ends, the model and the
@@ -439,53 +401,38 @@ class Engine(AdapterAPI):
         wait for it. Closing or dropping the iterator stops the generation.
         """
         self._require_loaded()
-        _check_prompt(prompt)
-        _check_text(system, "system")
-        explicit = gen.explicit_settings(**_settings_only(settings))
-        return self._stream(
-            prompt, explicit, task_type, adapter, system, use_context, conversation, show_thinking,
-            enable_thinking, chat_template_kwargs, raw,
-        )
+        req = prompt if isinstance(prompt, GenerationRequest) else GenerationRequest.build(prompt, **options)
+        return self._stream(req)
 
-    def _stream(self, prompt, explicit, task_type, adapter, system, use_context, conversation, show_thinking,
-                enable_thinking, chat_template_kwargs, raw):
+    def _stream(self, req: GenerationRequest) -> Iterator[str]:
         """The stream's generator. The model is leased to this stream (a token, not a thread) from the
         first ``next()`` until its generation ends: ``next()`` may come from any thread, and a call
         made meanwhile (from any thread, this one included) waits for the generation, never changes it.
         The generation runs to its end in a worker thread unless the stream is closed or dropped."""
-        import torch
+        import contextlib
 
         owner = _StreamOwner()
         lease = self._lock
-        streamer = gen.QueueStreamer()
+        tokens: queue.Queue = queue.Queue()
+        end = object()
         cancel = threading.Event()
         failure: list[BaseException] = []
         lease.acquire(owner)
         try:
             with lease.acting_as(owner), contextlib.ExitStack() as held:
-                self._require_loaded()
-                held.enter_context(self._adapter_scope(adapter))
-                task = task_type if task_type is not None else self._adapter_task_type(adapter)
-                cfg = self._resolve(explicit, task)
-                conv = None if raw else self._conversation_for(use_context, conversation)
-                formatted = self._format(
-                    prompt, cfg, conv, system, self._template_kwargs(chat_template_kwargs, enable_thinking), raw
-                )
-                device = self._state["device"]
-                ids = torch.tensor([formatted.input_ids], dtype=torch.long, device=device)
-                stops = tuple(cfg.stop or ()) + formatted.stops
-                spans = self._spans(show_thinking)
-                inside = gen.open_span(formatted.text, spans)
-                decoder = gen.IncrementalDecoder(self._loaded.tokenizer)
+                session = self._require_loaded()
+                held.enter_context(session.adapters.scope(req.adapter))
+                conv = self._conversation_for(req)
+                prepared = self._prepare(req, conv)
+                stop = self._stop_check([prepared])
+                decoder = gen.IncrementalDecoder(session.runner.loaded.tokenizer)
                 scope = held.pop_all()  # from here on the worker restores the adapters and frees the lease
 
             def work():
                 with lease.acting_as(owner):
                     try:
-                        self._model_generate(
-                            ids, torch.ones_like(ids), cfg, stops, ids.shape[1], spans, inside, cancel=cancel,
-                            streamer=streamer,
-                        )
+                        session.runner.generate([prepared.input_ids], prepared.settings, stop=stop,
+                                                on_tokens=tokens.put, cancel=cancel)
                     except BaseException as exc:  # re-raised in the consuming thread
                         failure.append(exc)
                     finally:
@@ -493,19 +440,19 @@ class Engine(AdapterAPI):
                             scope.close()
                         finally:
                             lease.release(owner)
-                            streamer.end()
+                            tokens.put(end)
 
             worker = threading.Thread(target=work, name="adaptrix-stream", daemon=True)
             worker.start()
         except BaseException:
             lease.release(owner)
             raise
-        pipeline = gen.TextPipeline(spans, stops, inside)
+        pipeline = prepared.pipeline()
         pieces: list[str] = []
         try:
             while True:
-                item = streamer.queue.get()
-                if item is streamer.END:
+                item = tokens.get()
+                if item is end:
                     break
                 piece = pipeline.feed(decoder.add(item))
                 if piece:
@@ -519,98 +466,52 @@ class Engine(AdapterAPI):
                 yield tail
             if conv is not None:
                 with lease:
-                    if system is not None:
-                        conv.system = system
-                    conv.add_turn(prompt, "".join(pieces))
+                    self._remember(conv, req, "".join(pieces))
         finally:
             # Closed, dropped or done: stop the generation (no join: this may run in a finalizer);
             # the worker restores the adapters and frees the model within one token.
             cancel.set()
 
     # -- batches ----------------------------------------------------------------------
-    def generate_batch(
-        self,
-        prompts: Sequence[str],
-        *,
-        adapters: Sequence[str | None] | None = None,
-        task_type: str | None = None,
-        system: str | None = None,
-        show_thinking: bool = False,
-        enable_thinking: bool | None = None,
-        chat_template_kwargs: dict | None = None,
-        raw: bool = False,
-        **settings,
-    ) -> list[str]:
-        """Generate for several prompts at once (left-padded); each gets what it would get alone.
+    def generate_batch(self, prompts: Sequence[str], *, adapters: Sequence[str | None] | None = None,
+                       **options) -> list[str]:
+        """Generate for several prompts at once; each gets what it would get alone.
 
         ``adapters`` optionally names an adapter per prompt (``None``: base model).
         Prompts are independent: no conversation history is used or recorded.
+        Other options as for :meth:`generate` (but ``adapter``, ``use_context``
+        and ``conversation``).
         """
-        return [r.text for r in self.generate_batch_detailed(
-            prompts, adapters=adapters, task_type=task_type, system=system, show_thinking=show_thinking,
-            enable_thinking=enable_thinking, chat_template_kwargs=chat_template_kwargs, raw=raw, **settings,
-        )]
+        return [r.text for r in self.generate_batch_detailed(prompts, adapters=adapters, **options)]
 
-    def generate_batch_detailed(
-        self,
-        prompts: Sequence[str],
-        *,
-        adapters: Sequence[str | None] | None = None,
-        task_type: str | None = None,
-        system: str | None = None,
-        show_thinking: bool = False,
-        enable_thinking: bool | None = None,
-        chat_template_kwargs: dict | None = None,
-        raw: bool = False,
-        **settings,
-    ) -> list[gen.GenerationResult]:
-        import torch
-
+    def generate_batch_detailed(self, prompts: Sequence[str], *, adapters: Sequence[str | None] | None = None,
+                                **options) -> list[gen.GenerationResult]:
+        """Like :meth:`generate_batch`, returning a :class:`~adaptrix.generation.GenerationResult` per prompt."""
         self._require_loaded()
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise GenerationError("generate_batch takes a list of prompts; use generate() for a single one")
+        for key in ("adapter", "use_context", "conversation"):
+            if key in options:
+                raise GenerationError(f"generate_batch takes no {key}= (prompts are independent; use adapters=)")
         if not prompts:
             return []
-        for i, p in enumerate(prompts):
-            _check_prompt(p, f"prompts[{i}]")
-        _check_text(system, "system")
-        if adapters is not None and len(adapters) != len(prompts):
-            raise GenerationError(f"adapters has {len(adapters)} entries for {len(prompts)} prompts; give one per prompt")
-        explicit = gen.explicit_settings(**_settings_only(settings))
+        requests = [GenerationRequest.build(p, what=f"prompts[{i}]", use_context=False, **options)
+                    for i, p in enumerate(prompts)]
+        if adapters is not None and (isinstance(adapters, str) or len(adapters) != len(prompts)):
+            raise GenerationError(
+                f"adapters has {len(adapters)} entries for {len(prompts)} prompts; give one per prompt"
+            )
         with self._lock:
-            self._require_loaded()
-            task = task_type if task_type is not None else self._adapter_task_type(UNSET)
-            cfg = self._resolve(explicit, task)
-            kwargs = self._template_kwargs(chat_template_kwargs, enable_thinking)
-            formatted = [self._format(p, cfg, None, system, kwargs, raw) for p in prompts]
-            width = max(len(f.input_ids) for f in formatted)
-            pad = self._state["pad_id"] if self._state["pad_id"] is not None else 0
-            rows = [[pad] * (width - len(f.input_ids)) + list(f.input_ids) for f in formatted]
-            masks = [[0] * (width - len(f.input_ids)) + [1] * len(f.input_ids) for f in formatted]
-            device = self._state["device"]
-            ids = torch.tensor(rows, dtype=torch.long, device=device)
-            mask = torch.tensor(masks, dtype=torch.long, device=device)
-            stops = tuple(cfg.stop or ()) + formatted[0].stops
-            spans = self._spans(show_thinking)
-            extra = self._adapter_batch_kwargs(list(adapters) if adapters is not None else None, len(prompts))
-            inside = gen.open_span(formatted[0].text, spans)  # one template: every row ends the same way
+            session = self._require_loaded()
+            prepared = [self._prepare(r, None) for r in requests]
             try:
-                out = self._model_generate(ids, mask, cfg, stops, width, spans, inside, extra=extra)
+                rows = session.runner.generate(
+                    [p.input_ids for p in prepared], prepared[0].settings,
+                    adapters=list(adapters) if adapters is not None else None, stop=self._stop_check(prepared),
+                )
             finally:
-                self._adapter_batch_done()
-            eos = set(self._state["eos_ids"])
-            results = []
-            for row, f in zip(out[:, width:].tolist(), formatted):
-                new = []
-                for t in row:
-                    new.append(t)
-                    if t in eos:
-                        break
-                else:
-                    while stops and new and new[-1] == pad and pad not in eos:
-                        new.pop()  # padding after a row that stopped on a stop string
-                results.append(self._result(new, f, cfg, stops, spans))
-            return results
+                session.adapters.settle()  # a batch may keep more adapters resident than the budget
+            return [self.result_for(p, new) for p, new in zip(prepared, rows)]
 
     # -- conversations -------------------------------------------------------------
     def reset_context(self, conversation: str | None = None) -> None:
@@ -623,58 +524,130 @@ class Engine(AdapterAPI):
         conv = self.conversations.get(conversation)
         return [dict(m) for m in conv.messages]
 
+    # -- adapters ------------------------------------------------------------------------
+    @property
+    def adapters(self):
+        """The backend's :class:`~adaptrix.adapters.manager.AdapterManager` (after ``initialize()``)."""
+        return self._require_loaded().adapters
+
+    def load_adapter(
+        self, name_or_path: str | Path, *, name: str | None = None, allow_pickle: bool = False, activate: bool = True
+    ) -> bool:
+        """Validate then load an adapter (name in adapters_dir, folder, or Hub id); make it active by default.
+
+        Returns ``True``; ``engine.adapters.info(name)`` describes it. Raises
+        :class:`~adaptrix.errors.AdapterIncompatibleError` (``.report``) when
+        validation fails; the engine is then unchanged.
+        """
+        self.adapters.load(name_or_path, name=name, allow_pickle=allow_pickle, activate=activate)
+        return True
+
+    def unload_adapter(self, name: str) -> bool:
+        """Remove a loaded adapter; when it was active, the rest (or the base) stays active. Returns ``True``."""
+        self.adapters.unload(name)
+        return True
+
+    def switch_adapter(self, name: str | Sequence[str] | None, *, merge: bool | None = None) -> bool:
+        """Make ``name`` active (None: base model; a list: several summed); loads it when needed. Returns ``True``."""
+        self.adapters.switch(name, merge=merge)
+        return True
+
+    def list_adapters(self) -> list[dict[str, Any]]:
+        """Available, loaded and evicted adapters, with ``active`` marked (before ``initialize()`` too)."""
+        if self._session is None:
+            from .adapters.sources import available_adapters
+
+            return [
+                {"name": n, "path": str(p), "loaded": False, "state": "available", "active": False, "merged": False}
+                for n, p in available_adapters(self.adapters_dir).items()
+            ]
+        return self._session.adapters.list()
+
+    @property
+    def active_adapter(self) -> str | tuple[str, ...] | None:
+        """The active adapter name, a tuple when several are active, None for the base model."""
+        return None if self._session is None else self._session.adapters.active
+
+    def validate_adapter(self, name_or_path: str | Path, *, allow_pickle: bool = False):
+        """A :class:`~adaptrix.adapters.validate.CompatibilityReport` for the loaded model; loads no weights."""
+        return self.adapters.validate(name_or_path, allow_pickle=allow_pickle)
+
+    def compose_adapters(
+        self,
+        weights: dict[str, float],
+        name: str,
+        method: str = "linear",
+        *,
+        density: float | None = None,
+        svd_rank: int | None = None,
+        activate: bool = False,
+    ):
+        """Create adapter ``name`` from ``{adapter: weight}`` (peft's ``add_weighted_adapter`` methods)."""
+        return self.adapters.compose(weights, name, method, density=density, svd_rank=svd_rank, activate=activate)
+
+    def merge_adapter(self) -> None:
+        """Merge the active adapter into the weights (base speed); undone before any switch."""
+        self.adapters.merge()
+
+    def unmerge_adapter(self) -> None:
+        """Restore the exact base weights; the adapter stays active, unmerged."""
+        self.adapters.unmerge()
+
+    def configure_adapters(
+        self, *, max_loaded_adapters: int | None = None, max_adapter_bytes: int | None = None, merge: bool | None = None
+    ) -> None:
+        """Residency limits (LRU) and merge mode; applies now and to later models."""
+        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
+        if self._session is not None:
+            self._session.adapters.configure(
+                max_loaded_adapters=max_loaded_adapters, max_adapter_bytes=max_adapter_bytes, merge=merge
+            )
+        self.max_loaded_adapters = max_loaded_adapters
+        self.max_adapter_bytes = max_adapter_bytes
+        if merge is not None:
+            self.merge_adapters = merge
+
     # -- information -----------------------------------------------------------------
     def get_model_info(self) -> dict[str, Any]:
-        """Family, plugin, model, source, size, dtype, device, context, defaults, adapters."""
-        loaded = self._require_loaded()
-        s = self._state
-        config = s["config"] or {}
-        archs = config.get("architectures") or []
+        """Family, plugin, backend, model, source, size, dtype, device, context, defaults, adapters."""
         from .generation_defaults import GLOBAL_DEFAULTS
 
-        defaults = s["family_defaults"].merged_over(GLOBAL_DEFAULTS)
+        session = self._require_loaded()
+        src, loaded = session.source, session.runner.loaded
+        config = src.config or {}
+        archs = config.get("architectures") or []
         info: dict[str, Any] = {
             "family": self.family,
             "plugin": self.plugin,
-            "model_id": s["model_id"],
-            "source": s["source"],
-            "gguf_file": str(s["gguf"].gguf_path) if s["gguf"] else None,
+            "backend": session.backend.name,
+            "backend_reason": session.backend.reason,
+            "model_id": src.model_id,
+            "source": src.path or (str(src.gguf_file) if src.gguf_file else src.model_id),
+            "gguf_file": str(src.gguf_file) if src.gguf_file else None,
             "model_type": config.get("model_type"),
             "architecture": archs[0] if archs else None,
-            "parameters": s["parameters"],
-            "dtype": str(s["dtype"]).replace("torch.", ""),
-            "device": str(s["device"]),
-            "context_length": s["context_length"],
-            "generation_defaults": defaults.as_dict(),
+            **session.runner.info(),
+            "context_length": session.context_length,
+            "generation_defaults": session.family_defaults.merged_over(GLOBAL_DEFAULTS).as_dict(),
             "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None)),
             "chat_template_kwargs": dict(loaded.chat_template_kwargs),
             "hidden_spans": [list(p) for p in loaded.hidden_spans],
             "use_context_by_default": self.use_context_by_default,
             "conversations": self.conversations.names(),
-            "load_seconds": round(s["load_seconds"], 3),
+            "load_seconds": round(session.load_seconds, 3),
             "notes": list(loaded.notes),
         }
-        info.update(self._adapters_info())
+        info.update(session.adapters.status())
         return info
 
     # -- serving seam (adaptrix serve, adaptrix.batching) ----------------------------
-    # Three public methods for step-level decoders that run the model themselves
-    # (iteration-level batching): format a request exactly as generate() would,
-    # give the module and forward kwargs for a batch of per-row adapters, and turn
-    # generated ids into the result generate() would return. Transformers backend only.
+    # For step-level decoders that run the model themselves (iteration-level
+    # batching): format a request exactly as generate() would (prepare_request),
+    # give the module and forward kwargs for a batch of per-row adapters
+    # (decoding_model, backends that can), and turn generated ids into the result
+    # generate() would return (result_for, above).
     def prepare_request(
-        self,
-        prompt: str,
-        *,
-        history: Sequence[dict[str, str]] = (),
-        system: str | None = None,
-        task_type: str | None = None,
-        adapter=UNSET,
-        show_thinking: bool = False,
-        enable_thinking: bool | None = None,
-        chat_template_kwargs: dict | None = None,
-        raw: bool = False,
-        **settings,
+        self, prompt: str, *, history: Sequence[dict[str, str]] = (), **options
     ) -> gen.PreparedRequest:
         """Resolve settings and format ``history + prompt`` as :meth:`generate_detailed` would; generate nothing.
 
@@ -683,109 +656,33 @@ class Engine(AdapterAPI):
         not fit raise the same errors as ``generate``.
         """
         self._require_loaded()
-        _check_prompt(prompt)
-        explicit = gen.explicit_settings(**_settings_only(settings))
+        req = GenerationRequest.build(prompt, use_context=False, **options)
         with self._lock:
             self._require_loaded()
-            task = task_type if task_type is not None else self._adapter_task_type(adapter)
-            cfg = self._resolve(explicit, task)
-            conv = Conversation(name="request", messages=[dict(m) for m in history]) if history and not raw else None
-            formatted = self._format(
-                prompt, cfg, conv, system, self._template_kwargs(chat_template_kwargs, enable_thinking), raw
-            )
-            spans = self._spans(show_thinking)
-            return gen.PreparedRequest(
-                prompt=formatted,
-                settings=cfg,
-                stops=tuple(cfg.stop or ()) + formatted.stops,
-                spans=spans,
-                inside=gen.open_span(formatted.text, spans),
-                eos_ids=tuple(self._state["eos_ids"]),
-                pad_id=self._state["pad_id"],
-            )
+            conv = Conversation(name="request", messages=[dict(m) for m in history]) if history and not req.raw else None
+            return self._prepare(req, conv)
 
     def decoding_model(self, adapters: Sequence[str | None]):
         """``(module, forward_kwargs)``: calling ``module(..., **forward_kwargs)`` gives row i ``adapters[i]``.
 
         ``None`` rows use the base model; adapters are loaded when needed. The
         kwargs stay valid until the adapters change (load, unload, eviction).
+        Backends without step-level decoding raise :class:`BackendError`.
         """
-        self._require_loaded()
         with self._lock:
-            extra = self._adapter_batch_kwargs(list(adapters), len(adapters)) if adapters else {}
-            return self._generation_model(), extra
-
-    def result_for(self, prepared: gen.PreparedRequest, new_ids: Sequence[int]) -> gen.GenerationResult:
-        """The :class:`~adaptrix.generation.GenerationResult` ``generate`` returns for these generated ids."""
-        self._require_loaded()
-        return self._result(list(new_ids), prepared.prompt, prepared.settings, prepared.stops, prepared.spans)
-
-
-#: The keyword arguments of ``Engine()`` itself (anything else must be a declared family option).
-_ENGINE_ARGUMENTS = (
-    "model_id", "device", "dtype", "adapters_dir", "trust_remote_code", "revision", "family", "progress",
-    "max_loaded_adapters", "max_adapter_bytes", "merge_adapters",
-)
+            runner = self.runner
+            if not hasattr(runner, "decoding_model"):
+                raise BackendError(
+                    f"the {runner.backend} backend has no step-level decoding; serve it one request at a time"
+                )
+            return runner.decoding_model(list(adapters))
 
 
 #: The seed design's name for the engine.
 ModularAdaptrixEngine = Engine
 
 
-def _settings_only(settings: dict) -> dict:
-    unknown = sorted(set(settings) - set(gen.SETTING_NAMES) - {"max_length"})
-    if unknown:
-        raise GenerationError(
-            f"unknown generation argument(s) {', '.join(unknown)}; settings are "
-            f"{', '.join(gen.SETTING_NAMES)} and max_length"
-        )
-    return settings
-
-
-def _check_prompt(prompt, what: str = "prompt") -> None:
-    if not isinstance(prompt, str):
-        raise GenerationError(f"{what} must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise GenerationError(f"{what} is empty; give the model some text to answer")
-    _check_text(prompt, what)
-
-
-def _check_text(text, what: str) -> None:
-    """Text a tokenizer can take: valid Unicode (no lone surrogate such as a half-decoded emoji)."""
-    if text is None:
-        return
-    if not isinstance(text, str):
-        raise GenerationError(f"{what} must be a string, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise GenerationError(
-            f"{what} holds {text[exc.start:exc.end]!r} at character {exc.start}, a lone UTF-16 surrogate that is "
-            "not text (a badly decoded emoji?); decode the input as UTF-8 and try again"
-        ) from None
-
-
 class _StreamOwner:
     """The identity a stream holds the model lease under (hashable by identity)."""
 
     __slots__ = ("__weakref__",)
-
-
-def _first(values):
-    return values[0] if values else None
-
-
-def _eos_ids(model, tokenizer, end_of_turn_tokens) -> list[int]:
-    ids: list[int] = []
-    gc_ = getattr(model, "generation_config", None)
-    eos = getattr(gc_, "eos_token_id", None) if gc_ is not None else None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
-        if value is not None and value not in ids:
-            ids.append(int(value))
-    for token in end_of_turn_tokens:
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if tid is not None and tid != tokenizer.unk_token_id and tid not in ids:
-            ids.append(int(tid))
-    return ids

@@ -18,8 +18,6 @@ piece, so the concatenated stream equals the generated text.
 from __future__ import annotations
 
 import math
-import queue
-import threading
 from typing import Any, Iterable, Sequence
 
 import attrs
@@ -382,49 +380,22 @@ class IncrementalDecoder:
         return delta
 
 
-def stopping_criteria(
-    tokenizer, prompt_len: int, spans, stops: Sequence[str], cancel: threading.Event | None, inside=None
-):
-    """A transformers StoppingCriteria stopping a row once its visible text holds a stop string."""
-    import torch
-    from transformers import StoppingCriteria
+def stop_check(tokenizer, rows: Sequence[tuple[Sequence[tuple[str, str]], Sequence[str], str | None]]):
+    """``stop(row, new_ids) -> bool`` for a backend: True once row ``row``'s visible text holds a stop string.
 
-    stops = tuple(stops)
-    longest = max((len(s) for s in stops), default=0)
+    ``rows[i]`` is row i's ``(hidden spans, stop strings, inside)``; the text is
+    decoded and its hidden spans removed first, as the returned text will be.
+    """
+    rows = [(tuple(spans), tuple(stops), inside) for spans, stops, inside in rows]
 
-    class _Stop(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            if cancel is not None and cancel.is_set():
-                return done | True
-            if not stops:
-                return done
-            for row in range(input_ids.shape[0]):
-                text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
-                text = hide_spans(text, spans, inside)
-                # only the tail can hold a stop string that just completed
-                tail = text[-(longest + 64) :] if not spans else text
-                if any(s in tail for s in stops):
-                    done[row] = True
-            return done
+    def stop(row: int, new_ids: Sequence[int]) -> bool:
+        spans, stops, inside = rows[row]
+        if not stops:
+            return False
+        text = hide_spans(tokenizer.decode(list(new_ids), skip_special_tokens=True), spans, inside)
+        # only the tail can hold a stop string that just completed
+        longest = max(len(s) for s in stops)
+        tail = text[-(longest + 64):] if not spans else text
+        return any(s in tail for s in stops)
 
-    return _Stop()
-
-
-class QueueStreamer:
-    """A transformers streamer that hands new token ids to another thread."""
-
-    END = object()
-
-    def __init__(self):
-        self.queue: queue.Queue = queue.Queue()
-        self._skipped_prompt = False
-
-    def put(self, value):
-        if not self._skipped_prompt:
-            self._skipped_prompt = True  # generate() first puts the prompt ids
-            return
-        self.queue.put(value.reshape(-1).tolist())
-
-    def end(self):
-        self.queue.put(self.END)
+    return stop

@@ -71,6 +71,8 @@ class LoadOptions:
     config: dict[str, Any] | None = None
     #: Where ``config`` came from (for error messages).
     config_source: str | None = None
+    #: Show progress bars for long work (a GGUF's one-time conversion).
+    progress: bool = True
 
 
 @attrs.frozen

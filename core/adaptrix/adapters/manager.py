@@ -1,57 +1,64 @@
-"""The adapter manager: load, switch, compose, merge and batch LoRA adapters.
+"""The adapter manager: names, residency, validation and activation of LoRA adapters, whatever the backend.
 
-Built on :class:`peft.PeftModel`; adaptrix adds what peft lacks:
+One owner for what every backend shares:
 
-- validation before any weight is read (see :mod:`.validate`), and a failed
-  load leaves the model exactly as it was;
-- O(LoRA layers) switching: the LoRA layers are listed once after each
-  load/unload, and a switch sets their active adapter directly instead of
-  peft's ``set_adapter`` walk over every module of the model;
-- exact merge/unmerge: the base weights of merged layers are stashed and
-  copied back, so unmerging restores the base bit for bit; while merged, the
-  LoRA wrappers are taken out of the module tree (full base speed);
-- a mixed-adapter forward for ``adapter_names`` batches: two dense matmuls
-  per layer over the batch's adapters concatenated on the rank axis, instead
-  of peft's per-adapter loop (see :mod:`.mixed`);
-- loads that do not slow down as adapters accumulate: plain LoRA adapters are
-  injected into just the modules validation named (see :mod:`.inject`);
-- LRU residency (count and byte budget) with transparent reload.
+- names: a bare name resolves inside ``adapters_dir``, a folder or Hub id
+  elsewhere (see :mod:`.sources`); a name in use is never silently reused;
+- validation before any weight is read (see :mod:`.validate`), against the
+  backend's own module shapes; a failed load leaves the model as it was;
+- LRU residency (count and byte budget) with transparent reload, and pins:
+  an adapter a generation is using is never evicted or unloaded;
+- the active set, per-call scopes, the rows of a mixed batch, and the checks
+  of a composition.
 
-All public methods hold ``lock`` (the engine passes its generation lock).
+Applying weights is a backend's job, in a subclass:
+:class:`~.peft_manager.PeftAdapterManager` (transformers + peft: merging, every
+composition method, mixed-adapter batches) in the core, others in backend
+plugins. A subclass implements ``_module_index``, ``_add``, ``_remove`` and
+``_apply``, and where it can ``_merge``/``_unmerge`` and ``_compose`` (with the
+methods it supports in ``COMPOSE_METHODS``).
+
+All public methods hold ``lock`` (the engine passes its model lease).
 """
 
 from __future__ import annotations
 
 import collections
-import math
 import contextlib
-import tempfile
+import math
 import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
-from ..errors import AdapterError, AdapterFormatError, AdapterIncompatibleError, AdapterNotFoundError
+from ..errors import AdapterError, AdapterFormatError, AdapterIncompatibleError, AdapterNotFoundError, BackendError
 from ..types import UNSET
-from . import peft_compat
 from .info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
-from .inject import inject, plan
 from .sources import available_adapters, is_bare_name, resolve_adapter
 from .validate import CompatibilityReport, ModuleIndex, validate
 
+#: The row name of the base model in a mixed batch.
 BASE = "__base__"
+#: Every composition method adaptrix knows (peft's ``add_weighted_adapter`` combination types).
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
                 "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
 _SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
-_NEEDS_DENSITY = ("ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
-                  "magnitude_prune", "magnitude_prune_svd")
 
 
-class AdapterManager:
+class AdapterManager(ABC):
     """LoRA adapters on one loaded model (an :class:`~adaptrix.types.LoadedModel`).
 
     ``max_loaded_adapters`` / ``max_adapter_bytes`` bound residency (LRU);
-    ``merge=True`` keeps a single active adapter merged into the weights.
+    ``merge=True`` keeps a single active adapter merged into the weights
+    (backends that can merge).
     """
+
+    #: The backend's name, for error messages.
+    backend: ClassVar[str] = "?"
+    #: Composition methods this backend can express.
+    COMPOSE_METHODS: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``merge`` is supported.
+    CAN_MERGE: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -65,32 +72,57 @@ class AdapterManager:
     ):
         check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.loaded = loaded
-        self.base = loaded.model
         self.adapters_dir = adapters_dir
         self.max_loaded_adapters = max_loaded_adapters
         self.max_adapter_bytes = max_adapter_bytes
         self.merge_mode = merge
         self._lock = lock if lock is not None else threading.RLock()
-        self.peft = None  # the PeftModel once an adapter is loaded
         self._infos: dict[str, AdapterInfo] = {}  # loaded adapters
         self._known: dict[str, tuple[Path, bool]] = {}  # evicted, reloadable: name -> (folder, allow_pickle)
         self._lru: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._active: tuple[str, ...] = ()
-        self._layers: list = []  # peft tuner layers (and modules_to_save wrappers)
-        self._lora_layers: list = []  # Linear LoRA layers, for the batched mixed forward
         self._merged: tuple[str, ...] = ()
-        self._stash: list[tuple[Any, Any]] = []
-        self._slots: list[tuple[Any, str, Any]] = []  # (parent, attribute, LoRA layer)
-        self._unwrapped = False
         self._pinned: collections.Counter = collections.Counter()
         self._index: ModuleIndex | None = None
-        self._mixed = None  # the last MixedBatch (concatenated LoRA weights of one set of adapters)
+
+    # -- what a backend implements -------------------------------------------
+    @abstractmethod
+    def _module_index(self) -> ModuleIndex:
+        """The model's module names and shapes, for validation."""
+
+    @abstractmethod
+    def _add(self, info: AdapterInfo, state) -> None:
+        """Make a validated adapter's weights resident (``state``: an allowed pickle's tensors, else None).
+
+        On failure, leave the model as it was and raise :class:`AdapterError`.
+        """
+
+    @abstractmethod
+    def _remove(self, name: str) -> None:
+        """Free the weights of ``name`` (already gone from ``_infos``; ``_active`` is reset after)."""
+
+    @abstractmethod
+    def _apply(self, target: tuple[str, ...]) -> None:
+        """Make exactly ``target`` active (outputs summed); set ``self._active = target``."""
+
+    def _merge(self) -> None:
+        """Merge the single active adapter into the weights (only where ``CAN_MERGE``)."""
+
+    def _unmerge(self) -> None:
+        """Restore the exact base weights (a no-op where nothing merges)."""
+
+    def _compose(self, sources: list[str], weights: dict[str, float], name: str, method: str,
+                 options: dict[str, Any]) -> AdapterInfo:
+        raise self._unsupported(f"compose adapters with method {method!r}")
+
+    def _close(self) -> None:
+        """Release backend state (the engine is dropping its model)."""
 
     # -- queries -----------------------------------------------------------
     @property
     def index(self) -> ModuleIndex:
         if self._index is None:
-            self._index = ModuleIndex.from_model(self.base)
+            self._index = self._module_index()
         return self._index
 
     @property
@@ -112,11 +144,6 @@ class AdapterManager:
             return self._infos[name]
         _, folder = resolve_adapter(name, self.adapters_dir)
         return read_adapter_info(folder, name)
-
-    def generation_model(self):
-        """The module to call ``generate`` on: the PeftModel while LoRA layers are in the forward path,
-        else (no adapter loaded, or the active one merged with its wrappers swapped out) the base model."""
-        return self.peft if self.peft is not None and not self._unwrapped else self.base
 
     def list(self) -> list[dict[str, Any]]:
         """Available (in adapters_dir), loaded and evicted adapters, the active ones marked."""
@@ -195,7 +222,8 @@ class AdapterManager:
             report, state = self._validate(info, allow_pickle)
             if not report.ok:
                 raise AdapterIncompatibleError(report.message(), report)
-            self._inject(info, state)
+            self._unmerge()
+            self._add(info, state)
             self._known.pop(name, None)
             self._infos[name] = info
             self._touch([name])
@@ -204,55 +232,6 @@ class AdapterManager:
                 self.switch(name)
             self._make_room()
             return info
-
-    def _inject(self, info: AdapterInfo, state) -> None:
-        folder = Path(info.path)
-        with contextlib.ExitStack() as stack:
-            if state is not None:  # a pickle the user allowed: hand peft a safetensors copy
-                from safetensors.torch import save_file
-
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adaptrix-")))
-                (tmp / "adapter_config.json").write_text(Path(folder, "adapter_config.json").read_text())
-                save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
-                folder = tmp
-            self._unmerge()
-            try:
-                if self.peft is None:
-                    import warnings
-
-                    from peft import PeftModel
-
-                    with warnings.catch_warnings():
-                        # peft 0.21 calls transformers 5's deprecated is_gradient_checkpointing on every
-                        # wrap; the deprecation is theirs to fix and tells our users nothing.
-                        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-                        peft = PeftModel.from_pretrained(
-                            self.base, str(folder), adapter_name=info.name, is_trainable=False
-                        )
-                    peft.eval()
-                    self.peft = peft
-                    self._refresh_layers()
-                elif (modules := plan(info, self.index, self.base) if state is None else None) is not None:
-                    self._add_layers(inject(self.peft, info, modules))  # only the modules validation named
-                else:
-                    self.peft.load_adapter(str(folder), adapter_name=info.name, is_trainable=False)
-                    self._refresh_layers()
-            except Exception as exc:
-                self._rollback(info.name)
-                raise AdapterError(
-                    f"adapter {info.name!r}: peft failed to load {folder} ({type(exc).__name__}: {exc}); "
-                    "the model is unchanged"
-                ) from exc
-
-    def _rollback(self, name: str) -> None:
-        if self.peft is None:
-            peft_compat.strip_lora(self.base)
-            return
-        if name in self.peft.peft_config:
-            with contextlib.suppress(Exception):
-                self.peft.delete_adapter(name)
-        self._refresh_layers()
-        self._apply(self._active)
 
     def unload(self, name: str) -> None:
         """Remove an adapter from memory (and forget it for transparent reload)."""
@@ -272,13 +251,7 @@ class AdapterManager:
         remaining = tuple(a for a in self._active if a != name)
         del self._infos[name]
         self._lru.pop(name, None)
-        if not self._infos:
-            self.peft.unload()  # puts the original modules back
-            self.peft = None
-            self._refresh_layers()
-        else:
-            self.peft.delete_adapter(name)
-            self._refresh_layers()
+        self._remove(name)
         self._active = ()
         self._apply(remaining)
 
@@ -321,11 +294,28 @@ class AdapterManager:
             if n not in self._infos:
                 self.load(n, name=n if n in self._known else None, activate=False)
 
+    def configure(
+        self, *, max_loaded_adapters: int | None = None, max_adapter_bytes: int | None = None, merge: bool | None = None
+    ) -> None:
+        """New residency limits (evicting down to them) and, when given, merge mode."""
+        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
+        if merge and not self.CAN_MERGE:
+            raise self._unsupported("merge adapters")
+        with self._lock:
+            self.max_loaded_adapters, self.max_adapter_bytes = max_loaded_adapters, max_adapter_bytes
+            if merge is not None:
+                self.merge_mode = merge
+                if not merge:
+                    self._unmerge()
+            self._make_room()
+
     # -- switching ------------------------------------------------------------
     def switch(self, names: str | Sequence[str] | None, *, merge: bool | None = None) -> None:
         """Make ``names`` active (None: base model only; several: their outputs are summed)."""
         with self._lock:
             target = _as_tuple(names)
+            if merge and not self.CAN_MERGE:
+                raise self._unsupported("merge adapters")
             if any(n not in self._infos for n in target):
                 with self._pin(target):
                     self.ensure_loaded(target)
@@ -335,37 +325,6 @@ class AdapterManager:
             self._apply(target)
             if (self.merge_mode if merge is None else merge) and len(target) == 1:
                 self._merge()
-
-    def _apply(self, target: tuple[str, ...]) -> None:
-        """Set the active adapters on the cached LoRA layers (no model walk)."""
-        peft_compat.set_active(self.peft, self._layers, target)
-        self._active = target
-
-    def _refresh_layers(self) -> None:
-        self._mixed = None
-        if self.peft is None:
-            self._layers, self._lora_layers, self._slots = [], [], []
-            return
-        from peft.tuners.lora import LoraLayer
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        self._layers, self._slots = [], []
-        for name, m in self.peft.named_modules():
-            if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-                self._layers.append(m)
-                if isinstance(m, LoraLayer):
-                    parent, _, child = name.rpartition(".")
-                    self._slots.append((self.peft.get_submodule(parent), child, m))
-        self._lora_layers = [m for m in self._layers if isinstance(m, LoraLayer)]
-
-    def _add_layers(self, slots) -> None:
-        """LoRA layers created by a direct injection (modules no earlier adapter targeted)."""
-        self._mixed = None
-        for parent, child, layer in slots:
-            self._layers.append(layer)
-            self._lora_layers.append(layer)
-            self._slots.append((parent, child, layer))
 
     @contextlib.contextmanager
     def _pin(self, names: Iterable[str]):
@@ -405,9 +364,27 @@ class AdapterManager:
                 finally:
                     self._apply(previous)
 
+    def rows(self, adapters: Sequence[str | None], batch_size: int) -> list[str | None]:
+        """Check a mixed batch's per-row adapters and make them resident (pinned while loading)."""
+        if len(adapters) != batch_size:
+            raise AdapterError(
+                f"adapters has {len(adapters)} entries for a batch of {batch_size} prompts; give one per prompt "
+                "(None for the base model)"
+            )
+        names = [a for a in adapters if a is not None]
+        for a in names:
+            if not isinstance(a, str):
+                raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
+        with self._pin(names):  # a budget smaller than the batch must not evict one of its rows' adapters
+            self.ensure_loaded(dict.fromkeys(names))
+        self._touch(names)
+        return list(adapters)
+
     # -- merge -------------------------------------------------------------------
     def merge(self) -> None:
         """Merge the single active adapter into the base weights (full base speed)."""
+        if not self.CAN_MERGE:
+            raise self._unsupported("merge adapters")
         with self._lock:
             if len(self._active) != 1:
                 raise AdapterError(
@@ -419,145 +396,6 @@ class AdapterManager:
         """Restore the base weights exactly (the adapter stays active, unmerged)."""
         with self._lock:
             self._unmerge()
-
-    def _merge(self) -> None:
-        if self._merged == self._active or len(self._active) != 1:
-            return
-        self._unmerge()
-        (name,) = self._active
-        stash = []
-        try:
-            for layer in self._lora_layers:
-                if name in layer.lora_A or name in getattr(layer, "lora_embedding_A", {}):
-                    weight = layer.get_base_layer().weight
-                    stash.append((weight, weight.data.clone()))
-                    layer.merge(adapter_names=[name])
-        except Exception as exc:
-            self._stash = stash
-            self._unmerge()
-            raise AdapterError(f"adapter {name!r}: merge failed ({type(exc).__name__}: {exc}); left unmerged") from exc
-        self._stash = stash
-        self._merged = (name,)
-        # Full base speed: while merged, the LoRA wrappers leave the forward path entirely.
-        for parent, child, layer in self._slots:
-            parent._modules[child] = layer.get_base_layer()
-        self._unwrapped = True
-
-    def _unmerge(self) -> None:
-        if not self._stash and not self._merged:
-            return
-        import torch
-
-        if self._unwrapped:
-            for parent, child, layer in self._slots:
-                parent._modules[child] = layer
-            self._unwrapped = False
-        with torch.no_grad():
-            for weight, saved in self._stash:
-                weight.data.copy_(saved)
-        for layer in self._lora_layers:
-            if layer.merged_adapters:
-                layer.merged_adapters.clear()
-        self._stash, self._merged = [], ()
-
-    # -- mixed batches -------------------------------------------------------------
-    def batch_kwargs(self, adapters: Sequence[str | None] | None, batch_size: int) -> dict:
-        """``generate`` kwargs that give row i the adapter ``adapters[i]`` (None: the base)."""
-        with self._lock:
-            if not adapters:
-                return {}
-            if len(adapters) != batch_size:
-                raise AdapterError(
-                    f"adapters has {len(adapters)} entries for a batch of {batch_size} prompts; give one per prompt "
-                    "(None for the base model)"
-                )
-            names = [a for a in adapters if a is not None]
-            if not names and self.peft is None:
-                return {}
-            for a in names:
-                if not isinstance(a, str):
-                    raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
-            with self._pin(names):  # a budget smaller than the batch must not evict one of its rows' adapters
-                self.ensure_loaded(dict.fromkeys(names))
-            self._check_mixed_modules_to_save(names)
-            self._touch(names)
-            self._unmerge()  # before the caller picks generation_model(): adapter_names needs the PeftModel
-            self._install_mixed_forward()
-            return {"adapter_names": [a if a is not None else BASE for a in adapters]}
-
-    def _check_mixed_modules_to_save(self, names: Sequence[str]) -> None:
-        """Refuse a batch peft cannot serve: a ``modules_to_save`` copy missing for another row's adapter.
-
-        peft's per-row path looks every row's adapter up in each
-        ``modules_to_save`` wrapper and fails with a bare ``KeyError`` when one
-        of them has no copy of that layer.
-        """
-        unique = sorted(set(names))
-        saved = {n: set(self._infos[n].modules_to_save or ()) for n in unique if n in self._infos}
-        for module in sorted(set().union(*saved.values()) if saved else ()):
-            lacking = [n for n in unique if module not in saved.get(n, set())]
-            if lacking:
-                holders = [n for n in unique if module in saved.get(n, set())]
-                raise AdapterError(
-                    f"cannot batch adapters {holders} with {lacking}: {holders} carry a full copy of "
-                    f"{module!r} (modules_to_save) and {lacking} do not, which peft cannot mix in one batch; "
-                    "generate those rows in separate calls"
-                )
-
-    def _install_mixed_forward(self) -> None:
-        """Route peft's ``adapter_names`` batches through :meth:`_mixed_forward` on this PeftModel."""
-        manager = self
-
-        @contextlib.contextmanager
-        def enable(original, *args, **kwargs):
-            names = kwargs.get("adapter_names")
-            if names is None:
-                with original(*args, **kwargs):
-                    yield
-                return
-            with manager._lock:
-                manager._unmerge()  # peft refuses adapter_names on merged layers
-                if not manager._fast_mixed_ok(names):  # embeddings / modules_to_save: peft's per-row path
-                    with original(*args, **kwargs):
-                        yield
-                    return
-                kwargs.pop("adapter_names")
-                with manager._mixed_forward(list(names)), original(*args, **kwargs):
-                    yield
-
-        peft_compat.wrap_forward_hooks(self.peft, enable)
-
-    def _fast_mixed_ok(self, names: Sequence[str]) -> bool:
-        """The concatenated path serves plain Linear LoRA only (no embeddings, modules_to_save, variants)."""
-        from .mixed import MixedBatch
-
-        unique = sorted({n for n in names if n != BASE})
-        if any(n not in self._infos or self._infos[n].modules_to_save for n in unique):
-            return False
-        return MixedBatch.fits(self._slots, unique)
-
-    @contextlib.contextmanager
-    def _mixed_forward(self, names: list[str]):
-        """Swap every LoRA wrapper for a module serving each row its own adapter (see :mod:`.mixed`)."""
-        from .mixed import MixedBatch
-
-        unique = sorted({n for n in names if n != BASE})
-        if self._mixed is None or self._mixed.adapters != unique:
-            self._mixed = None  # drop the old copies before building new ones
-            self._mixed = MixedBatch(self._slots, unique)
-        batch = self._mixed
-        batch.set_rows(names, BASE)
-        previous = self._active
-        with self._pin(unique):
-            self._apply(())  # modules_to_save wrappers and the like: base only
-            try:
-                for parent, child, module in batch.swaps:
-                    parent._modules[child] = module
-                yield
-            finally:
-                for parent, child, layer in self._slots:
-                    parent._modules[child] = layer
-                self._apply(previous)
 
     # -- composition -------------------------------------------------------------------
     def compose(
@@ -571,10 +409,14 @@ class AdapterManager:
         majority_sign_method: str = "total",
         activate: bool = False,
     ) -> AdapterInfo:
-        """A new adapter ``name`` from weighted adapters, with peft's ``add_weighted_adapter``."""
+        """A new adapter ``name`` from weighted adapters (``method`` among ``COMPOSE_METHODS``)."""
         with self._lock:
             if method not in COMBINATIONS:
                 raise AdapterError(f"composition method {method!r} is unknown; use one of {', '.join(COMBINATIONS)}")
+            if method not in self.COMPOSE_METHODS:
+                raise self._unsupported(
+                    f"compose adapters with method {method!r} (it can: {', '.join(self.COMPOSE_METHODS) or 'none'})"
+                )
             if not isinstance(weights, dict) or not weights:
                 raise AdapterError(
                     f"compose_adapters({name!r}) needs a dict of adapter name -> weight, got {weights!r}"
@@ -592,8 +434,8 @@ class AdapterManager:
                     raise AdapterError(f"compose_adapters({name!r}): {key} must be a positive number, got {value!r}")
             if name in self._infos or name in self._known or name == BASE:
                 raise AdapterError(
-                    f"adapter name {name!r} is already in use (loaded or evicted); peft would silently keep the "
-                    "old adapter: pick another name or unload it first"
+                    f"adapter name {name!r} is already in use (loaded or evicted); the old adapter would silently "
+                    "stay: pick another name or unload it first"
                 )
             sources = list(weights)
             with self._pin(sources):
@@ -613,36 +455,9 @@ class AdapterManager:
                             f"{', '.join(f'{k}={v}' for k, v in ranks.items())}; use method='cat' or 'svd' "
                             "(or the *_svd variants) to combine different ranks"
                         )
-                if method in _NEEDS_DENSITY and density is None:
-                    density = 0.5
                 self._unmerge()
-                kwargs: dict[str, Any] = {"combination_type": method, "majority_sign_method": majority_sign_method}
-                if density is not None:
-                    kwargs["density"] = density
-                if svd_rank is not None:
-                    kwargs["svd_rank"] = svd_rank
-                try:
-                    self.peft.add_weighted_adapter(sources, [float(weights[s]) for s in sources], name, **kwargs)
-                except Exception as exc:
-                    self._rollback(name)
-                    raise AdapterError(
-                        f"composing {sources} into {name!r} with method {method!r} failed "
-                        f"({type(exc).__name__}: {exc}); nothing changed"
-                    ) from exc
-            self._refresh_layers()
-            self._apply(self._active)
-            cfg = self.peft.peft_config[name]
-            info = AdapterInfo(
-                name=name,
-                path=f"<composed {method}: " + ", ".join(f"{s}*{weights[s]}" for s in sources) + ">",
-                peft_type="LORA", rank=cfg.r, alpha=cfg.lora_alpha,
-                target_modules=tuple(sorted(cfg.target_modules)) if not isinstance(cfg.target_modules, str)
-                else cfg.target_modules,
-                modules_to_save=(), base_model=infos[0].base_model, base_family=infos[0].base_family,
-                tensor_count=None, tensor_bytes=sum(i.tensor_bytes or 0 for i in infos) if method == "cat" else None,
-                weights_format=None, weights_file=None,
-                metadata={"composed_from": dict(weights), "method": method},
-            )
+                options = {"density": density, "svd_rank": svd_rank, "majority_sign_method": majority_sign_method}
+                info = self._compose(sources, {s: float(weights[s]) for s in sources}, name, method, options)
             self._infos[name] = info
             self._touch([name])
             if activate:
@@ -654,11 +469,29 @@ class AdapterManager:
         """Forget everything (the engine is dropping its model)."""
         with self._lock:
             self._unmerge()
-            self.peft = None
+            self._close()
             self._infos.clear()
             self._known.clear()
-            self._layers, self._lora_layers, self._slots, self._active = [], [], [], ()
-            self._mixed = None
+            self._active = ()
+
+    def _unsupported(self, what: str) -> BackendError:
+        return BackendError(
+            f"the {self.backend} backend cannot {what}; load the model with backend='transformers' "
+            "(CLI: --backend transformers) for every adapter operation"
+        )
+
+
+def composed_info(name: str, method: str, weights: dict[str, float], infos: Sequence[AdapterInfo], *,
+                  rank: int | None, alpha: float | None, target_modules, tensor_bytes: int | None) -> AdapterInfo:
+    """The :class:`AdapterInfo` of a composition (no folder: it is never evicted, only unloaded)."""
+    return AdapterInfo(
+        name=name,
+        path=f"<composed {method}: " + ", ".join(f"{s}*{w}" for s, w in weights.items()) + ">",
+        peft_type="LORA", rank=rank, alpha=alpha, target_modules=target_modules,
+        modules_to_save=(), base_model=infos[0].base_model, base_family=infos[0].base_family,
+        tensor_count=None, tensor_bytes=tensor_bytes, weights_format=None, weights_file=None,
+        metadata={"composed_from": dict(weights), "method": method},
+    )
 
 
 def check_residency_limits(max_loaded_adapters, max_adapter_bytes) -> None:

@@ -51,9 +51,13 @@ class Runner(ABC):
     """
 
     backend: str
+    #: The resolved source as this backend loaded it (``adaptrix.source.ModelSource``).
+    source: Any
     loaded: "LoadedModel"
     eos_ids: tuple[int, ...] = ()
     pad_id: int | None = None
+    #: The context window when the backend knows it better than the config (``None``: the config's).
+    context_length: int | None = None
     #: Operations this backend supports beyond generation ("train", "compose", "merge", "mixed_batch").
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
@@ -82,7 +86,10 @@ class Runner(ABC):
 
     @abstractmethod
     def adapter_manager(self, adapters_dir, **options):
-        """Build the adapter manager for this runner (called once, after loading)."""
+        """The backend's :class:`~adaptrix.adapters.manager.AdapterManager` for this model (built once).
+
+        ``options``: ``max_loaded_adapters``, ``max_adapter_bytes``, ``merge``, ``lock``.
+        """
 
     def close(self) -> None:
         """Release the model (the engine drops its reference right after)."""

@@ -1,10 +1,12 @@
 """The reference backend: transformers models with peft adapters.
 
 Loading goes through the family plugin's ``load_model`` hook (the shared
-loader when the plugin leaves it out); generation through ``model.generate``
-with left-padded batches; adapters through
-:class:`adaptrix.adapters.manager.AdapterManager` (switching, composition,
-merging, mixed-adapter batches). Training runs on this backend only.
+loader when the plugin leaves it out); a GGUF source is converted once into a
+cached safetensors folder first. Generation runs ``model.generate`` on
+left-padded batches; adapters go through
+:class:`adaptrix.adapters.peft_manager.PeftAdapterManager` (switching, every
+composition method, merging, mixed-adapter batches). Training runs on this
+backend only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from typing import Any, Callable, Sequence
+
+import attrs
 
 from ..errors import ModelLoadError
 from . import Backend, Runner
@@ -25,22 +29,36 @@ class TransformersBackend(Backend):
     install_hint = "pip install torch==2.13.0 transformers peft (or the torch build for your GPU)"
 
     def load(self, source, options, host) -> "TransformersRunner":
-        folder = source.ensure_folder() if hasattr(source, "ensure_folder") else source.load_path
-        loaded, plugin = host.call_family("load_model", source.family, model_id=str(folder), options=options)
+        from ..devices import resolve_device
+
+        resolve_device(options.device)  # a device that is not there fails before any conversion
+        source = source.ensure_folder(progress=options.progress)
+        options = attrs.evolve(options, config=source.config, config_source=source.config_source,
+                               revision=source.load_revision)
+        try:
+            loaded, _ = host.call_family("load_model", source.family, model_id=str(source.path), options=options)
+        except ModelLoadError as exc:
+            if source.cache is None:
+                raise
+            raise ModelLoadError(
+                f"{exc} (loaded from the cached conversion {source.cache.folder} of {source.gguf_file}; if it is "
+                "damaged, delete that folder and adaptrix converts the file again)"
+            ) from exc
         if loaded is None:
             raise ModelLoadError(
                 f"no plugin loaded {source.model_id!r} for family {source.family!r} (load_model returned None)"
             )
-        return TransformersRunner(loaded, options)
+        return TransformersRunner(source, loaded, options)
 
 
 class TransformersRunner(Runner):
     backend = "transformers"
-    capabilities = frozenset({"train", "compose", "merge", "mixed_batch"})
+    capabilities = frozenset({"train", "compose", "merge", "mixed_batch", "step_decode"})
 
-    def __init__(self, loaded, options):
+    def __init__(self, source, loaded, options):
         from ..devices import resolve_device, resolve_dtype
 
+        self.source = source
         self.loaded = loaded
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
@@ -52,10 +70,15 @@ class TransformersRunner(Runner):
 
     # -- adapters ---------------------------------------------------------------------
     def adapter_manager(self, adapters_dir, **options):
-        from ..adapters.manager import AdapterManager
+        from ..adapters.peft_manager import PeftAdapterManager
 
-        self.manager = AdapterManager(self.loaded, adapters_dir, **options)
+        self.manager = PeftAdapterManager(self.loaded, adapters_dir, **options)
         return self.manager
+
+    def decoding_model(self, adapters: Sequence[str | None]):
+        """``(module, forward_kwargs)`` serving row i with ``adapters[i]`` (for step-level decoders)."""
+        extra = self.manager.batch_kwargs(list(adapters), len(adapters)) if adapters else {}
+        return self.manager.generation_model(), extra
 
     # -- generation ---------------------------------------------------------------------
     def generate(self, rows, cfg, *, adapters=None, stop=None, on_tokens=None, cancel=None) -> list[list[int]]:
@@ -75,7 +98,7 @@ class TransformersRunner(Runner):
             kw["stopping_criteria"] = _criteria(width, stop, cancel)
         if on_tokens is not None:
             kw["streamer"] = _Streamer(on_tokens)
-        if adapters is not None and self.manager is not None:
+        if adapters is not None:
             kw.update(self.manager.batch_kwargs(list(adapters), len(rows)))
         model = self.manager.generation_model() if self.manager is not None else self.loaded.model
         with torch.inference_mode(), self._seeded(cfg):
@@ -89,8 +112,8 @@ class TransformersRunner(Runner):
                 if t in eos:
                     break
             else:
-                while new and new[-1] == pad and pad not in eos:
-                    new.pop()  # padding after a row that ended before the others
+                while stop is not None and new and new[-1] == pad and pad not in eos:
+                    new.pop()  # padding after a row that stopped on a stop string before the others
             results.append(new)
         return results
 
@@ -116,8 +139,6 @@ class TransformersRunner(Runner):
         }
 
     def close(self) -> None:
-        if self.manager is not None:
-            self.manager.close()
         device = self.device
         self.loaded = None
         self.manager = None
