@@ -1,4 +1,4 @@
-"""``adaptrix adapters list|inspect|validate``: LoRA adapters on disk, read without loading weights."""
+"""``adaptrix adapters list|inspect|validate|convert``: LoRA adapters on disk, read without loading the model."""
 
 from __future__ import annotations
 
@@ -37,6 +37,22 @@ def register(sub) -> None:
     vp.add_argument("--allow-pickle", action="store_true", help="read adapter_model.bin (weights_only=True)")
     vp.add_argument("--json", action="store_true", help="machine-readable output")
     vp.set_defaults(func=run_validate)
+
+    cp = asub.add_parser(
+        "convert",
+        help="convert an adapter between a PEFT folder and another format (GGUF LoRA for llama.cpp and Ollama)",
+        description="Convert SRC into DST, either way: a PEFT adapter folder into a file whose ending names the "
+        "format (.gguf: a GGUF LoRA that llama.cpp and Ollama load), or such a file into a PEFT folder. "
+        "Formats come from plugins (adaptrix-llamacpp provides GGUF LoRA).",
+    )
+    cp.add_argument("src", metavar="SRC", help="PEFT adapter folder, or an adapter file (e.g. a GGUF LoRA)")
+    cp.add_argument("dst", metavar="DST", help="file to write (e.g. adapter.gguf), or the PEFT folder to write")
+    cp.add_argument("--base", metavar="FILE", help="the base model file the adapter belongs to (e.g. its .gguf; "
+                    "default: the embedded SmolLM2-135M-Instruct for PEFT -> file)")
+    cp.add_argument("--dtype", choices=("f32", "f16"), help="tensor type of a written file (default: f32)")
+    cp.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    cp.add_argument("--json", action="store_true", help="machine-readable output")
+    cp.set_defaults(func=run_convert)
     p.set_defaults(func=lambda args: p.print_help())
 
 
@@ -184,3 +200,22 @@ def run_validate(args) -> int:
         for w in report.warnings:
             print(f"warning: {w}")
     return 0 if report.ok else 1
+
+
+def run_convert(args) -> int:
+    import sys
+
+    from ..adapters.convert import convert_adapter
+
+    done = convert_adapter(
+        args.src, args.dst, base=args.base, dtype=args.dtype, overwrite=args.overwrite,
+        progress=sys.stderr.isatty() and not args.json,
+    )
+    if args.json:
+        from .output import print_json
+
+        print_json(done.as_dict())
+    else:
+        against = f" for {done.base}" if done.base else ""
+        print(f"converted {done.source} ({done.from_format}) -> {done.destination} ({done.to_format}){against}")
+    return 0
