@@ -13,7 +13,13 @@ LIST_COLUMNS = [
 ]
 
 
+VALIDATE_BACKEND_HELP = ("the execution backend the model will run on (default: auto); a backend that cannot run "
+                         "--model is an error, and the report names the backend chosen")
+
+
 def register(sub) -> None:
+    from .generate_cmd import add_backend_arg
+
     p = sub.add_parser("adapters", help="list, inspect and validate LoRA adapters (no weights loaded)")
     asub = p.add_subparsers(dest="adapters_command", metavar="SUBCOMMAND")
 
@@ -22,6 +28,7 @@ def register(sub) -> None:
     lp.add_argument("--model", "-m", help="also check compatibility with this model: Hub id, folder or .gguf "
                     "(config only, no weights)")
     lp.add_argument("--json", action="store_true", help="machine-readable output")
+    add_backend_arg(lp, help=VALIDATE_BACKEND_HELP)
     lp.set_defaults(func=run_list)
 
     ip = asub.add_parser("inspect", help="what an adapter folder holds (config + safetensors header)")
@@ -36,6 +43,7 @@ def register(sub) -> None:
     vp.add_argument("--adapters-dir", default="adapters")
     vp.add_argument("--allow-pickle", action="store_true", help="read adapter_model.bin (weights_only=True)")
     vp.add_argument("--json", action="store_true", help="machine-readable output")
+    add_backend_arg(vp, help=VALIDATE_BACKEND_HELP)
     vp.set_defaults(func=run_validate)
 
     cp = asub.add_parser(
@@ -69,13 +77,21 @@ def _row(info) -> dict:
     }
 
 
-def _model_index(model: str | None):
-    """``(ModelSource, (ModuleIndex, family))``: the model resolved once, its modules from the config alone."""
+def _model_index(model: str | None, backend: str | None = None):
+    """``(ModelSource, (ModuleIndex, family), Choice)``: the model resolved once, its modules from the config
+    alone, and the backend that would run it (a backend that cannot is an error here, before any validation)."""
     from ..adapters.validate import index_for_model
+    from ..backends import choose_backend
+    from ..plugins import get_host
     from ..source import resolve_source
 
     src = resolve_source(model, progress=False)
-    return src, index_for_model(src)
+    choice = choose_backend(src, backend, get_host())
+    return src, index_for_model(src), choice
+
+
+def _backend_fields(choice) -> dict:
+    return {"backend": choice.name, "backend_reason": choice.reason}
 
 
 def _adapters_root(adapters_dir: str):
@@ -99,7 +115,7 @@ def run_list(args) -> int:
     from ..errors import AdaptrixError
 
     found = available_adapters(_adapters_root(args.adapters_dir))
-    src, index = _model_index(args.model) if args.model else (None, None)
+    src, index, choice = _model_index(args.model, args.backend) if args.model else (None, None, None)
     rows, full = [], []
     for name, folder in found.items():
         # One broken adapter is a row with its error, never the end of the listing.
@@ -118,7 +134,7 @@ def run_list(args) -> int:
             except AdaptrixError as exc:
                 report = CompatibilityReport(name, src.base_model_id, errors=(str(exc),))
             row["compatibility"] = report.summary()
-            row["report"] = report.as_dict()
+            row["report"] = {**report.as_dict(), **_backend_fields(choice)}
         rows.append(row)
         full.append({**(info.as_dict() if info is not None else {}), **row})
     if args.json:
@@ -133,6 +149,8 @@ def run_list(args) -> int:
 
     columns = LIST_COLUMNS if index is not None else LIST_COLUMNS[:-1]
     print_table([{**r, "size": r.get("size", "unreadable")} for r in rows], columns)
+    if choice is not None:
+        print(f"compatibility with {src.model_id} on backend {choice.name} ({choice.reason})")
     for r in rows:
         if r.get("error"):
             print(f"error: {r['name']}: {r['error']}")
@@ -185,16 +203,16 @@ def run_validate(args) -> int:
     from ..adapters.validate import validate_for_model
 
     resolve_adapter(args.path, args.adapters_dir)  # a missing adapter fails before the model is read
-    src, index = _model_index(args.model)
+    src, index, choice = _model_index(args.model, args.backend)
     report = validate_for_model(
         args.path, src.base_model_id, adapters_dir=args.adapters_dir, allow_pickle=args.allow_pickle, index=index
     )
     if args.json:
         from .output import print_json
 
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), **_backend_fields(choice)})
     else:
-        print(f"{report.adapter}: {report.summary()} with {src.model_id}")
+        print(f"{report.adapter}: {report.summary()} with {src.model_id} (backend {choice.name}: {choice.reason})")
         for e in report.errors:
             print(f"error: {e}")
         for w in report.warnings:
