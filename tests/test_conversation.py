@@ -233,3 +233,24 @@ def test_no_transformers_apply_chat_template_call(tok, monkeypatch):
 
     monkeypatch.setattr(t, "apply_chat_template", boom)
     assert build_prompt(t, "Hi", system="Be brief.").text.endswith("<|im_start|>assistant\n")
+
+
+def test_formatting_imports_no_transformers():
+    """The llama.cpp path formats prompts with a tokenizer-like codec: nothing here may pull in transformers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from adaptrix.conversation import build_prompt\n"
+        "class Codec:\n"
+        "    chat_template = \"{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}\"\n"
+        "    special_tokens_map = {'bos_token': '<s>', 'eos_token': '</s>'}\n"
+        "    def __call__(self, text, add_special_tokens=True):\n"
+        "        return {'input_ids': [ord(c) for c in text]}\n"
+        "p = build_prompt(Codec(), 'Hi', system='Be brief.')\n"
+        "print(p.text)\n"
+        "print([m for m in ('torch', 'transformers', 'peft') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["<s><|system|>Be brief.<|user|>Hi", "[]"]
