@@ -1,8 +1,11 @@
 """Chat formatting, history trimming and named conversations.
 
-- Formatting uses the tokenizer's own chat template (``apply_chat_template``)
-  with the family's template kwargs (Qwen3 ``enable_thinking``) merged with
-  the call's. A tokenizer without a template gets :func:`plain_format`, a plain
+- Formatting renders the tokenizer's own chat template with
+  :mod:`adaptrix.chat_template` (jinja2, as transformers renders it, so both
+  backends format identically and the llama.cpp path imports no transformers),
+  with the tokenizer's special tokens as template variables and the family's
+  template kwargs (Qwen3 ``enable_thinking``) merged with the call's. A
+  tokenizer without a template gets :func:`plain_format`, a plain
   ``User:/Assistant:`` transcript; ``"\\nUser:"`` then acts as a stop string.
 - Training formats its samples here too (:func:`split_answer`), so an adapter
   is trained on exactly the prompt the engine serves it.
@@ -76,22 +79,59 @@ def plain_format(messages: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\nAssistant:"
 
 
-def render(tokenizer, messages: list[dict[str, str]], template_kwargs: dict[str, Any], model_name: str) -> str:
-    """The prompt text for ``messages`` (ending with the assistant's turn opening)."""
-    if not has_template(tokenizer):
-        return plain_format(messages)
-    try:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **template_kwargs
-        )
-    except Exception as exc:  # jinja2 TemplateError from raise_exception(), or a bad template
-        detail = f"{type(exc).__name__}: {exc}"
-        if any(m["role"] == "system" for m in messages):
+def special_tokens(tokenizer) -> dict[str, Any]:
+    """The template variables a tokenizer's special tokens become, as transformers passes them.
+
+    ``apply_chat_template`` renders with ``tokenizer.special_tokens_map`` (the
+    named tokens: ``bos_token``, ``eos_token``, ``unk_token``, ``pad_token``,
+    ...; in transformers 5 without the extra special tokens); the llama.cpp
+    codec exposes the same property. Token objects become their text.
+    """
+    raw = getattr(tokenizer, "special_tokens_map", None) or {}
+    return {
+        key: [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+        for key, value in dict(raw).items()
+        if value is not None
+    }
+
+
+def template_source(tokenizer, model_name: str = "this model") -> str | None:
+    """The tokenizer's chat template text (the ``"default"`` one of a named set), or ``None``."""
+    source = getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):
+        if "default" not in source:
             raise ChatTemplateError(
-                f"the chat template of {model_name} refuses a system message ({detail}); drop system= "
-                "(or put the instructions in the prompt itself)"
-            ) from exc
-        raise ChatTemplateError(f"the chat template of {model_name} failed on this conversation ({detail})") from exc
+                f"{model_name} has several chat templates ({', '.join(sorted(source))}) and none named 'default'; "
+                "set tokenizer.chat_template to the one to use"
+            )
+        source = source["default"]
+    return source or None
+
+
+def chat_template(tokenizer, model_name: str = "this model"):
+    """The tokenizer's chat template bound to its special tokens (a :class:`ChatTemplate`), or ``None``."""
+    from .chat_template import ChatTemplate
+
+    source = template_source(tokenizer, model_name)
+    if source is None:
+        return None
+    return ChatTemplate(source, special_tokens(tokenizer), name=model_name)
+
+
+def render(
+    tokenizer, messages: list[dict[str, str]], template_kwargs: dict[str, Any], model_name: str,
+    *, add_generation_prompt: bool = True,
+) -> str:
+    """The prompt text for ``messages`` (by default ending with the assistant's turn opening).
+
+    Equal to ``tokenizer.apply_chat_template(messages, tokenize=False, ...)``;
+    a template that refuses the conversation (a system message, say) raises
+    :class:`ChatTemplateError` naming the model and what to do.
+    """
+    template = chat_template(tokenizer, model_name)
+    if template is None:
+        return plain_format(messages)
+    return template.render(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
 
 
 def plain_answer(content: str, eos_token: str | None) -> str:
@@ -114,7 +154,7 @@ def split_answer(
     content = messages[-1]["content"]
     if not has_template(tokenizer):
         return prompt, plain_answer(content, tokenizer.eos_token)
-    full = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    full = render(tokenizer, messages, kwargs, model_name, add_generation_prompt=False)
     if full.startswith(prompt):
         return prompt, full[len(prompt):]
     # Templates that render the last turn differently (e.g. strip thinking): answer + end of turn.

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .adapters.convert import AdapterConverter
     from .backends import Backend
     from .types import GenerationConfig, LoadedModel, LoadOptions
 
@@ -109,6 +110,20 @@ def backends() -> "list[Backend]":
     plugin's list is gathered, and a name already taken is reported as
     shadowed by ``adaptrix plugins list``. Import the backend's engine inside
     its ``load`` method, never at module import.
+    """
+
+
+@hookspec
+def adapter_converters() -> "list[AdapterConverter]":
+    """List the adapter file formats this plugin converts to and from PEFT folders.
+
+    Receives nothing. Returns a list of
+    :class:`~adaptrix.adapters.convert.AdapterConverter` (a format name such as
+    ``"gguf-lora"``, its file suffixes, ``from_peft``, ``to_peft`` and
+    ``recognizes`` callables); ``adaptrix adapters convert SRC DST`` picks one
+    from the paths. Not ``firstresult``: every plugin's list is gathered, and a
+    format two plugins provide goes to the first. Import the conversion code
+    inside the callables, never at module import.
     """
 
 

@@ -1,4 +1,4 @@
-"""``adaptrix adapters list|inspect|validate``: LoRA adapters on disk, read without loading weights."""
+"""``adaptrix adapters list|inspect|validate|convert``: LoRA adapters on disk, read without loading the model."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ LIST_COLUMNS = [
 ]
 
 
+VALIDATE_BACKEND_HELP = ("the execution backend the model will run on (default: auto); a backend that cannot run "
+                         "--model is an error, and the report names the backend chosen")
+
+
 def register(sub) -> None:
+    from .generate_cmd import add_backend_arg
+
     p = sub.add_parser("adapters", help="list, inspect and validate LoRA adapters (no weights loaded)")
     asub = p.add_subparsers(dest="adapters_command", metavar="SUBCOMMAND")
 
@@ -22,6 +28,7 @@ def register(sub) -> None:
     lp.add_argument("--model", "-m", help="also check compatibility with this model: Hub id, folder or .gguf "
                     "(config only, no weights)")
     lp.add_argument("--json", action="store_true", help="machine-readable output")
+    add_backend_arg(lp, help=VALIDATE_BACKEND_HELP)
     lp.set_defaults(func=run_list)
 
     ip = asub.add_parser("inspect", help="what an adapter folder holds (config + safetensors header)")
@@ -36,7 +43,24 @@ def register(sub) -> None:
     vp.add_argument("--adapters-dir", default="adapters")
     vp.add_argument("--allow-pickle", action="store_true", help="read adapter_model.bin (weights_only=True)")
     vp.add_argument("--json", action="store_true", help="machine-readable output")
+    add_backend_arg(vp, help=VALIDATE_BACKEND_HELP)
     vp.set_defaults(func=run_validate)
+
+    cp = asub.add_parser(
+        "convert",
+        help="convert an adapter between a PEFT folder and another format (GGUF LoRA for llama.cpp and Ollama)",
+        description="Convert SRC into DST, either way: a PEFT adapter folder into a file whose ending names the "
+        "format (.gguf: a GGUF LoRA that llama.cpp and Ollama load), or such a file into a PEFT folder. "
+        "Formats come from plugins (adaptrix-llamacpp provides GGUF LoRA).",
+    )
+    cp.add_argument("src", metavar="SRC", help="PEFT adapter folder, or an adapter file (e.g. a GGUF LoRA)")
+    cp.add_argument("dst", metavar="DST", help="file to write (e.g. adapter.gguf), or the PEFT folder to write")
+    cp.add_argument("--base", metavar="FILE", help="the base model file the adapter belongs to (e.g. its .gguf; "
+                    "default: the embedded SmolLM2-135M-Instruct for PEFT -> file)")
+    cp.add_argument("--dtype", choices=("f32", "f16"), help="tensor type of a written file (default: f32)")
+    cp.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    cp.add_argument("--json", action="store_true", help="machine-readable output")
+    cp.set_defaults(func=run_convert)
     p.set_defaults(func=lambda args: p.print_help())
 
 
@@ -53,13 +77,21 @@ def _row(info) -> dict:
     }
 
 
-def _model_index(model: str | None):
-    """``(ModelSource, (ModuleIndex, family))``: the model resolved once, its modules from the config alone."""
+def _model_index(model: str | None, backend: str | None = None):
+    """``(ModelSource, (ModuleIndex, family), Choice)``: the model resolved once, its modules from the config
+    alone, and the backend that would run it (a backend that cannot is an error here, before any validation)."""
     from ..adapters.validate import index_for_model
+    from ..backends import choose_backend
+    from ..plugins import get_host
     from ..source import resolve_source
 
     src = resolve_source(model, progress=False)
-    return src, index_for_model(src)
+    choice = choose_backend(src, backend, get_host())
+    return src, index_for_model(src), choice
+
+
+def _backend_fields(choice) -> dict:
+    return {"backend": choice.name, "backend_reason": choice.reason}
 
 
 def _adapters_root(adapters_dir: str):
@@ -83,7 +115,7 @@ def run_list(args) -> int:
     from ..errors import AdaptrixError
 
     found = available_adapters(_adapters_root(args.adapters_dir))
-    src, index = _model_index(args.model) if args.model else (None, None)
+    src, index, choice = _model_index(args.model, args.backend) if args.model else (None, None, None)
     rows, full = [], []
     for name, folder in found.items():
         # One broken adapter is a row with its error, never the end of the listing.
@@ -102,7 +134,7 @@ def run_list(args) -> int:
             except AdaptrixError as exc:
                 report = CompatibilityReport(name, src.base_model_id, errors=(str(exc),))
             row["compatibility"] = report.summary()
-            row["report"] = report.as_dict()
+            row["report"] = {**report.as_dict(), **_backend_fields(choice)}
         rows.append(row)
         full.append({**(info.as_dict() if info is not None else {}), **row})
     if args.json:
@@ -117,6 +149,8 @@ def run_list(args) -> int:
 
     columns = LIST_COLUMNS if index is not None else LIST_COLUMNS[:-1]
     print_table([{**r, "size": r.get("size", "unreadable")} for r in rows], columns)
+    if choice is not None:
+        print(f"compatibility with {src.model_id} on backend {choice.name} ({choice.reason})")
     for r in rows:
         if r.get("error"):
             print(f"error: {r['name']}: {r['error']}")
@@ -169,18 +203,37 @@ def run_validate(args) -> int:
     from ..adapters.validate import validate_for_model
 
     resolve_adapter(args.path, args.adapters_dir)  # a missing adapter fails before the model is read
-    src, index = _model_index(args.model)
+    src, index, choice = _model_index(args.model, args.backend)
     report = validate_for_model(
         args.path, src.base_model_id, adapters_dir=args.adapters_dir, allow_pickle=args.allow_pickle, index=index
     )
     if args.json:
         from .output import print_json
 
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), **_backend_fields(choice)})
     else:
-        print(f"{report.adapter}: {report.summary()} with {src.model_id}")
+        print(f"{report.adapter}: {report.summary()} with {src.model_id} (backend {choice.name}: {choice.reason})")
         for e in report.errors:
             print(f"error: {e}")
         for w in report.warnings:
             print(f"warning: {w}")
     return 0 if report.ok else 1
+
+
+def run_convert(args) -> int:
+    import sys
+
+    from ..adapters.convert import convert_adapter
+
+    done = convert_adapter(
+        args.src, args.dst, base=args.base, dtype=args.dtype, overwrite=args.overwrite,
+        progress=sys.stderr.isatty() and not args.json,
+    )
+    if args.json:
+        from .output import print_json
+
+        print_json(done.as_dict())
+    else:
+        against = f" for {done.base}" if done.base else ""
+        print(f"converted {done.source} ({done.from_format}) -> {done.destination} ({done.to_format}){against}")
+    return 0

@@ -64,7 +64,9 @@ def run(args) -> int:
     engine.use_context_by_default = True
     settings = settings_from(args)
     out = sys.stdout
-    print(f"adaptrix chat: {engine.get_model_info()['model_id']} ({engine.family}); {HELP}", file=out)
+    info = engine.get_model_info()
+    on = f", on {info['backend']}" if info.get("backend") else ""
+    print(f"adaptrix chat: {info['model_id']} ({engine.family}{on}); {HELP}", file=out)
     system = args.system
     try:
         while True:

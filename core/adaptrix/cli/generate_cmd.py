@@ -15,20 +15,44 @@ def add_model_args(p) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run custom modelling code a model ships (read it first)")
     p.add_argument("--adapters-dir", default="adapters", help="folder of named adapters (default: adapters)")
+    add_backend_arg(p)
 
 
-def make_engine(args):
-    from ..engine import Engine
+def add_backend_arg(p, help: str | None = None) -> None:
+    """``--backend``: which execution backend runs the model (names are checked when the model is resolved)."""
+    p.add_argument("--backend", default=AUTO, metavar="B", help=help or BACKEND_HELP)
 
-    engine = Engine(
+
+#: ``--backend``'s default: the backend is chosen from the model source.
+AUTO = "auto"
+BACKEND_HELP = ("execution backend: auto (the fastest installed backend that prefers the model's format, else "
+                "transformers), transformers, or one a plugin adds; 'adaptrix plugins list' shows them")
+
+
+def backend_option(args) -> dict:
+    """``{"backend": name}`` when ``--backend`` names one, ``{}`` for auto (the engine's own default)."""
+    name = (getattr(args, "backend", None) or AUTO).strip().lower()
+    return {} if name == AUTO else {"backend": name}
+
+
+def engine_options(args, **extra) -> dict:
+    """The ``Engine(...)`` keyword arguments of the shared model options (``add_model_args``)."""
+    return dict(
         model_id=args.model,
         device=args.device,
         dtype=args.dtype,
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         adapters_dir=args.adapters_dir,
-        progress=sys.stderr.isatty(),
+        **backend_option(args),
+        **extra,
     )
+
+
+def make_engine(args):
+    from ..engine import Engine
+
+    engine = Engine(**engine_options(args, progress=sys.stderr.isatty()))
     engine.initialize()
     return engine
 

@@ -16,6 +16,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _backend_text(info: dict) -> str | None:
+    """``"llamacpp (auto: ...)"``: which backend runs the model and why."""
+    name, reason = info.get("backend"), info.get("backend_reason")
+    if not name:
+        return None
+    return f"{name} ({reason})" if reason else name
+
+
 def print_info(info: dict) -> None:
     from .output import print_pairs
 
@@ -25,6 +33,7 @@ def print_info(info: dict) -> None:
         ("model", info.get("model_id")),
         ("family", info.get("family")),
         ("plugin", info.get("plugin")),
+        ("backend", _backend_text(info)),
         ("architecture", info.get("architecture")),
         ("parameters", f"{params:,} ({params / 1e6:.1f} M)" if isinstance(params, int) else params),
         ("dtype", info.get("dtype")),

@@ -18,8 +18,6 @@ def register(sub) -> None:
         "Needs: pip install 'adaptrix[serve]'.",
     )
     add_model_args(p)
-    p.add_argument("--backend", default="auto", choices=("auto", "transformers", "llamacpp"),
-                   help="execution backend (default: auto)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every route but /health")
@@ -58,17 +56,11 @@ def run(args) -> int:
 
     def make_engine():
         from ..engine import Engine
+        from .generate_cmd import engine_options
 
         print(f"adaptrix serve: loading {args.model or 'the embedded default model'} ...", file=sys.stderr,
               flush=True)
-        kwargs = {}
-        if args.backend != "auto":
-            kwargs["backend"] = args.backend
-        engine = Engine(
-            model_id=args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-            trust_remote_code=args.trust_remote_code, adapters_dir=args.adapters_dir, progress=True,
-            max_loaded_adapters=args.max_loaded_adapters, **kwargs,
-        )
+        engine = Engine(**engine_options(args, progress=True, max_loaded_adapters=args.max_loaded_adapters))
         engine.initialize()
         print(f"adaptrix serve: ready on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
         return engine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from .generate_cmd import add_backend_arg
     from .output import finite_float
 
     p = sub.add_parser(
@@ -36,11 +37,31 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    add_backend_arg(p, help="execution backend: training runs on transformers only (auto and transformers "
+                    "are accepted); convert the adapter afterwards for another backend")
     p.set_defaults(func=run)
+
+
+def check_backend(args) -> None:
+    """Training runs on the reference backend; any other ``--backend`` is refused, saying what to do."""
+    from ..backends import REFERENCE
+    from ..errors import BackendError
+    from .generate_cmd import backend_option
+
+    name = backend_option(args).get("backend", REFERENCE)
+    if name != REFERENCE:
+        raise BackendError(
+            f"--backend {name}: adaptrix train runs on the {REFERENCE} backend only; the {name} backend cannot "
+            f"train. Train with --backend {REFERENCE} (the default), then convert the adapter for {name} with "
+            "'adaptrix adapters convert OUTPUT DST' (e.g. DST.gguf for a GGUF LoRA), or load the PEFT folder "
+            "there directly"
+        )
 
 
 def run(args) -> int:
     from ..training import TrainConfig, train
+
+    check_backend(args)
 
     cfg = TrainConfig(
         data=args.data, output=args.output, model=args.model, rank=args.rank, alpha=args.alpha,

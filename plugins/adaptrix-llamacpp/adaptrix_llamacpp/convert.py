@@ -205,6 +205,9 @@ def _write_lora(out: Path, arch: str, name: str, alpha: float, tensors, meta: di
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; the result is an ordinary file
     try:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_type(gguf.GGUFType.ADAPTER)

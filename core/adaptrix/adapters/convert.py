@@ -1,0 +1,257 @@
+"""Convert LoRA adapters between PEFT folders and the file formats plugins provide.
+
+The core converts nothing itself: plugins list :class:`AdapterConverter`
+objects through the ``adapter_converters`` hook (the llama.cpp distribution
+provides ``gguf-lora``, the GGUF LoRA files llama.cpp and Ollama load), and
+:func:`convert_adapter` picks one from the paths it is given:
+
+- SRC a PEFT folder (``adapter_config.json``) -> DST a file whose name ends
+  with a converter's suffix (``.gguf``): ``from_peft``;
+- SRC a file a converter recognises -> DST a PEFT folder: ``to_peft``.
+
+Everything the paths can tell is checked before any work starts (DST already
+there without ``overwrite``, SRC not an adapter, no installed converter); the
+converter then validates the adapter against the base model itself. A
+converted PEFT folder is written beside DST and moved into place, so a failed
+conversion never leaves half a folder or removes the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import attrs
+
+from ..errors import AdapterError, AdapterFormatError, AdapterNotFoundError, PluginError
+from .info import CONFIG_FILE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..plugins import PluginHost
+
+PEFT = "peft"
+#: Where a format's converter comes from when no installed plugin provides it (error messages only).
+INSTALL_HINTS: dict[str, str] = {".gguf": "GGUF LoRA (llama.cpp, Ollama): pip install adaptrix-llamacpp"}
+
+
+@attrs.frozen
+class AdapterConverter:
+    """One adapter file format a plugin converts to and from PEFT folders.
+
+    ``from_peft(adapter_dir, out_path, *, base, dtype, progress) -> Path``
+    writes the format for the base model file ``base``; ``to_peft(path,
+    out_dir, *, base, progress) -> Path`` writes a PEFT folder (``base`` is
+    ``None`` unless the user named one). ``recognizes(path) -> bool`` says
+    whether a file holds this format (read its magic, not its name). Both
+    converters raise adaptrix errors naming the file and what to do.
+    """
+
+    #: Format name shown to users, e.g. ``"gguf-lora"``.
+    format: str
+    #: File name endings of this format, e.g. ``(".gguf",)``.
+    suffixes: tuple[str, ...] = attrs.field(converter=tuple)
+    from_peft: Callable[..., Path] = attrs.field(eq=False, repr=False)
+    to_peft: Callable[..., Path] = attrs.field(eq=False, repr=False)
+    recognizes: Callable[[Path], bool] = attrs.field(eq=False, repr=False)
+    #: Output dtypes ``from_peft`` takes; the first is the default.
+    dtypes: tuple[str, ...] = attrs.field(default=("f32",), converter=tuple)
+    #: One line for error messages and listings.
+    summary: str = ""
+
+
+@attrs.frozen
+class Conversion:
+    """What :func:`convert_adapter` did."""
+
+    source: str
+    destination: str
+    from_format: str
+    to_format: str
+    #: The base model file the conversion was made against (``None``: none was needed).
+    base: str | None
+    dtype: str | None
+    plugin: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def adapter_converters(host: "PluginHost") -> dict[str, tuple[str, AdapterConverter]]:
+    """``{format: (plugin, converter)}`` from every plugin's ``adapter_converters`` hook, in the host's order.
+
+    A plugin answering something that is not a list of :class:`AdapterConverter`
+    is a :class:`PluginError`; a format two plugins provide goes to the first.
+    """
+    found: dict[str, tuple[str, AdapterConverter]] = {}
+    for plugin, items in host.call_all("adapter_converters"):
+        if not isinstance(items, (list, tuple)) or not all(isinstance(c, AdapterConverter) for c in items):
+            raise PluginError(
+                f"plugin {plugin!r} returned {items!r:.120} from adapter_converters; return a list of "
+                "adaptrix.adapters.convert.AdapterConverter"
+            )
+        for conv in items:
+            found.setdefault(conv.format, (plugin, conv))
+    return found
+
+
+def _is_peft_folder(path: Path) -> bool:
+    return path.is_dir() and (path / CONFIG_FILE).is_file()
+
+
+def _by_suffix(converters, path: Path):
+    name = path.name.lower()
+    return next(((p, c) for p, c in converters.values() if any(name.endswith(s) for s in c.suffixes)), None)
+
+
+def _missing_converter(path: Path, role: str, converters) -> AdapterError:
+    hint = next((h for s, h in INSTALL_HINTS.items() if path.name.lower().endswith(s)), None)
+    known = ", ".join(f"{c.format} ({'/'.join(c.suffixes)}, plugin {p})" for p, c in converters.values()) or "none"
+    if hint:
+        return AdapterError(
+            f"{role} {path}: no installed plugin converts adapters to or from this format ({hint}); "
+            f"installed converters: {known}"
+        )
+    return AdapterError(
+        f"{role} {path} is neither a PEFT adapter folder nor a file of a format an installed plugin converts "
+        f"(installed converters: {known}); pass a folder holding {CONFIG_FILE} or a converted adapter file"
+    )
+
+
+def convert_adapter(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    base: str | os.PathLike | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    host: "PluginHost | None" = None,
+) -> Conversion:
+    """Convert ``src`` into ``dst`` (PEFT folder -> a plugin's format, or back); see the module docstring.
+
+    ``base`` is the base model file the adapter belongs to; PEFT -> file
+    conversions default to the embedded default model. Raises
+    :class:`AdapterError` subclasses for bad paths and missing converters,
+    and whatever the converter raises for an adapter it refuses.
+    """
+    if host is None:
+        from ..plugins import get_host
+
+        host = get_host()
+    src_path, dst_path = Path(src).expanduser(), Path(dst).expanduser()
+    if not src_path.exists():
+        raise AdapterNotFoundError(f"SRC {src_path} does not exist; pass a PEFT adapter folder or an adapter file")
+    if src_path.resolve() == dst_path.resolve():
+        raise AdapterError(f"SRC and DST are the same path ({src_path}); pass another DST")
+    converters = adapter_converters(host)
+    if src_path.is_dir():
+        if not _is_peft_folder(src_path):
+            raise AdapterFormatError(
+                f"SRC {src_path} is not an adapter: the folder has no {CONFIG_FILE}; pass a PEFT adapter folder "
+                "(as peft's save_pretrained writes it) or an adapter file"
+            )
+        found = _by_suffix(converters, dst_path)
+        if found is None and _hinted(dst_path):
+            raise _missing_converter(dst_path, "DST", converters)
+        if found is None:
+            raise AdapterError(
+                f"DST {dst_path}: a PEFT folder converts to a file of another format, named by its ending; "
+                f"installed formats: {_formats(converters)}"
+            )
+        plugin, conv = found
+        dtype = _check_dtype(conv, dtype)
+        base_path = _base_path(base)
+        _check_destination(dst_path, overwrite, folder=False)
+        conv.from_peft(src_path, dst_path, base=base_path, dtype=dtype, progress=progress)
+        return Conversion(str(src_path), str(dst_path), PEFT, conv.format, str(base_path), dtype, plugin)
+    found = next(((p, c) for p, c in converters.values() if c.recognizes(src_path)), None)
+    if found is None:
+        raise _missing_converter(src_path, "SRC", converters)
+    plugin, conv = found
+    if dtype is not None and dtype != "f32":
+        raise AdapterError(
+            f"--dtype {dtype} applies to PEFT -> {conv.format} conversions; a PEFT folder is written in float32: "
+            "leave --dtype out"
+        )
+    if dst_path.suffix and _by_suffix(converters, dst_path) is not None:
+        raise AdapterError(
+            f"DST {dst_path} names a {conv.format} file, but {src_path} is already one; give a folder name for "
+            "the PEFT adapter"
+        )
+    base_path = None if base is None else _base_path(base)
+    _check_destination(dst_path, overwrite, folder=True)
+    _write_folder(dst_path, lambda tmp: conv.to_peft(src_path, tmp, base=base_path, progress=progress))
+    return Conversion(
+        str(src_path), str(dst_path), conv.format, PEFT, None if base_path is None else str(base_path), None, plugin
+    )
+
+
+def _hinted(path: Path) -> bool:
+    return any(path.name.lower().endswith(s) for s in INSTALL_HINTS)
+
+
+def _formats(converters) -> str:
+    return ", ".join(f"{c.format} ({'/'.join(c.suffixes)})" for _, c in converters.values()) or "none"
+
+
+def _check_dtype(conv: AdapterConverter, dtype: str | None) -> str:
+    if dtype is None:
+        return conv.dtypes[0]
+    if dtype not in conv.dtypes:
+        raise AdapterError(f"--dtype {dtype!r}: {conv.format} files take {', '.join(conv.dtypes)}")
+    return dtype
+
+
+def _base_path(base: str | os.PathLike | None) -> Path:
+    if base is None:
+        from ..default_model import default_model_path
+
+        return default_model_path()
+    path = Path(base).expanduser()
+    if not path.is_file():
+        raise AdapterError(f"--base {path} is not a file; pass the base model's file (e.g. its .gguf)")
+    return path
+
+
+def _check_destination(dst: Path, overwrite: bool, *, folder: bool) -> None:
+    if not dst.exists():
+        return
+    if not overwrite:
+        raise AdapterError(f"DST {dst} already exists; pass --overwrite to replace it, or choose another path")
+    if folder and dst.is_dir() and any(dst.iterdir()) and not _is_peft_folder(dst):
+        raise AdapterError(
+            f"DST {dst} is a folder that holds something other than an adapter (no {CONFIG_FILE}); "
+            "--overwrite replaces adapter folders only: choose another path"
+        )
+    if folder != dst.is_dir():
+        what = "a folder" if dst.is_dir() else "a file"
+        raise AdapterError(f"DST {dst} is {what}; --overwrite replaces it with the same kind only: choose another path")
+
+
+def _write_folder(dst: Path, write: Callable[[Path], Any]) -> None:
+    """Run ``write(tmp_folder)`` beside ``dst``, then move the result into place (replacing ``dst``)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+        write(tmp)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+            tmp.rename(dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

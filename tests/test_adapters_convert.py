@@ -1,0 +1,244 @@
+"""`adaptrix adapters convert SRC DST`: PEFT folder <-> GGUF LoRA through the CLI, refusals, --json, no plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gguf")
+pytest.importorskip("adaptrix_llamacpp")
+
+from support.adapters import make_adapter  # noqa: E402
+from support.tiny_gguf import build_tiny_gguf  # noqa: E402
+
+from adaptrix.cli.main import main  # noqa: E402
+from adaptrix.plugins import PluginHost, get_host, set_host  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MATH = REPO / "examples" / "adapters" / "math_specialist"
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def tensors(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def peft_config(folder: Path) -> dict:
+    return json.loads((folder / "adapter_config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``(llama_gguf, llama_adapter, qwen2_adapter)``: tiny float32 GGUF bases and all-q/k/v LoRAs."""
+    root = tmp_path_factory.mktemp("convert")
+    llama_hf, llama_gguf = build_tiny_gguf("llama", root / "llama")
+    qwen_hf, _ = build_tiny_gguf("qwen2", root / "qwen2")
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return (
+        llama_gguf,
+        make_adapter(llama_hf, root / "llama-ad", target_modules=targets),
+        make_adapter(qwen_hf, root / "qwen-ad", target_modules=targets),
+    )
+
+
+@pytest.fixture()
+def embedded():
+    from adaptrix.default_model import default_model_path
+    from adaptrix.errors import ModelConfigError
+
+    try:
+        return default_model_path()
+    except ModelConfigError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture()
+def fresh_host():
+    """Plugins reloaded from the environment this test sets; the session's host back afterwards."""
+    before = get_host()
+    set_host(None)
+    yield
+    set_host(before)
+
+
+# -- round trips ---------------------------------------------------------------------------------------------
+
+
+def test_math_specialist_round_trip_through_the_cli_gives_the_same_tensors(embedded, tmp_path, capsys):
+    """The embedded model is the default base; q/k rows permuted for llama.cpp come back unpermuted."""
+    import gguf
+
+    lora = tmp_path / "math.gguf"
+    assert cli("adapters", "convert", MATH, lora) == 0
+    assert "gguf-lora" in capsys.readouterr().out
+    reader = gguf.GGUFReader(str(lora))
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert {t.name for t in reader.tensors} >= {"blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b"}
+
+    back = tmp_path / "math-peft"
+    assert cli("adapters", "convert", lora, back) == 0
+    before, after = tensors(MATH), tensors(back)
+    assert sorted(after) == sorted(before)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value.astype(np.float32), err_msg=name)
+    old, new = peft_config(MATH), peft_config(back)
+    for key in ("r", "lora_alpha", "base_model_name_or_path", "task_type"):
+        assert new[key] == old[key], key
+    assert set(new["target_modules"]) == set(old["target_modules"])
+
+
+def test_tiny_round_trip_with_base_and_f16(tiny, tmp_path):
+    llama_gguf, adapter, _ = tiny
+    for dtype, exact in (("f32", True), ("f16", False)):
+        lora, back = tmp_path / f"{dtype}.gguf", tmp_path / f"{dtype}-peft"
+        assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf, "--dtype", dtype) == 0
+        assert cli("adapters", "convert", lora, back, "--base", llama_gguf) == 0
+        before, after = tensors(adapter), tensors(back)
+        assert sorted(after) == sorted(before)
+        for name, value in before.items():
+            if exact:
+                np.testing.assert_array_equal(after[name], value, err_msg=name)
+            else:
+                np.testing.assert_allclose(after[name], value, rtol=1e-3, atol=1e-3, err_msg=name)
+    assert (tmp_path / "f16.gguf").stat().st_size < 0.6 * (tmp_path / "f32.gguf").stat().st_size
+
+
+def test_json_output(tiny, tmp_path, capsys):
+    llama_gguf, adapter, _ = tiny
+    lora = tmp_path / "a.gguf"
+    assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf, "--dtype", "f16", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {
+        "source": str(adapter), "destination": str(lora), "from_format": "peft", "to_format": "gguf-lora",
+        "base": str(llama_gguf), "dtype": "f16", "plugin": "llamacpp",
+    }
+    assert cli("adapters", "convert", lora, tmp_path / "p", "--json") == 0
+    back = json.loads(capsys.readouterr().out)
+    assert (back["from_format"], back["to_format"], back["base"], back["dtype"]) == ("gguf-lora", "peft", None, None)
+
+
+# -- refusals: exit 2, a message naming what and what to do, nothing lost -------------------------------------
+
+
+def refused(capsys, *args) -> str:
+    capsys.readouterr()
+    assert cli("adapters", "convert", *args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err
+
+
+def test_existing_destination_needs_overwrite(tiny, tmp_path, capsys):
+    llama_gguf, adapter, _ = tiny
+    lora = tmp_path / "a.gguf"
+    lora.write_bytes(b"keep me")
+    err = refused(capsys, adapter, lora, "--base", llama_gguf)
+    assert f"DST {lora} already exists" in err and "--overwrite" in err
+    assert lora.read_bytes() == b"keep me"
+    assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf, "--overwrite") == 0
+    assert lora.read_bytes()[:4] == b"GGUF"
+
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    err = refused(capsys, lora, folder, "--overwrite")
+    assert "holds something other than an adapter" in err and (folder / "notes.txt").read_text() == "mine"
+    assert cli("adapters", "convert", lora, tmp_path / "p2") == 0
+    assert cli("adapters", "convert", lora, tmp_path / "p2", "--overwrite") == 0  # an adapter folder is replaced
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_wrong_family_is_refused_before_writing(tiny, tmp_path, capsys):
+    llama_gguf, _, qwen_adapter = tiny
+    err = refused(capsys, qwen_adapter, tmp_path / "x.gguf", "--base", llama_gguf)
+    assert "family 'qwen'" in err and "family 'llama'" in err
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_unsupported_architecture_is_refused_naming_it(tiny, tmp_path, capsys):
+    import gguf
+
+    falcon = tmp_path / "falcon.gguf"
+    w = gguf.GGUFWriter(str(falcon), "falcon")
+    w.add_block_count(2)
+    w.add_head_count(4)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    err = refused(capsys, tiny[1], tmp_path / "x.gguf", "--base", falcon)
+    assert "architecture 'falcon'" in err and "supports llama, qwen2, qwen3" in err
+
+
+def test_sources_that_are_not_adapters(tiny, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "is not an adapter: the folder has no adapter_config.json" in refused(capsys, empty, tmp_path / "x.gguf")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert "is neither a PEFT adapter folder nor a file" in refused(capsys, text, tmp_path / "out")
+    assert "does not exist" in refused(capsys, tmp_path / "nope", tmp_path / "out")
+    model = tiny[0]  # a GGUF model, not a GGUF LoRA
+    assert "is not a GGUF LoRA" in refused(capsys, model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_destinations_and_options_that_make_no_sense(tiny, tmp_path, capsys):
+    llama_gguf, adapter, _ = tiny
+    assert "installed formats: gguf-lora (.gguf)" in refused(capsys, adapter, tmp_path / "x.bin", "--base", llama_gguf)
+    lora = tmp_path / "a.gguf"
+    assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf) == 0
+    assert "give a folder name" in refused(capsys, lora, tmp_path / "b.gguf")
+    assert "--dtype f16 applies to PEFT -> gguf-lora" in refused(capsys, lora, tmp_path / "p", "--dtype", "f16")
+    assert "--base" in refused(capsys, adapter, tmp_path / "c.gguf", "--base", tmp_path / "missing.gguf")
+
+
+# -- the hook and the plugin-less core ------------------------------------------------------------------------
+
+
+def test_llamacpp_plugin_provides_gguf_lora_through_the_hook(tmp_path):
+    host = PluginHost(environ={**os.environ, "ADAPTRIX_LOAD_PLUGINS": "llamacpp"})
+    host.load_entry_points()
+    answers = host.pm.hook.adapter_converters()
+    formats = [c.format for answer in answers for c in answer]
+    assert formats == ["gguf-lora"]
+    conv = answers[0][0]
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_text("text")
+    assert conv.recognizes(MATH / "adapter_config.json") is False and conv.recognizes(not_gguf) is False
+
+
+def test_without_the_plugin_the_error_says_what_to_install(tiny, tmp_path, capsys, monkeypatch, fresh_host):
+    from importlib import metadata
+
+    others = sorted(ep.name for ep in metadata.entry_points(group="adaptrix") if ep.name != "llamacpp")
+    monkeypatch.setenv("ADAPTRIX_LOAD_PLUGINS", ",".join(others))
+    llama_gguf, adapter, _ = tiny
+    err = refused(capsys, adapter, tmp_path / "x.gguf", "--base", llama_gguf)
+    assert "no installed plugin converts adapters to or from this format" in err
+    assert "pip install adaptrix-llamacpp" in err and "installed converters: none" in err
+    err = refused(capsys, llama_gguf, tmp_path / "out")
+    assert "pip install adaptrix-llamacpp" in err
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "out").exists()
+
+
+def test_convert_imports_no_torch(embedded, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "adaptrix", "adapters", "convert", str(MATH), str(tmp_path / "m.gguf")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert "gguf" in imported and not imported & {"torch", "transformers", "peft"}
