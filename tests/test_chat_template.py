@@ -38,11 +38,19 @@ TOOLS = [
 ]
 
 
+#: Whitespace control that the fixtures barely exercise: indented block tags (lstrip_blocks) and loop controls.
+INDENTED = (
+    "{{ bos_token }}\n    {% for m in messages %}\n    {% if m.role == 'system' %}{% continue %}{% endif %}\n"
+    "<{{ m.role }}>{{ m.content | trim }}</{{ m.role }}>\n    {% endfor %}\n"
+    "    {% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
 def _templates(fixtures_dir):
     paths = sorted((fixtures_dir / "chat-templates").glob("*.jinja"))
     if not paths:
         pytest.skip("no chat templates in the shared fixtures")
-    return paths
+    return [(p.name, p.read_text(encoding="utf-8")) for p in paths] + [("indented", INDENTED)]
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +87,13 @@ def _ours(tok, template, messages, **kwargs):
 @pytest.mark.parametrize("generation_prompt", [True, False])
 def test_every_fixture_template_renders_as_transformers_renders_it(fixtures_dir, oracle_tokenizer, generation_prompt):
     checked = refused = 0
-    for path in _templates(fixtures_dir):
-        template = path.read_text(encoding="utf-8")
+    for template_name, template in _templates(fixtures_dir):
         for conv_name, messages in CONVERSATIONS.items():
             for extra in ({}, {"enable_thinking": False}, {"tools": TOOLS}):
                 kwargs = {"add_generation_prompt": generation_prompt, **extra}
                 want = _transformers(oracle_tokenizer, template, messages, **kwargs)
                 got = _ours(oracle_tokenizer, template, messages, **kwargs)
-                where = f"{path.name} / {conv_name} / {extra}"
+                where = f"{template_name} / {conv_name} / {extra}"
                 assert got[0] == want[0], f"{where}: transformers {want}, adaptrix {got}"
                 if want[0] == "ok":
                     assert got[1] == want[1], where
