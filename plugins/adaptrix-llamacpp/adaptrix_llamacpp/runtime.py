@@ -274,6 +274,14 @@ class LlamaRuntime:
             description=desc.value.decode("utf-8", errors="replace"),
         )
 
+    def _metadata_id(self, key: str) -> int | None:
+        value = self.metadata(key)
+        try:
+            t = int(value) if value is not None else -1
+        except ValueError:
+            return None
+        return t if 0 <= t < self.n_vocab else None
+
     def _special_ids(self) -> SpecialTokenIds:
         ll, v = self._ll, self._vocab
 
@@ -287,7 +295,7 @@ class LlamaRuntime:
             eos=tid(ll.llama_vocab_eos),
             eot=tid(ll.llama_vocab_eot),
             pad=tid(ll.llama_vocab_pad),
-            unk=tid(getattr(ll, "llama_vocab_unk", lambda _v: -1)),
+            unk=self._metadata_id("tokenizer.ggml.unknown_token_id"),  # llama.cpp has no getter for it
             eog=eog,
             add_bos=bool(ll.llama_vocab_get_add_bos(v)),
             add_eos=bool(ll.llama_vocab_get_add_eos(v)),
