@@ -53,7 +53,7 @@ class LlamaTextCodec:
         """Control tokens and the named special tokens: what ``skip_special_tokens`` drops."""
         if self._special_ids is None:
             rt = self._rt
-            named = {t for t in (self.bos_token_id, self.eos_token_id, self.unk_token_id, self.pad_token_id) if t is not None}
+            named = {self.bos_token_id, self.eos_token_id, self.unk_token_id, self.pad_token_id} - {None}
             self._special_ids = frozenset(named | {t for t in range(rt.n_vocab) if rt.is_control(t)})
         return self._special_ids
 

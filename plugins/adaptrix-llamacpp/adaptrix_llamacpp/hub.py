@@ -230,4 +230,6 @@ def _download(repo_id: str, filename: str, revision: str | None) -> Path:
             "connect once (unset HF_HUB_OFFLINE) or pass a local .gguf file"
         ) from exc
     except OSError as exc:
-        raise ModelLoadError(f"downloading {repo_id}/{filename} failed ({type(exc).__name__}: {exc}); try again") from exc
+        raise ModelLoadError(
+            f"downloading {repo_id}/{filename} failed ({type(exc).__name__}: {exc}); try again"
+        ) from exc

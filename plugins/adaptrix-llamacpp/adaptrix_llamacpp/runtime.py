@@ -367,7 +367,9 @@ class LlamaRuntime:
     def _check_token(self, token_id: int) -> None:
         self._check_open()
         if not 0 <= int(token_id) < self.n_vocab:
-            raise GenerationError(f"token id {token_id} is outside the vocabulary of {self.path.name} (0..{self.n_vocab - 1})")
+            raise GenerationError(
+                f"token id {token_id} is outside the vocabulary of {self.path.name} (0..{self.n_vocab - 1})"
+            )
 
     # ---------------------------------------------------------------- decoding
 
