@@ -119,6 +119,47 @@ def test_a_missing_file_and_a_repo_not_cached_are_clear_errors(offline_cache):
         hub.resolve_gguf_source("nobody/Missing-GGUF:Q4_0")
 
 
+def test_online_the_hub_listing_and_download_are_used(offline_cache, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    calls = []
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo, revision=None: calls.append(repo) or [*FILES])
+
+    def download(repo, filename, revision=None, local_files_only=False):
+        calls.append((repo, filename, revision, local_files_only))
+        return str(_snapshot(offline_cache, filename))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    got = hub.resolve_gguf_source(f"{REPO}:Q4_K_M", revision="v1")
+    assert calls == [REPO, (REPO, "SmolLM2-135M-Instruct-Q4_K_M.gguf", "v1", False)]
+    assert got.path == _snapshot(offline_cache, "SmolLM2-135M-Instruct-Q4_K_M.gguf")
+
+
+def test_an_unreachable_hub_falls_back_on_the_cache_without_waiting_again(offline_cache, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def no_network(repo, revision=None):
+        raise ConnectionError("Name or service not known")
+
+    real_download, cache_only = huggingface_hub.hf_hub_download, []
+
+    def download(*args, local_files_only=False, **kwargs):
+        cache_only.append(local_files_only)
+        return real_download(*args, local_files_only=local_files_only, **kwargs)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", no_network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    got = hub.resolve_gguf_source(f"{REPO}:Q4_1")
+    assert cache_only == [True]  # no second wait on the network (huggingface_hub retries for ~25 s)
+    assert got.path == _snapshot(offline_cache, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    with pytest.raises(ModelLoadError, match=r"the Hub is unreachable \(ConnectionError\)"):
+        hub.resolve_gguf_source("nobody/Missing-GGUF:Q4_0")
+
+
 def test_local_files(model_file, tmp_path):
     got = hub.resolve_gguf_source(str(model_file))
     assert got.path == model_file.resolve() and got.repo_id is None

@@ -123,9 +123,9 @@ def resolve_gguf_source(text: str, *, revision: str | None = None) -> ResolvedGG
         if not path.is_file():
             raise ModelConfigError(f"GGUF file {path} does not exist: check the path")
         return ResolvedGGUF(spec, path.resolve(), (path.resolve(),))
-    files = _repo_files(spec.repo_id, revision)
+    files, online = _repo_files(spec.repo_id, revision)
     wanted = _choose(spec, files)
-    paths = tuple(_download(spec.repo_id, name, revision) for name in wanted)
+    paths = tuple(_download(spec.repo_id, name, revision, local_only=not online) for name in wanted)
     return ResolvedGGUF(spec, paths[0], paths, repo_id=spec.repo_id, filename=wanted[0])
 
 
@@ -180,14 +180,14 @@ def _with_parts(filename: str, models: list[str]) -> list[str]:
     return _groups(m for m in models if _model_key(m) == _model_key(filename))[_model_key(filename)]
 
 
-def _repo_files(repo_id: str, revision: str | None) -> list[str]:
-    """The repo's file list: from the Hub, or from the local cache when offline."""
+def _repo_files(repo_id: str, revision: str | None) -> tuple[list[str], bool]:
+    """The repo's file list, and whether the Hub answered (else it comes from the local cache)."""
     from huggingface_hub import constants, list_repo_files
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     if not constants.HF_HUB_OFFLINE:
         try:
-            return list_repo_files(repo_id, revision=revision)
+            return list_repo_files(repo_id, revision=revision), True
         except GatedRepoError as exc:
             raise ModelLoadError(
                 f"{repo_id} is gated on the Hugging Face Hub: accept its licence on the model page and log in "
@@ -200,8 +200,8 @@ def _repo_files(repo_id: str, revision: str | None) -> list[str]:
         except RevisionNotFoundError as exc:
             raise ModelConfigError(f"{repo_id} has no revision {revision!r}") from exc
         except Exception as exc:  # no network: fall back on the cache, and say so if that fails too
-            return _cached_files(repo_id, revision, reason=f"the Hub is unreachable ({type(exc).__name__})")
-    return _cached_files(repo_id, revision, reason="HF_HUB_OFFLINE=1")
+            return _cached_files(repo_id, revision, reason=f"the Hub is unreachable ({type(exc).__name__})"), False
+    return _cached_files(repo_id, revision, reason="HF_HUB_OFFLINE=1"), False
 
 
 def _cached_files(repo_id: str, revision: str | None, *, reason: str) -> list[str]:
@@ -218,12 +218,14 @@ def _cached_files(repo_id: str, revision: str | None, *, reason: str) -> list[st
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def _download(repo_id: str, filename: str, revision: str | None) -> Path:
+def _download(repo_id: str, filename: str, revision: str | None, *, local_only: bool) -> Path:
+    """The file's path in the HF cache, downloaded when needed (``local_only``: the Hub did not answer
+    the listing, so do not wait for it again)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only))
     except LocalEntryNotFoundError as exc:
         raise ModelLoadError(
             f"{repo_id}/{filename} is not in the local Hugging Face cache and cannot be downloaded now ({exc}); "
