@@ -1,7 +1,9 @@
 """adaptrix execution backend on llama.cpp: GGUF models at CPU speed, the same LoRA adapters.
 
-Nothing here imports torch or transformers. The entry point names this
-package; its hook implementations live in :mod:`adaptrix_llamacpp.plugin`.
-"""
+- :mod:`.runtime`: :class:`~.runtime.LlamaRuntime`, one model + context on llama-cpp-python's low-level API.
+- :mod:`.codec`: :class:`~.codec.LlamaTextCodec`, the tokenizer subset the engine uses, from the GGUF.
+- :mod:`.hub`: GGUF sources (local file, ``owner/repo-GGUF:Q4_K_M``, ``owner/repo-GGUF/file.gguf``).
 
-from .plugin import adapter_converters  # noqa: F401  (hookimpls the entry point registers)
+Importing this package imports nothing heavy; the modules import llama_cpp (or
+huggingface_hub) when used. Nothing here imports torch or transformers.
+"""
