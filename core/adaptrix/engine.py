@@ -181,7 +181,9 @@ class Engine:
             family_gen = (family_gen or GenerationConfig()).merged_over(
                 GenerationConfig(context_length=modelconfig.context_length(src.config))
             )
-            ctx = family_gen.context_length or runner.context_length
+            # the smaller of what the config says and what the backend allocated (llama.cpp caps its KV cache)
+            known = [c for c in (family_gen.context_length, runner.context_length) if c]
+            ctx = min(known) if known else None
             if ctx is None:
                 limit = getattr(runner.loaded.tokenizer, "model_max_length", None)
                 ctx = limit if isinstance(limit, int) and 0 < limit < 10**7 else None

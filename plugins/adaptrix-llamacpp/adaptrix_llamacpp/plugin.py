@@ -49,3 +49,10 @@ def adapter_converters():
             summary="GGUF LoRA, as llama.cpp and Ollama load it",
         )
     ]
+
+
+@hookimpl
+def backends():
+    from .backend import LlamaCppBackend
+
+    return [LlamaCppBackend()]

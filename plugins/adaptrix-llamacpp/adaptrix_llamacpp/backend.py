@@ -1,0 +1,235 @@
+"""The llama.cpp backend: GGUF models at CPU speed, with the same PEFT adapters.
+
+``Engine(backend="llamacpp")`` (or ``auto`` with a GGUF source) runs the model
+through :class:`~.runtime.LlamaRuntime`. Adapters keep the core's names,
+validation and residency (:class:`adaptrix.adapters.manager.AdapterManager`);
+applying one converts its PEFT folder once into a GGUF LoRA (cached by content,
+see :mod:`.lora_cache`) and sets it on the context with a scale, so a switch
+costs no reload. Several active adapters are summed, each with scale 1; a
+``cat`` composition is the weighted sum of its sources' deltas, which llama.cpp
+expresses exactly as per-adapter scales. Rows of a mixed batch run one after
+another, each with its own adapters.
+
+What llama.cpp cannot do here, and says so: merging, composition methods
+other than ``cat``, training (use the transformers backend, then convert).
+
+Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from adaptrix.adapters.info import AdapterInfo
+from adaptrix.adapters.manager import AdapterManager, composed_info
+from adaptrix.backends import Backend, Runner
+from adaptrix.errors import AdapterError, BackendError
+from adaptrix.types import LoadedModel
+
+THINK = ("<think>", "</think>")
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+    summary = "llama.cpp: GGUF files at CPU speed, the same LoRA adapters"
+    priority = 10
+    requires = ("llama_cpp",)
+    install_hint = ("pip install adaptrix-llamacpp (llama-cpp-python builds from source where no wheel exists: "
+                    "about 5 minutes, needs cmake and a C++ compiler)")
+
+    def prefers(self, source) -> bool:
+        return source.gguf_file is not None
+
+    def refuses(self, source) -> str | None:
+        if source.gguf_file is None:
+            return (
+                f"{source.model_id} is not a GGUF model and llama.cpp runs GGUF files only; pass a .gguf file or a "
+                "GGUF repo on the Hub (owner/repo-GGUF:Q4_K_M), or use backend='transformers' for this model"
+            )
+        return None
+
+    def load(self, source, options, host) -> "LlamaCppRunner":
+        from .codec import LlamaTextCodec
+        from .runtime import LlamaRuntime
+
+        device = (options.device or "auto").strip().lower()
+        if device not in ("cpu", "auto"):
+            raise BackendError(
+                f"device {options.device!r}: this llama.cpp backend runs on the CPU; use device='cpu', or "
+                "backend='transformers' for a GPU"
+            )
+        if (options.dtype or "auto").strip().lower() != "auto":
+            raise BackendError(
+                f"dtype {options.dtype!r}: llama.cpp computes in the GGUF file's own tensor types; leave dtype='auto' "
+                "or use backend='transformers' to pick a dtype"
+            )
+        runtime = LlamaRuntime(source.gguf_file)
+        try:
+            codec = LlamaTextCodec(runtime, name=source.model_id)
+            template = codec.chat_template or ""
+            template_kwargs: dict[str, Any] = {}
+            if "enable_thinking" in template:  # Qwen3-style templates: thinking off unless asked for
+                template_kwargs["enable_thinking"] = bool(options.family_options.get("enable_thinking", False))
+            loaded = LoadedModel(
+                model=runtime,
+                tokenizer=codec,
+                family=source.family,
+                model_id=source.model_id,
+                config=dict(source.config),
+                notes=(f"llama.cpp, {runtime.n_ctx}-token context, {runtime.n_threads} threads",),
+                chat_template_kwargs=template_kwargs,
+                hidden_spans=(THINK,) if THINK[0] in template else (),
+            )
+            return LlamaCppRunner(source, loaded, runtime, progress=options.progress)
+        except BaseException:
+            runtime.close()
+            raise
+
+
+class LlamaCppRunner(Runner):
+    backend = "llamacpp"
+    capabilities = frozenset({"compose"})
+
+    def __init__(self, source, loaded, runtime, *, progress: bool = True):
+        self.source = source
+        self.loaded = loaded
+        self.runtime = runtime
+        self.progress = progress
+        special = runtime.special
+        self.eos_ids = tuple(sorted(special.eog))
+        self.pad_id = special.pad if special.pad is not None else special.eos
+        self.context_length = runtime.n_ctx
+        self.manager: LlamaCppAdapterManager | None = None
+
+    def adapter_manager(self, adapters_dir, **options) -> "LlamaCppAdapterManager":
+        self.manager = LlamaCppAdapterManager(self.loaded, adapters_dir, runner=self, **options)
+        return self.manager
+
+    def generate(self, rows, cfg, *, adapters=None, stop=None, on_tokens=None, cancel=None) -> list[list[int]]:
+        from adaptrix import generation as gen
+
+        if adapters is not None:
+            adapters = self.manager.rows(adapters, len(rows))
+        eos = set(self.eos_ids)
+        greedy = gen.is_greedy(cfg)
+        results = []
+        for i, ids in enumerate(rows):
+            scope = self.manager.scope(adapters[i]) if adapters is not None else contextlib.nullcontext()
+            new: list[int] = []
+            with scope:
+                tokens = self.runtime.generate_tokens(
+                    ids,
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=0.0 if greedy else float(cfg.temperature),
+                    top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
+                    top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
+                    repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
+                    seed=cfg.seed,
+                    stop_ids=(),  # end-of-generation tokens are kept in the row, as transformers keeps EOS
+                    cancel=cancel.is_set if cancel is not None else None,
+                )
+                try:
+                    for token in tokens:
+                        new.append(token)
+                        if on_tokens is not None:
+                            on_tokens([token])
+                        if token in eos or (stop is not None and stop(i, new)):
+                            break
+                finally:
+                    tokens.close()
+            results.append(new)
+        return results
+
+    def info(self) -> dict[str, Any]:
+        info = self.runtime.info
+        return {
+            "dtype": f"gguf ({info.description})" if info.description else "gguf",
+            "device": "cpu",
+            "parameters": info.n_params,
+            "threads": self.runtime.n_threads,
+            "context_window": self.runtime.n_ctx,
+        }
+
+    def close(self) -> None:
+        self.manager = None
+        self.runtime.close()
+
+
+class LlamaCppAdapterManager(AdapterManager):
+    """PEFT adapters applied as GGUF LoRAs with per-adapter scales on the llama.cpp context."""
+
+    backend = "llamacpp"
+    COMPOSE_METHODS = ("cat",)
+    CAN_MERGE = False
+
+    def __init__(self, loaded, adapters_dir="adapters", *, runner: LlamaCppRunner, merge: bool = False, **options):
+        if merge:
+            raise BackendError(
+                "the llamacpp backend applies adapters at run time and cannot merge them; drop merge_adapters=True "
+                "or use backend='transformers'"
+            )
+        super().__init__(loaded, adapters_dir, **options)
+        self.runner = runner
+        self._handles: dict[str, Any] = {}  # adapter name -> runtime LoraAdapter
+        self._composed: dict[str, dict[str, float]] = {}  # a cat composition: source -> weight
+
+    def _module_index(self):
+        from .gguf_index import module_index, read_gguf_model
+        from .convert import check_architecture
+
+        model = read_gguf_model(self.runner.source.gguf_file)
+        check_architecture(model, f"adapters on {model.path.name}")
+        return module_index(model)
+
+    def _add(self, info: AdapterInfo, state) -> None:
+        from .lora_cache import cached_lora
+
+        if state is not None:
+            raise AdapterError(
+                f"adapter {info.name!r}: {info.weights_file} is a pickle; the llamacpp backend converts "
+                "adapter_model.safetensors only: save the adapter as safetensors first"
+            )
+        path = cached_lora(info.path, self.runner.source.gguf_file, progress=self.runner.progress, name=info.name)
+        self._handles[info.name] = self.runner.runtime.load_lora(path)
+
+    def _remove(self, name: str) -> None:
+        parts = self._composed.pop(name, None)
+        if parts is not None:
+            self._pinned.subtract(parts)  # its sources may be evicted again
+            return
+        self.runner.runtime.unload_lora(self._handles.pop(name))
+
+    def _apply(self, target: tuple[str, ...]) -> None:
+        scales: dict[str, float] = {}
+        for name in target:
+            for source, weight in self._composed.get(name, {name: 1.0}).items():
+                if source not in self._handles:
+                    raise AdapterError(
+                        f"composition {name!r} needs adapter {source!r}, which is no longer loaded; load it again "
+                        f"or compose {name!r} anew"
+                    )
+                scales[source] = scales.get(source, 0.0) + weight
+        self.runner.runtime.set_loras([(self._handles[s], w) for s, w in scales.items()])
+        self._active = target
+
+    def _compose(self, sources, weights, name, method, options) -> AdapterInfo:
+        self._composed[name] = dict(weights)
+        self._pinned.update(weights)  # a composition's sources stay resident while it exists
+        infos = [self._infos[s] for s in sources]
+        return composed_info(
+            name, method, weights, infos, rank=sum(i.rank or 0 for i in infos), alpha=None,
+            target_modules=tuple(sorted({t for i in infos for t in (i.target_modules or ())})),
+            tensor_bytes=0,
+        )
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            users = sorted(c for c, parts in self._composed.items() if name in parts)
+            if users:
+                raise AdapterError(f"adapter {name!r} is part of composition(s) {users}; unload those first")
+            super().unload(name)
+
+    def _close(self) -> None:
+        self._handles.clear()
+        self._composed.clear()
