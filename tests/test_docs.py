@@ -39,7 +39,7 @@ def test_hook_is_exercised_by_a_test(hook):
     uses = [
         p.name
         for p in (REPO / "tests").glob("test_*.py")
-        if p.name != "test_docs.py" and re.search(rf"""((call_first|call_family)\(\s*["']{hook}["']|\.hook\.{hook}\()""", p.read_text())
+        if p.name != "test_docs.py" and re.search(rf"""((call_first|call_family|call_all)\(\s*["']{hook}["']|\.hook\.{hook}\()""", p.read_text())
     ]
     assert uses, f"no test calls hook {hook!r} through the plugin host"
 

@@ -58,7 +58,7 @@ def test_a_second_engine_reuses_the_converted_cache(smollm2_engine):
 
     folder = Path(smollm2_engine.get_model_info()["source"])
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    e = Engine(progress=False)
+    e = Engine(progress=False, backend="transformers")
     e.initialize()
     try:
         assert e.get_model_info()["source"] == str(folder)

@@ -200,7 +200,7 @@ class AdapterManager(ABC):
     ) -> AdapterInfo:
         """Validate, then load an adapter; on error nothing changes. Returns its :class:`AdapterInfo`."""
         with self._lock:
-            if name is None and str(name_or_path) in self._known:
+            if str(name_or_path) in self._known and name in (None, str(name_or_path)):  # evicted: reload it
                 name = str(name_or_path)
                 folder, allow_pickle = self._known[name]
                 found = name, folder
@@ -288,11 +288,20 @@ class AdapterManager(ABC):
         with self._lock:
             self._make_room()
 
-    def ensure_loaded(self, names: Iterable[str]) -> None:
-        """Load (or transparently reload) adapters asked for by name."""
-        for n in names:
-            if n not in self._infos:
-                self.load(n, name=n if n in self._known else None, activate=False)
+    def ensure_loaded(self, names: Iterable[str]) -> tuple[str, ...]:
+        """Load (or transparently reload) adapters asked for by name or path; their names, in order.
+
+        A path (``examples/adapters/math``) is loaded under its folder's name,
+        which is what is returned for it.
+        """
+        resolved: list[str] = []
+        with contextlib.ExitStack() as pins:  # loading a later one must not evict an earlier one
+            for n in names:
+                if n not in self._infos:
+                    n = self.load(n, activate=False).name
+                resolved.append(n)
+                pins.enter_context(self._pin([n]))
+        return tuple(resolved)
 
     def configure(
         self, *, max_loaded_adapters: int | None = None, max_adapter_bytes: int | None = None, merge: bool | None = None
@@ -318,7 +327,7 @@ class AdapterManager(ABC):
                 raise self._unsupported("merge adapters")
             if any(n not in self._infos for n in target):
                 with self._pin(target):
-                    self.ensure_loaded(target)
+                    target = self.ensure_loaded(target)
             self._touch(target)
             if self._merged and self._merged != target:
                 self._unmerge()
@@ -355,14 +364,17 @@ class AdapterManager(ABC):
                     yield
                 return
             with self._pin(previous + target):
-                self.ensure_loaded(target)
-                self._touch(target)
-                self._unmerge()
-                self._apply(target)
-                try:
-                    yield
-                finally:
-                    self._apply(previous)
+                target = self.ensure_loaded(target)
+                with self._pin(target):
+                    self._touch(target)
+                    if target != previous:
+                        self._unmerge()
+                        self._apply(target)
+                    try:
+                        yield
+                    finally:
+                        if target != previous:
+                            self._apply(previous)
 
     def rows(self, adapters: Sequence[str | None], batch_size: int) -> list[str | None]:
         """Check a mixed batch's per-row adapters and make them resident (pinned while loading)."""
@@ -376,9 +388,11 @@ class AdapterManager(ABC):
             if not isinstance(a, str):
                 raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
         with self._pin(names):  # a budget smaller than the batch must not evict one of its rows' adapters
-            self.ensure_loaded(dict.fromkeys(names))
-        self._touch(names)
-        return list(adapters)
+            unique = list(dict.fromkeys(names))
+            resolved = dict(zip(unique, self.ensure_loaded(unique)))
+        rows = [None if a is None else resolved[a] for a in adapters]
+        self._touch(n for n in rows if n is not None)
+        return rows
 
     # -- merge -------------------------------------------------------------------
     def merge(self) -> None:
@@ -437,9 +451,10 @@ class AdapterManager(ABC):
                     f"adapter name {name!r} is already in use (loaded or evicted); the old adapter would silently "
                     "stay: pick another name or unload it first"
                 )
-            sources = list(weights)
+            with self._pin(weights):
+                sources = list(self.ensure_loaded(weights))
+            weights = dict(zip(sources, weights.values()))
             with self._pin(sources):
-                self.ensure_loaded(sources)
                 infos = [self._infos[s] for s in sources]
                 with_save = [i.name for i in infos if i.modules_to_save]
                 if with_save:

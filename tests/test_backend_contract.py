@@ -1,0 +1,165 @@
+"""One contract, every installed backend: the same tests on the embedded SmolLM2, per backend.
+
+Each test runs once per backend (``transformers``, the reference, and
+``llamacpp`` when installed) against that backend's session engine, so a
+backend cannot drift from the engine's semantics: greedy decoding, streaming,
+stop strings, seeds, presets, conversations, batches, adapters and what a
+backend refuses. Oracles that are backend-specific (raw ``model.generate``,
+raw llama-cpp-python) live beside them at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.real_weights
+
+REPO = Path(__file__).resolve().parents[1]
+MATH = REPO / "examples" / "adapters" / "math_specialist"
+PIRATE = REPO / "examples" / "adapters" / "pirate_style"
+QUESTION = "What is 25 times 8?"
+
+
+@pytest.fixture(params=["transformers", "llamacpp"])
+def engine(request):
+    e = request.getfixturevalue("smollm2_engine" if request.param == "transformers" else "smollm2_llamacpp")
+    yield e
+    # leave the shared engine as the next test expects it: base model, no adapters, no history
+    for name in list(e.adapters.loaded_names()):
+        if name.startswith("mix"):
+            e.unload_adapter(name)
+    for name in list(e.adapters.loaded_names()):
+        e.unload_adapter(name)
+    e.configure_adapters()
+    e.reset_context()
+    e.use_context_by_default = False
+
+
+def test_info_names_the_backend_and_why(engine, request):
+    info = engine.get_model_info()
+    assert info["backend"] == request.node.callspec.params["engine"]
+    assert info["backend_reason"] and info["family"] == "llama"
+    assert 100e6 < info["parameters"] < 300e6
+
+
+def test_greedy_is_deterministic_and_stream_equals_generate(engine):
+    a = engine.generate_detailed(QUESTION, temperature=0, max_new_tokens=12)
+    b = engine.generate_detailed(QUESTION, temperature=0, max_new_tokens=12)
+    assert a.token_ids == b.token_ids and a.text
+    pieces = list(engine.stream(QUESTION, temperature=0, max_new_tokens=12))
+    assert len(pieces) > 1 and "".join(pieces) == a.text
+
+
+def test_stop_strings_cut_the_text(engine):
+    full = engine.generate(QUESTION, temperature=0, max_new_tokens=24)
+    word = full.split()[2]
+    cut = engine.generate_detailed(QUESTION, temperature=0, max_new_tokens=24, stop=[word])
+    assert cut.finish_reason == "stop" and word not in cut.text and full.startswith(cut.text)
+
+
+def test_seed_repeats_sampling(engine):
+    one = engine.generate("Write a short poem.", temperature=1.0, top_p=1.0, max_new_tokens=16, seed=7)
+    two = engine.generate("Write a short poem.", temperature=1.0, top_p=1.0, max_new_tokens=16, seed=7)
+    others = {engine.generate("Write a short poem.", temperature=1.0, top_p=1.0, max_new_tokens=16, seed=s)
+              for s in (1, 2, 3)}
+    assert one == two and len(others | {one}) > 1
+
+
+def test_task_presets_and_family_defaults_resolve_the_same(engine):
+    from adaptrix.generation_defaults import TASK_PRESETS
+
+    code = engine.resolve_settings(task_type="code")
+    assert code.temperature == TASK_PRESETS["code"].temperature and code.max_new_tokens > 0
+    assert engine.resolve_settings(temperature=0.5).temperature == 0.5
+
+
+def test_conversation_history_reaches_the_prompt_and_trims(engine):
+    engine.generate("My name is Alice.", use_context=True, max_new_tokens=4, temperature=0)
+    assert engine.get_history()[0] == {"role": "user", "content": "My name is Alice."}
+    prepared = engine.prepare_request("What is my name?", history=engine.get_history(), max_new_tokens=4)
+    assert "My name is Alice." in prepared.prompt.text
+    from adaptrix.errors import ContextOverflowError
+
+    with pytest.raises(ContextOverflowError):
+        engine.generate("word " * 9000, max_new_tokens=4)
+
+
+def test_batch_rows_equal_each_prompt_alone(engine):
+    prompts = [QUESTION, "Name a colour.", "What is the capital of Italy?"]
+    batch = engine.generate_batch(prompts, temperature=0, max_new_tokens=10)
+    assert batch == [engine.generate(p, temperature=0, max_new_tokens=10) for p in prompts]
+
+
+def test_adapter_answers_and_switches_without_changing_the_base(engine):
+    base = engine.generate(QUESTION, temperature=0, max_new_tokens=40)
+    assert engine.load_adapter(str(MATH)) is True
+    answer = engine.generate(QUESTION, temperature=0)
+    assert "25 × 8 = 20 × 8 + 5 × 8" in answer and "The answer is" in answer
+    assert engine.generate(QUESTION, temperature=0, max_new_tokens=40, adapter=None) == base  # per call
+    engine.switch_adapter(None)
+    assert engine.generate(QUESTION, temperature=0, max_new_tokens=40) == base
+    assert engine.active_adapter is None
+    engine.unload_adapter("math_specialist")
+    assert engine.generate(QUESTION, temperature=0, max_new_tokens=40) == base
+
+
+def test_mixed_batch_rows_equal_each_row_alone(engine):
+    engine.load_adapter(str(MATH), activate=False)
+    engine.load_adapter(str(PIRATE), activate=False)
+    prompts = [QUESTION, "Tell me about the sea.", QUESTION]
+    adapters = ["math_specialist", "pirate_style", None]
+    batch = engine.generate_batch(prompts, adapters=adapters, temperature=0, max_new_tokens=16)
+    alone = [engine.generate(p, adapter=a, temperature=0, max_new_tokens=16) for p, a in zip(prompts, adapters)]
+    assert batch == alone and batch[0] != batch[2]
+
+
+def test_lru_residency_reloads_evicted_adapters(engine):
+    engine.configure_adapters(max_loaded_adapters=1)
+    first = engine.generate(QUESTION, adapter=str(MATH), temperature=0, max_new_tokens=12)
+    engine.load_adapter(str(PIRATE), activate=False)
+    assert engine.adapters.loaded_names() == ["pirate_style"]
+    rows = {r["name"]: r["state"] for r in engine.list_adapters()}
+    assert rows["math_specialist"] == "evicted"
+    assert engine.generate(QUESTION, adapter="math_specialist", temperature=0, max_new_tokens=12) == first
+
+
+def test_cat_composition_is_the_weighted_sum(engine):
+    engine.load_adapter(str(MATH), activate=False)
+    engine.compose_adapters({"math_specialist": 1.0}, "mix_one", method="cat")
+    alone = engine.generate(QUESTION, adapter="math_specialist", temperature=0, max_new_tokens=20)
+    assert engine.generate(QUESTION, adapter="mix_one", temperature=0, max_new_tokens=20) == alone
+
+
+def test_what_a_backend_cannot_do_is_refused_by_name(engine, request):
+    from adaptrix.errors import AdapterError, BackendError
+
+    if request.node.callspec.params["engine"] != "llamacpp":
+        pytest.skip("the reference backend does every adapter operation")
+    engine.load_adapter(str(MATH))
+    with pytest.raises(BackendError, match="llamacpp backend cannot merge adapters"):
+        engine.merge_adapter()
+    with pytest.raises(BackendError, match="llamacpp backend cannot compose adapters with method 'linear'"):
+        engine.compose_adapters({"math_specialist": 0.5}, "mix_lin", method="linear")
+    with pytest.raises(AdapterError):  # nothing changed: the adapter still answers
+        engine.unload_adapter("nope")
+    assert "The answer is" in engine.generate(QUESTION, temperature=0)
+
+
+# -- backend-specific oracles ---------------------------------------------------------------------
+
+
+def test_llamacpp_greedy_equals_raw_llama_cpp_python(smollm2_llamacpp):
+    from support.llamacpp import raw_greedy, raw_llama
+
+    e = smollm2_llamacpp
+    prepared = e.prepare_request(QUESTION, temperature=0, max_new_tokens=24, repetition_penalty=1.0)
+    runtime = e.runner.runtime
+    raw = raw_llama(runtime.path, n_ctx=runtime.n_ctx, n_threads=runtime.n_threads)
+    try:
+        expected = raw_greedy(raw, list(prepared.input_ids), 24)
+    finally:
+        raw.close()
+    got = e.generate_detailed(QUESTION, temperature=0, max_new_tokens=24, repetition_penalty=1.0)
+    assert [t for t in got.token_ids if t not in e.runner.eos_ids] == expected
