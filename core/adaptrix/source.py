@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from . import modelconfig
+from . import gguf_hub, modelconfig
 from .errors import ModelConfigError
 
 
@@ -126,7 +126,9 @@ def resolve_source(
 ) -> ModelSource:
     """Resolve ``model_id`` into a :class:`ModelSource` (config read once, family detected or checked).
 
-    ``None`` is the embedded default model. ``family`` overrides detection (an
+    ``None`` is the embedded default model; a GGUF repo on the Hub
+    (``owner/repo-GGUF:Q4_K_M``, ``owner/repo-GGUF/file.gguf``) is downloaded
+    into the Hugging Face cache (see :mod:`adaptrix.gguf_hub`). ``family`` overrides detection (an
     error when no plugin provides it). ``progress`` is kept for the later,
     explicit conversion step; reading a source never converts anything.
     """
@@ -137,13 +139,17 @@ def resolve_source(
     del progress  # resolving reads headers only; conversion is ensure_folder's (and shows its own bar)
     requested = None if model_id is None else modelconfig.check_model_id(model_id)
     resolved = str(default_model_path()) if requested is None else requested
-    gguf = modelconfig.gguf_file_of(resolved)
+    hub_gguf = gguf_hub.parse_gguf_source(resolved)
+    if hub_gguf is not None and not hub_gguf.is_local:  # owner/repo-GGUF:Q4_K_M and the like
+        gguf = gguf_hub.resolve_gguf_source(resolved, revision=revision).path
+    else:
+        gguf = modelconfig.gguf_file_of(resolved)
     if gguf is not None:
         gguf = gguf.expanduser()
         from .gguf_cache import check_gguf_file
 
         check_gguf_file(gguf)  # missing, not GGUF or truncated: a clear error before anything else
-    config, config_source = modelconfig.load_config(resolved, revision)
+    config, config_source = modelconfig.load_config(str(gguf) if gguf is not None else resolved, revision)
     host = host or get_host()
     if family:
         plugin = host.owner(family)  # a clear error when no plugin provides it

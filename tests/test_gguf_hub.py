@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from adaptrix import gguf_hub as hub
 from adaptrix.errors import ModelConfigError, ModelLoadError
-
-hub = pytest.importorskip("adaptrix_llamacpp.hub")
 
 REPO = "someone/SmolLM2-135M-Instruct-GGUF"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -193,10 +192,33 @@ def test_environment_variables_reach_huggingface_hub_in_a_fresh_process(tmp_path
     _lay_out_cache(tmp_path, REPO, FILES, model_file)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     code = (
-        "import sys; from adaptrix_llamacpp.hub import resolve_gguf_source as r;"
+        "import sys; from adaptrix.gguf_hub import resolve_gguf_source as r;"
         f"print(r('{REPO}:Q4_1').path); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     path, imported = out.strip().splitlines()
     assert Path(path) == _snapshot(tmp_path, "SmolLM2-135M-Instruct.Q4_1.gguf")
     assert imported == "[]"
+
+
+def test_a_hub_gguf_source_runs_through_the_engine(tmp_path, model_file):
+    """`adaptrix generate --model owner/repo-GGUF:Q4_1`: resolved once by the core, downloaded into the HF cache
+    (here a stand-in, offline), run on the backend auto picks, in a fresh process as a user runs it."""
+    pytest.importorskip("llama_cpp")
+    _lay_out_cache(tmp_path, REPO, FILES, model_file)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    info = subprocess.run(
+        [sys.executable, "-m", "adaptrix", "info", "--model", f"{REPO}:Q4_1", "--json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert info.returncode == 0, info.stderr[-2000:]
+    import json
+
+    data = json.loads(info.stdout)
+    assert data["gguf_file"] == str(_snapshot(tmp_path, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert (data["family"], data["backend"], data["model_id"]) == ("llama", "llamacpp", f"{REPO}:Q4_1")
+    bad = subprocess.run(
+        [sys.executable, "-m", "adaptrix", "generate", "--model", f"{REPO}:Q9_X", "Hi"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2 and "Q9_X" in bad.stderr and "Traceback" not in bad.stderr

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import attrs
 
-from adaptrix.errors import ModelConfigError, ModelLoadError
+from .errors import ModelConfigError, ModelLoadError
 
 #: Quantization picked when a repo holds several model files and the source names none.
 DEFAULT_QUANT = "Q4_K_M"
