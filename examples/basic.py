@@ -1,19 +1,21 @@
 """The seed's basic example on the embedded default model (SmolLM2-135M-Instruct).
 
-Run with ``make demo`` or ``.venv/bin/python examples/basic.py``. The first run
-converts the model's GGUF file once into a cached safetensors folder (about 30 s
-on two CPU cores, with a progress bar); later runs load it in under a second.
+Run with ``make demo`` or ``.venv/bin/python examples/basic.py``. It runs on the
+fastest installed backend (``backend="auto"``: llama.cpp for this GGUF file when
+``adaptrix-llamacpp`` is installed, which converts nothing; else transformers,
+whose first run converts the GGUF once into a cached safetensors folder).
 
 1. "What is machine learning?" on the base model;
 2. ``load_adapter("math_specialist")`` and "What is 25 times 8?";
 3. the base model again, for contrast;
 
 each answer streamed and labelled with the adapter that produced it, then the
-model info.
+model info, ending with the backend and the tokens per second.
 """
 
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
@@ -30,6 +32,17 @@ def ask(engine: Engine, question: str, adapter) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
     print("\n")
+
+
+def show_speed(engine: Engine) -> None:
+    """Which backend ran, and how fast: one timed greedy generation of up to 128 tokens on the base model."""
+    start = time.perf_counter()
+    result = engine.generate_detailed("Write a short story about a robot.", adapter=None, temperature=0,
+                                      max_new_tokens=128)
+    seconds = time.perf_counter() - start
+    info = engine.get_model_info()
+    print(f"backend: {info['backend']} ({info['backend_reason']})")
+    print(f"speed: {len(result.token_ids)} tokens in {seconds:.2f} s = {len(result.token_ids) / seconds:.1f} tokens/s")
 
 
 def show_info(engine: Engine) -> None:
@@ -56,4 +69,6 @@ engine.switch_adapter(None)
 ask(engine, "What is 25 times 8?", None)
 
 show_info(engine)
+print()
+show_speed(engine)
 engine.cleanup()

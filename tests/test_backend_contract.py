@@ -105,6 +105,18 @@ def test_adapter_answers_and_switches_without_changing_the_base(engine):
     assert engine.generate(QUESTION, temperature=0, max_new_tokens=40) == base
 
 
+def test_a_gguf_lora_file_loads_as_its_peft_folder_does(engine, tmp_path):
+    """llama.cpp's own adapter files (and Ollama's) load on every backend: converted once, then as a folder."""
+    pytest.importorskip("adaptrix_llamacpp")
+    from adaptrix.adapters.convert import convert_adapter
+
+    convert_adapter(MATH, tmp_path / "math.gguf")
+    engine.load_adapter(str(MATH), activate=False)
+    expected = engine.generate(QUESTION, adapter="math_specialist", temperature=0, max_new_tokens=24)
+    engine.load_adapter(str(tmp_path / "math.gguf"), name="math_file", activate=False)
+    assert engine.generate(QUESTION, adapter="math_file", temperature=0, max_new_tokens=24) == expected
+
+
 def test_mixed_batch_rows_equal_each_row_alone(engine):
     engine.load_adapter(str(MATH), activate=False)
     engine.load_adapter(str(PIRATE), activate=False)

@@ -255,3 +255,38 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None = None, progress: bool = False,
+                    host: "PluginHost | None" = None) -> Path:
+    """The PEFT folder of an adapter file a plugin's converter recognises (a llama.cpp GGUF LoRA), made once.
+
+    ``load_adapter("x.gguf")`` goes through here: the file is converted into a
+    folder under the adaptrix cache, keyed by the file's content, and later
+    loads reuse it. ``base`` is the model file the adapter belongs to, for
+    formats that need it.
+    """
+    import hashlib
+
+    from ..gguf_cache import cache_root
+
+    if host is None:
+        from ..plugins import get_host
+
+        host = get_host()
+    src = Path(path).expanduser()
+    converters = adapter_converters(host)
+    found = next(((p, c) for p, c in converters.values() if c.recognizes(src)), None)
+    if found is None:
+        raise _missing_converter(src, "adapter file", converters)
+    _, conv = found
+    digest = hashlib.sha256()
+    with open(src, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    folder = cache_root() / "imported" / f"{digest.hexdigest()[:32]}-{src.stem}"
+    if not _is_peft_folder(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        base_path = None if base is None else Path(base)
+        _write_folder(folder, lambda tmp: conv.to_peft(src, tmp, base=base_path, progress=progress))
+    return folder

@@ -59,6 +59,8 @@ class AdapterManager(ABC):
     COMPOSE_METHODS: ClassVar[tuple[str, ...]] = ()
     #: Whether ``merge`` is supported.
     CAN_MERGE: ClassVar[bool] = False
+    #: The model file adapters files are converted against (a GGUF), when there is one.
+    base_file: Path | None = None
 
     def __init__(
         self,
@@ -204,6 +206,11 @@ class AdapterManager(ABC):
                 name = str(name_or_path)
                 folder, allow_pickle = self._known[name]
                 found = name, folder
+            elif Path(str(name_or_path)).expanduser().is_file():  # a converted adapter file (GGUF LoRA, ...)
+                from .convert import imported_folder
+
+                file = Path(str(name_or_path)).expanduser()
+                found = file.stem, imported_folder(file, base=self.base_file)
             else:
                 found = resolve_adapter(name_or_path, self.adapters_dir)
             name = name or found[0]

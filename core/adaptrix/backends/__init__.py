@@ -203,7 +203,7 @@ def choose_backend(source, requested: str | None, host: "PluginHost") -> Choice:
     preferring = sorted((r for r in usable if r.backend.prefers(source)), key=lambda r: -r.backend.priority)
     if preferring:
         best = preferring[0]
-        return Choice(best.name, f"auto: {best.summary or best.name} is installed and prefers this source", best.backend)
+        return Choice(best.name, f"auto: the {best.name} backend is installed and prefers this source", best.backend)
     reference = by_name[REFERENCE]
     others = [r.name for r in records if r.name != REFERENCE]
     reason = "auto: the reference backend" + (

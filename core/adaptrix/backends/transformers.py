@@ -73,6 +73,7 @@ class TransformersRunner(Runner):
         from ..adapters.peft_manager import PeftAdapterManager
 
         self.manager = PeftAdapterManager(self.loaded, adapters_dir, **options)
+        self.manager.base_file = self.source.gguf_file
         return self.manager
 
     def decoding_model(self, adapters: Sequence[str | None]):

@@ -171,6 +171,7 @@ class LlamaCppAdapterManager(AdapterManager):
             )
         super().__init__(loaded, adapters_dir, **options)
         self.runner = runner
+        self.base_file = runner.source.gguf_file
         self._handles: dict[str, Any] = {}  # adapter name -> runtime LoraAdapter
         self._composed: dict[str, dict[str, float]] = {}  # a cat composition: source -> weight
 
