@@ -178,6 +178,7 @@ def test_models_lists_base_and_adapters(server):
     assert {"a1", "a2", "a3", "a4"} <= set(ids)
     a1 = next(m for m in data if m["id"] == "a1")
     assert a1["parent"] == base and a1["adaptrix"]["rank"] == 4
+    assert data[0]["adaptrix"]["backend"] == "transformers"
     assert sorted(a1["adaptrix"]["targets"]) == ["q_proj", "v_proj"]
     assert isinstance(a1["adaptrix"]["resident"], bool)
 
@@ -313,10 +314,15 @@ def test_load_test_with_a_disconnect(server, world):
     assert httpx.get(server.url + "/health").status_code == 200
 
 
-def test_loading_off_by_default_and_api_key(world):
+def test_loading_off_by_default_and_api_key(world, caplog):
+    caplog.set_level("INFO", logger="adaptrix.serve")
     with LiveServer(_app(world, api_key="sekret", max_queue=0)) as srv:
         url = srv.url
         assert httpx.get(url + "/health").status_code == 200
+        # the playground page is served without the key: it holds no data and asks for the key itself
+        page = httpx.get(url + "/")
+        assert page.status_code == 200 and 'id="key"' in page.text and "sekret" not in page.text
+        assert any("playground page GET /" in r.getMessage() for r in caplog.records)
         assert httpx.get(url + "/v1/models").status_code == 401
         assert httpx.get(url + "/metrics").status_code == 401
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
