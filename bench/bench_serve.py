@@ -4,7 +4,10 @@ Prints aggregate tokens/s, time to first token p50/p95 and request latency,
 next to one-client-at-a-time on the same server, and next to llama-cpp-python's
 own OpenAI server on the same GGUF when ``llama_cpp.server`` is installed.
 
-    python bench/bench_serve.py [--tokens 48] [--requests 16] [--threads 2]
+    python bench/bench_serve.py [--backend transformers|llamacpp|auto] [--tokens 48] [--requests 16] [--threads 2]
+
+``--threads`` is torch's thread count on the transformers backend; on llama.cpp the
+process is pinned to that many CPUs (llama.cpp sizes its pool from them).
 """
 
 from __future__ import annotations
@@ -70,10 +73,15 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backend", default="transformers", choices=("transformers", "llamacpp", "auto"))
+    ap.add_argument("--no-llamacpp-server", action="store_true", help="skip llama-cpp-python's own server")
     args = ap.parse_args()
-    import torch
+    if args.backend == "transformers":
+        import torch
 
-    torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    elif hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     from support.server import LiveServer
 
     from adaptrix import Engine
@@ -82,25 +90,33 @@ def main() -> int:
     ads = REPO / "examples" / "adapters"
 
     def make():
-        e = Engine(adapters_dir=str(ads), progress=False)
+        e = Engine(backend=args.backend, adapters_dir=str(ads), progress=False)
         e.initialize()
         return e
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{args.threads}, {args.tokens} new tokens, {args.requests} requests per row")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, load average {load} at start, "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}; backend {args.backend}, {args.threads} threads, "
+          f"{args.tokens} new tokens, {args.requests} requests per row")
     print(f"{'server':<28}{'models':<10}{'clients':>8}{'tok/s':>9}{'ttft p50':>10}{'ttft p95':>10}{'lat p50':>9}")
     mixed = ["base", "math_specialist", "pirate_style", "base"]
     with LiveServer(create_app(make, ServeOptions(adapters_dir=str(ads), max_batch=8))) as srv:
+        import httpx
+
+        print(f"adaptrix serve backend: {httpx.get(srv.url + '/health').json().get('backend')}")
         run(srv.url, ["base"], 1, 1, 4)  # warm-up
         for label, models in (("mixed", mixed), ("single", ["math_specialist"])):
             for clients in (1, 4, 8):
                 r = run(srv.url, models, clients, args.requests, args.tokens)
                 print(f"{'adaptrix serve':<28}{label:<10}{clients:>8}{r['tok/s']:>9.1f}{r['ttft p50']:>10.2f}"
                       f"{r['ttft p95']:>10.2f}{r['latency p50']:>9.2f}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.no_llamacpp_server:
+        return 0
     try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
-        print("llama-cpp-python's server is not installed: no llama.cpp row")
+        import llama_cpp.server.app  # noqa: F401  (needs llama-cpp-python[server]: fastapi, sse-starlette)
+    except ImportError as exc:
+        print(f"llama-cpp-python's server is not installed ({exc}): no llama_cpp.server row")
         return 0
     from adaptrix.default_model import default_model_path
     from support.server import free_port
@@ -114,6 +130,9 @@ def main() -> int:
 
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):
+            if proc.poll() is not None:
+                print(f"llama_cpp.server exited with {proc.returncode}: no llama_cpp.server row")
+                return 0
             try:
                 if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
                     break
@@ -127,6 +146,16 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=30)
     return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -263,6 +263,22 @@ def test_lru_eviction_and_transparent_reload(engine):
     assert len(engine.get_model_info()["adapters_loaded"]) == 2
 
 
+def test_pinned_adapters_are_never_evicted(engine):
+    """What a server's running batch relies on: a pinned adapter outlives loads past the budget."""
+    from adaptrix.errors import AdapterError
+
+    engine.configure_adapters(max_loaded_adapters=1)
+    engine.load_adapter("math", activate=False)
+    with engine.adapters.pinned(["math"]):
+        engine.load_adapter("code", activate=False)  # the budget evicts the unpinned newcomer, never math
+        assert engine.get_model_info()["adapters_loaded"] == ["math"]
+        assert {r["name"]: r["state"] for r in engine.list_adapters()}["code"] == "evicted"
+        with pytest.raises(AdapterError, match="in use"):
+            engine.unload_adapter("math")
+    engine.load_adapter("chat", activate=False)  # released: back down to the budget
+    assert engine.get_model_info()["adapters_loaded"] == ["chat"]
+
+
 def test_residency_limit_given_to_the_constructor(setup):
     from adaptrix import Engine
 

@@ -178,6 +178,7 @@ def test_models_lists_base_and_adapters(server):
     assert {"a1", "a2", "a3", "a4"} <= set(ids)
     a1 = next(m for m in data if m["id"] == "a1")
     assert a1["parent"] == base and a1["adaptrix"]["rank"] == 4
+    assert data[0]["adaptrix"]["backend"] == "transformers"
     assert sorted(a1["adaptrix"]["targets"]) == ["q_proj", "v_proj"]
     assert isinstance(a1["adaptrix"]["resident"], bool)
 
@@ -313,10 +314,15 @@ def test_load_test_with_a_disconnect(server, world):
     assert httpx.get(server.url + "/health").status_code == 200
 
 
-def test_loading_off_by_default_and_api_key(world):
+def test_loading_off_by_default_and_api_key(world, caplog):
+    caplog.set_level("INFO", logger="adaptrix.serve")
     with LiveServer(_app(world, api_key="sekret", max_queue=0)) as srv:
         url = srv.url
         assert httpx.get(url + "/health").status_code == 200
+        # the playground page is served without the key: it holds no data and asks for the key itself
+        page = httpx.get(url + "/")
+        assert page.status_code == 200 and 'id="key"' in page.text and "sekret" not in page.text
+        assert any("playground page GET /" in r.getMessage() for r in caplog.records)
         assert httpx.get(url + "/v1/models").status_code == 401
         assert httpx.get(url + "/metrics").status_code == 401
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -342,3 +348,90 @@ def test_serial_mode_answers_equal_batched(world):
             {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "hello"}, {"role": "user", "content": PROMPTS[0]}])
         assert hist.choices[0].message.content
+
+
+def test_adapter_budget_holds_for_a_running_batch(world):
+    """--max-loaded-adapters 2, requests over 3 adapters at once: never over budget, no adapter evicted
+    while a row uses it, every answer equal to the request served alone."""
+    from adaptrix import Engine
+    from adaptrix.serve.app import ServeOptions, create_app
+
+    seen = {"resident": [], "evicted_in_use": [], "batch_adapters": []}
+    holder = {}
+
+    def make():
+        e = Engine(str(world["model"]), adapters_dir=str(world["ads"]), progress=False, max_loaded_adapters=2)
+        e.initialize()
+        original = e.decoding_model
+
+        def watched(adapters):
+            out = original(adapters)
+            resident = {r["name"] for r in e.list_adapters() if r.get("loaded")}
+            running = holder["server"].scheduler.running_adapters()
+            seen["resident"].append(len(resident))
+            seen["batch_adapters"].append(len({a for a in adapters if a}))
+            seen["evicted_in_use"].append(sorted(running - resident))
+            return out
+
+        e.decoding_model = watched
+        return e
+
+    app = create_app(make, ServeOptions(adapters_dir=str(world["ads"]), max_batch=8))
+    holder["server"] = app.state.server
+    jobs = [(PROMPTS[i % 4], ("a1", "a2", "a3", None)[i % 4]) for i in range(8)]
+    with LiveServer(app) as srv:
+        def one(job):
+            prompt, adapter = job
+            return httpx.post(srv.url + "/v1/chat/completions", timeout=120, json={
+                "model": adapter or "base", "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                "max_tokens": N})
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(one, jobs))
+    assert [r.status_code for r in answers] == [200] * len(jobs), [r.text for r in answers]
+    for (prompt, adapter), r in zip(jobs, answers):
+        assert r.json()["choices"][0]["message"]["content"] == world["greedy"](prompt, adapter)
+    assert seen["resident"] and max(seen["resident"]) <= 2, seen["resident"]
+    assert max(seen["batch_adapters"]) == 2  # the batch did mix adapters, up to the budget
+    assert not any(seen["evicted_in_use"]), seen["evicted_in_use"]
+
+
+def test_while_loading_health_is_503_and_every_api_route_answers_503(world):
+    """An engine factory that blocks until the test releases it: 503s in OpenAI's shape, no hang, then 200."""
+    from adaptrix import Engine
+    from adaptrix.serve.app import ServeOptions, create_app
+
+    release = threading.Event()
+
+    def make():
+        assert release.wait(120), "the test never released the engine factory"
+        e = Engine(str(world["model"]), adapters_dir=str(world["ads"]), progress=False)
+        e.initialize()
+        return e
+
+    chat = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
+    app = create_app(make, ServeOptions(adapters_dir=str(world["ads"]), enable_adapter_loading=True))
+    with LiveServer(app, ready=False) as srv:
+        try:
+            h = httpx.get(srv.url + "/health", timeout=5)
+            assert h.status_code == 503 and h.json()["status"] == "loading"
+            calls = [("GET", "/v1/models", None), ("POST", "/v1/chat/completions", chat),
+                     ("POST", "/v1/completions", {"model": "base", "prompt": "hi", "max_tokens": 2}),
+                     ("POST", "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "runtime_src"}),
+                     ("POST", "/v1/unload_lora_adapter", {"lora_name": "a1"})]
+            for method, path, body in calls:
+                r = httpx.request(method, srv.url + path, json=body, timeout=5)  # a hang fails here
+                assert r.status_code == 503, (path, r.status_code, r.text)
+                err = r.json()["error"]
+                assert set(err) >= {"message", "type", "param", "code"} and err["code"] == "loading", (path, err)
+                assert "loading" in err["message"] and "/health" in err["message"]
+            assert httpx.get(srv.url + "/", timeout=5).status_code == 200  # the page itself needs no model
+        finally:
+            release.set()
+        for _ in range(600):
+            if httpx.get(srv.url + "/health", timeout=5).status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        assert httpx.get(srv.url + "/health", timeout=5).json()["status"] == "ok"
+        r = httpx.post(srv.url + "/v1/chat/completions", json=chat, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1

@@ -14,9 +14,12 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``with LiveServer(app) as srv: srv.url``; waits until ``/health`` answers 200."""
+    """``with LiveServer(app) as srv: srv.url``; waits until ``/health`` answers 200.
 
-    def __init__(self, app, timeout: float = 300):
+    ``ready=False``: return as soon as the server answers at all (to test it while the model loads).
+    """
+
+    def __init__(self, app, timeout: float = 300, ready: bool = True):
         import uvicorn
 
         self.port = free_port()
@@ -25,6 +28,7 @@ class LiveServer:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.timeout = timeout
+        self.ready = ready
 
     def __enter__(self) -> "LiveServer":
         import httpx
@@ -36,7 +40,7 @@ class LiveServer:
             try:
                 code = httpx.get(self.url + "/health", timeout=5).status_code
                 self.health_codes.append(code)
-                if code == 200:
+                if code == 200 or not self.ready:
                     return self
             except httpx.HTTPError:
                 pass

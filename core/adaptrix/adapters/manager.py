@@ -343,6 +343,21 @@ class AdapterManager(ABC):
                 self._merge()
 
     @contextlib.contextmanager
+    def pinned(self, names: Iterable[str]):
+        """Keep ``names`` out of eviction for the body (a server's running batch holds its rows' adapters).
+
+        Pinned adapters still count towards the residency budget; unloading one raises until released.
+        """
+        names = list(names)
+        with self._lock:
+            self._pinned.update(names)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pinned.subtract(names)
+
+    @contextlib.contextmanager
     def _pin(self, names: Iterable[str]):
         names = list(names)
         self._pinned.update(names)

@@ -55,6 +55,7 @@ class Server:
         self.engine = None
         self.scheduler = None
         self.model_id = options.model_name or "base"
+        self.backend: str | None = None  # the engine's backend, once loaded
         self.failure: str | None = None
         self.runtime: dict[str, Path] = {}  # adapters loaded through /v1/load_lora_adapter
         self.created = int(time.time())
@@ -81,9 +82,11 @@ class Server:
             return
         if not self.options.model_name:
             self.model_id = _display_name(str(info.get("model_id") or "base"))
+        self.backend = info.get("backend")
         self.engine, self.scheduler = engine, scheduler
-        log.info("adaptrix serve: %s ready in %.1f s (%s, %s)", self.model_id, time.perf_counter() - start,
-                 info.get("family"), "iteration-level batching" if batching else "one request at a time")
+        log.info("adaptrix serve: %s ready in %.1f s (%s, %s backend, %s)", self.model_id,
+                 time.perf_counter() - start, info.get("family"), self.backend,
+                 "iteration-level batching" if batching else "one request at a time")
 
     def stop(self) -> None:
         if self.scheduler is not None:
@@ -224,7 +227,7 @@ def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
 async def health(server: Server, request):
     if server.scheduler is None:
         return _json({"status": "failed" if server.failure else "loading", "error": server.failure}, 503)
-    return _json({"status": "ok", "model": server.model_id})
+    return _json({"status": "ok", "model": server.model_id, "backend": server.backend})
 
 
 async def metrics(server: Server, request):
@@ -246,7 +249,8 @@ async def list_models(server: Server, request):
     rows = await asyncio.wrap_future(server.scheduler.call(lambda e: e.list_adapters()))
     resident = {r["name"] for r in rows if r.get("loaded")}
     data = [{"id": server.model_id, "object": "model", "created": server.created, "owned_by": "adaptrix",
-             "root": server.model_id, "parent": None, "adaptrix": {"kind": "base", "aliases": ["base"]}}]
+             "root": server.model_id, "parent": None,
+             "adaptrix": {"kind": "base", "aliases": ["base"], "backend": server.backend}}]
     for name, folder in sorted(server.adapter_folders().items()):
         extra: dict[str, Any] = {"kind": "adapter", "resident": name in resident, "path": str(folder),
                                  "loaded_at_runtime": name in server.runtime}
@@ -471,6 +475,9 @@ def create_app(make_engine: Callable[[], Any], options: ServeOptions | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        if server.options.api_key:
+            log.info("adaptrix serve: --api-key is set: every route needs 'Authorization: Bearer KEY' except "
+                     "GET /health and the playground page GET /, which holds no data and asks for the key")
         threading.Thread(target=server.load, name="adaptrix-load", daemon=True).start()
         try:
             yield

@@ -14,12 +14,19 @@ listings). Two modes:
 A *barrier* call (adapter load, replace, unload) runs once no request is
 running and before any request queued after it, so requests in flight finish
 with the old weights and later ones see the new ones.
+
+With a residency budget (``max_loaded_adapters``), a batch never uses more
+adapters than the budget: a request whose adapter would exceed it waits until
+a running adapter's rows have all finished (only base-model requests pass it
+meanwhile, so it cannot starve), and the running rows' adapters are pinned, so
+loading a newcomer's adapter never evicts one a running row decodes with.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import threading
@@ -112,6 +119,8 @@ class Scheduler:
         self._running: dict[Any, Job] = {}  # row -> job (batched mode)
         self._composed: dict[tuple, str] = {}
         self._resident: set[str] = set()
+        self._budget: int | None = getattr(engine, "max_loaded_adapters", None)
+        self._holds: dict[str, tuple[int, contextlib.ExitStack]] = {}  # adapter -> (rows using it, its pin)
 
     # -- client side ------------------------------------------------------------
     def start(self) -> None:
@@ -159,10 +168,8 @@ class Scheduler:
                 if self._calls and (not self._calls[0].barrier or not self._running):
                     call = self._calls.popleft()
                 admit: list[Job] = []
-                blocked = bool(self._calls) and self._calls[0].barrier
-                limit = self.max_batch if self.batching else 1
-                while not blocked and call is None and self._jobs and len(self._running) + len(admit) < limit:
-                    admit.append(self._jobs.popleft())
+                if call is None and not (self._calls and self._calls[0].barrier):
+                    admit = self._admissible()
                 self.metrics.queue_depth.set(len(self._jobs))
             if call is not None:
                 self._run_call(call)
@@ -186,6 +193,60 @@ class Scheduler:
         for job in pending:
             job.emit(("error", ApiError(503, "the server is shutting down", code="shutting_down")))
 
+    def _admissible(self) -> list[Job]:
+        """Take the queued jobs that may join the batch now (call with the lock held).
+
+        FIFO up to the batch size; in batched mode a job whose adapter would take the
+        batch past the residency budget stays queued, and only base-model jobs pass it.
+        """
+        limit = self.max_batch if self.batching else 1
+        room = limit - len(self._running)
+        if room <= 0 or not self._jobs:
+            return []
+        if not self.batching or self._budget is None:
+            return [self._jobs.popleft() for _ in range(min(room, len(self._jobs)))]
+        using = self.running_adapters()
+        admit: list[Job] = []
+        waiting: collections.deque[Job] = collections.deque()
+        blocked = False
+        while self._jobs:
+            job = self._jobs.popleft()
+            name = self._name_of(job.request)
+            fits = name is None or (not blocked and (name in using or len(using) < self._budget))
+            if fits and len(admit) < room:
+                admit.append(job)
+                if name is not None:
+                    using.add(name)
+            else:
+                blocked = blocked or name is not None
+                waiting.append(job)
+        self._jobs = waiting
+        return admit
+
+    def running_adapters(self) -> set[str]:
+        """The adapters the running batch's rows decode with."""
+        return {row.adapter for row in list(self._running) if getattr(row, "adapter", None)}
+
+    def _hold(self, adapter: str | None) -> None:
+        """Pin ``adapter`` while a running row uses it (no eviction mid-batch)."""
+        if adapter is None:
+            return
+        count, stack = self._holds.get(adapter, (0, None))
+        if stack is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(self.engine.adapters.pinned([adapter]))
+        self._holds[adapter] = (count + 1, stack)
+
+    def _release(self, adapter: str | None) -> None:
+        if adapter is None or adapter not in self._holds:
+            return
+        count, stack = self._holds[adapter]
+        if count > 1:
+            self._holds[adapter] = (count - 1, stack)
+        else:
+            del self._holds[adapter]
+            stack.close()
+
     def _run_call(self, call: _Call) -> None:
         try:
             call.future.set_result(call.fn(self.engine))
@@ -206,16 +267,19 @@ class Scheduler:
         self.metrics.loaded.set(len(resident))
 
     # -- adapters of a request --------------------------------------------------------
-    def _adapter_of(self, req: CompletionRequest) -> str | None:
-        """The adapter serving ``req``: its name, a cached composition, or None (base)."""
+    @staticmethod
+    def _name_of(req: CompletionRequest) -> str | None:
+        """The name of the adapter serving ``req`` (None: base), without building a composition."""
         if not req.adapters:
             return req.adapter
-        key = tuple(req.adapters)
-        name = self._composed.get(key)
-        if name is None:
-            name = "composed-" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
-            self.engine.compose_adapters(dict(key), name, method="cat")
-            self._composed[key] = name
+        return "composed-" + hashlib.sha1(repr(tuple(req.adapters)).encode()).hexdigest()[:12]
+
+    def _adapter_of(self, req: CompletionRequest) -> str | None:
+        """The adapter serving ``req``: its name, a cached composition, or None (base)."""
+        name = self._name_of(req)
+        if req.adapters and tuple(req.adapters) not in self._composed:
+            self.engine.compose_adapters(dict(req.adapters), name, method="cat")
+            self._composed[tuple(req.adapters)] = name
         return name
 
     def forget_compositions(self, adapter: str) -> list[str]:
@@ -232,14 +296,17 @@ class Scheduler:
             self.metrics.cancelled.labels(job.label).inc()
             return
         req = job.request
+        adapter = self._name_of(req)
+        self._hold(adapter)
         try:
-            adapter = self._adapter_of(req)
+            self._adapter_of(req)
             prepared = self.engine.prepare_request(
                 req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=adapter,
                 raw=req.kind == "completion", **req.settings,
             )
             row, text = self._decoder.add(job, prepared, adapter)
         except Exception as exc:
+            self._release(adapter)
             job.emit(("error", api_error(exc)))
             return
         if adapter is not None:
@@ -256,6 +323,7 @@ class Scheduler:
             if job.cancelled.is_set():
                 self._decoder.remove(row)
                 del self._running[row]
+                self._release(row.adapter)
                 self.metrics.cancelled.labels(job.label).inc()
                 self.metrics.requests.labels(job.label, job.request.kind, "cancelled").inc()
         self.metrics.running.set(len(self._running))
@@ -269,6 +337,7 @@ class Scheduler:
 
     def _finish(self, row) -> None:
         job = self._running.pop(row)
+        self._release(row.adapter)
         tail = self._decoder.tail(row)
         if tail:
             job.emit(("delta", tail))
@@ -278,6 +347,9 @@ class Scheduler:
 
     def _reset_batch(self) -> None:
         self._running.clear()
+        for _, stack in self._holds.values():
+            stack.close()
+        self._holds.clear()
         self.metrics.running.set(0)
         if self.batching:
             from ..batching import StepDecoder
