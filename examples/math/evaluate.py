@@ -7,7 +7,13 @@ working first, then "The answer is N."; the same rule applies to the base
 model, which gets room to finish its own working). Prints a table (and
 ``--json`` writes the numbers).
 
-    python examples/math/evaluate.py [--adapter examples/adapters/math_specialist] [--limit 200]
+``--backend transformers`` (the default) runs raw transformers + peft on the
+safetensors conversion of the GGUF, in ``--dtype``. ``--backend llamacpp``
+runs ``adaptrix.Engine(backend="llamacpp")`` on the GGUF itself (its own
+quantized tensor types; the adapter converted to a GGUF LoRA), one question at
+a time, with the same prompts, greedy decoding, token limits and scoring.
+
+    python examples/math/evaluate.py [--adapter examples/adapters/math_specialist] [--limit 200] [--backend llamacpp]
 """
 
 from __future__ import annotations
@@ -70,6 +76,50 @@ def generate_all(model, tok, questions: list[str], batch_size: int, max_new_toke
     return out
 
 
+def transformers_answers(args, questions: list[str]):
+    """(label, answers, seconds) for the base model and the adapter: raw transformers + peft, batched."""
+    import torch
+    from peft import PeftModel
+
+    torch.set_num_threads(args.threads)
+    base, tok = load_base(args.model, args.dtype)
+    model = PeftModel.from_pretrained(base, args.adapter)
+    for label in ("base", "math_specialist"):
+        start = time.perf_counter()
+        if label == "base":
+            with model.disable_adapter():
+                answers = generate_all(model, tok, questions, args.batch_size, args.base_max_new_tokens, label)
+        else:
+            answers = generate_all(model, tok, questions, args.batch_size, args.max_new_tokens, label)
+        yield label, answers, time.perf_counter() - start
+
+
+def engine_answers(args, questions: list[str]):
+    """(label, answers, seconds) for the base model and the adapter through ``adaptrix.Engine(backend=...)``."""
+    from tqdm.auto import tqdm
+
+    from adaptrix import Engine
+
+    engine = Engine(args.model, backend=args.backend, progress=False)
+    engine.initialize()
+    try:
+        runtime = getattr(engine.runner, "runtime", None)
+        if runtime is not None and hasattr(runtime, "set_threads"):  # llama.cpp: decode threads
+            runtime.set_threads(args.threads)
+        engine.load_adapter(args.adapter, name="math_specialist", activate=False)
+        for label, adapter, limit in (("base", None, args.base_max_new_tokens),
+                                      ("math_specialist", "math_specialist", args.max_new_tokens)):
+            start = time.perf_counter()
+            answers = [
+                engine.generate(q, adapter=adapter, temperature=0, repetition_penalty=1.0, max_new_tokens=limit,
+                                use_context=False)
+                for q in tqdm(questions, desc=label, unit="question")
+            ]
+            yield label, answers, time.perf_counter() - start
+    finally:
+        engine.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", default=str(REPO / "examples/adapters/math_specialist"))
@@ -80,36 +130,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64, help="for the adapter (its replies are ~40 tokens)")
     ap.add_argument("--base-max-new-tokens", type=int, default=128, help="room for the base model's own working")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights and compute dtype")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="weights and compute dtype (transformers backend)")
+    ap.add_argument("--backend", default="transformers", choices=("transformers", "llamacpp"),
+                    help="transformers: raw transformers + peft; llamacpp: adaptrix's llama.cpp backend on the GGUF")
     ap.add_argument("--show", type=int, default=5, help="print this many example answers per model")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
 
-    import torch
-    from peft import PeftModel
-
-    torch.set_num_threads(args.threads)
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()][: args.limit]
     questions = [r["messages"][0]["content"] for r in rows]
     gold = [final_integer(r["messages"][-1]["content"]) for r in rows]
 
-    base, tok = load_base(args.model, args.dtype)
-    model = PeftModel.from_pretrained(base, args.adapter)
+    runs = transformers_answers(args, questions) if args.backend == "transformers" else engine_answers(args, questions)
     results = {}
-    for label in ("base", "math_specialist"):
-        start = time.perf_counter()
-        if label == "base":
-            with model.disable_adapter():
-                answers = generate_all(model, tok, questions, args.batch_size, args.base_max_new_tokens, label)
-        else:
-            answers = generate_all(model, tok, questions, args.batch_size, args.max_new_tokens, label)
+    for label, answers, seconds in runs:
         correct = [final_integer(a) == g for a, g in zip(answers, gold)]
         results[label] = {
             "correct": sum(correct), "total": len(correct), "accuracy": sum(correct) / len(correct),
-            "seconds": round(time.perf_counter() - start, 1),
+            "seconds": round(seconds, 1),
             "examples": [{"q": q, "a": a, "gold": g} for q, a, g in list(zip(questions, answers, gold))[: args.show]],
         }
-    print(f"\nHeld-out exact match ({len(questions)} questions, greedy, {args.dtype}, final answer of the reply)\n")
+    how = args.dtype if args.backend == "transformers" else f"{args.backend}, GGUF tensor types"
+    print(f"\nHeld-out exact match ({len(questions)} questions, greedy, {how}, {args.threads} threads, final answer of the reply)\n")
     print(f"| model | correct | accuracy | seconds |\n|---|---|---|---|")
     for label, r in results.items():
         name = "SmolLM2-135M-Instruct (base)" if label == "base" else "base + math_specialist"
