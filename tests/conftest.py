@@ -9,9 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The oracles (raw transformers, peft) run in float32: so do the engines under test, unless a test asks for
-# bfloat16 (dtype="auto" would pick it on CPUs with native bf16; tests/test_devices.py covers that choice).
-os.environ.setdefault("ADAPTRIX_CPU_BF16", "0")
+# The oracles (raw transformers, peft) run in float32: so do the engines under test, whatever the caller's
+# environment asks for (tests/test_devices.py covers ADAPTRIX_CPU_BF16).
+os.environ["ADAPTRIX_CPU_BF16"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
