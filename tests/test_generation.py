@@ -131,3 +131,18 @@ def test_incremental_decoder_holds_split_characters():
     pieces = [dec.add([i]) for i in ids] + [dec.finish()]
     assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
     assert not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.parametrize("name", ["llama2-ortgenai", "mistral-v3", "phi2-codegen", "qwen3-4b-composite"])
+def test_incremental_decoder_windows_equal_one_decode_on_real_tokenizers(fixtures_dir, name):
+    """Token by token, the decoded windows add up to one decode of every id, with no fix-up left for finish()."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(fixtures_dir / "tokenizers" / name)
+    text = "Hello  world! naïve café, 25 × 8 = 200 ✓ 🙂\n  def f(x):\n\treturn x  # done. <|im_end|> ok"
+    ids = tok(text, add_special_tokens=True)["input_ids"]
+    dec = gen.IncrementalDecoder(tok)
+    pieces = [dec.add([i]) for i in ids]
+    assert dec.finish() == ""
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+    assert not any("\ufffd" in p for p in pieces)

@@ -349,22 +349,41 @@ def open_span(prompt_text: str, spans: Sequence[tuple[str, str]]) -> str | None:
 
 
 class IncrementalDecoder:
-    """Turn a growing list of token ids into text deltas (holding back split UTF-8)."""
+    """Turn a growing list of token ids into text deltas (holding back split UTF-8).
+
+    Each step decodes a short window, not the whole text: the last emitted
+    tokens (the context a tokenizer needs for spaces and merges) plus the new
+    ones, and emits what the new ones add. :meth:`finish` checks the result
+    against one decode of every id, so the joined deltas always equal
+    ``decode(ids)``.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.text = ""
+        self.text = ""  # what was emitted so far
+        self._prefix = 0  # the window starts here (context tokens, already emitted)
+        self._read = 0  # tokens before this one are emitted
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def add(self, ids: Iterable[int]) -> str:
         self.ids.extend(int(i) for i in ids)
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if full.endswith("\ufffd"):
+        window = self._decode(self.ids[self._prefix:])
+        if window.endswith("\ufffd"):
             return ""  # a multi-byte character is not complete yet
-        return self._advance(full)
+        before = self._decode(self.ids[self._prefix:self._read]) if self._read > self._prefix else ""
+        if not window.startswith(before):  # the new tokens rewrote their context: take the whole text
+            delta = self._advance(self._decode(self.ids))
+        else:
+            delta = window[len(before):]
+            self.text += delta
+        self._prefix, self._read = self._read, len(self.ids)
+        return delta
 
     def finish(self) -> str:
-        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        return self._advance(self._decode(self.ids))
 
     def _advance(self, full: str) -> str:
         if full.startswith(self.text):
