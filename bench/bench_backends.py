@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,16 +52,6 @@ ISSUE = {"tf_fp32_tps": 17.4, "tf_bf16_tps": 28.2, "raw_tps": 102.3, "tf_rss_mb"
 
 
 # ---------------------------------------------------------------------------- machine
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict:
     flags = set()
     try:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_name as _cpu_name  # bench/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -45,16 +46,6 @@ def timed(tokens_iter, n: int) -> tuple[list[int], float, float, float]:
             break
     t_end, c_end = time.perf_counter(), time.process_time()
     return out, t_first - t0, (len(out) - 1) / (t_end - t_first), (c_end - c_first) / (len(out) - 1) * 1e3
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
