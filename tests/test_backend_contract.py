@@ -175,3 +175,20 @@ def test_llamacpp_greedy_equals_raw_llama_cpp_python(smollm2_llamacpp):
         raw.close()
     got = e.generate_detailed(QUESTION, temperature=0, max_new_tokens=24, repetition_penalty=1.0)
     assert [t for t in got.token_ids if t not in e.runner.eos_ids] == expected
+
+
+def test_threads_are_a_checked_engine_option(tmp_path):
+    """`Engine(threads=N)` (CLI `--threads`): llama.cpp runs on N threads; a bad value is refused by name."""
+    from adaptrix import Engine
+    from adaptrix.errors import BackendError
+
+    pytest.importorskip("llama_cpp")
+    for bad in (0, -2, "2", True):
+        with pytest.raises(BackendError, match="threads must be a positive whole number"):
+            Engine(threads=bad)
+    e = Engine(progress=False, backend="llamacpp", threads=1)
+    e.initialize()
+    try:
+        assert e.get_model_info()["threads"] == 1
+    finally:
+        e.cleanup()

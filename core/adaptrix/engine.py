@@ -40,7 +40,7 @@ from .types import UNSET, GenerationConfig, LoadOptions
 #: The keyword arguments of ``Engine()`` itself (anything else must be a declared family option).
 _ENGINE_ARGUMENTS = (
     "model_id", "device", "dtype", "adapters_dir", "trust_remote_code", "revision", "family", "backend",
-    "progress", "max_loaded_adapters", "max_adapter_bytes", "merge_adapters",
+    "threads", "progress", "max_loaded_adapters", "max_adapter_bytes", "merge_adapters",
 )
 
 
@@ -64,8 +64,9 @@ class Engine:
     ``.gguf`` file or a GGUF repo on the Hub (``owner/repo-GGUF:Q4_K_M``);
     ``None`` is the embedded default model. ``backend``: ``auto`` (llama.cpp
     for a GGUF source when installed, else transformers), or a backend's
-    name. ``family`` overrides detection; other keyword arguments are family
-    options the plugins declare (e.g. ``enable_thinking=True`` for Qwen3).
+    name. ``threads``: CPU threads (llama.cpp's per engine; torch's for the
+    whole process). ``family`` overrides detection; other keyword arguments are
+    family options the plugins declare (e.g. ``enable_thinking=True`` for Qwen3).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Engine:
         family: str | None = None,
         *,
         backend: str = "auto",
+        threads: int | None = None,
         progress: bool = True,
         max_loaded_adapters: int | None = None,
         max_adapter_bytes: int | None = None,
@@ -95,6 +97,8 @@ class Engine:
         check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         if not isinstance(backend, str) or not backend.strip():
             raise BackendError(f"backend must be 'auto' or a backend's name, got {backend!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise BackendError(f"threads must be a positive whole number or None (the backend's default), got {threads!r}")
         self.model_id = None if model_id is None else check_model_id(model_id)
         self.device = device
         self.dtype = dtype
@@ -103,6 +107,7 @@ class Engine:
         self.revision = revision
         self.family_override = family
         self.backend = backend.strip().lower()
+        self.threads = threads
         self.family_options = dict(family_options)
         #: Adapter residency (LRU) and merge mode; see ``configure_adapters``.
         self.max_loaded_adapters = max_loaded_adapters
@@ -173,6 +178,7 @@ class Engine:
             config=src.config,
             config_source=src.config_source,
             progress=self.progress,
+            threads=self.threads,
         )
         runner = choice.backend.load(src, options, host)
         try:

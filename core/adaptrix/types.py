@@ -73,6 +73,8 @@ class LoadOptions:
     config_source: str | None = None
     #: Show progress bars for long work (a GGUF's one-time conversion).
     progress: bool = True
+    #: CPU threads for the backend (``None``: its default; torch's setting is process-wide).
+    threads: int | None = None
 
 
 @attrs.frozen

@@ -32,6 +32,10 @@ class TransformersBackend(Backend):
         from ..devices import resolve_device
 
         resolve_device(options.device)  # a device that is not there fails before any conversion
+        if options.threads:
+            import torch
+
+            torch.set_num_threads(options.threads)  # torch's thread pool is one per process
         source = source.ensure_folder(progress=options.progress)
         options = attrs.evolve(options, config=source.config, config_source=source.config_source,
                                revision=source.load_revision)

@@ -15,6 +15,8 @@ def add_model_args(p) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run custom modelling code a model ships (read it first)")
     p.add_argument("--adapters-dir", default="adapters", help="folder of named adapters (default: adapters)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (default: the backend's own; on a shared machine fewer can be faster)")
     add_backend_arg(p)
 
 
@@ -44,6 +46,7 @@ def engine_options(args, **extra) -> dict:
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         adapters_dir=args.adapters_dir,
+        **({"threads": args.threads} if getattr(args, "threads", None) is not None else {}),
         **backend_option(args),
         **extra,
     )

@@ -64,7 +64,7 @@ class LlamaCppBackend(Backend):
                 f"dtype {options.dtype!r}: llama.cpp computes in the GGUF file's own tensor types; leave dtype='auto' "
                 "or use backend='transformers' to pick a dtype"
             )
-        runtime = LlamaRuntime(source.gguf_file)
+        runtime = LlamaRuntime(source.gguf_file, n_threads=options.threads)
         try:
             codec = LlamaTextCodec(runtime, name=source.model_id)
             template = codec.chat_template or ""
