@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/basic.py
 
 test: $(STAMP) chromium
-	ADAPTRIX_STRICT_PLUGINS=1 $(BIN)/python -m pytest -q
+	ADAPTRIX_STRICT_PLUGINS=1 $(BIN)/python -m pytest -q --durations=10
 
 setup: $(STAMP)
 
