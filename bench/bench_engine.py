@@ -1,4 +1,4 @@
-"""Engine benchmarks on the embedded SmolLM2-135M-Instruct, printed side by side in one run.
+"""Engine benchmarks on the embedded SmolLM2-135M-Instruct (transformers backend), printed side by side in one run.
 
 1. Framework overhead: greedy tokens/s of ``engine.generate`` vs raw
    ``model.generate`` on the same model and prompt ids (target ratio >= 0.98).
@@ -68,14 +68,14 @@ def load_times(skip_cold: bool) -> dict:
         try:
             if not skip_cold:
                 start = time.perf_counter()
-                e = Engine(progress=False)
+                e = Engine(progress=False, backend="transformers")
                 e.initialize()
                 e.cleanup()
                 result["cold"] = time.perf_counter() - start
             cached = []
             for _ in range(3):
                 start = time.perf_counter()
-                e = Engine(progress=False)
+                e = Engine(progress=False, backend="transformers")
                 e.initialize()
                 cached.append(time.perf_counter() - start)
                 e.cleanup()
@@ -87,7 +87,7 @@ def load_times(skip_cold: bool) -> dict:
                 os.environ["ADAPTRIX_CACHE"] = old
     code = (
         "import time; t=time.perf_counter(); from adaptrix import Engine; "
-        "e=Engine(progress=False); e.initialize(); print(time.perf_counter()-t)"
+        "e=Engine(progress=False, backend='transformers'); e.initialize(); print(time.perf_counter()-t)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     result["fresh_process"] = float(out.strip().splitlines()[-1])
@@ -149,7 +149,7 @@ def main() -> int:
     from adaptrix.errors import ModelConfigError
 
     try:
-        engine = Engine(progress=False)
+        engine = Engine(progress=False, backend="transformers")
         engine.initialize()
     except ModelConfigError as exc:
         print(f"skipped: {exc}")
