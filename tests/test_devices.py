@@ -26,18 +26,11 @@ def test_auto_is_float32_on_the_cpu_unless_bfloat16_is_asked_for(monkeypatch):
 
 
 @pytest.mark.real_weights
-def test_the_embedded_model_in_bfloat16_gives_the_demo_answers(monkeypatch):
+def test_the_embedded_model_in_bfloat16_gives_the_demo_answers(monkeypatch, embedded_gguf):
     """What `make demo` prints on a bf16 CPU: math_specialist's worked answer, as in float32."""
     from pathlib import Path
 
     from adaptrix import Engine
-    from adaptrix.default_model import default_model_path
-    from adaptrix.errors import ModelConfigError
-
-    try:
-        default_model_path()
-    except ModelConfigError as exc:
-        pytest.skip(str(exc))
     monkeypatch.setenv("ADAPTRIX_CPU_BF16", "1")
     math = Path(__file__).resolve().parents[1] / "examples" / "adapters" / "math_specialist"
     e = Engine(progress=False, backend="transformers")

@@ -25,17 +25,7 @@ FILES = {
 }
 
 
-@pytest.fixture(scope="module")
-def model_file() -> Path:
-    from adaptrix.default_model import default_model_path
-
-    try:
-        return default_model_path()
-    except ModelConfigError as exc:
-        pytest.skip(str(exc))
-
-
-def _lay_out_cache(cache: Path, repo_id: str, files: dict, model_file: Path) -> None:
+def _lay_out_cache(cache: Path, repo_id: str, files: dict, embedded_gguf: Path) -> None:
     """A Hugging Face hub cache as huggingface_hub writes it: blobs, refs/main, snapshots/<sha> symlinks."""
     repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
     (repo_dir / "refs").mkdir(parents=True)
@@ -44,7 +34,7 @@ def _lay_out_cache(cache: Path, repo_id: str, files: dict, model_file: Path) -> 
         blob = repo_dir / "blobs" / f"{i:040x}"
         blob.parent.mkdir(exist_ok=True)
         if content == "model":
-            blob.symlink_to(model_file)
+            blob.symlink_to(embedded_gguf)
         else:
             blob.write_bytes(content)
         link = repo_dir / "snapshots" / SHA / name
@@ -53,10 +43,10 @@ def _lay_out_cache(cache: Path, repo_id: str, files: dict, model_file: Path) -> 
 
 
 @pytest.fixture
-def offline_cache(tmp_path, monkeypatch, model_file):
+def offline_cache(tmp_path, monkeypatch, embedded_gguf):
     from huggingface_hub import constants
 
-    _lay_out_cache(tmp_path, REPO, FILES, model_file)
+    _lay_out_cache(tmp_path, REPO, FILES, embedded_gguf)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return tmp_path
@@ -76,13 +66,13 @@ def _snapshot(cache: Path, name: str) -> Path:
         (REPO, "SmolLM2-135M-Instruct-Q4_K_M.gguf"),  # several files, no tag: llama.cpp's default Q4_K_M
     ],
 )
-def test_hub_sources_resolve_offline_from_the_hf_cache(offline_cache, model_file, source, filename):
+def test_hub_sources_resolve_offline_from_the_hf_cache(offline_cache, embedded_gguf, source, filename):
     got = hub.resolve_gguf_source(source)
     assert got.repo_id == REPO and got.filename == filename
     assert got.path == _snapshot(offline_cache, filename)
     assert got.parts == (got.path,)
     if filename in ("SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct-Q4_K_M.gguf"):
-        assert got.path.read_bytes()[:4] == b"GGUF" and got.path.stat().st_size == model_file.stat().st_size
+        assert got.path.read_bytes()[:4] == b"GGUF" and got.path.stat().st_size == embedded_gguf.stat().st_size
 
 
 def test_a_split_model_resolves_to_its_first_part_with_every_part_present(offline_cache):
@@ -98,12 +88,12 @@ def test_a_tag_matching_nothing_lists_the_files(offline_cache):
     assert "README" not in str(info.value)
 
 
-def test_a_tag_matching_several_files_asks_for_the_file(offline_cache, model_file, tmp_path, monkeypatch):
+def test_a_tag_matching_several_files_asks_for_the_file(offline_cache, embedded_gguf, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     other = tmp_path / "other"
     repo = "someone/Two-GGUF"
-    _lay_out_cache(other, repo, {"a-Q8_0.gguf": "model", "b-Q8_0.gguf": "model"}, model_file)
+    _lay_out_cache(other, repo, {"a-Q8_0.gguf": "model", "b-Q8_0.gguf": "model"}, embedded_gguf)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(other))
     with pytest.raises(ModelConfigError, match=r"matches several files \(a-Q8_0, b-Q8_0\); name the file"):
         hub.resolve_gguf_source(f"{repo}:Q8_0")
@@ -159,9 +149,9 @@ def test_an_unreachable_hub_falls_back_on_the_cache_without_waiting_again(offlin
         hub.resolve_gguf_source("nobody/Missing-GGUF:Q4_0")
 
 
-def test_local_files(model_file, tmp_path):
-    got = hub.resolve_gguf_source(str(model_file))
-    assert got.path == model_file.resolve() and got.repo_id is None
+def test_local_files(embedded_gguf, tmp_path):
+    got = hub.resolve_gguf_source(str(embedded_gguf))
+    assert got.path == embedded_gguf.resolve() and got.repo_id is None
     with pytest.raises(ModelConfigError, match=r"nope\.gguf does not exist"):
         hub.resolve_gguf_source(str(tmp_path / "nope.gguf"))
 
@@ -187,9 +177,9 @@ def test_not_a_gguf_source_is_refused():
         hub.resolve_gguf_source("Qwen/Qwen3-0.6B")
 
 
-def test_environment_variables_reach_huggingface_hub_in_a_fresh_process(tmp_path, model_file):
+def test_environment_variables_reach_huggingface_hub_in_a_fresh_process(tmp_path, embedded_gguf):
     """The real configuration path: HF_HUB_CACHE and HF_HUB_OFFLINE set before huggingface_hub is imported."""
-    _lay_out_cache(tmp_path, REPO, FILES, model_file)
+    _lay_out_cache(tmp_path, REPO, FILES, embedded_gguf)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     code = (
         "import sys; from adaptrix.gguf_hub import resolve_gguf_source as r;"
@@ -201,11 +191,11 @@ def test_environment_variables_reach_huggingface_hub_in_a_fresh_process(tmp_path
     assert imported == "[]"
 
 
-def test_a_hub_gguf_source_runs_through_the_engine(tmp_path, model_file):
+def test_a_hub_gguf_source_runs_through_the_engine(tmp_path, embedded_gguf):
     """`adaptrix generate --model owner/repo-GGUF:Q4_1`: resolved once by the core, downloaded into the HF cache
     (here a stand-in, offline), run on the backend auto picks, in a fresh process as a user runs it."""
     pytest.importorskip("llama_cpp")
-    _lay_out_cache(tmp_path, REPO, FILES, model_file)
+    _lay_out_cache(tmp_path, REPO, FILES, embedded_gguf)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     info = subprocess.run(
         [sys.executable, "-m", "adaptrix", "info", "--model", f"{REPO}:Q4_1", "--json"],

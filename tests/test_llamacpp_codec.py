@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adaptrix.errors import ChatTemplateError, ModelConfigError
+from adaptrix.errors import ChatTemplateError
 
 pytest.importorskip("llama_cpp")
 from adaptrix_llamacpp.codec import LlamaTextCodec  # noqa: E402
@@ -31,28 +31,18 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def model_path():
-    from adaptrix.default_model import default_model_path
-
-    try:
-        return default_model_path()
-    except ModelConfigError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
-def codec(model_path):
-    runtime = LlamaRuntime(model_path, n_ctx=256, n_threads=1)
+def codec(embedded_gguf):
+    runtime = LlamaRuntime(embedded_gguf, n_ctx=256, n_threads=1)
     yield LlamaTextCodec(runtime)
     runtime.close()
 
 
 @pytest.fixture(scope="module")
-def hf(model_path):
+def hf(embedded_gguf):
     """The oracle: transformers' tokenizer converted from the GGUF file itself (about 30 s)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_path.parent), gguf_file=model_path.name)
+    return AutoTokenizer.from_pretrained(str(embedded_gguf.parent), gguf_file=embedded_gguf.name)
 
 
 @pytest.mark.parametrize("add_special", [True, False])

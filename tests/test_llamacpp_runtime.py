@@ -14,7 +14,6 @@ from adaptrix.errors import (
     ContextOverflowError,
     EngineStateError,
     GenerationError,
-    ModelConfigError,
     ModelLoadError,
 )
 
@@ -32,18 +31,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def model_path():
-    from adaptrix.default_model import default_model_path
-
-    try:
-        return default_model_path()
-    except ModelConfigError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
-def rt(model_path):
-    runtime = LlamaRuntime(model_path, n_ctx=N_CTX, n_threads=THREADS)
+def rt(embedded_gguf):
+    runtime = LlamaRuntime(embedded_gguf, n_ctx=N_CTX, n_threads=THREADS)
     yield runtime
     runtime.close()
 
@@ -58,8 +47,8 @@ def _run(gen):
             return out, stop.value
 
 
-def test_greedy_tokens_equal_raw_llama_cpp_python(rt, model_path):
-    llama = raw_llama(model_path, n_ctx=N_CTX, n_threads=THREADS)
+def test_greedy_tokens_equal_raw_llama_cpp_python(rt, embedded_gguf):
+    llama = raw_llama(embedded_gguf, n_ctx=N_CTX, n_threads=THREADS)
     try:
         for text in PROMPTS:
             ids = rt.tokenize(text, add_special=False)
@@ -72,11 +61,11 @@ def test_greedy_tokens_equal_raw_llama_cpp_python(rt, model_path):
         llama.close()
 
 
-def test_logits_equal_raw_llama_cpp_python(rt, model_path):
+def test_logits_equal_raw_llama_cpp_python(rt, embedded_gguf):
     import numpy as np
 
     ids = rt.tokenize(PROMPTS[0], add_special=False)
-    llama = raw_llama(model_path, n_ctx=N_CTX, n_threads=THREADS, logits_all=True)
+    llama = raw_llama(embedded_gguf, n_ctx=N_CTX, n_threads=THREADS, logits_all=True)
     try:
         llama.reset()
         llama.eval(ids)
@@ -136,8 +125,8 @@ def test_stops_lengths_and_cancel(rt):
     assert _run(rt.generate_tokens(ids, max_new_tokens=64))[0] == full
 
 
-def test_generation_stops_at_the_end_of_the_context(model_path):
-    with LlamaRuntime(model_path, n_ctx=32, n_threads=THREADS) as small:
+def test_generation_stops_at_the_end_of_the_context(embedded_gguf):
+    with LlamaRuntime(embedded_gguf, n_ctx=32, n_threads=THREADS) as small:
         ids = small.tokenize("Once upon a time, there was", add_special=False)
         out, why = _run(small.generate_tokens(ids, max_new_tokens=100, stop_ids=()))
         assert why == "length" and len(ids) + len(out) == 32
@@ -172,10 +161,10 @@ def test_one_generation_at_a_time(rt):
     assert len(_run(rt.generate_tokens(ids, max_new_tokens=2, stop_ids=()))[0]) == 2
 
 
-def test_metadata_and_special_tokens_match_the_gguf_file(rt, model_path):
+def test_metadata_and_special_tokens_match_the_gguf_file(rt, embedded_gguf):
     import gguf
 
-    fields = gguf.GGUFReader(str(model_path)).fields
+    fields = gguf.GGUFReader(str(embedded_gguf)).fields
 
     def value(key):
         f = fields[key]
@@ -227,15 +216,15 @@ def test_loading_errors_name_the_file(tmp_path):
         LlamaRuntime(junk)
 
 
-def test_close_frees_and_later_use_is_a_clear_error(model_path):
-    runtime = LlamaRuntime(model_path, n_ctx=64, n_threads=THREADS)
+def test_close_frees_and_later_use_is_a_clear_error(embedded_gguf):
+    runtime = LlamaRuntime(embedded_gguf, n_ctx=64, n_threads=THREADS)
     runtime.close()
     runtime.close()  # idempotent
     assert runtime.closed
     with pytest.raises(EngineStateError, match="closed"):
         runtime.tokenize("hi")
     # Garbage collection frees a runtime nobody closed.
-    other = LlamaRuntime(model_path, n_ctx=64, n_threads=THREADS)
+    other = LlamaRuntime(embedded_gguf, n_ctx=64, n_threads=THREADS)
     finalizer = other._finalizer
     del other
     gc.collect()
@@ -246,10 +235,10 @@ def test_close_frees_and_later_use_is_a_clear_error(model_path):
 
 
 @pytest.fixture(scope="module")
-def loras(rt, model_path, tmp_path_factory):
+def loras(rt, embedded_gguf, tmp_path_factory):
     d = tmp_path_factory.mktemp("loras")
-    a = rt.load_lora(write_random_lora(d / "a.gguf", model_path, seed=1))
-    b = rt.load_lora(write_random_lora(d / "b.gguf", model_path, seed=2, targets=("attn_k", "ffn_up")))
+    a = rt.load_lora(write_random_lora(d / "a.gguf", embedded_gguf, seed=1))
+    b = rt.load_lora(write_random_lora(d / "b.gguf", embedded_gguf, seed=2, targets=("attn_k", "ffn_up")))
     yield a, b
     rt.set_loras([])
 
@@ -280,23 +269,23 @@ def test_lora_scales_switch_without_reloading(rt, loras):
     assert a.metadata["adapter.type"] == "lora" and float(a.metadata["adapter.lora.alpha"]) == 4
 
 
-def test_lora_errors(rt, loras, model_path, tmp_path):
+def test_lora_errors(rt, loras, embedded_gguf, tmp_path):
     a, _ = loras
     with pytest.raises(AdapterError, match="does not exist"):
         rt.load_lora(tmp_path / "none.gguf")
     with pytest.raises(AdapterFormatError, match=r"refused the LoRA .*model\.gguf"):
-        rt.load_lora(_copy(model_path, tmp_path / "model.gguf"))  # a model, not an adapter
-    with LlamaRuntime(model_path, n_ctx=64, n_threads=THREADS) as other:
+        rt.load_lora(_copy(embedded_gguf, tmp_path / "model.gguf"))  # a model, not an adapter
+    with LlamaRuntime(embedded_gguf, n_ctx=64, n_threads=THREADS) as other:
         with pytest.raises(AdapterError, match="not loaded"):
             other.set_loras({a: 1.0})
 
 
-def test_unload_deactivates_and_frees(rt, model_path, tmp_path):
+def test_unload_deactivates_and_frees(rt, embedded_gguf, tmp_path):
     import numpy as np
 
     ids = rt.tokenize(PROMPTS[2], add_special=False)
     base = rt.logits(ids)
-    c = rt.load_lora(write_random_lora(tmp_path / "c.gguf", model_path, seed=3))
+    c = rt.load_lora(write_random_lora(tmp_path / "c.gguf", embedded_gguf, seed=3))
     rt.set_loras({c: 1.0})
     assert rt.active_loras == ((c, 1.0),)
     rt.unload_lora(c)
