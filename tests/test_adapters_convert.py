@@ -15,7 +15,7 @@ pytest.importorskip("gguf")
 pytest.importorskip("adaptrix_llamacpp")
 
 from support.adapters import make_adapter  # noqa: E402
-from support.tiny_gguf import build_tiny_gguf  # noqa: E402
+from support.tiny_gguf import build_tiny_gguf, write_falcon_stub  # noqa: E402
 
 from adaptrix.cli.main import main  # noqa: E402
 from adaptrix.plugins import PluginHost, get_host, set_host  # noqa: E402
@@ -156,17 +156,7 @@ def test_wrong_family_is_refused_before_writing(tiny, tmp_path, capsys):
 
 
 def test_unsupported_architecture_is_refused_naming_it(tiny, tmp_path, capsys):
-    import gguf
-
-    falcon = tmp_path / "falcon.gguf"
-    w = gguf.GGUFWriter(str(falcon), "falcon")
-    w.add_block_count(2)
-    w.add_head_count(4)
-    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    falcon = write_falcon_stub(tmp_path / "falcon.gguf")
     err = refused(capsys, tiny[1], tmp_path / "x.gguf", "--base", falcon)
     assert "architecture 'falcon'" in err and "supports llama, qwen2, qwen3" in err
 

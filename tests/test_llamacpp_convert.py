@@ -186,17 +186,9 @@ def test_adapters_a_gguf_lora_cannot_express_are_refused(tiny_gguf, tmp_path, kw
 
 
 def test_unsupported_architecture_is_refused_naming_it(tiny_adapter, tmp_path):
-    import gguf
+    from support.tiny_gguf import write_falcon_stub
 
-    path = tmp_path / "falcon.gguf"
-    w = gguf.GGUFWriter(str(path), "falcon")
-    w.add_block_count(2)
-    w.add_head_count(4)
-    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = write_falcon_stub(tmp_path / "falcon.gguf")
     with pytest.raises(AdapterIncompatibleError, match=r"architecture 'falcon'.*supports llama, qwen2, qwen3"):
         peft_to_gguf_lora(tiny_adapter("llama"), path, tmp_path / "x.gguf", progress=False)
 

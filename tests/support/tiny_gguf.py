@@ -115,3 +115,19 @@ def build_tiny_gguf(model_type: str, folder: Path, seed: int = 0) -> tuple[Path,
     out = folder / "gguf"
     out.mkdir(parents=True, exist_ok=True)
     return hf, write_tiny_gguf(hf, out / f"tiny-{model_type}-f32.gguf")
+
+
+def write_falcon_stub(path: Path) -> Path:
+    """A GGUF model header of an architecture the LoRA converter does not support (falcon), for refusal tests."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "falcon")
+    w.add_block_count(2)
+    w.add_head_count(4)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
