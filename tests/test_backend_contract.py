@@ -144,6 +144,33 @@ def test_cat_composition_is_the_weighted_sum(engine):
     assert engine.generate(QUESTION, adapter="mix_one", temperature=0, max_new_tokens=20) == alone
 
 
+def test_a_stream_owns_the_model_until_its_generation_ends(engine):
+    """Whichever thread pulls a stream generates it (llama.cpp steps in the reader's thread); a call made
+    meanwhile, in the reader's own thread or another, finishes the stream first and never changes it; a
+    stream left unread or closed early frees the model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine.load_adapter(str(MATH), activate=False)
+    settings = dict(temperature=0, max_new_tokens=16)
+    math_text = engine.generate(QUESTION, adapter="math_specialist", **settings)
+    base_text = engine.generate(QUESTION, **settings)
+    assert math_text != base_text
+    it = engine.stream(QUESTION, adapter="math_specialist", **settings)
+    first = next(it)
+    assert engine.generate(QUESTION, **settings) == base_text  # same thread: no deadlock, no change
+    assert first + "".join(it) == math_text
+    with ThreadPoolExecutor(1) as a, ThreadPoolExecutor(1) as b:
+        it = engine.stream(QUESTION, adapter="math_specialist", **settings)
+        pieces = [a.submit(next, it).result(timeout=60)]
+        assert b.submit(engine.generate, QUESTION, **settings).result(timeout=60) == base_text
+        pieces += a.submit(list, it).result(timeout=60)
+        assert "".join(pieces) == math_text
+        it = engine.stream(QUESTION, adapter="math_specialist", **dict(settings, max_new_tokens=200))
+        a.submit(next, it).result(timeout=60)
+        b.submit(it.close).result(timeout=60)  # closed by another thread than the reader
+    assert engine.generate(QUESTION, **settings) == base_text and engine.active_adapter is None
+
+
 def test_what_a_backend_cannot_do_is_refused_by_name(engine, request):
     from adaptrix.errors import AdapterError, BackendError
 

@@ -22,8 +22,6 @@ lease on the model so that calls never interleave.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -33,7 +31,7 @@ from . import generation as gen
 from .adapters.manager import check_residency_limits
 from .conversation import Conversation, ConversationStore, Prompt, build_prompt
 from .errors import BackendError, ContextOverflowError, EngineStateError, GenerationError
-from .lease import ModelLease
+from .lease import LeasedTokens, ModelLease
 from .request import GenerationRequest
 from .types import UNSET, GenerationConfig, LoadOptions
 
@@ -414,17 +412,14 @@ class Engine:
 
     def _stream(self, req: GenerationRequest) -> Iterator[str]:
         """The stream's generator. The model is leased to this stream (a token, not a thread) from the
-        first ``next()`` until its generation ends: ``next()`` may come from any thread, and a call
-        made meanwhile (from any thread, this one included) waits for the generation, never changes it.
-        The generation runs to its end in a worker thread unless the stream is closed or dropped."""
+        first ``next()`` until its generation ends: ``next()`` may come from any thread and generates
+        there (:meth:`Runner.stream_tokens`); a call made meanwhile, from any thread, this one included,
+        finishes the stream's generation into a buffer first (:class:`~adaptrix.lease.LeasedTokens`),
+        so it never changes the stream and never deadlocks."""
         import contextlib
 
         owner = _StreamOwner()
         lease = self._lock
-        tokens: queue.Queue = queue.Queue()
-        end = object()
-        cancel = threading.Event()
-        failure: list[BaseException] = []
         lease.acquire(owner)
         try:
             with lease.acting_as(owner), contextlib.ExitStack() as held:
@@ -432,42 +427,22 @@ class Engine:
                 held.enter_context(session.adapters.scope(req.adapter))
                 conv = self._conversation_for(req)
                 prepared = self._prepare(req, conv)
-                stop = self._stop_check([prepared])
                 decoder = gen.IncrementalDecoder(session.runner.loaded.tokenizer)
-                scope = held.pop_all()  # from here on the worker restores the adapters and frees the lease
-
-            def work():
-                with lease.acting_as(owner):
-                    try:
-                        session.runner.generate([prepared.input_ids], prepared.settings, stop=stop,
-                                                on_tokens=tokens.put, cancel=cancel)
-                    except BaseException as exc:  # re-raised in the consuming thread
-                        failure.append(exc)
-                    finally:
-                        try:
-                            scope.close()
-                        finally:
-                            lease.release(owner)
-                            tokens.put(end)
-
-            worker = threading.Thread(target=work, name="adaptrix-stream", daemon=True)
-            worker.start()
+                tokens = session.runner.stream_tokens(prepared.input_ids, prepared.settings,
+                                                      stop=self._stop_check([prepared]))
+                scope = held.pop_all()  # from here on the generation's end restores the adapters
+            generation = LeasedTokens(lease, owner, tokens, on_end=scope.close)
         except BaseException:
             lease.release(owner)
             raise
         pipeline = prepared.pipeline()
         pieces: list[str] = []
         try:
-            while True:
-                item = tokens.get()
-                if item is end:
-                    break
-                piece = pipeline.feed(decoder.add(item))
+            while (token := generation.next()) is not None:
+                piece = pipeline.feed(decoder.add((token,)))
                 if piece:
                     pieces.append(piece)
                     yield piece
-            if failure:
-                raise failure[0]
             tail = pipeline.feed(decoder.finish()) + pipeline.flush()
             if tail:
                 pieces.append(tail)
@@ -476,9 +451,7 @@ class Engine:
                 with lease:
                     self._remember(conv, req, "".join(pieces))
         finally:
-            # Closed, dropped or done: stop the generation (no join: this may run in a finalizer);
-            # the worker restores the adapters and frees the model within one token.
-            cancel.set()
+            generation.close()  # closed, dropped or done: stop the generation and free the model
 
     # -- batches ----------------------------------------------------------------------
     def generate_batch(self, prompts: Sequence[str], *, adapters: Sequence[str | None] | None = None,

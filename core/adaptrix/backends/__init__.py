@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 import attrs
 
@@ -79,6 +79,49 @@ class Runner(ABC):
         early; ``on_tokens`` receives each step's new ids (one row only);
         ``cancel`` ends every row at the next step.
         """
+
+    def stream_tokens(
+        self,
+        ids: Sequence[int],
+        cfg: "GenerationConfig",
+        *,
+        stop: Callable[[int, Sequence[int]], bool] | None = None,
+    ) -> Iterator[int]:
+        """One prompt's new token ids, made as the caller pulls them (active adapters apply).
+
+        Closing the iterator stops the generation; the model is free again once
+        it has returned or been closed. The default runs :meth:`generate` in a
+        worker thread and hands its tokens over; a backend whose engine can
+        step on demand (llama.cpp) overrides this to generate in the pulling
+        thread, with no thread between the model and the reader.
+        """
+        import queue
+        import threading
+
+        tokens: queue.SimpleQueue = queue.SimpleQueue()
+        end = object()
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.generate([ids], cfg, stop=stop, on_tokens=lambda new: [tokens.put(t) for t in new],
+                              cancel=cancel)
+            except BaseException as exc:  # re-raised in the pulling thread
+                failure.append(exc)
+            finally:
+                tokens.put(end)
+
+        worker = threading.Thread(target=work, name="adaptrix-generate", daemon=True)
+        worker.start()
+        try:
+            while (item := tokens.get()) is not end:
+                yield item
+            if failure:
+                raise failure[0]
+        finally:
+            cancel.set()
+            worker.join()  # within one step: the model is free when this returns
 
     @abstractmethod
     def info(self) -> dict[str, Any]:

@@ -107,39 +107,58 @@ class LlamaCppRunner(Runner):
         return self.manager
 
     def generate(self, rows, cfg, *, adapters=None, stop=None, on_tokens=None, cancel=None) -> list[list[int]]:
-        from adaptrix import generation as gen
-
         if adapters is not None:
             adapters = self.manager.rows(adapters, len(rows))
-        eos = set(self.eos_ids)
-        greedy = gen.is_greedy(cfg)
         results = []
         for i, ids in enumerate(rows):
             scope = self.manager.scope(adapters[i]) if adapters is not None else contextlib.nullcontext()
             new: list[int] = []
             with scope:
-                tokens = self.runtime.generate_tokens(
-                    ids,
-                    max_new_tokens=cfg.max_new_tokens,
-                    temperature=0.0 if greedy else float(cfg.temperature),
-                    top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
-                    top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
-                    repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
-                    seed=cfg.seed,
-                    stop_ids=(),  # end-of-generation tokens are kept in the row, as transformers keeps EOS
-                    cancel=cancel.is_set if cancel is not None else None,
-                )
+                row_stop = None if stop is None else (lambda new_ids, i=i: stop(i, new_ids))
+                tokens = self._row(ids, cfg, row_stop, cancel)
                 try:
                     for token in tokens:
                         new.append(token)
                         if on_tokens is not None:
                             on_tokens([token])
-                        if token in eos or (stop is not None and stop(i, new)):
-                            break
                 finally:
                     tokens.close()
             results.append(new)
         return results
+
+    def stream_tokens(self, ids, cfg, *, stop=None):
+        """Generated in the pulling thread, one ``llama_decode`` per ``next()``: no thread in between."""
+        return self._row(ids, cfg, None if stop is None else (lambda new_ids: stop(0, new_ids)), None)
+
+    def _row(self, ids, cfg, stop, cancel):
+        """One prompt's new tokens; the end-of-generation token that ends a row is kept, as transformers keeps EOS."""
+        from adaptrix import generation as gen
+
+        greedy = gen.is_greedy(cfg)
+        tokens = self.runtime.generate_tokens(
+            ids,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=0.0 if greedy else float(cfg.temperature),
+            top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
+            top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
+            repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
+            seed=cfg.seed,
+            stop_ids=(),
+            cancel=cancel.is_set if cancel is not None else None,
+        )
+        return self._until_end(tokens, frozenset(self.eos_ids), stop)
+
+    @staticmethod
+    def _until_end(tokens, eos, stop):
+        new: list[int] = []
+        try:
+            for token in tokens:
+                new.append(token)
+                yield token
+                if token in eos or (stop is not None and stop(new)):
+                    return
+        finally:
+            tokens.close()
 
     def info(self) -> dict[str, Any]:
         info = self.runtime.info
