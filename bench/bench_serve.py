@@ -1,18 +1,24 @@
 """Benchmark ``adaptrix serve`` on the embedded model: concurrency 1/4/8, mixed adapters vs one adapter.
 
+"mixed" cycles the base model and four adapters: ``math_specialist`` and
+``pirate_style`` from ``examples/adapters``, and two more made from them for
+this run (the same rank and targets, every ``lora_B`` halved: different
+weights, different answers), so a batch holds up to four adapters at once.
+
 Prints aggregate tokens/s, time to first token p50/p95 and request latency,
 next to one-client-at-a-time on the same server, and next to llama-cpp-python's
 own OpenAI server on the same GGUF when ``llama_cpp.server`` is installed.
 
-    python bench/bench_serve.py [--backend transformers|llamacpp|auto] [--tokens 48] [--requests 16] [--threads 2]
+    python bench/bench_serve.py [--backend transformers|llamacpp|auto] [--tokens 48] [--requests 32] [--threads 2]
 
-``--threads`` is torch's thread count on the transformers backend; on llama.cpp the
-process is pinned to that many CPUs (llama.cpp sizes its pool from them).
+Each server runs as its own process (``adaptrix serve --threads N``, and
+``python -m llama_cpp.server --n_threads N``), the clients in this one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -28,26 +34,67 @@ sys.path.insert(0, str(REPO / "tests"))
 PROMPTS = ["What is 25 times 8?", "Tell me about the sea.", "Name three colours.", "What is machine learning?"]
 
 
+#: ``python -m llama_cpp.server`` with the model loaded as adaptrix's LlamaRuntime loads it: without
+#: llama.cpp's CPU repacking buffers (their AMX kernels die with SIGILL in this project's VM).
+LLAMA_SERVER = """
+import runpy, sys
+import llama_cpp.llama_cpp as low
+default = low.llama_model_default_params
+def params():
+    p = default()
+    p.use_extra_bufts = False
+    return p
+low.llama_model_default_params = params
+sys.argv[0] = "llama_cpp.server"
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+def adapters_folder(folder: Path) -> Path:
+    """``folder`` holding the two example adapters and a half-strength copy of each (four in all)."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    examples = REPO / "examples" / "adapters"
+    for name in ("math_specialist", "pirate_style"):
+        shutil.copytree(examples / name, folder / name)
+        half = folder / f"{name.split('_')[0]}_half"
+        shutil.copytree(examples / name, half)
+        weights = load_file(str(half / "adapter_model.safetensors"))
+        save_file({k: (v * np.float32(0.5)).astype(v.dtype) if "lora_B" in k else v for k, v in weights.items()},
+                  str(half / "adapter_model.safetensors"))
+    return folder
+
+
 def one(url: str, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
-    """(time to first token, latency, completion tokens) of one streamed request."""
+    """(time to first token, latency, completion tokens) of one streamed request.
+
+    Completion tokens come from the final ``usage`` chunk; a server that sends
+    none (llama_cpp.server ignores ``stream_options``) sends one chunk per token.
+    """
+    import json
+
     import httpx
 
     start = time.perf_counter()
-    first, count = None, 0
+    first, count, chunks = None, None, 0
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            import json
-
             msg = json.loads(line[6:])
-            if msg.get("choices") and msg["choices"][0]["delta"].get("content") and first is None:
-                first = time.perf_counter() - start
+            if msg.get("choices") and msg["choices"][0]["delta"].get("content"):
+                chunks += 1
+                if first is None:
+                    first = time.perf_counter() - start
             if msg.get("usage"):
                 count = msg["usage"]["completion_tokens"]
-    return first or 0.0, time.perf_counter() - start, count
+    return first or 0.0, time.perf_counter() - start, chunks if count is None else count
 
 
 def run(url: str, models: list[str], clients: int, requests: int, tokens: int) -> dict:
@@ -65,52 +112,74 @@ def run(url: str, models: list[str], clients: int, requests: int, tokens: int) -
     }
 
 
-def main() -> int:
-    import functools
-    import builtins
+@contextlib.contextmanager
+def server_process(cmd: list[str], ready_path: str, what: str):
+    """Run ``cmd`` (a server on a free port, appended as ``--port P``) until the block ends; yields its URL."""
+    import httpx
 
-    print = functools.partial(builtins.print, flush=True)  # noqa: A001 - rows show as they are measured
+    from support.server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{what} exited with status {proc.returncode} before it was ready: {' '.join(cmd)}")
+            try:
+                if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def rows(url: str, label: str, sets: list[tuple[str, list[str]]], args) -> list[dict]:
+    run(url, [sets[0][1][0]], 1, 1, 4)  # warm-up
+    out = []
+    for models_label, models in sets:
+        for clients in (1, 4, 8):
+            r = run(url, models, clients, args.requests, args.tokens)
+            r.update(server=label, models=models_label, clients=clients)
+            out.append(r)
+            print(f"{label:<28}{models_label:<10}{clients:>8}{r['tok/s']:>9.1f}{r['ttft p50']:>10.2f}"
+                  f"{r['ttft p95']:>10.2f}{r['latency p50']:>9.2f}", flush=True)
+    return out
+
+
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--requests", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, or llama.cpp threads")
     ap.add_argument("--backend", default="transformers", choices=("transformers", "llamacpp", "auto"))
     ap.add_argument("--no-llamacpp-server", action="store_true", help="skip llama-cpp-python's own server")
     args = ap.parse_args()
-    if args.backend == "transformers":
-        import torch
 
-        torch.set_num_threads(args.threads)
-    elif hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
-    from support.server import LiveServer
+    import tempfile
 
-    from adaptrix import Engine
-    from adaptrix.serve.app import ServeOptions, create_app
+    from adaptrix.default_model import default_model_path
 
-    ads = REPO / "examples" / "adapters"
-
-    def make():
-        e = Engine(backend=args.backend, adapters_dir=str(ads), progress=False)
-        e.initialize()
-        return e
-
+    ads = adapters_folder(Path(tempfile.mkdtemp(prefix="adaptrix-bench-serve-")))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, load average {load} at start, "
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}; backend {args.backend}, {args.threads} threads, "
-          f"{args.tokens} new tokens, {args.requests} requests per row")
+          f"{args.tokens} new tokens, {args.requests} requests per row; each server is its own process")
     print(f"{'server':<28}{'models':<10}{'clients':>8}{'tok/s':>9}{'ttft p50':>10}{'ttft p95':>10}{'lat p50':>9}")
-    mixed = ["base", "math_specialist", "pirate_style", "base"]
-    with LiveServer(create_app(make, ServeOptions(adapters_dir=str(ads), max_batch=8))) as srv:
+    mixed = ["base", "math_specialist", "pirate_style", "math_half", "pirate_half"]
+    cmd = [sys.executable, "-m", "adaptrix", "serve", "--backend", args.backend, "--threads", str(args.threads),
+           "--adapters-dir", str(ads), "--max-batch", "8"]
+    with server_process(cmd, "/health", "adaptrix serve") as url:
         import httpx
 
-        print(f"adaptrix serve backend: {httpx.get(srv.url + '/health').json().get('backend')}")
-        run(srv.url, ["base"], 1, 1, 4)  # warm-up
-        for label, models in (("mixed", mixed), ("single", ["math_specialist"])):
-            for clients in (1, 4, 8):
-                r = run(srv.url, models, clients, args.requests, args.tokens)
-                print(f"{'adaptrix serve':<28}{label:<10}{clients:>8}{r['tok/s']:>9.1f}{r['ttft p50']:>10.2f}"
-                      f"{r['ttft p95']:>10.2f}{r['latency p50']:>9.2f}")
+        print(f"adaptrix serve backend: {httpx.get(url + '/health').json().get('backend')}", flush=True)
+        rows(url, "adaptrix serve", [("mixed", mixed), ("single", ["math_specialist"])], args)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.no_llamacpp_server:
         return 0
@@ -119,33 +188,12 @@ def main() -> int:
     except ImportError as exc:
         print(f"llama-cpp-python's server is not installed ({exc}): no llama_cpp.server row")
         return 0
-    from adaptrix.default_model import default_model_path
-    from support.server import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-                             "--port", str(port), "--n_threads", str(args.threads)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import httpx
-
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            if proc.poll() is not None:
-                print(f"llama_cpp.server exited with {proc.returncode}: no llama_cpp.server row")
-                return 0
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        for clients in (1, 4, 8):
-            r = run(url, ["base"], clients, args.requests, args.tokens)
-            print(f"{'llama_cpp.server':<28}{'base':<10}{clients:>8}{r['tok/s']:>9.1f}{r['ttft p50']:>10.2f}"
-                  f"{r['ttft p95']:>10.2f}{r['latency p50']:>9.2f}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    cmd = [sys.executable, "-c", LLAMA_SERVER, "--model", str(default_model_path()), "--n_threads",
+           str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", "4096",
+           "--interrupt_requests", "False"]  # queue concurrent requests (by default a new one cuts the running one)
+    with server_process(cmd, "/v1/models", "llama_cpp.server") as url:
+        rows(url, "llama_cpp.server", [("base", ["base"])], args)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 
