@@ -337,7 +337,20 @@ def convert_with_transformers(path: Path, out_dir: Path, progress: bool = True) 
         _drop_gguf_quantizer(model)
         model.save_pretrained(str(out_dir), safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
+        from .modelconfig import gguf_config
+
+        _retype(out_dir / "config.json", gguf_config(path)["model_type"])
         steps.update(1)
+
+
+def _retype(cfg_file: Path, header_type: str) -> None:
+    """Save the converted folder under the header's model type (a Mistral GGUF reads as llama in transformers)."""
+    from .modelconfig import read_json_object, retype_converted_config
+
+    config = read_json_object(cfg_file)
+    retyped = retype_converted_config(config, header_type)
+    if retyped is not config:
+        cfg_file.write_text(json.dumps(retyped, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _drop_gguf_quantizer(model) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -138,17 +139,53 @@ def _hub_config(repo_id: str, revision: str | None) -> tuple[dict[str, Any], str
 #: GGUF ``general.architecture`` values whose transformers ``model_type`` differs.
 _GGUF_ARCH_TO_MODEL_TYPE = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gemma3": "gemma3_text"}
 
+#: llama.cpp converts Mistral and Mixtral checkpoints to GGUF ``llama``; only ``general.name`` tells them
+#: apart ("Mistral 7B Instruct v0.3", "Mixtral 8x7B", "Ministral 8B"). transformers' GGUF reader makes the
+#: same call, but only for a name that is exactly "mistral".
+_MISTRAL_NAME = re.compile(r"mi(?:s|x|nis)tral", re.IGNORECASE)
+
+#: ``(model_type transformers' GGUF reader gives, model_type the header says)`` -> the config fields that
+#: make a converted folder of the first load as the second with the same computation. Mistral weights
+#: read as llama are Mistral's; llama.cpp's ``llama`` graph attends to the whole context (no sliding window).
+GGUF_RETYPED: dict[tuple[str, str], dict[str, Any]] = {
+    ("llama", "mistral"): {"architectures": ["MistralForCausalLM"], "sliding_window": None},
+}
+
+
+def gguf_model_type(meta: dict[str, Any]) -> str:
+    """The transformers ``model_type`` of a GGUF model from its header (``general.architecture``, ``general.name``).
+
+    The one answer for every backend: the family, ``detect`` and the converted folder follow it.
+    """
+    arch = meta["general.architecture"]
+    name = meta.get("general.name")
+    if arch == "llama" and isinstance(name, str) and _MISTRAL_NAME.search(name):
+        experts = meta.get("llama.expert_count")
+        return "mixtral" if isinstance(experts, int) and experts > 0 else "mistral"
+    return _GGUF_ARCH_TO_MODEL_TYPE.get(arch, arch)
+
+
+def retype_converted_config(config: dict[str, Any], header_type: str) -> dict[str, Any]:
+    """``config`` (transformers' reading of a GGUF) under the header's ``model_type`` where :data:`GGUF_RETYPED`
+    says how; unchanged otherwise."""
+    fields = GGUF_RETYPED.get((config.get("model_type"), header_type))
+    if fields is None:
+        return config
+    return {**config, **fields, "model_type": header_type}
+
 
 def gguf_config(path: Path) -> dict[str, Any]:
     """A minimal config dict from a GGUF file's metadata (reads the key/value header only)."""
     try:
-        meta = read_gguf_metadata(path, wanted=("general.architecture", "general.name"), suffix=".context_length")
+        meta = read_gguf_metadata(
+            path, wanted=("general.architecture", "general.name", "llama.expert_count"), suffix=".context_length"
+        )
     except (OSError, ValueError, struct.error) as exc:
         raise ModelConfigError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
     arch = meta.get("general.architecture")
     if not arch:
         raise ModelConfigError(f"{path} has no general.architecture field; is it a model GGUF?")
-    model_type = _GGUF_ARCH_TO_MODEL_TYPE.get(arch, arch)
+    model_type = gguf_model_type(meta)
     cfg: dict[str, Any] = {"model_type": model_type, "gguf_architecture": arch, "gguf_file": str(path)}
     ctx = meta.get(f"{arch}.context_length")
     if isinstance(ctx, int) and ctx > 0:

@@ -105,8 +105,10 @@ VL_EXTRAS: dict[str, dict] = {
 VISION_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8)
 
 
-def build_tokenizer():
-    from tokenizers import ByteLevelBPETokenizer
+def build_tokenizer(extra_tokens=(), chat_template: str | None = None):
+    """The tiny byte-level BPE tokenizer; ``extra_tokens`` are added as plain (non-special) tokens,
+    as Qwen3 adds ``<think>``/``</think>``; ``chat_template`` replaces the ChatML one."""
+    from tokenizers import AddedToken, ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
@@ -118,17 +120,21 @@ def build_tokenizer():
         bos_token=None,
         unk_token=None,
     )
-    tok.chat_template = CHATML
+    if extra_tokens:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in extra_tokens])
+    tok.chat_template = chat_template or CHATML
     return tok
 
 
-def build_tiny_model(model_type: str, folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random ``model_type`` model plus tokenizer into ``folder``."""
+def build_tiny_model(
+    model_type: str, folder: Path, seed: int = 0, *, extra_tokens=(), chat_template: str | None = None
+) -> Path:
+    """Save a tiny random ``model_type`` model plus tokenizer into ``folder`` (see :func:`build_tokenizer`)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
-    tok = build_tokenizer()
+    tok = build_tokenizer(extra_tokens, chat_template)
     vocab = len(tok)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     pad = tok.convert_tokens_to_ids("<|endoftext|>")

@@ -21,17 +21,22 @@ def _rope_theta(cfg: dict) -> float:
 
 
 def _token_list(folder: Path) -> tuple[list[str], list[int], list[str]]:
-    """(tokens by id, llama.cpp token types, merges) from a saved byte-level BPE tokenizer.json."""
+    """(tokens by id, llama.cpp token types, merges) from a saved byte-level BPE tokenizer.json.
+
+    Added tokens are CONTROL when special (``<|im_end|>``) and USER_DEFINED otherwise (Qwen3's
+    ``<think>``), as llama.cpp's converter types them.
+    """
     import gguf
 
     tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     vocab: dict[str, int] = dict(tok["model"]["vocab"])
-    special = {t["content"]: t["id"] for t in tok.get("added_tokens", []) if t.get("special")}
-    vocab.update(special)
+    added = {t["content"]: bool(t.get("special")) for t in tok.get("added_tokens", [])}
+    vocab.update({t["content"]: t["id"] for t in tok.get("added_tokens", [])})
     tokens = [""] * len(vocab)
     for text, i in vocab.items():
         tokens[i] = text
-    types = [int(gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL) for t in tokens]
+    kind = {True: gguf.TokenType.CONTROL, False: gguf.TokenType.USER_DEFINED}
+    types = [int(kind[added[t]] if t in added else gguf.TokenType.NORMAL) for t in tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     return tokens, types, merges
 
@@ -106,12 +111,13 @@ def write_tiny_gguf(model_dir: Path, out_path: Path) -> Path:
     return out_path
 
 
-def build_tiny_gguf(model_type: str, folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """``(hf_folder, gguf_path)``: a tiny random ``model_type`` model and its float32 GGUF."""
+def build_tiny_gguf(model_type: str, folder: Path, seed: int = 0, **tokenizer) -> tuple[Path, Path]:
+    """``(hf_folder, gguf_path)``: a tiny random ``model_type`` model and its float32 GGUF
+    (``tokenizer``: ``extra_tokens``/``chat_template`` of :func:`support.tiny.build_tiny_model`)."""
     from support.tiny import build_tiny_model
 
     folder = Path(folder)
-    hf = build_tiny_model(model_type, folder / "hf", seed=seed)
+    hf = build_tiny_model(model_type, folder / "hf", seed=seed, **tokenizer)
     out = folder / "gguf"
     out.mkdir(parents=True, exist_ok=True)
     return hf, write_tiny_gguf(hf, out / f"tiny-{model_type}-f32.gguf")
