@@ -295,6 +295,43 @@ def test_unload_deactivates_and_frees(rt, embedded_gguf, tmp_path):
         rt.unload_lora(c)
 
 
+def test_a_shared_prefix_is_reused_only_with_the_same_adapters(rt, loras, embedded_gguf, tmp_path):
+    """A chat turn decodes only what is new: the context keeps the last prompt's keys and values. What comes
+    out equals a fresh context's answer (raw llama-cpp-python, reset); a change of adapters or scales, or an
+    unloaded adapter, never reuses keys and values computed with other weights."""
+    a, _ = loras
+    first = rt.tokenize(PROMPTS[1], add_special=False)
+    llama = raw_llama(embedded_gguf, n_ctx=N_CTX, n_threads=THREADS)
+    try:
+        rt.set_loras([])
+        answer, _ = _run(rt.generate_tokens(first, max_new_tokens=12))
+        turn = rt.tokenize(PROMPTS[1] + rt.detokenize(answer) + "<|im_end|>\n<|im_start|>user\nAnd two more?"
+                           "<|im_end|>\n<|im_start|>assistant\n", add_special=False)
+        assert turn[: len(first)] == first
+        got, _ = _run(rt.generate_tokens(turn, max_new_tokens=16))
+        assert rt.reused_tokens == len(first)  # the whole first prompt came from the cache, not its answer
+        assert got == raw_greedy(llama, turn, 16)
+    finally:
+        llama.close()
+    base, _ = _run(rt.generate_tokens(turn, max_new_tokens=16))
+    assert rt.reused_tokens == len(turn) - 2 and base == got  # the same prompt again: its last two tokens
+    for scales in ({a: 1.0}, {a: 0.5}):
+        rt.set_loras(scales)
+        adapted, _ = _run(rt.generate_tokens(turn, max_new_tokens=16))
+        assert rt.reused_tokens == 0
+        rt.set_loras(scales)
+        rt.logits(turn)  # a fresh computation with these weights, the oracle
+        again, _ = _run(rt.generate_tokens(turn, max_new_tokens=16))
+        assert adapted == again
+    rt.set_loras([])
+    assert _run(rt.generate_tokens(turn, max_new_tokens=16))[0] == base and rt.reused_tokens == 0
+    c = rt.load_lora(write_random_lora(tmp_path / "c.gguf", embedded_gguf, seed=5))
+    rt.set_loras({c: 1.0})
+    _run(rt.generate_tokens(turn, max_new_tokens=2))
+    rt.unload_lora(c)
+    assert _run(rt.generate_tokens(turn, max_new_tokens=16))[0] == base and rt.reused_tokens == 0
+
+
 def _copy(src, dst):
     dst.write_bytes(src.read_bytes())
     return dst
