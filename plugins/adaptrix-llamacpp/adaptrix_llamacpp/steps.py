@@ -35,6 +35,8 @@ import attrs
 from adaptrix import generation as gen
 from adaptrix.errors import BatchFullError, GenerationError
 
+from .runtime import MAX_SEQUENCES
+
 
 @attrs.define(eq=False)
 class Row:
@@ -67,7 +69,7 @@ class LlamaStepDecoder:
         self.runtime = runner.runtime
         self.manager = runner.manager
         self.tokenizer = runner.loaded.tokenizer
-        self.max_rows = min(max_rows, self.runtime.n_batch)
+        self.max_rows = min(max_rows, self.runtime.n_batch, MAX_SEQUENCES - 1)  # sequence 0 is generate's
         self.rows: list[Row] = []
         self._lock = self.manager._lock  # the engine's model lease
         with self._lock:
