@@ -124,6 +124,35 @@ def test_llamacpp_server_equals_llamacpp_engine(smol_server, oracle):
 
 
 @pytest.mark.real_weights
+def test_llamacpp_server_decodes_concurrent_requests_together(smol_server, oracle):
+    """Concurrent requests across adapters run as parallel llama.cpp sequences; each answer is its answer alone."""
+    import concurrent.futures
+    import time
+
+    url = smol_server.url
+    assert httpx.get(url + "/health").json()["batching"] == "iteration-level"
+    c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    jobs = [(PROMPT, "base"), (PROMPT, "math_specialist"), ("Tell me about the sea.", "pirate_style"),
+            ("Name three colors.", "base"), ("Name three colors.", "math_specialist")]
+
+    def ask(job):
+        prompt, model = job
+        return c.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                         temperature=0, max_tokens=N).choices[0].message.content
+
+    running = []
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        answers = [pool.submit(ask, job) for job in jobs]
+        while not all(a.done() for a in answers):
+            running.append(_metric(url, "adaptrix_running_batch_size"))
+            time.sleep(0.02)
+        got = [a.result() for a in answers]
+    assert max(running) >= 2  # served together, not one after another
+    for (prompt, model), text in zip(jobs, got):
+        assert text == oracle(prompt, None if model == "base" else model), model
+
+
+@pytest.mark.real_weights
 def test_llamacpp_server_loads_and_unloads_adapters_at_run_time(smol_server, oracle):
     url = smol_server.url
     c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)

@@ -624,7 +624,8 @@ class Engine:
 
     # -- serving seam (adaptrix serve, adaptrix.batching) ----------------------------
     # For step-level decoders that run the model themselves (iteration-level
-    # batching): format a request exactly as generate() would (prepare_request),
+    # batching; step_decoder gives the backend's own, or None): format a request
+    # exactly as generate() would (prepare_request),
     # give the module and forward kwargs for a batch of per-row adapters
     # (decoding_model, backends that can), and turn generated ids into the result
     # generate() would return (result_for, above).
@@ -643,6 +644,12 @@ class Engine:
             self._require_loaded()
             conv = Conversation(name="request", messages=[dict(m) for m in history]) if history and not req.raw else None
             return self._prepare(req, conv)
+
+    def step_decoder(self, max_rows: int = 8):
+        """The backend's step-level decoder for up to ``max_rows`` rows (see
+        :meth:`adaptrix.backends.Runner.step_decoder`), or ``None``: serve one request at a time."""
+        with self._lock:
+            return self.runner.step_decoder(self, max_rows=max_rows)
 
     def decoding_model(self, adapters: Sequence[str | None]):
         """``(module, forward_kwargs)``: calling ``module(..., **forward_kwargs)`` gives row i ``adapters[i]``.

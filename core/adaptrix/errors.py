@@ -74,6 +74,10 @@ class EngineStateError(AdaptrixError):
     """The engine was used before ``initialize()`` or after ``cleanup()``."""
 
 
+class BatchFullError(EngineStateError):
+    """A step decoder has no room for another row now (sequences or cache taken); retry once a row finishes."""
+
+
 class AdapterError(AdaptrixError):
     """An adapter could not be found, read, validated, loaded or composed."""
 

@@ -58,7 +58,8 @@ class Runner(ABC):
     pad_id: int | None = None
     #: The context window when the backend knows it better than the config (``None``: the config's).
     context_length: int | None = None
-    #: Operations this backend supports beyond generation ("train", "compose", "merge", "mixed_batch").
+    #: Operations this backend supports beyond generation ("train", "compose", "merge", "mixed_batch",
+    #: "step_decode": :meth:`step_decoder` returns a decoder).
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
@@ -122,6 +123,23 @@ class Runner(ABC):
         finally:
             cancel.set()
             worker.join()  # within one step: the model is free when this returns
+
+    def step_decoder(self, engine, *, max_rows: int = 8):
+        """A step-level decoder for iteration-level batching (``adaptrix serve``), or ``None`` when this
+        backend or model has none (requests are then served one at a time).
+
+        The decoder runs rows of up to ``max_rows`` requests, each with its own
+        adapter, one token per row per step: ``add(key, prepared, adapter) ->
+        (row, text)`` prefills a :class:`~adaptrix.generation.PreparedRequest`
+        (from ``engine.prepare_request``) and may raise
+        :class:`~adaptrix.errors.BatchFullError` to be retried later; ``step()
+        -> [(row, text)]``; ``remove(row)``; ``tail(row)`` (text held back
+        until the end); ``finish(row)`` (the
+        :class:`~adaptrix.generation.GenerationResult` ``generate`` returns).
+        Rows have ``adapter`` and ``finish_reason`` (``eos``, ``stop``,
+        ``length``). Greedy rows get exactly what ``generate`` gives them alone.
+        """
+        return None
 
     @abstractmethod
     def info(self) -> dict[str, Any]:

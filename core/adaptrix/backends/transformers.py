@@ -80,6 +80,12 @@ class TransformersRunner(Runner):
         self.manager.base_file = self.source.gguf_file
         return self.manager
 
+    def step_decoder(self, engine, *, max_rows: int = 8):
+        """:class:`adaptrix.batching.StepDecoder` where the model's KV cache can be merged row by row."""
+        from .. import batching
+
+        return batching.StepDecoder(engine) if batching.supported(engine) else None
+
     def decoding_model(self, adapters: Sequence[str | None]):
         """``(module, forward_kwargs)`` serving row i with ``adapters[i]`` (for step-level decoders)."""
         extra = self.manager.batch_kwargs(list(adapters), len(adapters)) if adapters else {}

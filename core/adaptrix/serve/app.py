@@ -68,14 +68,10 @@ class Server:
         try:
             engine = self.make_engine()
             info = engine.get_model_info()
-            batching = self.options.batching != "off"
-            if batching:
-                from ..batching import supported
-
-                batching = supported(engine)
             scheduler = Scheduler(engine, self.metrics, max_batch=self.options.max_batch,
-                                  max_queue=self.options.max_queue, batching=batching)
-            scheduler.start()
+                                  max_queue=self.options.max_queue, batching=self.options.batching != "off")
+            scheduler.start()  # batches when the engine's backend has a step decoder for this model
+            batching = scheduler.batching
         except Exception as exc:  # reported by /health and the log; the process stays up
             self.failure = f"{type(exc).__name__}: {exc}"
             log.error("adaptrix serve: the model failed to load: %s", self.failure)
@@ -86,7 +82,12 @@ class Server:
         self.engine, self.scheduler = engine, scheduler
         log.info("adaptrix serve: %s ready in %.1f s (%s, %s backend, %s)", self.model_id,
                  time.perf_counter() - start, info.get("family"), self.backend,
-                 "iteration-level batching" if batching else "one request at a time")
+                 f"iteration-level batching, up to {scheduler.max_batch} requests" if batching
+                 else "one request at a time")
+
+    def batching_mode(self) -> str:
+        """``iteration-level`` (up to ``--max-batch`` requests decode together) or ``one request at a time``."""
+        return "iteration-level" if self.scheduler is not None and self.scheduler.batching else "one request at a time"
 
     def stop(self) -> None:
         if self.scheduler is not None:
@@ -227,7 +228,8 @@ def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
 async def health(server: Server, request):
     if server.scheduler is None:
         return _json({"status": "failed" if server.failure else "loading", "error": server.failure}, 503)
-    return _json({"status": "ok", "model": server.model_id, "backend": server.backend})
+    return _json({"status": "ok", "model": server.model_id, "backend": server.backend,
+                  "batching": server.batching_mode()})
 
 
 async def metrics(server: Server, request):

@@ -5,9 +5,11 @@ Request handlers never touch the engine: they :meth:`Scheduler.submit` a
 thread) or :meth:`Scheduler.call` a function on the engine (adapter loads,
 listings). Two modes:
 
-- **batched** (transformers backend): an iteration-level loop around
-  :class:`adaptrix.batching.StepDecoder`; queued requests join the running
-  batch between decode steps, whatever their adapter;
+- **batched** (backends whose runner has a step decoder, see
+  :meth:`adaptrix.Engine.step_decoder`: transformers, llama.cpp): an
+  iteration-level loop around that decoder; queued requests join the running
+  batch between decode steps, whatever their adapter (a decoder that is full
+  for now, :class:`~adaptrix.errors.BatchFullError`, leaves them queued);
 - **serial** (any backend): one request at a time through the Engine's
   ``generate_detailed`` / ``stream``.
 
@@ -125,9 +127,8 @@ class Scheduler:
     # -- client side ------------------------------------------------------------
     def start(self) -> None:
         if self.batching:
-            from ..batching import StepDecoder
-
-            self._decoder = StepDecoder(self.engine)
+            self._decoder = self.engine.step_decoder(max_rows=self.max_batch)
+            self.batching = self._decoder is not None
         self._thread = threading.Thread(target=self._loop, name="adaptrix-scheduler", daemon=True)
         self._thread.start()
 
@@ -176,8 +177,11 @@ class Scheduler:
                 continue
             try:
                 if self.batching:
-                    for job in admit:
-                        self._admit(job)
+                    for i, job in enumerate(admit):
+                        if not self._admit(job):  # the decoder is full for now: back to the queue's front
+                            with self._cond:
+                                self._jobs.extendleft(reversed(admit[i:]))
+                            break
                     self._step()
                 else:
                     for job in admit:
@@ -291,10 +295,13 @@ class Scheduler:
         return [n for _, n in stale]
 
     # -- batched mode -----------------------------------------------------------------
-    def _admit(self, job: Job) -> None:
+    def _admit(self, job: Job) -> bool:
+        """Start ``job`` in the batch (or answer it); False: the decoder has no room yet, queue it again."""
+        from ..errors import BatchFullError
+
         if job.cancelled.is_set():
             self.metrics.cancelled.labels(job.label).inc()
-            return
+            return True
         req = job.request
         adapter = self._name_of(req)
         self._hold(adapter)
@@ -305,10 +312,16 @@ class Scheduler:
                 raw=req.kind == "completion", **req.settings,
             )
             row, text = self._decoder.add(job, prepared, adapter)
+        except BatchFullError as exc:
+            self._release(adapter)
+            if self._running:
+                return False
+            job.emit(("error", api_error(exc)))
+            return True
         except Exception as exc:
             self._release(adapter)
             job.emit(("error", api_error(exc)))
-            return
+            return True
         if adapter is not None:
             self.note_residency()
         self.metrics.prompt_tokens.labels(job.label).inc(len(prepared.input_ids))
@@ -317,6 +330,7 @@ class Scheduler:
         self._token(job, text)
         if row.finish_reason:
             self._finish(row)
+        return True
 
     def _step(self) -> None:
         for row, job in list(self._running.items()):
@@ -352,9 +366,9 @@ class Scheduler:
         self._holds.clear()
         self.metrics.running.set(0)
         if self.batching:
-            from ..batching import StepDecoder
-
-            self._decoder = StepDecoder(self.engine)
+            with contextlib.suppress(Exception):  # frees what the old decoder holds (sequences, pins)
+                getattr(self._decoder, "close", lambda: None)()
+            self._decoder = self.engine.step_decoder(max_rows=self.max_batch)
 
     # -- serial mode ----------------------------------------------------------------------
     def _run_serial(self, job: Job) -> None:

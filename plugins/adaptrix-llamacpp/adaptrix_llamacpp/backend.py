@@ -8,7 +8,8 @@ see :mod:`.lora_cache`) and sets it on the context with a scale, so a switch
 costs no reload. Several active adapters are summed, each with scale 1; a
 ``cat`` composition is the weighted sum of its sources' deltas, which llama.cpp
 expresses exactly as per-adapter scales. Rows of a mixed batch run one after
-another, each with its own adapters.
+another, each with its own adapters; the server's step decoder (:mod:`.steps`)
+runs its rows as parallel sequences instead.
 
 What llama.cpp cannot do here, and says so: merging, composition methods
 other than ``cat``, training (use the transformers backend, then convert).
@@ -89,7 +90,7 @@ class LlamaCppBackend(Backend):
 
 class LlamaCppRunner(Runner):
     backend = "llamacpp"
-    capabilities = frozenset({"compose"})
+    capabilities = frozenset({"compose", "step_decode"})
 
     def __init__(self, source, loaded, runtime, *, progress: bool = True):
         self.source = source
@@ -130,20 +131,16 @@ class LlamaCppRunner(Runner):
         """Generated in the pulling thread, one ``llama_decode`` per ``next()``: no thread in between."""
         return self._row(ids, cfg, None if stop is None else (lambda new_ids: stop(0, new_ids)), None)
 
+    def step_decoder(self, engine, *, max_rows: int = 8):
+        """Rows as parallel sequences of the one context (:mod:`.steps`)."""
+        from .steps import LlamaStepDecoder
+
+        return LlamaStepDecoder(engine, self, max_rows=max_rows)
+
     def _row(self, ids, cfg, stop, cancel):
         """One prompt's new tokens; the end-of-generation token that ends a row is kept, as transformers keeps EOS."""
-        from adaptrix import generation as gen
-
-        greedy = gen.is_greedy(cfg)
         tokens = self.runtime.generate_tokens(
-            ids,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=0.0 if greedy else float(cfg.temperature),
-            top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
-            top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
-            repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
-            seed=cfg.seed,
-            stop_ids=(),
+            ids, max_new_tokens=cfg.max_new_tokens, **sampling(cfg), stop_ids=(),
             cancel=cancel.is_set if cancel is not None else None,
         )
         return self._until_end(tokens, frozenset(self.eos_ids), stop)
@@ -173,6 +170,20 @@ class LlamaCppRunner(Runner):
     def close(self) -> None:
         self.manager = None
         self.runtime.close()
+
+
+def sampling(cfg) -> dict[str, Any]:
+    """The runtime's sampling arguments for a resolved :class:`~adaptrix.types.GenerationConfig`."""
+    from adaptrix import generation as gen
+
+    greedy = gen.is_greedy(cfg)
+    return dict(
+        temperature=0.0 if greedy else float(cfg.temperature),
+        top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
+        top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
+        repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
+        seed=cfg.seed,
+    )
 
 
 class LlamaCppAdapterManager(AdapterManager):
@@ -221,6 +232,11 @@ class LlamaCppAdapterManager(AdapterManager):
         self.runner.runtime.unload_lora(self._handles.pop(name))
 
     def _apply(self, target: tuple[str, ...]) -> None:
+        self.runner.runtime.set_loras(self.lora_scales(target))
+        self._active = target
+
+    def lora_scales(self, target: tuple[str, ...]) -> list[tuple[Any, float]]:
+        """The runtime's ``(LoraAdapter, scale)`` pairs that make exactly ``target`` active (loaded names)."""
         scales: dict[str, float] = {}
         for name in target:
             for source, weight in self._composed.get(name, {name: 1.0}).items():
@@ -230,8 +246,7 @@ class LlamaCppAdapterManager(AdapterManager):
                         f"or compose {name!r} anew"
                     )
                 scales[source] = scales.get(source, 0.0) + weight
-        self.runner.runtime.set_loras([(self._handles[s], w) for s, w in scales.items()])
-        self._active = target
+        return [(self._handles[s], w) for s, w in scales.items()]
 
     def _compose(self, sources, weights, name, method, options) -> AdapterInfo:
         self._composed[name] = dict(weights)

@@ -1,7 +1,9 @@
 """One llama.cpp model and its context, on llama-cpp-python's low-level (ctypes) API.
 
-:class:`LlamaRuntime` owns a model, one context (one sequence) and the LoRA
-adapters loaded on that model. It tokenizes, detokenizes piece by piece, reads
+:class:`LlamaRuntime` owns a model, one context and the LoRA adapters loaded
+on that model. The context holds one sequence unless :meth:`LlamaRuntime.set_max_sequences`
+makes room for more (a step decoder's rows, :mod:`.steps`); every sequence has
+the whole ``n_ctx`` in its own KV stream. It tokenizes, detokenizes piece by piece, reads
 GGUF metadata, generates tokens with a sampler chain built per call, exposes
 logits for tests, and sets the active adapters with per-adapter scales
 (``llama_set_adapters_lora``, which only rebuilds when the set changes).
@@ -10,7 +12,8 @@ Sampling semantics follow transformers': ``temperature=0`` is greedy; else
 the chain is repetition penalty (over the prompt and the generated tokens,
 ``logit / p`` when positive, ``logit * p`` when negative) -> temperature ->
 top-k -> top-p -> a seeded draw, so one seed repeats one answer. A generation
-is one sequence at a time: the context's memory is cleared when it starts.
+is one sequence at a time, on sequence 0, which keeps the last prompt's keys and
+values: the next generation decodes only what differs (``_prefill``).
 
 Imports llama_cpp (and numpy for logits) only; never torch or transformers.
 """
@@ -44,6 +47,9 @@ logger = logging.getLogger("adaptrix.llamacpp")
 DEFAULT_MAX_CTX = 4096
 #: Prompt tokens decoded again even when cached: a batch of one rounds differently (see ``_prefill``).
 MIN_REDECODE = 2
+
+#: llama.cpp's LLAMA_MAX_SEQ: the most sequences one context holds.
+MAX_SEQUENCES = 256
 
 #: Why a generation ended; ``generate_tokens``' generator returns it (``StopIteration.value``).
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
@@ -154,6 +160,7 @@ class LlamaRuntime:
         n_batch: int = 512,
         flash_attn: bool = False,
         extra_buffers: bool = False,
+        n_seq_max: int = 1,
     ):
         self._ll = ll = _llama()
         self._model = self._ctx = None
@@ -190,23 +197,10 @@ class LlamaRuntime:
             raise GenerationError(f"n_ctx={n_ctx} and n_batch={n_batch} must be positive")
         self.n_batch = min(int(n_batch), self.n_ctx)
         threads = n_threads or _cpu_count()
-        params = ll.llama_context_default_params()
-        params.n_ctx = self.n_ctx
-        params.n_batch = params.n_ubatch = self.n_batch
-        params.n_seq_max = 1
-        params.n_threads = threads
-        params.n_threads_batch = n_threads_batch or threads
-        params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.no_perf = True
-        ctx = ll.llama_init_from_model(model, params)
-        if not ctx:
-            self.close()
-            raise ModelLoadError(
-                f"llama.cpp could not create a context of {self.n_ctx} tokens for {self.path}{_llama_said()}: "
-                "lower n_ctx"
-            )
-        self._ctx = self._res["ctx"] = ctx
-        self._memory = ll.llama_get_memory(ctx)
+        self._threads = (threads, n_threads_batch or threads)
+        self._flash_attn = flash_attn
+        self.n_seq_max = 0
+        self._new_context(n_seq_max)
         self.special = self._special_ids()
         self.info = self._info(train_ctx)
 
@@ -237,12 +231,72 @@ class LlamaRuntime:
         if self._ctx is None:
             raise EngineStateError(f"the llama.cpp runtime for {self.path} is closed: load the model again")
 
+    def _new_context(self, n_seq_max: int) -> None:
+        """(Re)create the context with room for ``n_seq_max`` sequences of ``n_ctx`` tokens each.
+
+        Each sequence gets its own KV stream (``kv_unified=False``), so a
+        sequence's cells are laid out as if it were alone and its logits are
+        bit-identical to the single-sequence path's; one unified buffer would
+        interleave the sequences' cells, which changes the attention's sums
+        (greedy answers drift within tens of tokens without flash attention).
+        The price: the KV cache is ``n_seq_max`` times the single one.
+        """
+        ll = self._ll
+        if not 1 <= n_seq_max <= MAX_SEQUENCES:
+            raise GenerationError(f"n_seq_max={n_seq_max} must be between 1 and {MAX_SEQUENCES}")
+        params = ll.llama_context_default_params()
+        params.n_ctx = self.n_ctx * n_seq_max  # split evenly between the sequences' streams
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = n_seq_max
+        params.kv_unified = False
+        params.n_threads, params.n_threads_batch = self._threads
+        params.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if self._flash_attn
+                                  else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.no_perf = True
+        old = self._ctx
+        if old:
+            self._ctx = self._res["ctx"] = None
+            ll.llama_free(old)
+        ctx = ll.llama_init_from_model(self._model, params)
+        if not ctx:
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {self.n_ctx} tokens and {n_seq_max} sequence(s) for "
+                f"{self.path}{_llama_said()}: lower n_ctx or the number of sequences"
+            )
+        self._ctx = self._res["ctx"] = ctx
+        self._memory = ll.llama_get_memory(ctx)
+        self._cached = []  # a new context remembers nothing
+        self.n_seq_max = n_seq_max
+        if int(ll.llama_n_ctx_seq(ctx)) < self.n_ctx:
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp gave each of {n_seq_max} sequences {int(ll.llama_n_ctx_seq(ctx))} tokens of context, "
+                f"not {self.n_ctx}: lower the number of sequences (max batch) or n_ctx"
+            )
+        if old and self._active:  # adapters belong to the model; the new context must be told which are active
+            self.set_loras(self._active)
+
+    def set_max_sequences(self, n_seq_max: int) -> None:
+        """Make room for ``n_seq_max`` parallel sequences (ids ``0 .. n_seq_max - 1``) in one context.
+
+        Sequence 0 is :meth:`generate_tokens`' own; a step decoder uses the others. Rebuilds the context
+        when the number changes (its memory is lost; loaded and active adapters stay).
+        """
+        self._check_open()
+        if self._busy:
+            raise EngineStateError("cannot resize the llama.cpp context while a generation runs on it")
+        if n_seq_max != self.n_seq_max:
+            self._threads = (self.n_threads, int(self._ll.llama_n_threads_batch(self._ctx)))
+            self._new_context(int(n_seq_max))
+
     def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
         """Threads for decoding one token and for prompt batches."""
         self._check_open()
         if n_threads < 1:
             raise GenerationError(f"n_threads={n_threads} must be at least 1")
         self._ll.llama_set_n_threads(self._ctx, n_threads, n_threads_batch or n_threads)
+        self._threads = (n_threads, n_threads_batch or n_threads)
 
     @property
     def n_threads(self) -> int:
@@ -380,7 +434,11 @@ class LlamaRuntime:
     # ---------------------------------------------------------------- decoding
 
     def _clear(self) -> None:
-        self._ll.llama_memory_clear(self._memory, False)
+        """Empty sequence 0 (the single-sequence path's); other sequences belong to a step decoder."""
+        if self.n_seq_max == 1:
+            self._ll.llama_memory_clear(self._memory, False)
+        else:
+            self._ll.llama_memory_seq_rm(self._memory, 0, -1, -1)
         self._cached = []
 
     def _lora_key(self) -> tuple:
@@ -579,6 +637,50 @@ class LlamaRuntime:
                 ll.llama_sampler_free(chain)
             self._busy = False
 
+    # ------------------------------------------------------ parallel sequences
+
+    def sampler(self, prompt_ids: Sequence[int], *, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                repetition_penalty: float = 1.0, seed: int | None = None) -> SamplerChain:
+        """A sampler chain for one sequence, as :meth:`generate_tokens` builds it (the prompt counts for the
+        repetition penalty); :meth:`SamplerChain.sample` draws from a decoded position's logits."""
+        self._check_open()
+        chain = self._sampler(list(prompt_ids), temperature, top_p, top_k, repetition_penalty, seed)
+        return SamplerChain(self, chain)
+
+    def decode_sequences(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],
+                         logits: Sequence[bool]) -> None:
+        """One ``llama_decode`` of tokens at positions of sequences (at most ``n_batch`` tokens), with the
+        active adapters. The logits of token ``i`` (where ``logits[i]``) are then ready for
+        :meth:`SamplerChain.sample(i) <SamplerChain.sample>`. Sequence ids are ``1 .. n_seq_max - 1``:
+        sequence 0 is :meth:`generate_tokens`' own."""
+        self._check_open()
+        if self._busy:
+            raise EngineStateError("a generation is running on sequence 0 of this context: finish or close it first")
+        n = len(tokens)
+        if not 0 < n <= self.n_batch:
+            raise GenerationError(f"decode_sequences takes 1 to n_batch={self.n_batch} tokens, got {n}")
+        for seq in seq_ids:
+            if not 0 < seq < self.n_seq_max:
+                raise GenerationError(
+                    f"sequence id {seq} is outside 1..{self.n_seq_max - 1}: set_max_sequences({seq + 1}) first"
+                )
+        batch = self._res.get("batch")
+        if batch is None:
+            batch = self._res["batch"] = self._ll.llama_batch_init(self.n_batch, 0, 1)
+        batch.n_tokens = n
+        for i in range(n):
+            batch.token[i] = tokens[i]
+            batch.pos[i] = positions[i]
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_ids[i]
+            batch.logits[i] = bool(logits[i])
+        self._decode(batch)
+
+    def forget_sequence(self, seq_id: int) -> None:
+        """Free every KV cell of sequence ``seq_id``."""
+        self._check_open()
+        self._ll.llama_memory_seq_rm(self._memory, int(seq_id), -1, -1)
+
     # -------------------------------------------------------------------- LoRA
 
     def load_lora(self, path: str | os.PathLike) -> LoraAdapter:
@@ -646,9 +748,30 @@ class LlamaRuntime:
         self._ll.llama_adapter_lora_free(adapter._ptr)
 
 
+class SamplerChain:
+    """A llama.cpp sampler chain (freed by :meth:`close` or garbage collection)."""
+
+    def __init__(self, runtime: LlamaRuntime, ptr):
+        self._runtime = runtime
+        self._ptr = ptr
+        self._finalizer = weakref.finalize(self, runtime._ll.llama_sampler_free, ptr)
+
+    def sample(self, index: int = -1) -> int:
+        """The token drawn from the logits of the last decode's ``index``-th token (and accepted by the chain)."""
+        rt = self._runtime
+        rt._check_open()
+        return int(rt._ll.llama_sampler_sample(self._ptr, rt._ctx, index))
+
+    def close(self) -> None:
+        self._finalizer()
+
+
 def _free(ll, res: dict) -> None:
     """Free context, adapters, model in that order (the runtime's finalizer: it holds no runtime reference)."""
     ctx, adapters, model = res.pop("ctx", None), res.pop("adapters", {}), res.pop("model", None)
+    batch = res.pop("batch", None)
+    if batch is not None:
+        ll.llama_batch_free(batch)
     if ctx:
         ll.llama_free(ctx)
     for ptr in adapters.values():

@@ -1,0 +1,204 @@
+"""Step-level decoding on llama.cpp: a server's requests as parallel sequences of one context.
+
+:class:`LlamaStepDecoder` has the interface of :class:`adaptrix.batching.StepDecoder`
+(``add``, ``step``, ``remove``, ``tail``, ``finish``; rows with ``adapter`` and
+``finish_reason``), so ``adaptrix serve`` schedules it the same way:
+
+- each row is a sequence of the runtime's context (ids ``1 .. max_rows``; 0 is
+  the single-sequence path's), each with the whole context in its own KV
+  stream, laid out as if alone: greedy rows get bit-identical logits, hence
+  exactly the answer ``generate`` gives them alone;
+- a newcomer's prompt is prefilled in its own decode call(s) on its sequence;
+- :meth:`~LlamaStepDecoder.step` decodes one token per row: one
+  ``llama_decode`` per adapter group, since LoRA adapters are set per context,
+  not per sequence (a switch costs about 0.01 ms); each row samples from its
+  own chain, built as the single-sequence path builds it;
+- a removed row's KV cells are freed at once.
+
+The context is resized once for ``max_rows + 1`` sequences (its KV cache grows
+that many times). :meth:`~LlamaStepDecoder.add` raises
+:class:`~adaptrix.errors.BatchFullError` while every sequence is taken (the
+scheduler queues the request until a row finishes).
+
+The decoder holds the engine's model lease while it touches the context, and
+restores the context's active adapters after each call, so ``generate`` and
+``stream`` keep working between steps. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import attrs
+
+from adaptrix import generation as gen
+from adaptrix.errors import BatchFullError, GenerationError
+
+from .runtime import MAX_SEQUENCES
+
+
+@attrs.define(eq=False)
+class Row:
+    """One request being decoded on its own sequence."""
+
+    key: Any
+    prepared: gen.PreparedRequest
+    #: The adapter as the caller named it (None: the base model).
+    adapter: str | None
+    seq: int
+    generated: list[int] = attrs.field(factory=list)
+    #: ``eos``, ``stop`` or ``length`` once finished.
+    finish_reason: str | None = None
+    name: str | None = None  # the loaded adapter's name
+    decoder: Any = None
+    pipeline: Any = None
+    chain: Any = None
+    pin: Any = None
+    position: int = 0  # position of the next token fed to the model
+
+
+class LlamaStepDecoder:
+    """Decode up to ``max_rows`` rows together, one token per row per :meth:`step`."""
+
+    def __init__(self, engine, runner, *, max_rows: int = 8):
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise GenerationError(f"max_rows must be a positive whole number, got {max_rows!r}")
+        self.engine = engine
+        self.runner = runner
+        self.runtime = runner.runtime
+        self.manager = runner.manager
+        self.tokenizer = runner.loaded.tokenizer
+        self.max_rows = min(max_rows, self.runtime.n_batch, MAX_SEQUENCES - 1)  # sequence 0 is generate's
+        self.rows: list[Row] = []
+        self._lock = self.manager._lock  # the engine's model lease
+        with self._lock:
+            if self.runtime.n_seq_max < self.max_rows + 1:
+                self.runtime.set_max_sequences(self.max_rows + 1)
+            self._free = list(range(1, self.max_rows + 1))
+            for seq in self._free:  # a previous decoder's rows may have been dropped without remove()
+                self.runtime.forget_sequence(seq)
+
+    # -- rows -------------------------------------------------------------------
+    def add(self, key: Any, prepared: gen.PreparedRequest, adapter: str | None) -> tuple[Row, str]:
+        """Prefill a new row on its own sequence and pick its first token.
+
+        Returns the row and the text its first token releases (may be empty).
+        Raises :class:`BatchFullError` when every sequence is taken.
+        """
+        runtime = self.runtime
+        ids = list(prepared.input_ids)
+        if not self._free:
+            raise BatchFullError(
+                f"all {self.max_rows} sequences of the llama.cpp step decoder are running; retry when a row "
+                "finishes (or make the decoder with a larger max_rows)"
+            )
+        row = Row(key=key, prepared=prepared, adapter=adapter, seq=self._free[0])
+        row.decoder = gen.IncrementalDecoder(self.tokenizer)
+        row.pipeline = prepared.pipeline()
+        with self._lock:
+            pins = contextlib.ExitStack()
+            try:
+                if adapter is not None:
+                    row.name = self.manager.rows([adapter], 1)[0]  # resident (loaded when needed)
+                    pins.enter_context(self.manager.pinned([row.name]))
+                from .backend import sampling
+
+                row.chain = runtime.sampler(ids, **sampling(prepared.settings))
+                runtime.forget_sequence(row.seq)
+                with self._adapters(row.name):
+                    for start in range(0, len(ids), runtime.n_batch):
+                        chunk = ids[start : start + runtime.n_batch]
+                        last = start + len(chunk) == len(ids)
+                        runtime.decode_sequences(chunk, range(start, start + len(chunk)), [row.seq] * len(chunk),
+                                                 [last and i == len(chunk) - 1 for i in range(len(chunk))])
+                    token = row.chain.sample(len(chunk) - 1)
+            except BaseException:
+                pins.close()
+                runtime.forget_sequence(row.seq)
+                if row.chain is not None:
+                    row.chain.close()
+                raise
+        row.pin = pins
+        self._free.pop(0)
+        row.position = len(ids)
+        self.rows.append(row)
+        return row, self._accept(row, token)
+
+    def remove(self, row: Row) -> None:
+        """Take a row out (finished or cancelled) and free its sequence's KV cells."""
+        self.rows.remove(row)
+        with self._lock:
+            if not self.runtime.closed:
+                self.runtime.forget_sequence(row.seq)
+        row.chain.close()
+        row.pin.close()
+        self._free.append(row.seq)
+
+    # -- decoding -----------------------------------------------------------------
+    def step(self) -> list[tuple[Row, str]]:
+        """One token for every unfinished row; returns ``(row, text released)`` per row.
+
+        Rows that finish get ``finish_reason`` set; the caller removes them.
+        """
+        rows = [r for r in self.rows if r.finish_reason is None]
+        if not rows:
+            return []
+        assert len(rows) == len(self.rows), "remove finished rows before the next step"
+        groups: dict[str | None, list[Row]] = {}
+        for row in rows:
+            groups.setdefault(row.name, []).append(row)
+        picked: dict[int, int] = {}
+        with self._lock:
+            for name, members in groups.items():
+                with self._adapters(name):
+                    self.runtime.decode_sequences(
+                        [r.generated[-1] for r in members], [r.position for r in members],
+                        [r.seq for r in members], [True] * len(members),
+                    )
+                    for i, row in enumerate(members):
+                        picked[id(row)] = row.chain.sample(i)
+        events = []
+        for row in rows:
+            row.position += 1
+            events.append((row, self._accept(row, picked[id(row)])))
+        return events
+
+    def finish(self, row: Row) -> gen.GenerationResult:
+        """The result ``generate`` would return for this row's tokens."""
+        return self.engine.result_for(row.prepared, row.generated)
+
+    def tail(self, row: Row) -> str:
+        """Text still held back by the row's pipeline, released at its end."""
+        return row.pipeline.feed(row.decoder.finish()) + row.pipeline.flush()
+
+    def close(self) -> None:
+        """Remove every row."""
+        for row in list(self.rows):
+            self.remove(row)
+
+    # -- internals ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _adapters(self, name: str | None):
+        """The context decodes with ``name``'s LoRAs (None: none) in the body; the active set is restored after."""
+        runtime = self.runtime
+        previous = runtime.active_loras
+        runtime.set_loras(self.manager.lora_scales(() if name is None else (name,)))
+        try:
+            yield
+        finally:
+            runtime.set_loras(previous)
+
+    def _accept(self, row: Row, token: int) -> str:
+        """What :meth:`adaptrix.batching.StepDecoder._accept` does, and the single path's end of context."""
+        row.generated.append(token)
+        text = row.pipeline.feed(row.decoder.add([token]))
+        if token in row.prepared.eos_ids:
+            row.finish_reason = "eos"
+        elif row.pipeline.stopped:
+            row.finish_reason = "stop"
+        elif len(row.generated) >= row.prepared.settings.max_new_tokens:
+            row.finish_reason = "length"
+        elif row.position + 1 >= self.runtime.n_ctx:  # the context is full: generate_tokens ends here too
+            row.finish_reason = "length"
+        return text

@@ -1,0 +1,129 @@
+"""The llama.cpp step decoder (``adaptrix serve``'s batching on llama.cpp) on the embedded SmolLM2.
+
+Oracle: ``engine.generate`` of the same request alone (the single-sequence
+path). Rows join at different steps, with different adapters, and leave early;
+every greedy row must get exactly the tokens and text it gets alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.real_weights
+
+REPO = Path(__file__).resolve().parents[1]
+MATH = str(REPO / "examples" / "adapters" / "math_specialist")
+PIRATE = str(REPO / "examples" / "adapters" / "pirate_style")
+N = 24
+
+
+@pytest.fixture
+def engine(smollm2_llamacpp):
+    """The shared llama.cpp engine, left as found: one sequence, no adapters."""
+    e = smollm2_llamacpp
+    runtime = e.runner.runtime
+    before = runtime.n_seq_max
+    yield e
+    runtime.set_max_sequences(before)
+    for name in list(e.adapters.loaded_names()):
+        e.unload_adapter(name)
+
+
+def _alone(e, prompt, adapter):
+    return e.generate_detailed(prompt, adapter=adapter, temperature=0, max_new_tokens=N)
+
+
+def _add(e, d, key, prompt, adapter, texts):
+    prepared = e.prepare_request(prompt, adapter=adapter, temperature=0, max_new_tokens=N)
+    row, text = d.add(key, prepared, adapter)
+    texts[key] = text
+    return row
+
+
+def _step(d, texts, done):
+    for row, text in d.step():
+        texts[row.key] += text
+    for row in [r for r in d.rows if r.finish_reason]:
+        texts[row.key] += d.tail(row)
+        d.remove(row)
+        done[row.key] = d.finish(row)
+
+
+def test_rows_joining_at_different_steps_with_mixed_adapters_equal_generate_alone(engine):
+    from adaptrix.errors import BatchFullError
+
+    e = engine
+    requests = {
+        "base": ("What is 25 times 8?", None),
+        "math": ("What is 25 times 8?", MATH),
+        "pirate": ("Tell me about the sea.", PIRATE),
+        "base2": ("Name three colors.", None),
+        "math2": ("Name three colors.", MATH),
+    }
+    want = {k: _alone(e, p, a) for k, (p, a) in requests.items()}
+    assert len({w.text for w in want.values()}) == len(want)  # the adapters change the answers
+
+    d = e.step_decoder(max_rows=4)
+    assert d is not None and e.runner.runtime.n_seq_max >= 5
+    joins = {0: ["base", "math"], 2: ["pirate"], 5: ["base2"], 9: ["math2"]}
+    texts, done, waiting = {}, {}, []
+    step = 0
+    try:
+        while len(done) < len(requests):
+            waiting += joins.get(step, [])
+            while waiting:
+                try:
+                    _add(e, d, waiting[0], *requests[waiting[0]], texts)
+                except BatchFullError:
+                    assert len(d.rows) == 4
+                    break
+                waiting.pop(0)
+            if step == 7:  # the engine's own path runs between steps and leaves the rows alone
+                assert _alone(e, *requests["pirate"]).token_ids == want["pirate"].token_ids
+            _step(d, texts, done)
+            step += 1
+            assert step < 10 * N
+    finally:
+        d.close()
+    for key, result in done.items():
+        assert result.token_ids == want[key].token_ids, key
+        assert result.text == want[key].text == texts[key], key
+        assert result.finish_reason == want[key].finish_reason, key
+    # a context with several sequences leaves the single-sequence path's answers as they were
+    assert _alone(e, *requests["math"]).token_ids == want["math"].token_ids
+
+
+def test_a_cancelled_row_frees_its_sequence_for_the_next(engine):
+    from adaptrix.errors import BatchFullError
+
+    e = engine
+    a = ("Write a poem about the moon.", PIRATE)
+    b = ("What is 25 times 8?", MATH)
+    c = ("Name three colors.", None)
+    want_b, want_c = _alone(e, *b), _alone(e, *c)
+    d = e.step_decoder(max_rows=2)
+    texts, done = {}, {}
+    runtime = e.runner.runtime
+    try:
+        row_a = _add(e, d, "a", *a, texts)
+        _add(e, d, "b", *b, texts)
+        with pytest.raises(BatchFullError, match="all 2 sequences"):
+            _add(e, d, "c", *c, texts)
+        for _ in range(3):
+            _step(d, texts, done)
+        assert runtime._ll.llama_memory_seq_pos_max(runtime._memory, row_a.seq) >= 0
+        d.remove(row_a)  # the client went away
+        assert runtime._ll.llama_memory_seq_pos_max(runtime._memory, row_a.seq) == -1  # its KV cells are free
+        row_c = _add(e, d, "c", *c, texts)
+        assert row_c.seq == row_a.seq
+        while d.rows:
+            _step(d, texts, done)
+    finally:
+        d.close()
+    assert "a" not in done
+    assert done["b"].token_ids == want_b.token_ids and texts["b"] == want_b.text
+    assert done["c"].token_ids == want_c.token_ids and texts["c"] == want_c.text
+    assert e.adapters._pinned["pirate_style"] == 0  # the cancelled row's adapter is no longer held
+
