@@ -6,7 +6,9 @@ two so machine noise hits both; the median and best rounds are printed
 (on a busy shared CPU the best round is the better estimate). Then LoRA: two
 random GGUF LoRAs shaped like ``math_specialist`` (rank 8 on q/k/v/o and
 gate/up/down of every layer), time to switch the active one, and decode speed
-with one active.
+with one active. Last, a four-turn chat: time to each turn's first token with
+the runtime's prompt cache (only the new part of the prompt is decoded) and
+without it, and whether the replies are the same.
 
     python bench/bench_llamacpp_runtime.py [--threads 2] [--rounds 3] [--tokens 128]
 """
@@ -77,6 +79,7 @@ def main() -> None:
             return timed(raw.generate(ids, temp=0.0, repeat_penalty=1.0, reset=True), n)
 
         def run_ours():
+            rt.forget_prompt()  # a whole prompt, as raw's reset (the prompt cache is measured below)
             return timed(rt.generate_tokens(ids, max_new_tokens=n, stop_ids=()), n)
 
         if i % 2:  # who goes first alternates
@@ -129,7 +132,41 @@ def main() -> None:
     print(f"{'':32}{'adapter':>14}{'base':>14}{'ratio':>8}")
     print(f"{'decode tok/s (best round)':32}{m_lora:14.1f}{m_base:14.1f}{m_lora / m_base:8.2f}")
     print(f"{'CPU ms per decoded token':32}{c_lora:14.2f}{c_base:14.2f}{c_base / c_lora:8.2f}")
+    chat_section(rt, args)
     rt.close()
+
+
+def chat_section(rt, args) -> None:
+    """A four-turn chat: time to the first token of each turn with the prompt cache, and with it dropped."""
+    turns = ["What is machine learning?", "Give me an example.", "How is it different from statistics?",
+             "Summarise our talk in one sentence."]
+    rt.set_loras([])
+    history = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    prompts = []
+    for question in turns:  # the conversation itself, built once (greedy, 48 tokens a reply)
+        history += f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        ids = rt.tokenize(history, add_special=False)
+        prompts.append(ids)
+        reply = list(rt.generate_tokens(ids, max_new_tokens=48))
+        history += rt.detokenize(reply) + "<|im_end|>\n"
+    firsts = {"cached": [[] for _ in turns], "whole": [[] for _ in turns]}
+    for r in range(args.rounds):
+        for mode in (("cached", "whole") if r % 2 == 0 else ("whole", "cached")):
+            rt.forget_prompt()
+            for i, ids in enumerate(prompts):
+                if mode == "whole":
+                    rt.forget_prompt()
+                toks, first, _, _ = timed(rt.generate_tokens(ids, max_new_tokens=48), 48)
+                firsts[mode][i].append((first, toks, rt.reused_tokens))
+    print()
+    print(f"chat, {len(turns)} turns (48-token replies): prompt -> first token, ms (median of {args.rounds})")
+    print(f"{'turn':6}{'prompt tokens':>15}{'reused':>8}{'cached':>10}{'whole':>10}{'ratio':>8}  same reply")
+    for i, ids in enumerate(prompts):
+        c = statistics.median(x[0] for x in firsts["cached"][i]) * 1e3
+        w = statistics.median(x[0] for x in firsts["whole"][i]) * 1e3
+        same = all(x[1] == firsts["whole"][i][0][1] for x in firsts["cached"][i] + firsts["whole"][i])
+        print(f"{i + 1:<6}{len(ids):>15}{firsts['cached'][i][0][2]:>8}{c:>10.1f}{w:>10.1f}{w / c:>8.2f}  "
+              f"{'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":

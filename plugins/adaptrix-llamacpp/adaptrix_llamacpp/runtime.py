@@ -441,6 +441,13 @@ class LlamaRuntime:
             self._ll.llama_memory_seq_rm(self._memory, 0, -1, -1)
         self._cached = []
 
+    def forget_prompt(self) -> None:
+        """Drop the cached prompt: the next generation decodes its whole prompt (benchmarks, fresh starts)."""
+        self._check_open()
+        if self._busy:
+            raise EngineStateError("cannot clear the context while a generation runs on it")
+        self._clear()
+
     def _lora_key(self) -> tuple:
         return tuple((id(a), float(s)) for a, s in self._active)
 
