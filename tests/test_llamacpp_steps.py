@@ -127,3 +127,25 @@ def test_a_cancelled_row_frees_its_sequence_for_the_next(engine):
     assert done["c"].token_ids == want_c.token_ids and texts["c"] == want_c.text
     assert e.adapters._pinned["pirate_style"] == 0  # the cancelled row's adapter is no longer held
 
+
+
+def test_generate_between_steps_uses_the_engines_own_adapters(engine):
+    """A step leaves its last group's LoRA set on the context (resetting it costs a graph rebuild); a
+    generate or stream in between must still run with the engine's active adapters, not the row's."""
+    e = engine
+    e.load_adapter(MATH, activate=False)
+    question = "What is 25 times 8?"
+    base, math = _alone(e, question, None), _alone(e, question, "math_specialist")
+    assert base.text != math.text
+    d = e.step_decoder(max_rows=2)
+    texts: dict = {}
+    _add(e, d, "math", question, "math_specialist", texts)
+    _step(d, texts, {})
+    assert e.generate_detailed(question, temperature=0, max_new_tokens=N).token_ids == base.token_ids
+    assert "".join(e.stream(question, temperature=0, max_new_tokens=N)) == base.text
+    _step(d, texts, {})
+    e.switch_adapter("math_specialist")
+    _step(d, texts, {})
+    assert e.generate_detailed(question, temperature=0, max_new_tokens=N).token_ids == math.token_ids
+    e.switch_adapter(None)
+    d.close()

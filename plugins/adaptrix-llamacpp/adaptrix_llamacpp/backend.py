@@ -139,6 +139,8 @@ class LlamaCppRunner(Runner):
 
     def _row(self, ids, cfg, stop, cancel):
         """One prompt's new tokens; the end-of-generation token that ends a row is kept, as transformers keeps EOS."""
+        if self.manager is not None:  # a step decoder leaves its last group's LoRAs set: use the engine's own
+            self.manager.sync_context()
         tokens = self.runtime.generate_tokens(
             ids, max_new_tokens=cfg.max_new_tokens, **sampling(cfg), stop_ids=(),
             cancel=cancel.is_set if cancel is not None else None,
@@ -234,6 +236,12 @@ class LlamaCppAdapterManager(AdapterManager):
     def _apply(self, target: tuple[str, ...]) -> None:
         self.runner.runtime.set_loras(self.lora_scales(target))
         self._active = target
+
+    def sync_context(self) -> None:
+        """Set the active adapters' LoRAs on the context, if something (a step decoder) changed them."""
+        want = tuple(self.lora_scales(self._active))
+        if want != self.runner.runtime.active_loras:
+            self.runner.runtime.set_loras(want)
 
     def lora_scales(self, target: tuple[str, ...]) -> list[tuple[Any, float]]:
         """The runtime's ``(LoraAdapter, scale)`` pairs that make exactly ``target`` active (loaded names)."""
