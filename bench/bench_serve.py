@@ -36,17 +36,13 @@ PROMPTS = ["What is 25 times 8?", "Tell me about the sea.", "Name three colours.
 
 #: ``python -m llama_cpp.server`` with the model loaded as adaptrix's LlamaRuntime loads it: without
 #: llama.cpp's CPU repacking buffers (their AMX kernels die with SIGILL in this project's VM).
-LLAMA_SERVER = """
+LLAMA_SERVER = f"""
 import runpy, sys
-import llama_cpp.llama_cpp as low
-default = low.llama_model_default_params
-def params():
-    p = default()
-    p.use_extra_bufts = False
-    return p
-low.llama_model_default_params = params
+sys.path.insert(0, {str(REPO / "tests")!r})
+from support.llamacpp import no_extra_buffers
 sys.argv[0] = "llama_cpp.server"
-runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+with no_extra_buffers():
+    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
 
 

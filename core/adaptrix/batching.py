@@ -179,12 +179,7 @@ class StepDecoder:
         row.generated.append(token)
         row.history = torch.cat([row.history, torch.tensor([[token]], device=row.history.device)], dim=1)
         text = row.pipeline.feed(row.decoder.add([token]))
-        if token in row.prepared.eos_ids:
-            row.finish_reason = "eos"
-        elif row.pipeline.stopped:
-            row.finish_reason = "stop"
-        elif len(row.generated) >= row.prepared.settings.max_new_tokens:
-            row.finish_reason = "length"
+        row.finish_reason = gen.row_finish(row.prepared, row.generated, row.pipeline)
         return text
 
     def _merge(self, row: Row, cache) -> None:

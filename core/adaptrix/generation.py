@@ -399,6 +399,20 @@ class IncrementalDecoder:
         return delta
 
 
+def row_finish(prepared: PreparedRequest, generated: Sequence[int], pipeline: TextPipeline) -> str | None:
+    """Why a step-decoded row ends after its last token (``eos``, ``stop``, ``length``), or ``None``.
+
+    The one rule for step decoders (:mod:`adaptrix.batching`, backends' own), as ``generate`` ends a row.
+    """
+    if generated and generated[-1] in prepared.eos_ids:
+        return "eos"
+    if pipeline.stopped:
+        return "stop"
+    if len(generated) >= prepared.settings.max_new_tokens:
+        return "length"
+    return None
+
+
 def stop_check(tokenizer, rows: Sequence[tuple[Sequence[tuple[str, str]], Sequence[str], str | None]]):
     """``stop(row, new_ids) -> bool`` for a backend: True once row ``row``'s visible text holds a stop string.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def _no_extra_buffers():
+def no_extra_buffers():
     """Load models as LlamaRuntime does: without CPU repacking buffers (AMX kernels die with SIGILL in this VM)."""
     import llama_cpp.llama_cpp as low
 
@@ -29,7 +29,7 @@ def raw_llama(path: Path, *, n_ctx: int, n_threads: int, **kwargs):
     """llama-cpp-python's high-level ``Llama`` on ``path``, configured like a LlamaRuntime with these sizes."""
     from llama_cpp import Llama
 
-    with _no_extra_buffers():
+    with no_extra_buffers():
         return Llama(
             str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False, **kwargs
         )

@@ -194,15 +194,10 @@ class LlamaStepDecoder:
             self.runtime.set_loras(want)
 
     def _accept(self, row: Row, token: int) -> str:
-        """What :meth:`adaptrix.batching.StepDecoder._accept` does, and the single path's end of context."""
+        """Take the row's next token; it ends by :func:`adaptrix.generation.row_finish`, or at the context's end."""
         row.generated.append(token)
         text = row.pipeline.feed(row.decoder.add([token]))
-        if token in row.prepared.eos_ids:
-            row.finish_reason = "eos"
-        elif row.pipeline.stopped:
-            row.finish_reason = "stop"
-        elif len(row.generated) >= row.prepared.settings.max_new_tokens:
-            row.finish_reason = "length"
-        elif row.position + 1 >= self.runtime.n_ctx:  # the context is full: generate_tokens ends here too
+        row.finish_reason = gen.row_finish(row.prepared, row.generated, row.pipeline)
+        if row.finish_reason is None and row.position + 1 >= self.runtime.n_ctx:  # as generate_tokens ends
             row.finish_reason = "length"
         return text
