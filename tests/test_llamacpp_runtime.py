@@ -332,6 +332,26 @@ def test_a_shared_prefix_is_reused_only_with_the_same_adapters(rt, loras, embedd
     assert _run(rt.generate_tokens(turn, max_new_tokens=16))[0] == base and rt.reused_tokens == 0
 
 
+def test_a_resized_context_keeps_the_active_adapters(rt, loras):
+    """set_max_sequences rebuilds the context (a server's step decoder): the active LoRA must still apply."""
+    import numpy as np
+
+    a, _ = loras
+    ids = rt.tokenize(PROMPTS[0], add_special=False)
+    rt.set_loras([])
+    base = rt.logits(ids)
+    rt.set_loras({a: 1.0})
+    with_a = rt.logits(ids)
+    try:
+        rt.set_max_sequences(3)
+        assert rt.active_loras == ((a, 1.0),)
+        np.testing.assert_array_equal(rt.logits(ids), with_a)
+        assert np.abs(with_a - base).max() > 0.05
+    finally:
+        rt.set_max_sequences(1)
+        rt.set_loras([])
+
+
 def _copy(src, dst):
     dst.write_bytes(src.read_bytes())
     return dst

@@ -239,9 +239,7 @@ class LlamaCppAdapterManager(AdapterManager):
 
     def sync_context(self) -> None:
         """Set the active adapters' LoRAs on the context, if something (a step decoder) changed them."""
-        want = tuple(self.lora_scales(self._active))
-        if want != self.runner.runtime.active_loras:
-            self.runner.runtime.set_loras(want)
+        self.runner.runtime.set_loras(self.lora_scales(self._active))  # nothing to do when unchanged
 
     def lora_scales(self, target: tuple[str, ...]) -> list[tuple[Any, float]]:
         """The runtime's ``(LoraAdapter, scale)`` pairs that make exactly ``target`` active (loaded names)."""

@@ -274,8 +274,9 @@ class LlamaRuntime:
                 f"llama.cpp gave each of {n_seq_max} sequences {int(ll.llama_n_ctx_seq(ctx))} tokens of context, "
                 f"not {self.n_ctx}: lower the number of sequences (max batch) or n_ctx"
             )
-        if old and self._active:  # adapters belong to the model; the new context must be told which are active
-            self.set_loras(self._active)
+        active, self._active = self._active, ()  # the new context has none set yet
+        if old and active:  # adapters belong to the model; the new context must be told which are active
+            self.set_loras(active)
 
     def set_max_sequences(self, n_seq_max: int) -> None:
         """Make room for ``n_seq_max`` parallel sequences (ids ``0 .. n_seq_max - 1``) in one context.
@@ -724,6 +725,8 @@ class LlamaRuntime:
         for adapter, _ in pairs:
             if self._adapters.get(id(adapter)) is not adapter:
                 raise AdapterError(f"LoRA {adapter.path} is not loaded on {self.path.name}: load_lora it first")
+        if pairs == self._active:
+            return  # already set: no call, so nothing for llama.cpp to rebuild
         if self._busy:
             raise EngineStateError("cannot change adapters while a generation runs on this context")
         ll, n = self._ll, len(pairs)

@@ -108,7 +108,7 @@ class LlamaStepDecoder:
 
                 row.chain = runtime.sampler(ids, **sampling(prepared.settings))
                 runtime.forget_sequence(row.seq)
-                self._use(row.name)
+                self._use(self._scales(row.name))
                 for start in range(0, len(ids), runtime.n_batch):
                     chunk = ids[start : start + runtime.n_batch]
                     last = start + len(chunk) == len(ids)
@@ -151,15 +151,14 @@ class LlamaStepDecoder:
         for row in rows:
             groups.setdefault(row.name, []).append(row)
         picked: dict[int, int] = {}
+        scales = {name: self._scales(name) for name in groups}
         current = self.runtime.active_loras
         # the group whose LoRAs are set already goes first: a change of LoRAs costs llama.cpp a graph
         # rebuild at the next decode (measured: 35% of a one-row step when set and restored every step)
-        order = sorted(groups, key=lambda name: tuple(self.manager.lora_scales(() if name is None else (name,)))
-                       != current)
         with self._lock:
-            for name in order:
+            for name in sorted(groups, key=lambda name: scales[name] != current):
                 members = groups[name]
-                self._use(name)
+                self._use(scales[name])
                 self.runtime.decode_sequences(
                     [r.generated[-1] for r in members], [r.position for r in members],
                     [r.seq for r in members], [True] * len(members),
@@ -186,12 +185,14 @@ class LlamaStepDecoder:
             self.remove(row)
 
     # -- internals ------------------------------------------------------------------
-    def _use(self, name: str | None) -> None:
-        """The context decodes with ``name``'s LoRAs (None: none) from now on. They stay set after the step:
-        a generation outside the decoder sets the engine's own active adapters first (``LlamaCppRunner``)."""
-        want = self.manager.lora_scales(() if name is None else (name,))
-        if tuple(want) != self.runtime.active_loras:
-            self.runtime.set_loras(want)
+    def _scales(self, name: str | None) -> tuple:
+        """The runtime's ``(LoraAdapter, scale)`` pairs of adapter ``name`` (None: none)."""
+        return tuple(self.manager.lora_scales(() if name is None else (name,)))
+
+    def _use(self, scales: tuple) -> None:
+        """The context decodes with these LoRAs from now on. They stay set after the step: a generation
+        outside the decoder sets the engine's own active adapters first (``LlamaCppRunner._row``)."""
+        self.runtime.set_loras(scales)
 
     def _accept(self, row: Row, token: int) -> str:
         """Take the row's next token; it ends by :func:`adaptrix.generation.row_finish`, or at the context's end."""
