@@ -18,6 +18,7 @@ What adaptrix adds to peft, on top of the shared :class:`~.manager.AdapterManage
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import tempfile
 from pathlib import Path
@@ -29,6 +30,10 @@ from .info import AdapterInfo
 from .inject import inject, plan
 from .manager import BASE, COMBINATIONS, AdapterManager, composed_info
 from .validate import ModuleIndex
+
+#: Sets of adapters whose mixed-batch weights stay built (each holds a copy of its adapters' LoRA
+#: weights, concatenated): a server's batch goes back and forth between a few sets as rows come and go.
+MIXED_SETS = 4
 
 _NEEDS_DENSITY = ("ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
                   "magnitude_prune", "magnitude_prune_svd")
@@ -50,7 +55,8 @@ class PeftAdapterManager(AdapterManager):
         self._stash: list[tuple[Any, Any]] = []
         self._slots: list[tuple[Any, str, Any]] = []  # (parent, attribute, LoRA layer)
         self._unwrapped = False
-        self._mixed = None  # the last MixedBatch (concatenated LoRA weights of one set of adapters)
+        #: MixedBatch per set of adapters, most recently used last (at most MIXED_SETS)
+        self._mixed: collections.OrderedDict[tuple[str, ...], Any] = collections.OrderedDict()
 
     def generation_model(self):
         """The module to call ``generate`` on: the PeftModel while LoRA layers are in the forward path,
@@ -111,7 +117,7 @@ class PeftAdapterManager(AdapterManager):
         self._active = target
 
     def _refresh_layers(self) -> None:
-        self._mixed = None
+        self._mixed.clear()
         if self.peft is None:
             self._layers, self._lora_layers, self._slots = [], [], []
             return
@@ -119,7 +125,7 @@ class PeftAdapterManager(AdapterManager):
 
     def _add_layers(self, slots) -> None:
         """LoRA layers created by a direct injection (modules no earlier adapter targeted)."""
-        self._mixed = None
+        self._mixed.clear()
         for parent, child, layer in slots:
             self._layers.append(layer)
             self._lora_layers.append(layer)
@@ -128,7 +134,7 @@ class PeftAdapterManager(AdapterManager):
     def _close(self) -> None:
         self.peft = None
         self._layers, self._lora_layers, self._slots = [], [], []
-        self._mixed = None
+        self._mixed.clear()
 
     # -- merge -------------------------------------------------------------------
     def _merge(self) -> None:
@@ -242,11 +248,13 @@ class PeftAdapterManager(AdapterManager):
         """Swap every LoRA wrapper for a module serving each row its own adapter (see :mod:`.mixed`)."""
         from .mixed import MixedBatch
 
-        unique = sorted({n for n in names if n != BASE})
-        if self._mixed is None or self._mixed.adapters != unique:
-            self._mixed = None  # drop the old copies before building new ones
-            self._mixed = MixedBatch(self._slots, unique)
-        batch = self._mixed
+        unique = tuple(sorted({n for n in names if n != BASE}))
+        batch = self._mixed.get(unique)
+        if batch is None:
+            while len(self._mixed) >= MIXED_SETS:
+                self._mixed.popitem(last=False)
+            batch = self._mixed[unique] = MixedBatch(self._slots, list(unique))
+        self._mixed.move_to_end(unique)
         batch.set_rows(names, BASE)
         previous = self._active
         with self._pin(unique):
