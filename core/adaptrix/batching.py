@@ -1,10 +1,11 @@
 """Iteration-level (continuous) batching on the transformers backend.
 
 :class:`StepDecoder` runs one decode step at a time for a set of rows that may
-each use a different adapter. A new row is prefilled alone, then its KV cache is
-merged into the running batch (left padding); finished or cancelled rows leave
-between steps. Greedy rows get exactly the tokens they would get alone, up to
-floating-point effects of the batch shape.
+each use a different adapter. New rows are prefilled (those that arrive together
+in one padded forward pass), then their KV caches are merged into the running
+batch (left padding); finished or cancelled rows leave between steps. Greedy
+rows get exactly the tokens they would get alone, up to floating-point effects
+of the batch shape.
 
 The decoder reaches the engine through three public methods only:
 
@@ -20,11 +21,16 @@ says whether a model can be batched this way.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 
 from . import generation as gen
+
+
+#: Most padded prompt tokens prefilled in one forward pass by :meth:`StepDecoder.add_many`
+#: (bounds the activations and attention scores of a group).
+PREFILL_TOKENS = 2048
 
 
 def supported(engine) -> bool:
@@ -71,31 +77,66 @@ class StepDecoder:
 
     # -- rows -------------------------------------------------------------------
     def add(self, key: Any, prepared: gen.PreparedRequest, adapter: str | None) -> tuple[Row, str]:
-        """Prefill a new row alone, pick its first token and merge it into the batch.
+        """Prefill a new row, pick its first token and merge it into the batch.
 
         Returns the row and the text its first token releases (may be empty).
         """
+        return self._prefill([(key, prepared, adapter)])[0]
+
+    def add_many(self, items: Sequence[tuple[Any, gen.PreparedRequest, str | None]]) -> list:
+        """:meth:`add` for several ``(key, prepared, adapter)``, prompts of similar length prefilled together.
+
+        One padded forward pass per group (adapters mixed per row) instead of
+        one per prompt: newcomers that arrive together stall the running rows
+        once. Returns, per item in order, ``(row, text)`` or the exception that
+        item raised; a group that fails is retried one prompt at a time, so one
+        bad request fails alone.
+        """
+        out: list = [None] * len(items)
+        for group in _groups([len(p.input_ids) for _, p, _ in items]):
+            try:
+                for i, result in zip(group, self._prefill([items[i] for i in group])):
+                    out[i] = result
+            except Exception as exc:
+                alone = [exc] if len(group) == 1 else gen.add_each(self, [items[i] for i in group])
+                for i, result in zip(group, alone):
+                    out[i] = result
+        return out
+
+    def _prefill(self, items) -> list[tuple[Row, str]]:
+        """One forward pass over left-padded prompts; merges the rows into the batch only if it succeeds."""
         import torch
         from transformers import DynamicCache
 
-        row = Row(key=key, prepared=prepared, adapter=adapter)
-        row.decoder = gen.IncrementalDecoder(self.tokenizer)
-        row.pipeline = prepared.pipeline()
-        row.processors, row.generator = _sampling(prepared.settings)
-        module, kwargs = self._module((adapter,))
+        rows = []
+        for key, prepared, adapter in items:
+            row = Row(key=key, prepared=prepared, adapter=adapter)
+            row.decoder = gen.IncrementalDecoder(self.tokenizer)
+            row.pipeline = prepared.pipeline()
+            row.processors, row.generator = _sampling(prepared.settings)
+            rows.append(row)
+        module, kwargs = self._module(tuple(r.adapter for r in rows))
         device = _device(module)
-        ids = torch.tensor([prepared.input_ids], dtype=torch.long, device=device)
-        row.history = ids
+        prompts = [list(r.prepared.input_ids) for r in rows]
+        width = max(len(p) for p in prompts)
+        pad = [r.prepared.pad_id if r.prepared.pad_id is not None else 0 for r in rows]
+        ids = torch.tensor([[pad[i]] * (width - len(p)) + p for i, p in enumerate(prompts)], dtype=torch.long,
+                           device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0).to(device)
         cache = DynamicCache(config=self.engine.model.config)
         with torch.inference_mode():
             out = module(
-                input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(ids.shape[1])[None],
-                past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs,
+                input_ids=ids, attention_mask=mask.to(device), position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1, **kwargs,
             )
-        row.position = ids.shape[1]
-        token = self._pick(row, out.logits[:, -1, :])
-        self._merge(row, out.past_key_values)
-        return row, self._accept(row, token)
+        tokens = []
+        for i, row in enumerate(rows):
+            row.history = torch.tensor([prompts[i]], dtype=torch.long, device=device)
+            row.position = len(prompts[i])
+            tokens.append(self._pick(row, out.logits[i : i + 1, -1, :]))
+        self._merge(rows, out.past_key_values, mask)
+        return [(row, self._accept(row, token)) for row, token in zip(rows, tokens)]
 
     def remove(self, row: Row) -> None:
         """Take a row out of the batch (finished or cancelled)."""
@@ -182,32 +223,26 @@ class StepDecoder:
         row.finish_reason = gen.row_finish(row.prepared, row.generated, row.pipeline)
         return text
 
-    def _merge(self, row: Row, cache) -> None:
+    def _merge(self, rows: list[Row], cache, mask) -> None:
+        """Append ``rows`` (their prefill ``cache`` and ``[n, T]`` ``mask``) to the batch, left-padding the narrower."""
         import torch
 
-        length = cache.layers[0].keys.shape[-2]
         if self._cache is None:
-            self._cache = cache
-            self._mask = torch.ones((1, length), dtype=torch.long)
-            self.rows.append(row)
+            self._cache, self._mask = cache, mask
+            self.rows.extend(rows)
             return
-        width = self._mask.shape[1]
+        width, length = self._mask.shape[1], mask.shape[1]
         if length < width:
             _pad_left(cache, width - length)
-            new_mask = torch.cat([torch.zeros((1, width - length), dtype=torch.long),
-                                  torch.ones((1, length), dtype=torch.long)], dim=1)
-        else:
-            if length > width:
-                _pad_left(self._cache, length - width)
-                self._mask = torch.cat(
-                    [torch.zeros((self._mask.shape[0], length - width), dtype=torch.long), self._mask], dim=1
-                )
-            new_mask = torch.ones((1, length), dtype=torch.long)
+            mask = torch.cat([mask.new_zeros((mask.shape[0], width - length)), mask], dim=1)
+        elif length > width:
+            _pad_left(self._cache, length - width)
+            self._mask = torch.cat([self._mask.new_zeros((self._mask.shape[0], length - width)), self._mask], dim=1)
         for mine, theirs in zip(self._cache.layers, cache.layers):
             mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
             mine.values = torch.cat([mine.values, theirs.values], dim=0)
-        self._mask = torch.cat([self._mask, new_mask], dim=0)
-        self.rows.append(row)
+        self._mask = torch.cat([self._mask, mask], dim=0)
+        self.rows.extend(rows)
 
 
 def _pad_left(cache, n: int) -> None:
@@ -217,6 +252,24 @@ def _pad_left(cache, n: int) -> None:
         k, v = layer.keys, layer.values
         layer.keys = torch.cat([k.new_zeros(k.shape[:2] + (n,) + k.shape[3:]), k], dim=2)
         layer.values = torch.cat([v.new_zeros(v.shape[:2] + (n,) + v.shape[3:]), v], dim=2)
+
+
+def _groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of prompts to prefill together: similar lengths (padding at most a quarter of a group's
+    tokens) and at most :data:`PREFILL_TOKENS` padded tokens per group; shortest first."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group is not None:
+            width = lengths[i]  # the longest so far (sorted)
+            padded = width * (len(group) + 1)
+            real = sum(lengths[j] for j in group) + lengths[i]
+            if padded <= PREFILL_TOKENS and real * 4 >= padded * 3:
+                group.append(i)
+                continue
+        groups.append([i])
+    return groups
 
 
 def _device(module):

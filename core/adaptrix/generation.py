@@ -413,6 +413,18 @@ def row_finish(prepared: PreparedRequest, generated: Sequence[int], pipeline: Te
     return None
 
 
+def add_each(decoder, items: Sequence[tuple[Any, PreparedRequest, str | None]]) -> list:
+    """``decoder.add(key, prepared, adapter)`` for each item, in order: ``(row, text)`` or the exception
+    that item raised. A step decoder's ``add_many`` where prompts are not prefilled together."""
+    out: list = []
+    for key, prepared, adapter in items:
+        try:
+            out.append(decoder.add(key, prepared, adapter))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
 def stop_check(tokenizer, rows: Sequence[tuple[Sequence[tuple[str, str]], Sequence[str], str | None]]):
     """``stop(row, new_ids) -> bool`` for a backend: True once row ``row``'s visible text holds a stop string.
 

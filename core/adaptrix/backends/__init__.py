@@ -132,7 +132,11 @@ class Runner(ABC):
         adapter, one token per row per step: ``add(key, prepared, adapter) ->
         (row, text)`` prefills a :class:`~adaptrix.generation.PreparedRequest`
         (from ``engine.prepare_request``) and may raise
-        :class:`~adaptrix.errors.BatchFullError` to be retried later; ``step()
+        :class:`~adaptrix.errors.BatchFullError` to be retried later;
+        ``add_many([(key, prepared, adapter), ...])`` adds several at once
+        (prefilled together where the backend can), returning per item
+        ``(row, text)`` or the exception it raised
+        (:func:`adaptrix.generation.add_each` adds them one by one); ``step()
         -> [(row, text)]``; ``remove(row)``; ``tail(row)`` (text held back
         until the end); ``finish(row)`` (the
         :class:`~adaptrix.generation.GenerationResult` ``generate`` returns).

@@ -177,11 +177,11 @@ class Scheduler:
                 continue
             try:
                 if self.batching:
-                    for i, job in enumerate(admit):
-                        if not self._admit(job):  # the decoder is full for now: back to the queue's front
-                            with self._cond:
-                                self._jobs.extendleft(reversed(admit[i:]))
-                            break
+                    later = self._admit(admit)
+                    if later:  # the decoder is full for now: back to the queue's front
+                        with self._cond:
+                            self._jobs.extendleft(reversed(later))
+                    admit = []
                     self._step()
                 else:
                     for job in admit:
@@ -295,42 +295,50 @@ class Scheduler:
         return [n for _, n in stale]
 
     # -- batched mode -----------------------------------------------------------------
-    def _admit(self, job: Job) -> bool:
-        """Start ``job`` in the batch (or answer it); False: the decoder has no room yet, queue it again."""
+    def _admit(self, jobs: list[Job]) -> list[Job]:
+        """Start ``jobs`` in the batch, prefilled together (or answer them); returns those the decoder
+        has no room for yet, to queue again."""
         from ..errors import BatchFullError
 
-        if job.cancelled.is_set():
-            self.metrics.cancelled.labels(job.label).inc()
-            return True
-        req = job.request
-        adapter = self._name_of(req)
-        self._hold(adapter)
-        try:
-            self._adapter_of(req)
-            prepared = self.engine.prepare_request(
-                req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=adapter,
-                raw=req.kind == "completion", **req.settings,
-            )
-            row, text = self._decoder.add(job, prepared, adapter)
-        except BatchFullError as exc:
-            self._release(adapter)
-            if self._running:
-                return False
-            job.emit(("error", api_error(exc)))
-            return True
-        except Exception as exc:
-            self._release(adapter)
-            job.emit(("error", api_error(exc)))
-            return True
-        if adapter is not None:
+        ready: list[tuple[Job, Any, str | None]] = []
+        for job in jobs:
+            if job.cancelled.is_set():
+                self.metrics.cancelled.labels(job.label).inc()
+                continue
+            req = job.request
+            adapter = self._name_of(req)
+            self._hold(adapter)
+            try:
+                self._adapter_of(req)
+                prepared = self.engine.prepare_request(
+                    req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=adapter,
+                    raw=req.kind == "completion", **req.settings,
+                )
+            except Exception as exc:
+                self._release(adapter)
+                job.emit(("error", api_error(exc)))
+                continue
+            ready.append((job, prepared, adapter))
+        later: list[Job] = []
+        outcomes = self._decoder.add_many(ready) if ready else []
+        for (job, prepared, adapter), outcome in zip(ready, outcomes):
+            if isinstance(outcome, BaseException):
+                self._release(adapter)
+                if isinstance(outcome, BatchFullError) and self._running:
+                    later.append(job)
+                else:
+                    job.emit(("error", api_error(outcome)))
+                continue
+            row, text = outcome
+            self.metrics.prompt_tokens.labels(job.label).inc(len(prepared.input_ids))
+            self._running[row] = job
+            self._token(job, text)
+            if row.finish_reason:
+                self._finish(row)
+        if any(adapter is not None for _, _, adapter in ready):
             self.note_residency()
-        self.metrics.prompt_tokens.labels(job.label).inc(len(prepared.input_ids))
-        self._running[row] = job
         self.metrics.running.set(len(self._running))
-        self._token(job, text)
-        if row.finish_reason:
-            self._finish(row)
-        return True
+        return later
 
     def _step(self) -> None:
         for row, job in list(self._running.items()):

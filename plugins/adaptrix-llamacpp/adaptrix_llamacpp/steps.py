@@ -127,6 +127,14 @@ class LlamaStepDecoder:
         self.rows.append(row)
         return row, self._accept(row, token)
 
+    def add_many(self, items) -> list:
+        """:meth:`add` for each ``(key, prepared, adapter)``: ``(row, text)`` or the exception it raised.
+
+        Each prompt is prefilled on its own sequence in turn (a sequence's LoRAs
+        are the context's, so prompts for different adapters cannot share a decode).
+        """
+        return gen.add_each(self, items)
+
     def remove(self, row: Row) -> None:
         """Take a row out (finished or cancelled) and free its sequence's KV cells."""
         self.rows.remove(row)
