@@ -239,6 +239,8 @@ class PeftAdapterManager(AdapterManager):
         from .mixed import MixedBatch
 
         unique = sorted({n for n in names if n != BASE})
+        if tuple(unique) in self._mixed:  # built for these adapters: they fit (any change clears the cache)
+            return True
         if any(n not in self._infos or self._infos[n].modules_to_save for n in unique):
             return False
         return MixedBatch.fits(self._slots, unique)
