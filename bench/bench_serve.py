@@ -160,8 +160,10 @@ def rows(url: str, label: str, sets: list[tuple[str, list[str]]], args) -> list[
     for models_label, _ in sets:  # the targets: 8 clients against one at a time, same server
         one, eight = (next((r for r in out if (r["models"], r["clients"]) == (models_label, c)), None) for c in (1, 8))
         if one and eight:
+            paired = [e["tok/s"] / o["tok/s"] for o, e in zip(runs[(models_label, 1)], runs[(models_label, 8)])]
             print(f"  {label} {models_label}: 8 clients {eight['tok/s'] / one['tok/s']:.2f}x the throughput of one at a "
-                  f"time; TTFT p50 {eight['ttft p50'] / one['ttft p50']:.2f}x idle", flush=True)
+                  f"time (run by run: {', '.join(f'{x:.2f}x' for x in paired)}); TTFT p50 "
+                  f"{eight['ttft p50'] / one['ttft p50']:.2f}x idle", flush=True)
     return out
 
 
