@@ -435,3 +435,35 @@ def test_while_loading_health_is_503_and_every_api_route_answers_503(world):
         assert httpx.get(srv.url + "/health", timeout=5).json()["status"] == "ok"
         r = httpx.post(srv.url + "/v1/chat/completions", json=chat, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_compositions_are_bounded_and_rebuilt_when_asked_again(world, monkeypatch):
+    """Past MAX_COMPOSITIONS the least recently used composition is unloaded, never one a running request
+    uses; asked for again it is rebuilt with the same answer."""
+    from adaptrix.serve import scheduler
+
+    monkeypatch.setattr(scheduler, "MAX_COMPOSITIONS", 2)
+    mixes = [{"a1": 0.5, "a2": 0.5}, {"a1": 0.3, "a3": 0.7}, {"a2": 0.2, "a4": 0.8}, {"a3": 0.6, "a4": 0.4}]
+    app = _app(world)
+    engine = lambda: app.state.server.scheduler.engine  # noqa: E731
+
+    def built():
+        return sorted(r["name"] for r in engine().list_adapters() if r["name"].startswith("composed-"))
+
+    def ask(url, mix):
+        r = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+            "model": "base", "messages": [{"role": "user", "content": PROMPTS[1]}], "temperature": 0,
+            "max_tokens": N, "adapters": mix})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    with LiveServer(app) as srv:
+        first = [ask(srv.url, m) for m in mixes[:3]]
+        assert len(built()) == 2 and len(set(first)) == 3
+        assert ask(srv.url, mixes[0]) == first[0]  # the oldest was unloaded, then built again
+        assert len(built()) == 2
+        with ThreadPoolExecutor(4) as pool:  # four at once: none unloaded while it runs
+            together = list(pool.map(lambda m: ask(srv.url, m), mixes))
+        assert together[:3] == first
+        ask(srv.url, mixes[1])
+        assert len(built()) == 2

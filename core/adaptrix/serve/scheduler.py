@@ -40,6 +40,10 @@ from .schemas import CompletionRequest
 
 log = logging.getLogger("adaptrix.serve")
 
+#: Compositions (``adapters`` in a request body) kept built; past this many the least recently used one
+#: no request holds is unloaded, so clients sending ever new weights cannot fill the memory.
+MAX_COMPOSITIONS = 8
+
 
 class Job:
     """One completion request; ``emit(event)`` is called from the scheduler thread.
@@ -119,7 +123,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._decoder = None
         self._running: dict[Any, Job] = {}  # row -> job (batched mode)
-        self._composed: dict[tuple, str] = {}
+        self._composed: collections.OrderedDict[tuple, str] = collections.OrderedDict()  # weights -> name, LRU
         self._resident: set[str] = set()
         self._budget: int | None = getattr(engine, "max_loaded_adapters", None)
         self._holds: dict[str, tuple[int, contextlib.ExitStack]] = {}  # adapter -> (rows using it, its pin)
@@ -281,10 +285,28 @@ class Scheduler:
     def _adapter_of(self, req: CompletionRequest) -> str | None:
         """The adapter serving ``req``: its name, a cached composition, or None (base)."""
         name = self._name_of(req)
-        if req.adapters and tuple(req.adapters) not in self._composed:
-            self.engine.compose_adapters(dict(req.adapters), name, method="cat")
-            self._composed[tuple(req.adapters)] = name
+        if req.adapters:
+            key = tuple(req.adapters)
+            if key not in self._composed:
+                self.engine.compose_adapters(dict(req.adapters), name, method="cat")
+                self._composed[key] = name
+            self._composed.move_to_end(key)
+            self._trim_compositions()
         return name
+
+    def _trim_compositions(self) -> None:
+        """Unload the least recently used compositions past :data:`MAX_COMPOSITIONS`, skipping those a
+        running or admitted request holds (the newest is always held by its own request)."""
+        for key, name in list(self._composed.items()):
+            if len(self._composed) <= MAX_COMPOSITIONS:
+                return
+            if name in self._holds or key == next(reversed(self._composed)):
+                continue
+            del self._composed[key]
+            try:
+                self.engine.unload_adapter(name)
+            except Exception as exc:  # keep serving: the composition's memory stays taken, say so
+                log.warning("could not unload composition %s: %s", name, exc)
 
     def forget_compositions(self, adapter: str) -> list[str]:
         """Compositions built from ``adapter`` (call on the scheduler thread before replacing it)."""
