@@ -37,11 +37,15 @@ def _prepared(engine, prompt, adapter):
     return engine.prepare_request(prompt, adapter=adapter, temperature=0, max_new_tokens=N, raw=True)
 
 
-def _drain(decoder) -> None:
+def _drain(decoder) -> dict:
+    """Step until every row has finished; each row's key -> its tokens."""
+    finished = {}
     while decoder.rows:
         decoder.step()
         for row in [r for r in decoder.rows if r.finish_reason]:
             decoder.remove(row)
+            finished[row.key] = decoder.finish(row).token_ids
+    return finished
 
 
 def _alone(engine, prompt, adapter):
@@ -54,22 +58,15 @@ def test_prompts_added_together_decode_as_each_alone(engine):
     decoder = engine.step_decoder(max_rows=8)
     adapters = [None, "a1", "a2", "a1"]
     first = decoder.add_many([(i, _prepared(engine, p, a), a) for i, (p, a) in enumerate(zip(PROMPTS, adapters))])
-    rows = [outcome[0] for outcome in first]
     decoder.step()
     decoder.step()
     late = decoder.add_many([("late", _prepared(engine, PROMPTS[1], "a2"), "a2"),
                              ("late2", _prepared(engine, PROMPTS[0], None), None)])
-    rows += [outcome[0] for outcome in late]
-    finished = {}
-    while decoder.rows:
-        decoder.step()
-        for row in [r for r in decoder.rows if r.finish_reason]:
-            decoder.remove(row)
-            finished[row.key] = decoder.finish(row).token_ids
+    assert not [o for o in first + late if isinstance(o, BaseException)]
     expected = {i: _alone(engine, p, a) for i, (p, a) in enumerate(zip(PROMPTS, adapters))}
     expected["late"] = _alone(engine, PROMPTS[1], "a2")
     expected["late2"] = _alone(engine, PROMPTS[0], None)
-    assert {row.key: decoder.finish(row).token_ids for row in rows} == expected
+    assert _drain(decoder) == expected
     assert len({tuple(v) for v in expected.values()}) > 2  # the adapters change the answers
 
 
@@ -106,10 +103,4 @@ def test_a_bad_item_fails_alone(engine):
     assert isinstance(outcomes[1], AdapterError) and "no_such" in str(outcomes[1])
     assert [o[0].key for o in (outcomes[0], outcomes[2])] == ["ok", "ok2"]
     assert [r.key for r in decoder.rows] == ["ok", "ok2"]
-    finished = {}
-    while decoder.rows:
-        decoder.step()
-        for row in [r for r in decoder.rows if r.finish_reason]:
-            decoder.remove(row)
-            finished[row.key] = decoder.finish(row).token_ids
-    assert finished == {"ok": _alone(engine, PROMPTS[2], "a1"), "ok2": _alone(engine, PROMPTS[2], None)}
+    assert _drain(decoder) == {"ok": _alone(engine, PROMPTS[2], "a1"), "ok2": _alone(engine, PROMPTS[2], None)}
