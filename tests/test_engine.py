@@ -227,6 +227,47 @@ def test_context_trimmed_oldest_first(llama):
     assert llama.generate("Hi", temperature=0, max_new_tokens=2) is not None
 
 
+def test_without_max_new_tokens_a_long_prompt_gets_what_fits(llama):
+    """The default max_new_tokens (128: half the context of 256) is capped at what the prompt leaves; the
+    error names max_new_tokens only when the caller gave one (the server used to answer 400 'max_tokens=128
+    leaves room for ...' to a client that never sent max_tokens)."""
+    ctx = llama.get_model_info()["context_length"]
+    default = llama.resolve_settings(temperature=0).max_new_tokens
+    assert default == ctx // 2
+    prompt = next(p for p in ("the cat sat on the mat " * n for n in range(1, 200))
+                  if ctx - default < len(llama.prepare_request(p, max_new_tokens=1).input_ids) < ctx - 8)
+    result = llama.generate_detailed(prompt, temperature=0)
+    assert result.settings.max_new_tokens == ctx - result.prompt_tokens < default
+    assert result.token_ids == llama.generate_detailed(prompt, temperature=0,
+                                                       max_new_tokens=ctx - result.prompt_tokens).token_ids
+    # history is dropped before the answer shrinks
+    llama.generate("Hi", conversation="long", temperature=0, max_new_tokens=2)
+    kept = llama.generate_detailed(prompt, conversation="long", temperature=0)
+    assert kept.trimmed_turns == 1 and kept.prompt_tokens == result.prompt_tokens
+    with pytest.raises(ContextOverflowError, match=r"max_new_tokens=200 leaves room for 56"):
+        llama.generate(prompt, temperature=0, max_new_tokens=200)
+    with pytest.raises(ContextOverflowError) as alone:
+        llama.generate("the cat sat on the mat " * 200, temperature=0)
+    assert "max_new_tokens" not in str(alone.value) and "no room for an answer" in str(alone.value)
+
+
+def test_stream_detailed_reports_what_generate_detailed_does(llama):
+    """The engine's stream with a result: the same text, token ids, counts and finish reason as
+    generate_detailed (a server streaming one request at a time reports its usage from it)."""
+    for prompt, max_new, stop in [(PROMPTS[0], 3, None), (PROMPTS[1], 12, None), (PROMPTS[2], 12, [" "])]:
+        kw = dict(temperature=0, max_new_tokens=max_new, stop=stop)
+        want = llama.generate_detailed(prompt, **kw)
+        stream = llama.stream_detailed(prompt, **kw)
+        assert stream.result is None
+        assert "".join(stream) == want.text
+        assert stream.result == want
+    early = llama.stream_detailed(PROMPTS[0], temperature=0, max_new_tokens=12)
+    next(early)
+    early.close()
+    assert early.result is None
+    assert llama.generate(PROMPTS[0], temperature=0, max_new_tokens=3)  # the model is free again
+
+
 def test_named_conversations(llama):
     llama.generate("My name is Alice", conversation="a", temperature=0, max_new_tokens=3)
     llama.generate("My name is Bob", conversation="b", temperature=0, max_new_tokens=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -316,7 +317,8 @@ def test_load_test_with_a_disconnect(server, world):
 
 def test_loading_off_by_default_and_api_key(world, caplog):
     caplog.set_level("INFO", logger="adaptrix.serve")
-    with LiveServer(_app(world, api_key="sekret", max_queue=0)) as srv:
+    app = _app(world, api_key="sekret", max_queue=1)
+    with LiveServer(app) as srv:
         url = srv.url
         assert httpx.get(url + "/health").status_code == 200
         # the playground page is served without the key: it holds no data and asks for the key itself
@@ -331,9 +333,40 @@ def test_loading_off_by_default_and_api_key(world, caplog):
         r = httpx.post(url + "/v1/load_lora_adapter", headers=ok,
                        json={"lora_name": "x", "lora_path": str(world["extra"] / "new1")})
         assert r.status_code == 403 and "--enable-adapter-loading" in r.json()["error"]["message"]
-        r = httpx.post(url + "/v1/chat/completions", headers=ok,
-                       json={"model": "base", "messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        chat = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        with ThreadPoolExecutor(1) as pool, _scheduler_held(app) as scheduler:
+            queued = pool.submit(httpx.post, url + "/v1/chat/completions", headers=ok, json=chat, timeout=60)
+            _wait_for(lambda: len(scheduler._jobs) == 1)  # the queue (--max-queue 1) is full
+            r = httpx.post(url + "/v1/chat/completions", headers=ok, json=chat)
+            assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        assert queued.result().status_code == 200
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the server"
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _scheduler_held(app):
+    """The scheduler thread busy in a call until the body ends: requests stay queued meanwhile."""
+    scheduler = app.state.server.scheduler
+    gate, inside = threading.Event(), threading.Event()
+
+    def hold(engine):
+        inside.set()
+        assert gate.wait(60), "the test never released the scheduler"
+
+    scheduler.call(hold)
+    assert inside.wait(30)
+    try:
+        yield scheduler
+    finally:
+        gate.set()
 
 
 def test_serial_mode_answers_equal_batched(world):

@@ -64,10 +64,10 @@ def oracle(one_cpu):
     engine.initialize()
     cache: dict = {}
 
-    def greedy(prompt: str, adapter: str | None = None) -> str:
-        if (prompt, adapter) not in cache:
-            cache[prompt, adapter] = engine.generate(prompt, adapter=adapter, temperature=0, max_new_tokens=N)
-        return cache[prompt, adapter]
+    def greedy(prompt: str, adapter: str | None = None, n: int = N) -> str:
+        if (prompt, adapter, n) not in cache:
+            cache[prompt, adapter, n] = engine.generate(prompt, adapter=adapter, temperature=0, max_new_tokens=n)
+        return cache[prompt, adapter, n]
 
     yield greedy
     engine.cleanup()
@@ -170,6 +170,51 @@ def test_llamacpp_server_loads_and_unloads_adapters_at_run_time(smol_server, ora
     gone = httpx.post(url + "/v1/chat/completions", json={"model": "pirate", "messages": [
         {"role": "user", "content": PROMPT}]})
     assert gone.status_code == 404 and "math_specialist" in gone.json()["error"]["message"]
+
+
+@pytest.mark.real_weights
+def test_llamacpp_adapter_loads_beside_a_running_stream(smol_server, oracle):
+    """Loading and unloading another adapter does not wait for a running stream, and the stream (its
+    sequence's KV cells, its LoRA) is untouched: its answer is its answer alone."""
+    import concurrent.futures
+    import json
+    import threading
+    import time
+
+    url, long = smol_server.url, 160
+    want = oracle("Tell me a long story about the sea.", "math_specialist", n=long)
+    first, ended = threading.Event(), {}
+
+    def stream():
+        pieces = []
+        with httpx.stream("POST", url + "/v1/chat/completions", timeout=300, json={
+                "model": "math_specialist", "temperature": 0, "max_tokens": long, "stream": True,
+                "messages": [{"role": "user", "content": "Tell me a long story about the sea."}]}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    choices = json.loads(line[6:])["choices"]
+                    pieces.append((choices[0]["delta"].get("content") or "") if choices else "")
+                    first.set()
+        ended["at"] = time.monotonic()
+        return "".join(pieces)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        streamed = pool.submit(stream)
+        assert first.wait(120)
+        r = httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "pirate2", "lora_path": "pirate_style"},
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        loaded = time.monotonic()
+        got = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+            "model": "pirate2", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0,
+            "max_tokens": N}).json()["choices"][0]["message"]["content"]
+        r = httpx.post(url + "/v1/unload_lora_adapter", json={"lora_name": "pirate2"}, timeout=60)
+        assert r.status_code == 200, r.text
+        unloaded = time.monotonic()
+        text = streamed.result()
+    assert len(want) > 200 and text == want
+    assert got == oracle(PROMPT, "pirate_style")
+    assert loaded < ended["at"] and unloaded < ended["at"], "the adapter changes waited for the stream"
 
 
 @pytest.mark.real_weights

@@ -104,3 +104,34 @@ def test_a_bad_item_fails_alone(engine):
     assert [o[0].key for o in (outcomes[0], outcomes[2])] == ["ok", "ok2"]
     assert [r.key for r in decoder.rows] == ["ok", "ok2"]
     assert _drain(decoder) == {"ok": _alone(engine, PROMPTS[2], "a1"), "ok2": _alone(engine, PROMPTS[2], None)}
+
+
+
+@pytest.mark.parametrize("start_wrapped", [False, True])
+def test_a_row_keeps_its_answer_while_other_adapters_come_and_go(tiny_model, tmp_path, one_thread, start_wrapped):
+    """A server loads and unloads adapters between two steps while rows that use others keep running. The
+    first adapter wraps the model in peft and unloading the last one unwraps it: the module and kwargs the
+    decoder holds still give the row its answer alone (``Engine.decoding_model``'s promise)."""
+    from adaptrix import Engine
+
+    model = tiny_model("llama")
+    make_adapter(model, tmp_path / "a1", seed=1)
+    make_adapter(model, tmp_path / "a2", seed=2)
+    e = Engine(str(model), adapters_dir=str(tmp_path), progress=False)
+    e.initialize()
+    try:
+        want = _alone(e, PROMPTS[1], None)
+        if start_wrapped:
+            e.load_adapter("a2", activate=False)
+        decoder = e.step_decoder(max_rows=4)
+        decoder.add("base", _prepared(e, PROMPTS[1], None), None)
+        decoder.step()
+        e.load_adapter("a1", activate=False)  # the first adapter (start_wrapped: the second one)
+        decoder.step()
+        e.unload_adapter("a1")
+        if start_wrapped:
+            decoder.step()
+            e.unload_adapter("a2")  # the last one: the model is unwrapped
+        assert _drain(decoder) == {"base": want}
+    finally:
+        e.cleanup()

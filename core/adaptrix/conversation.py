@@ -175,10 +175,14 @@ def build_prompt(
     template_kwargs: dict[str, Any] | None = None,
     budget: int | None = None,
     model_name: str = "this model",
-    max_new_tokens: int = 0,
+    max_new_tokens: int | None = 0,
     context_length: int | None = None,
 ) -> Prompt:
-    """Format ``history + prompt``, dropping the oldest turns until it fits in ``budget`` tokens."""
+    """Format ``history + prompt``, dropping the oldest turns until it fits in ``budget`` tokens.
+
+    ``max_new_tokens`` and ``context_length`` only word the error; ``max_new_tokens=None`` (the caller asked
+    for no number of new tokens) words it without one.
+    """
     templated = has_template(tokenizer)
     kwargs = dict(template_kwargs or {})
     head = [{"role": "system", "content": system}] if system else []
@@ -205,6 +209,11 @@ def build_prompt(
     bare, fits = attempt(len(turns))
     if not fits:
         what = "the prompt (with the system prompt)" if system else "the prompt"
+        if max_new_tokens is None:
+            raise ContextOverflowError(
+                f"{what} is {len(bare.input_ids)} tokens after formatting; the context of {model_name} is "
+                f"{context_length} tokens, which leaves no room for an answer: shorten the prompt"
+            )
         raise ContextOverflowError(
             f"{what} is {len(bare.input_ids)} tokens after formatting; the context of {model_name} is "
             f"{context_length} tokens and max_new_tokens={max_new_tokens} leaves room for {budget}: "

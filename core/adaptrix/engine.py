@@ -291,7 +291,15 @@ class Engine:
         template_kwargs.update(req.chat_template_kwargs)
         if req.enable_thinking is not None:
             template_kwargs["enable_thinking"] = bool(req.enable_thinking)
-        formatted = self._format(req.prompt, cfg, conv, req.system, template_kwargs, req.raw)
+        try:
+            formatted = self._format(req.prompt, cfg.max_new_tokens, conv, req.system, template_kwargs, req.raw)
+        except ContextOverflowError:
+            if req.settings.max_new_tokens is not None or session.context_length is None:
+                raise
+            # No max_new_tokens was asked for and the default does not fit beside this prompt: answer with
+            # what the context leaves after the prompt (older turns dropped first, the answer matters more).
+            formatted = self._format(req.prompt, None, conv, req.system, template_kwargs, req.raw)
+            cfg = attrs.evolve(cfg, max_new_tokens=session.context_length - len(formatted.input_ids))
         spans = () if req.show_thinking else tuple(loaded.hidden_spans)
         return gen.PreparedRequest(
             prompt=formatted,
@@ -303,34 +311,39 @@ class Engine:
             pad_id=session.runner.pad_id,
         )
 
-    def _format(self, prompt, cfg, conv, system, template_kwargs, raw) -> Prompt:
+    def _format(self, prompt, max_new_tokens, conv, system, template_kwargs, raw) -> Prompt:
+        """The prompt formatted to leave ``max_new_tokens`` of the context; ``None``: at least one token,
+        without history (the overflow error then names the prompt and the context only)."""
         session = self._require_loaded()
         tokenizer = session.runner.loaded.tokenizer
         ctx = session.context_length
-        budget = None if ctx is None else ctx - cfg.max_new_tokens
+        budget = None if ctx is None else ctx - (1 if max_new_tokens is None else max_new_tokens)
         name = session.source.model_id
         if raw:
             ids = list(tokenizer(prompt)["input_ids"])
             if budget is not None and len(ids) > budget:
                 raise ContextOverflowError(
                     f"the prompt is {len(ids)} tokens; the context of {name} is {ctx} tokens and "
-                    f"max_new_tokens={cfg.max_new_tokens} leaves room for {budget}: shorten the prompt or "
-                    "lower max_new_tokens"
+                    + (f"max_new_tokens={max_new_tokens} leaves room for {budget}: shorten the prompt or "
+                       "lower max_new_tokens" if max_new_tokens is not None else
+                       "leaves no room for an answer: shorten the prompt")
                 )
             return Prompt(prompt, tuple(ids), ({"role": "user", "content": prompt},), 0, False)
         if conv is not None and system is None:
             system = conv.system
-        return build_prompt(
+        turns = conv.turns() if conv is not None else []
+        formatted = build_prompt(
             tokenizer,
             prompt,
-            history=conv.turns() if conv is not None else [],
+            history=turns if max_new_tokens is not None else [],
             system=system,
             template_kwargs=template_kwargs,
             budget=budget,
             model_name=name,
-            max_new_tokens=cfg.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             context_length=ctx,
         )
+        return formatted if max_new_tokens is not None else attrs.evolve(formatted, trimmed_turns=len(turns))
 
     def _stop_check(self, prepared: Sequence[gen.PreparedRequest]):
         """``stop(row, new_ids)`` for the runner: True once a row's visible text holds one of its stop strings."""
@@ -379,21 +392,7 @@ class Engine:
         raw_text = self.tokenizer.decode(new, skip_special_tokens=True)
         pipeline = prepared.pipeline()
         text = pipeline.run(raw_text)
-        if pipeline.stopped:
-            reason = "stop"
-        elif new and new[-1] in prepared.eos_ids:
-            reason = "eos"
-        else:
-            reason = "length"
-        return gen.GenerationResult(
-            text=text,
-            token_ids=tuple(new),
-            prompt_tokens=len(prepared.input_ids),
-            finish_reason=reason,
-            settings=prepared.settings,
-            trimmed_turns=prepared.prompt.trimmed_turns,
-            raw_text=raw_text,
-        )
+        return _result(prepared, new, text, raw_text, pipeline)
 
     # -- streaming ------------------------------------------------------------------
     def stream(self, prompt: str | GenerationRequest, **options) -> Iterator[str]:
@@ -410,8 +409,17 @@ class Engine:
         req = prompt if isinstance(prompt, GenerationRequest) else GenerationRequest.build(prompt, **options)
         return self._stream(req)
 
+    def stream_detailed(self, prompt: str | GenerationRequest, **options) -> "DetailedStream":
+        """Like :meth:`stream`; once the pieces are exhausted, the stream's ``result`` is the
+        :class:`~adaptrix.generation.GenerationResult` :meth:`generate_detailed` would return (token counts and
+        finish reason of the generation itself, not of its text)."""
+        self._require_loaded()
+        req = prompt if isinstance(prompt, GenerationRequest) else GenerationRequest.build(prompt, **options)
+        return DetailedStream(self._stream(req))
+
     def _stream(self, req: GenerationRequest) -> Iterator[str]:
-        """The stream's generator. The model is leased to this stream (a token, not a thread) from the
+        """The stream's generator; it returns the :class:`~adaptrix.generation.GenerationResult` (see
+        :class:`DetailedStream`). The model is leased to this stream (a token, not a thread) from the
         first ``next()`` until its generation ends: ``next()`` may come from any thread and generates
         there (:meth:`Runner.stream_tokens`); a call made meanwhile, from any thread, this one included,
         finishes the stream's generation into a buffer first (:class:`~adaptrix.lease.LeasedTokens`),
@@ -447,11 +455,13 @@ class Engine:
             if tail:
                 pieces.append(tail)
                 yield tail
+            text = "".join(pieces)
             if conv is not None:
                 with lease:
-                    self._remember(conv, req, "".join(pieces))
+                    self._remember(conv, req, text)
         finally:
             generation.close()  # closed, dropped or done: stop the generation and free the model
+        return _result(prepared, decoder.ids, text, decoder.text, pipeline)
 
     # -- batches ----------------------------------------------------------------------
     def generate_batch(self, prompts: Sequence[str], *, adapters: Sequence[str | None] | None = None,
@@ -655,7 +665,9 @@ class Engine:
         """``(module, forward_kwargs)``: calling ``module(..., **forward_kwargs)`` gives row i ``adapters[i]``.
 
         ``None`` rows use the base model; adapters are loaded when needed. The
-        kwargs stay valid until the adapters change (load, unload, eviction).
+        pair stays valid while these adapters stay loaded, whatever other adapters
+        are loaded or unloaded meanwhile (a server changes adapters between two
+        decode steps of rows that use others).
         Backends without step-level decoding raise :class:`BackendError`.
         """
         with self._lock:
@@ -669,6 +681,52 @@ class Engine:
 
 #: The seed design's name for the engine.
 ModularAdaptrixEngine = Engine
+
+
+def _result(prepared: gen.PreparedRequest, new: list[int], text: str, raw_text: str,
+            pipeline: gen.TextPipeline) -> gen.GenerationResult:
+    """The result of a generation whose ids ``new`` gave ``text`` through ``pipeline`` (already run)."""
+    if pipeline.stopped:
+        reason = "stop"
+    elif new and new[-1] in prepared.eos_ids:
+        reason = "eos"
+    else:
+        reason = "length"
+    return gen.GenerationResult(
+        text=text,
+        token_ids=tuple(new),
+        prompt_tokens=len(prepared.input_ids),
+        finish_reason=reason,
+        settings=prepared.settings,
+        trimmed_turns=prepared.prompt.trimmed_turns,
+        raw_text=raw_text,
+    )
+
+
+class DetailedStream:
+    """The text pieces of a generation (:meth:`Engine.stream_detailed`); ``result`` once they are exhausted.
+
+    ``result`` is ``None`` until the generation has ended, and stays ``None`` for
+    a stream closed early. ``close()`` (or dropping the stream) stops the generation.
+    """
+
+    def __init__(self, pieces: Iterator[str]):
+        self._pieces = pieces
+        self.result: gen.GenerationResult | None = None
+
+    def __iter__(self) -> "DetailedStream":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as end:
+            if end.value is not None:
+                self.result = end.value
+            raise
+
+    def close(self) -> None:
+        self._pieces.close()
 
 
 class _StreamOwner:

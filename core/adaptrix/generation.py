@@ -87,7 +87,7 @@ class PreparedRequest:
 # -- settings -----------------------------------------------------------------
 
 
-#: torch.manual_seed takes seeds in [0, 2**64).
+#: Seeds are whole numbers in [0, 2**64) (what torch.manual_seed takes); the server's schema uses this too.
 SEED_LIMIT = 2**64
 
 

@@ -25,7 +25,10 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        from adaptrix.serve.http import uvicorn_config
+
+        # the server's own configuration (h11 with its read timeouts), as `adaptrix serve` runs it
+        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.timeout = timeout
         self.ready = ready

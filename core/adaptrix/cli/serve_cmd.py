@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 def register(sub) -> None:
+    from ..serve.options import flag_type
     from .generate_cmd import add_model_args
 
     p = sub.add_parser(
@@ -19,13 +18,23 @@ def register(sub) -> None:
     )
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every route but /health")
-    p.add_argument("--max-loaded-adapters", type=int, metavar="N", help="adapters resident at once (LRU)")
-    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="requests decoded together (default: 8)")
-    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+    p.add_argument("--port", type=port_number, default=8000, help="port, 1 to 65535 (default: 8000)")
+    p.add_argument("--api-key", metavar="KEY", type=flag_type("api_key", str),
+                   help="require 'Authorization: Bearer KEY' on every route but /health and / (printable ASCII)")
+    p.add_argument("--max-loaded-adapters", type=adapter_budget, metavar="N", help="adapters resident at once (LRU)")
+    p.add_argument("--max-batch", type=flag_type("max_batch"), default=8, metavar="N",
+                   help="requests decoded together (default: 8)")
+    p.add_argument("--max-queue", type=flag_type("max_queue"), default=64, metavar="N",
                    help="requests waiting before the server answers 429 (default: 64)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="request body limit (1 MiB)")
+    p.add_argument("--max-body-bytes", type=flag_type("max_body_bytes"), default=1 << 20, metavar="N",
+                   help="request body limit (1 MiB)")
+    p.add_argument("--header-timeout", type=flag_type("header_timeout", float), default=10.0, metavar="S",
+                   help="seconds a client may take to send a request's headers, then 408 and closed (default: 10)")
+    p.add_argument("--body-timeout", type=flag_type("body_timeout", float), default=30.0, metavar="S",
+                   help="seconds a client may take to send a request's body, then 408 (default: 30)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", type=flag_type("cors_origin", str),
+                   help="let browser pages from ORIGIN (scheme://host[:port], or *) call the API (repeatable; "
+                   "default: no CORS)")
     p.add_argument("--enable-adapter-loading", action="store_true",
                    help="allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
     p.add_argument("--allow-adapter-dir", action="append", default=[], metavar="DIR",
@@ -35,6 +44,33 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port to listen on, 1 to 65535."""
+    import argparse
+
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {port}")
+    return port
+
+
+def adapter_budget(text: str) -> int:
+    """argparse type of ``--max-loaded-adapters``: a whole number of at least 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (a server with room for no adapter "
+                                         "could serve none)")
+    return value
+
+
 def run(args) -> int:
     from ..errors import AdaptrixError
 
@@ -42,16 +78,19 @@ def run(args) -> int:
         import uvicorn
 
         from ..serve.app import ServeOptions, create_app
+        from ..serve.http import base_url, is_loopback, uvicorn_config
     except ImportError as exc:
         raise AdaptrixError(f"adaptrix serve needs the serve extra ({exc}); pip install 'adaptrix[serve]'") from exc
-    if args.host not in LOOPBACK and not args.api_key:
+    if not is_loopback(args.host) and args.api_key is None:
+        loading = " (and load adapters: --enable-adapter-loading is on)" if args.enable_adapter_loading else ""
         print(f"adaptrix serve: warning: binding to {args.host} without --api-key: anyone who can reach this "
-              "machine can use the model (and load adapters, if enabled)", file=sys.stderr)
+              f"machine can use the model{loading}", file=sys.stderr)
     options = ServeOptions(
         adapters_dir=args.adapters_dir, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
         enable_adapter_loading=args.enable_adapter_loading, allowed_dirs=tuple(args.allow_adapter_dir),
         max_body_bytes=args.max_body_bytes, batching="off" if args.no_batching else "auto",
-        model_name=args.served_model_name,
+        model_name=args.served_model_name, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        cors_origins=tuple(args.cors_origin),
     )
 
     def make_engine():
@@ -62,11 +101,11 @@ def run(args) -> int:
               flush=True)
         engine = Engine(**engine_options(args, progress=True, max_loaded_adapters=args.max_loaded_adapters))
         engine.initialize()
-        print(f"adaptrix serve: ready on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+        print(f"adaptrix serve: ready on {base_url(args.host, args.port)}", file=sys.stderr, flush=True)
         return engine
 
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    uvicorn.run(create_app(make_engine, options), host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(uvicorn_config(create_app(make_engine, options), args.host, args.port)).run()
     return 0

@@ -21,26 +21,13 @@ from typing import Any, Callable
 import attrs
 
 from .errors import ApiError, error_body
+from .options import ServeOptions
 from .schemas import CompletionRequest, parse_completion, parse_load, parse_name
+
+__all__ = ["ServeOptions", "Server", "create_app"]
 
 log = logging.getLogger("adaptrix.serve")
 STATIC = Path(__file__).with_name("static")
-
-
-@attrs.frozen
-class ServeOptions:
-    """Server settings (``adaptrix serve`` flags)."""
-
-    adapters_dir: str | None = "adapters"
-    api_key: str | None = None
-    max_batch: int = 8
-    max_queue: int = 64
-    enable_adapter_loading: bool = False
-    allowed_dirs: tuple[str, ...] = ()
-    max_body_bytes: int = 1 << 20
-    #: ``auto``: iteration-level batching where the model supports it; ``off``: one request at a time.
-    batching: str = "auto"
-    model_name: str | None = None
 
 
 class Server:
@@ -59,6 +46,7 @@ class Server:
         self.failure: str | None = None
         self.runtime: dict[str, Path] = {}  # adapters loaded through /v1/load_lora_adapter
         self.created = int(time.time())
+        self._private: list[str] = []  # the model's local paths, never shown to clients (see public())
 
     # -- start-up ------------------------------------------------------------------
     def load(self) -> None:
@@ -69,7 +57,8 @@ class Server:
             engine = self.make_engine()
             info = engine.get_model_info()
             scheduler = Scheduler(engine, self.metrics, max_batch=self.options.max_batch,
-                                  max_queue=self.options.max_queue, batching=self.options.batching != "off")
+                                  max_queue=self.options.max_queue, batching=self.options.batching != "off",
+                                  exists=self.adapter_exists)
             scheduler.start()  # batches when the engine's backend has a step decoder for this model
             batching = scheduler.batching
         except Exception as exc:  # reported by /health and the log; the process stays up
@@ -78,6 +67,7 @@ class Server:
             return
         if not self.options.model_name:
             self.model_id = _display_name(str(info.get("model_id") or "base"))
+        self._private = _local_paths(info)
         self.backend = info.get("backend")
         self.engine, self.scheduler = engine, scheduler
         log.info("adaptrix serve: %s ready in %.1f s (%s, %s backend, %s)", self.model_id,
@@ -111,17 +101,44 @@ class Server:
         if scheme.lower() != "bearer" or not given:
             raise ApiError(401, "missing API key: send the header 'Authorization: Bearer KEY' (the server was "
                            "started with --api-key)", code="invalid_api_key")
-        if not secrets.compare_digest(given.strip().encode(), key.encode()):
+        # constant time, on bytes: header values arrive decoded as latin-1, the key is ASCII (ServeOptions)
+        if not secrets.compare_digest(given.strip().encode("latin-1"), key.encode("ascii")):
             raise ApiError(401, "the API key in the Authorization header is wrong", code="invalid_api_key")
 
+    def public(self, err: ApiError) -> ApiError:
+        """``err`` as a client may see it: the model's local paths replaced by its served name."""
+        message = err.message
+        for path in self._private:
+            message = message.replace(path, self.model_id)
+        if message == err.message:
+            return err
+        return ApiError(err.status, message, param=err.param, code=err.code, extra=err.extra)
+
     async def read_json(self, request) -> Any:
+        """The request body as JSON: at most ``--max-body-bytes`` (413), complete within ``--body-timeout``
+        seconds of the headers (408); a client that goes away meanwhile is a 499 (one log line)."""
+        from starlette.requests import ClientDisconnect
+
         limit = self.options.max_body_bytes
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             raise ApiError(413, f"the request body is {int(length)} bytes, over the limit of {limit} bytes "
                            "(--max-body-bytes)", code="body_too_large")
         body = bytearray()
-        async for chunk in request.stream():
+        chunks = request.stream().__aiter__()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.body_timeout
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - loop.time()))
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the request body did not arrive within {self.options.body_timeout:g} s "
+                               f"(--body-timeout); {len(body)} bytes came", code="body_timeout") from None
+            except ClientDisconnect:
+                raise ApiError(499, "the client went away while sending the body",
+                               code="client_disconnected") from None
             body += chunk
             if len(body) > limit:
                 raise ApiError(413, f"the request body is over the limit of {limit} bytes (--max-body-bytes)",
@@ -141,6 +158,10 @@ class Server:
         found = dict(available_adapters(self.options.adapters_dir))
         found.update(self.runtime)
         return found
+
+    def adapter_exists(self, name: str) -> bool:
+        """Whether a request may still name adapter ``name`` (it may have been unloaded since it arrived)."""
+        return name in self.runtime or name in self.adapter_folders()
 
     def resolve_model(self, req: CompletionRequest) -> CompletionRequest:
         names = self.adapter_folders()
@@ -180,6 +201,19 @@ class Server:
         return resolved
 
 
+def _local_paths(info: dict) -> list[str]:
+    """The model's local paths in ``get_model_info()``, longest first (what :meth:`Server.public` hides)."""
+    found = set()
+    for key in ("model_id", "source", "gguf_file"):
+        value = info.get(key)
+        if not isinstance(value, str) or not Path(value).exists():
+            continue  # a Hub id, or nothing
+        found.add(str(Path(value).resolve()))
+        if "/" in value or "\\" in value:  # as the user gave it (a bare name like "." is no path to hide)
+            found.add(value)
+    return sorted(found, key=len, reverse=True)
+
+
 def _display_name(model_id: str) -> str:
     path = Path(model_id)
     if path.exists():
@@ -198,7 +232,11 @@ def _json(data: Any, status: int = 200):
 
 
 def _error(err: ApiError):
-    return _json(err.body(), err.status)
+    from starlette.responses import JSONResponse
+
+    # 408: the request was not read to its end, so the connection cannot carry another one
+    headers = {"connection": "close"} if err.status == 408 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
@@ -213,13 +251,13 @@ def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
                 server.ready()
             response = await handler(server, request)
         except ApiError as err:
-            response = _error(err)
+            response = _error(server.public(err))
         except Exception as exc:  # a bug: answer in shape, keep serving
             from .scheduler import api_error
 
-            response = _error(api_error(exc))
-        log.info("%s %s %s %.0f ms", request.method, request.url.path, response.status_code,
-                 (time.perf_counter() - start) * 1000)
+            response = _error(server.public(api_error(exc)))
+        log.info("%s %s %s %.0f ms%s", request.method, request.url.path, response.status_code,
+                 (time.perf_counter() - start) * 1000, " (the client went away)" if response.status_code == 499 else "")
         return response
 
     return endpoint
@@ -283,26 +321,45 @@ async def completions(server: Server, request, kind: str):
 
     job = Job(req, emit)
     server.scheduler.submit(job)
+    # The body is read: the next ASGI message is the client's disconnect. Waiting for it cancels the job at
+    # once, whether it is queued (never prefilled), running, or streaming (it stops between two steps).
+    watch = asyncio.ensure_future(_cancel_on_disconnect(request, job))
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
-    if req.stream:
-        return await _stream(server, request, req, job, events, rid, created)
-    text: list[str] = []
+    streaming = False
+    try:
+        if req.stream:
+            response = await _stream(server, request, req, job, events, rid, created, watch)
+            streaming = True  # from here on the response's body owns the watch
+            return response
+        while True:
+            kind_, value = await _next_event(events, watch)
+            if kind_ == "error":
+                raise value
+            if kind_ == "done":
+                return _json(_final(req, rid, created, server.model_id, value))
+    finally:
+        if not streaming:
+            watch.cancel()
+
+
+async def _cancel_on_disconnect(request, job) -> None:
+    """Set ``job.cancelled`` when the client goes away (call once the body is read)."""
     while True:
-        get = asyncio.ensure_future(events.get())
-        while not get.done():
-            done, _ = await asyncio.wait({get}, timeout=0.25)
-            if not done and await request.is_disconnected():
-                get.cancel()
-                job.cancelled.set()  # the scheduler drops it and frees its slot
-                raise ApiError(499, "client disconnected", code="client_disconnected")
-        kind_, value = get.result()
-        if kind_ == "delta":
-            text.append(value)
-        elif kind_ == "error":
-            raise value
-        else:
-            return _json(_final(req, rid, created, server.model_id, value))
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            job.cancelled.set()  # the scheduler drops it (queued) or stops it (running) and frees its slot
+            return
+
+
+async def _next_event(events: asyncio.Queue, watch: asyncio.Future) -> tuple:
+    """The job's next event; a 499 once its client has gone away (``watch`` is done)."""
+    get = asyncio.ensure_future(events.get())
+    await asyncio.wait({get, watch}, return_when=asyncio.FIRST_COMPLETED)
+    if get.done():
+        return get.result()
+    get.cancel()
+    raise ApiError(499, "the client went away", code="client_disconnected")
 
 
 def _final(req: CompletionRequest, rid: str, created: int, model_id: str, usage: dict) -> dict:
@@ -318,7 +375,7 @@ def _final(req: CompletionRequest, rid: str, created: int, model_id: str, usage:
     return {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice], "usage": counts}
 
 
-async def _stream(server, request, req, job, events, rid, created):
+async def _stream(server, request, req, job, events, rid, created, watch):
     from starlette.responses import StreamingResponse
 
     obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
@@ -338,8 +395,9 @@ async def _stream(server, request, req, job, events, rid, created):
             data["usage"] = usage
         return "data: " + json.dumps(data) + "\n\n"
 
-    # The first event decides the status: an error before any token is a plain error answer.
-    first = await events.get()
+    # The first event decides the status: an error before any token is a plain error answer. A client that
+    # goes away while its request is queued is dropped before its prefill.
+    first = await _next_event(events, watch)
     if first[0] == "error":
         raise first[1]
 
@@ -352,7 +410,7 @@ async def _stream(server, request, req, job, events, rid, created):
                     yield chunk(event[1], None, first=not sent_role)
                     sent_role = True
                 elif event[0] == "error":
-                    err = event[1]
+                    err = server.public(event[1])
                     yield "data: " + json.dumps(err.body()) + "\n\n"
                     break
                 else:
@@ -372,6 +430,7 @@ async def _stream(server, request, req, job, events, rid, created):
             yield "data: [DONE]\n\n"
         finally:
             job.cancelled.set()  # a client gone mid-stream stops its generation; harmless once finished
+            watch.cancel()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -423,7 +482,9 @@ async def load_adapter(server: Server, request):
         return {"object": "lora_adapter", "lora_name": load.name, "lora_path": str(folder), "replaced": replaced,
                 "rank": engine.adapters.info(load.name).rank, "warnings": list(report.warnings)}
 
-    result = await asyncio.wrap_future(server.scheduler.call(work, barrier=True))
+    # Runs once no running request uses the name (they finish with the old weights); requests that need it
+    # wait meanwhile and get the new weights; every other request, and a new name, waits for nothing.
+    result = await asyncio.wrap_future(server.scheduler.call(work, adapters={load.name}))
     return _json(result)
 
 
@@ -445,13 +506,15 @@ async def unload_adapter(server: Server, request):
         server.metrics.unloads.inc()
         return {"object": "lora_adapter", "lora_name": name, "unloaded": True}
 
-    return _json(await asyncio.wrap_future(server.scheduler.call(work, barrier=True)))
+    return _json(await asyncio.wrap_future(server.scheduler.call(work, adapters={name})))
 
 
 def create_app(make_engine: Callable[[], Any], options: ServeOptions | None = None):
     """The ASGI app; ``make_engine()`` returns an initialized Engine and runs on a background thread."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
     from starlette.routing import Route
 
     server = Server(make_engine, options or ServeOptions())
@@ -477,15 +540,27 @@ def create_app(make_engine: Callable[[], Any], options: ServeOptions | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if server.options.api_key:
+        opts = server.options
+        if opts.api_key:
             log.info("adaptrix serve: --api-key is set: every route needs 'Authorization: Bearer KEY' except "
                      "GET /health and the playground page GET /, which holds no data and asks for the key")
+        if opts.adapters_dir and not Path(opts.adapters_dir).expanduser().is_dir():
+            log.warning("adaptrix serve: warning: the adapters folder %s does not exist: no adapter is served from "
+                        "it (check --adapters-dir)", opts.adapters_dir)
+        if opts.cors_origins:
+            log.info("adaptrix serve: browsers may call the API from %s (--cors-origin)", ", ".join(opts.cors_origins))
         threading.Thread(target=server.load, name="adaptrix-load", daemon=True).start()
         try:
             yield
         finally:
             server.stop()
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    middleware = []
+    if server.options.cors_origins:  # preflights are answered before routing (and need no API key)
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(server.options.cors_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+                                     max_age=600))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan,
+                    middleware=middleware)
     app.state.server = server
     return app

@@ -13,9 +13,13 @@ listings). Two modes:
 - **serial** (any backend): one request at a time through the Engine's
   ``generate_detailed`` / ``stream``.
 
-A *barrier* call (adapter load, replace, unload) runs once no request is
-running and before any request queued after it, so requests in flight finish
-with the old weights and later ones see the new ones.
+An adapter call (load, replace, unload: ``call(fn, adapters={name})``) runs
+between two decode steps once no running request uses one of its adapters
+(directly or in a composition), so requests in flight finish with the old
+weights; meanwhile queued requests that need one of them wait, and get the new
+weights. Every other request keeps running and joining, and a call whose
+adapters no running request uses (loading a new name) runs at the next step.
+A request whose adapter was unloaded while it waited is answered 404.
 
 With a residency budget (``max_loaded_adapters``), a batch never uses more
 adapters than the budget: a request whose adapter would exceed it waits until
@@ -33,7 +37,7 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .errors import ApiError
 from .schemas import CompletionRequest
@@ -71,8 +75,8 @@ class Job:
 
 
 class _Call:
-    def __init__(self, fn, barrier: bool):
-        self.fn, self.barrier = fn, barrier
+    def __init__(self, fn, adapters: frozenset[str]):
+        self.fn, self.adapters = fn, adapters
         self.future: concurrent.futures.Future = concurrent.futures.Future()
 
 
@@ -93,7 +97,7 @@ def api_error(exc: BaseException) -> ApiError:
         extra = {"report": exc.report.as_dict()} if getattr(exc, "report", None) is not None else {}
         return ApiError(400, message, param="model", code="adapter_incompatible", extra=extra)
     if isinstance(exc, GenerationError):
-        param = "max_tokens" if "max_new_tokens" in message or "context" in message else None
+        param = "max_tokens" if "max_new_tokens" in message else None
         message = message.replace("max_new_tokens", "max_tokens")
         return ApiError(400, message, param=param, code="invalid_value")
     if isinstance(exc, AdapterError):
@@ -110,12 +114,15 @@ def api_error(exc: BaseException) -> ApiError:
 class Scheduler:
     """Owns ``engine`` on its own thread; see the module docstring."""
 
-    def __init__(self, engine, metrics, *, max_batch: int = 8, max_queue: int = 64, batching: bool = True):
+    def __init__(self, engine, metrics, *, max_batch: int = 8, max_queue: int = 64, batching: bool = True,
+                 exists: Callable[[str], bool] | None = None):
+        """``exists(name)``: whether a request may still name adapter ``name`` (None: do not check)."""
         self.engine = engine
         self.metrics = metrics
         self.max_batch = max(1, int(max_batch))
         self.max_queue = max(0, int(max_queue))
         self.batching = batching
+        self._exists = exists
         self._jobs: collections.deque[Job] = collections.deque()
         self._calls: collections.deque[_Call] = collections.deque()
         self._cond = threading.Condition()
@@ -153,9 +160,13 @@ class Scheduler:
             self.metrics.queue_depth.set(len(self._jobs))
             self._cond.notify_all()
 
-    def call(self, fn: Callable[[Any], Any], *, barrier: bool = False) -> concurrent.futures.Future:
-        """Run ``fn(engine)`` on the scheduler thread; ``barrier``: once nothing runs (adapter changes)."""
-        c = _Call(fn, barrier)
+    def call(self, fn: Callable[[Any], Any], *, adapters: Iterable[str] = ()) -> concurrent.futures.Future:
+        """Run ``fn(engine)`` on the scheduler thread, between two decode steps.
+
+        ``adapters``: the adapters ``fn`` changes (loads, replaces, unloads): it runs once no running request
+        uses them, and requests that need them are not admitted until it has run.
+        """
+        c = _Call(fn, frozenset(adapters))
         with self._cond:
             self._calls.append(c)
             self._cond.notify_all()
@@ -169,12 +180,8 @@ class Scheduler:
                     self._cond.wait()
                 if self._stopping:
                     break
-                call = None
-                if self._calls and (not self._calls[0].barrier or not self._running):
-                    call = self._calls.popleft()
-                admit: list[Job] = []
-                if call is None and not (self._calls and self._calls[0].barrier):
-                    admit = self._admissible()
+                call = self._next_call()
+                admit = self._admissible() if call is None else []
                 self.metrics.queue_depth.set(len(self._jobs))
             if call is not None:
                 self._run_call(call)
@@ -201,33 +208,54 @@ class Scheduler:
         for job in pending:
             job.emit(("error", ApiError(503, "the server is shutting down", code="shutting_down")))
 
+    def _next_call(self) -> _Call | None:
+        """Take the first call that may run now (call with the lock held): none of its adapters is used by a
+        running request, nor changed by an earlier call still waiting (calls on one name keep their order)."""
+        if not self._calls:
+            return None
+        busy = set().union(*(_needs(job.request) for job in self._running.values()))
+        earlier: set[str] = set()
+        for i, call in enumerate(self._calls):
+            if not call.adapters & busy and not call.adapters & earlier:
+                del self._calls[i]
+                return call
+            earlier |= call.adapters
+        return None
+
     def _admissible(self) -> list[Job]:
         """Take the queued jobs that may join the batch now (call with the lock held).
 
-        FIFO up to the batch size; in batched mode a job whose adapter would take the
-        batch past the residency budget stays queued, and only base-model jobs pass it.
+        FIFO up to the batch size. Cancelled jobs are dropped here, before any prefill. A job that
+        needs an adapter a waiting call changes stays queued (it gets the new weights). In batched
+        mode a job whose adapter would take the batch past the residency budget stays queued, and
+        only base-model jobs pass it.
         """
         limit = self.max_batch if self.batching else 1
         room = limit - len(self._running)
         if room <= 0 or not self._jobs:
             return []
-        if not self.batching or self._budget is None:
-            return [self._jobs.popleft() for _ in range(min(room, len(self._jobs)))]
+        held = set().union(*(c.adapters for c in self._calls))
+        budget = self._budget if self.batching else None
         using = self.running_adapters()
         admit: list[Job] = []
         waiting: collections.deque[Job] = collections.deque()
         blocked = False
         while self._jobs:
             job = self._jobs.popleft()
-            name = self._name_of(job.request)
-            fits = name is None or (not blocked and (name in using or len(using) < self._budget))
-            if fits and len(admit) < room:
-                admit.append(job)
-                if name is not None:
-                    using.add(name)
-            else:
-                blocked = blocked or name is not None
+            if job.cancelled.is_set():
+                self.metrics.cancelled.labels(job.label).inc()
+                continue
+            if len(admit) >= room or (held and _needs(job.request) & held):
                 waiting.append(job)
+                continue
+            name = self._name_of(job.request)
+            if budget is not None and name is not None:
+                if blocked or (name not in using and len(using) >= budget):
+                    blocked = True
+                    waiting.append(job)
+                    continue
+                using.add(name)
+            admit.append(job)
         self._jobs = waiting
         return admit
 
@@ -275,6 +303,18 @@ class Scheduler:
         self.metrics.loaded.set(len(resident))
 
     # -- adapters of a request --------------------------------------------------------
+    def _gone(self, req: CompletionRequest) -> ApiError | None:
+        """A 404 when an adapter ``req`` names was unloaded after it arrived (it raced an unload)."""
+        if self._exists is None:
+            return None
+        loaded = set(self.engine.adapters.loaded_names())
+        for name in sorted(_needs(req)):
+            if name not in loaded and not self._exists(name):
+                param = "adapters" if req.adapters else "model"
+                return ApiError(404, f"adapter {name!r} was unloaded while this request waited; see GET /v1/models "
+                                "for the models available now", param=param, code="model_not_found")
+        return None
+
     @staticmethod
     def _name_of(req: CompletionRequest) -> str | None:
         """The name of the adapter serving ``req`` (None: base), without building a composition."""
@@ -326,6 +366,10 @@ class Scheduler:
         for job in jobs:
             if job.cancelled.is_set():
                 self.metrics.cancelled.labels(job.label).inc()
+                continue
+            gone = self._gone(job.request)
+            if gone is not None:
+                job.emit(("error", gone))
                 continue
             req = job.request
             adapter = self._name_of(req)
@@ -405,6 +449,10 @@ class Scheduler:
         if job.cancelled.is_set():
             self.metrics.cancelled.labels(job.label).inc()
             return
+        gone = self._gone(job.request)
+        if gone is not None:
+            job.emit(("error", gone))
+            return
         req = job.request
         conv = None
         self.metrics.running.set(1)
@@ -423,23 +471,18 @@ class Scheduler:
                 self._token(job, result.text, count=len(result.token_ids))
                 self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
                 return
-            pieces = []
-            stream = self.engine.stream(req.prompt, **kwargs)
+            stream = self.engine.stream_detailed(req.prompt, **kwargs)
             try:
                 for piece in stream:
                     if job.cancelled.is_set():
                         self.metrics.cancelled.labels(job.label).inc()
                         self.metrics.requests.labels(job.label, req.kind, "cancelled").inc()
                         return
-                    pieces.append(piece)
                     self._token(job, piece)
             finally:
                 stream.close()
-            text = "".join(pieces)
-            completion = _count_tokens(self.engine, text)
-            limit = req.settings.get("max_new_tokens")
-            reason = "length" if limit is not None and completion >= limit else "stop"
-            self._done(job, _prompt_tokens(self.engine, req, kwargs), completion, reason, text)
+            result = stream.result  # what the generation itself counted, as generate_detailed reports it
+            self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
         except Exception as exc:
             job.emit(("error", api_error(exc)))
         finally:
@@ -473,19 +516,8 @@ class Scheduler:
         }))
 
 
-def _count_tokens(engine, text: str) -> int:
-    try:
-        return len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
-    except Exception:
-        return 0
-
-
-def _prompt_tokens(engine, req: CompletionRequest, kwargs: dict) -> int:
-    try:
-        prepared = engine.prepare_request(
-            req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=kwargs["adapter"],
-            raw=req.kind == "completion", **req.settings,
-        )
-        return len(prepared.input_ids)
-    except Exception:
-        return 0
+def _needs(req: CompletionRequest) -> set[str]:
+    """The adapters ``req`` decodes with: its adapter, or the parts of its composition."""
+    if req.adapters:
+        return {name for name, _ in req.adapters}
+    return {req.adapter} if req.adapter else set()

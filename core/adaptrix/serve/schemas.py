@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from ..generation import SEED_LIMIT
 from .errors import ApiError
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -223,7 +224,7 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...]) -> Compl
     stop = _stop(body)
     if stop:
         settings["stop"] = stop
-    seed = _integer(body, "seed", low=-(2**63), high=2**63 - 1)
+    seed = _integer(body, "seed", low=0, high=SEED_LIMIT - 1)  # the engine's range, from its one owner
     if seed is not None:
         settings["seed"] = seed
     stream = body.get("stream", False)
