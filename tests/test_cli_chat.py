@@ -79,6 +79,8 @@ class Terminal:
 
 @pytest.fixture
 def terminal(tmp_path):
+    if sys.platform == "win32":
+        pytest.skip("no pseudo-terminals on Windows")
     made = []
 
     def start(**kwargs) -> Terminal:
