@@ -118,6 +118,14 @@ def test_families_claim_the_types_their_prefix_misses(config, family):
         assert d.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def test_a_wrapper_gets_the_lora_targets_of_its_language_model():
+    """LLaVA on Phi-2 runs as PhiForCausalLM: phi-2's layer names, not Phi-3's fused ones."""
+    config = {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
+              "text_config": {"model_type": "phi"}, "vision_config": {"model_type": "clip_vision_model"}}
+    d = detect("m", config=config, source="config.json")
+    assert d.family == "phi" and d.target_modules == ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
+
+
 def test_family_defaults_from_the_plugins(fixtures_dir):
     qwen = detect(str(fixtures_dir / "model-configs" / "qwen3_4b.json")).generation
     assert (qwen.max_new_tokens, qwen.temperature, qwen.top_p) == (1024, 0.7, 0.9)
