@@ -32,6 +32,8 @@ def test_info_and_stream(smollm2_engine):
     assert info["family"] == "llama" and info["architecture"] == "LlamaForCausalLM"
     assert info["gguf_file"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert 130e6 < info["parameters"] < 140e6 and info["context_length"] == 8192
+    # dtype="auto" on the CPU: float32, as before, because its weights (from the GGUF header) fit.
+    assert info["dtype"] == "float32" and "fit in" in info["dtype_reason"] and "GGUF header" in info["dtype_reason"]
     pieces = list(smollm2_engine.stream(QUESTION, temperature=0, max_new_tokens=8))
     assert len(pieces) > 1 and "".join(pieces) == smollm2_engine.generate(QUESTION, temperature=0, max_new_tokens=8)
 

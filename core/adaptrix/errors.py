@@ -54,6 +54,10 @@ class DeviceError(AdaptrixError):
     """The requested device or dtype is not available on this machine."""
 
 
+class ModelTooLargeError(ModelLoadError):
+    """The model's weights fit in the available memory in no dtype; refused before any weight is read."""
+
+
 class GenerationError(AdaptrixError):
     """Bad generation input: empty prompt, bad sampling value, prompt too long."""
 

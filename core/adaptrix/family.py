@@ -19,24 +19,40 @@ def claims(
 
     With a config: the model is one adaptrix can run as a causal LM (see
     :func:`adaptrix.modelconfig.is_causal_lm`: no encoder, reward head or
-    vision-language model without a text-only class) and its ``model_type``
-    is one of ``model_types`` or starts with one of ``prefixes`` (so a family
-    follows the installed transformers: ``qwen`` covers ``qwen3_next``). For a
-    remote-code config (``auto_map``) an architecture name starting with a
-    prefix counts too (``QWenLMHeadModel``). Without a config: the lower-cased
-    ``model_id`` contains one of ``id_keywords``.
+    vision-language model without a text-only class) and the model type it
+    runs as (:func:`claimed_names`) is one of ``model_types`` or starts with
+    one of ``prefixes``. Prefixes let a family follow the installed
+    transformers (``qwen`` covers ``qwen3_next``); ``model_types`` lists the
+    family's types that its prefixes miss (``mllama`` for ``llama``). Without
+    a config: the lower-cased ``model_id`` contains one of ``id_keywords``.
     """
     if config is not None:
         if modelconfig.is_causal_lm(config) is False:
             return False
+        types = set(model_types)
         prefixes = tuple(p.lower() for p in prefixes)
-        names = [str(config.get("model_type") or "").lower()]
-        if modelconfig.needs_remote_code(config):
-            names += [a.lower() for a in modelconfig.architectures(config)]
-        own = str(config.get("model_type") or "")
-        return own in set(model_types) or any(n.startswith(prefixes) for n in names if n and prefixes)
+        return any(n in types or (prefixes and n.lower().startswith(prefixes)) for n in claimed_names(config))
     name = str(model_id).lower()
     return any(k in name for k in id_keywords)
+
+
+def claimed_names(config: dict[str, Any]) -> list[str]:
+    """The names a family recognises a config by: the model type adaptrix runs it as.
+
+    - A vision-language checkpoint runs as the text-only causal LM inside it
+      (:func:`adaptrix.modelconfig.text_model_type`): LLaVA's ``llama``,
+      PaliGemma's ``gemma``, Kimi-K2.5's ``deepseek_v3``; the family of that
+      language model owns it, whatever the wrapper is called.
+    - Otherwise the config's ``model_type``; for a remote-code config
+      (``auto_map``) its architecture names too (``QWenLMHeadModel``).
+    """
+    text = modelconfig.text_model_type(config)
+    if text is not None:
+        return [text]
+    names = [str(config.get("model_type") or "")]
+    if modelconfig.needs_remote_code(config):
+        names += modelconfig.architectures(config)
+    return [n for n in names if n]
 
 
 def text_config(config: dict[str, Any] | None) -> dict[str, Any]:

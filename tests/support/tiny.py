@@ -74,6 +74,11 @@ ARCH_EXTRAS: dict[str, dict] = {
     "qwen3_next": dict(head_dim=8, layer_types=["linear_attention", "full_attention"], **QWEN_MOE_SHARED),
     "gpt2": {},
     "stablelm": {},
+    # Types a family claims although their name does not start with the family's (issue 15, item 16).
+    "recurrent_gemma": dict(head_dim=8, lru_width=32, attention_window_size=16, block_types=["recurrent", "attention"]),
+    "vaultgemma": dict(head_dim=8),
+    "internlm3": {},
+    "iquestcoder": {},
 }
 
 #: model_type -> the family a person expects adaptrix to report.
@@ -95,12 +100,23 @@ NEWER_FAMILY = {
     "llama4_text": "llama", "ministral": "mistral", "ministral3": "mistral",
     "qwen3_5_text": "qwen", "qwen3_5_moe_text": "qwen", "qwen3_next": "qwen",
     "gemma3": "gemma", "mistral3": "mistral",
+    # Named otherwise, yet the family's: declared by the plugins (MODEL_TYPES) or owned through their
+    # language model (a LLaVA checkpoint runs as its Llama).
+    "recurrent_gemma": "gemma", "vaultgemma": "gemma", "internlm3": "llama", "iquestcoder": "llama",
+    "mllama": "llama", "llava": "llama",
 }
 
-#: Vision-language model_type -> extra keys of its (tiny) vision tower.
+#: Vision-language model_type -> extra keys of its (tiny) config; ``text`` and ``vision`` go to those parts.
 VL_EXTRAS: dict[str, dict] = {
     "gemma3": dict(mm_tokens_per_image=4),
     "mistral3": {},
+    # Llama 3.2 Vision: cross-attention layers in the language model, a two-stage vision encoder.
+    "mllama": dict(
+        text=dict(cross_attention_layers=[1]),
+        vision=dict(attention_heads=4, num_hidden_layers=2, num_global_layers=1, intermediate_layers_indices=[0],
+                    vision_output_dim=64),
+    ),
+    "llava": {},
 }
 VISION_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8)
 
@@ -142,10 +158,11 @@ def build_tiny_model(
     if model_type in VL_EXTRAS:  # a vision-language checkpoint, as published
         from transformers import AutoModelForImageTextToText
 
+        extras = dict(VL_EXTRAS[model_type])
         default = AutoConfig.for_model(model_type)
-        text = {"model_type": default.text_config.model_type, **SMALL, **ids, "head_dim": 8}
-        vision = {"model_type": default.vision_config.model_type, **VISION_SMALL}
-        cfg = AutoConfig.for_model(model_type, text_config=text, vision_config=vision, **VL_EXTRAS[model_type])
+        text = {"model_type": default.text_config.model_type, **SMALL, **ids, "head_dim": 8, **extras.pop("text", {})}
+        vision = {"model_type": default.vision_config.model_type, **VISION_SMALL, **extras.pop("vision", {})}
+        cfg = AutoConfig.for_model(model_type, text_config=text, vision_config=vision, **extras)
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(cfg)
     else:

@@ -29,9 +29,13 @@ class TransformersBackend(Backend):
     install_hint = "pip install torch==2.13.0 transformers peft (or the torch build for your GPU)"
 
     def load(self, source, options, host) -> "TransformersRunner":
-        from ..devices import resolve_device
+        from ..devices import choose_dtype, resolve_device
 
-        resolve_device(options.device)  # a device that is not there fails before any conversion
+        device = resolve_device(options.device)  # a device that is not there fails before any conversion
+        # The dtype is decided once, here, before any weight is read (or a GGUF converted): the plugin's
+        # loader gets its name, and a model that fits in no dtype is refused now.
+        dtype = choose_dtype(options.dtype, device, source)
+        options = attrs.evolve(options, dtype=dtype.dtype)
         if options.threads:
             import torch
 
@@ -52,20 +56,22 @@ class TransformersBackend(Backend):
             raise ModelLoadError(
                 f"no plugin loaded {source.model_id!r} for family {source.family!r} (load_model returned None)"
             )
-        return TransformersRunner(source, loaded, options)
+        return TransformersRunner(source, loaded, options, dtype_reason=dtype.reason)
 
 
 class TransformersRunner(Runner):
     backend = "transformers"
     capabilities = frozenset({"train", "compose", "merge", "mixed_batch", "step_decode"})
 
-    def __init__(self, source, loaded, options):
-        from ..devices import resolve_device, resolve_dtype
+    def __init__(self, source, loaded, options, dtype_reason: str | None = None):
+        from ..devices import resolve_device
 
         self.source = source
         self.loaded = loaded
         self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.dtype, self.device)
+        # What the weights are in (a plugin's own loader may not follow options.dtype), and why.
+        self.dtype = next((p.dtype for p in loaded.model.parameters() if p.is_floating_point()), None)
+        self.dtype_reason = dtype_reason
         self.eos_ids = tuple(eos_ids(loaded.model, loaded.tokenizer, loaded.end_of_turn_tokens))
         tok = loaded.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.eos_ids[0] if self.eos_ids else None)
@@ -145,6 +151,7 @@ class TransformersRunner(Runner):
     def info(self) -> dict[str, Any]:
         return {
             "dtype": str(self.dtype).replace("torch.", ""),
+            "dtype_reason": self.dtype_reason,
             "device": str(self.device),
             "parameters": self.parameters,
         }

@@ -36,7 +36,7 @@ def print_info(info: dict) -> None:
         ("backend", _backend_text(info)),
         ("architecture", info.get("architecture")),
         ("parameters", f"{params:,} ({params / 1e6:.1f} M)" if isinstance(params, int) else params),
-        ("dtype", info.get("dtype")),
+        ("dtype", f"{info['dtype']} ({info['dtype_reason']})" if info.get("dtype_reason") else info.get("dtype")),
         ("device", info.get("device")),
         ("context length", info.get("context_length")),
         ("generation defaults", ", ".join(f"{k}={v}" for k, v in gen.items() if k != "context_length")),

@@ -45,7 +45,7 @@ def target_modules(config):
     if kind in ("deepseek_v2", "deepseek_v3", "deepseek_v32"):
         query = ["q_a_proj", "q_b_proj"] if tc.get("q_lora_rank") else ["q_proj"]
         return query + ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"] + mlp
-    return None  # a layout this plugin does not know (e.g. DeepSeek-VL's Llama): all-linear
+    return None  # a layout this plugin does not know (the remote-code DeepSeek V1 'deepseek'): all-linear
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""adaptrix family plugin for Gemma 1, 2 and 3 (text).
+"""adaptrix family plugin for Gemma 1 to 4 (text), RecurrentGemma and VaultGemma.
 
 Gemma chat templates accept no ``system`` role: the engine reports that as a
 clear error, or folds the system prompt into the first user turn when asked.
@@ -14,6 +14,11 @@ from adaptrix.types import GenerationConfig
 FAMILY = "gemma"
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("gemma",)
+#: Gemma types the prefix misses: RecurrentGemma (Griffin: recurrent blocks between attention blocks) and
+#: VaultGemma (Gemma trained with differential privacy); both use Gemma's tokenizer and turn format.
+MODEL_TYPES = ("recurrent_gemma", "vaultgemma")
+#: RecurrentGemma's recurrent blocks: their input and output projections.
+RECURRENT = ["linear_x", "linear_y", "linear_out"]
 
 
 @hookimpl
@@ -23,7 +28,7 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, id_keywords=("gemma",), prefixes=PREFIXES) else None
+    return FAMILY if claims(model_id, config, MODEL_TYPES, id_keywords=("gemma",), prefixes=PREFIXES) else None
 
 
 @hookimpl
@@ -36,6 +41,8 @@ def default_generation_config(family, config):
 
 @hookimpl
 def target_modules(family, config):
+    if (config or {}).get("model_type") == "recurrent_gemma":
+        return ATTENTION + GATED_MLP + RECURRENT
     return ATTENTION + GATED_MLP
 
 

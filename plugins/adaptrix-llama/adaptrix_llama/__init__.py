@@ -1,7 +1,9 @@
 """adaptrix family plugin for the Llama architecture.
 
-Covers Llama 2, 3.x and 4 (text), and the many checkpoints built on the Llama
-architecture: SmolLM/SmolLM2, TinyLlama, ...
+Covers Llama 2, 3.x and 4 (text), Llama 3.2 Vision's language model, and the
+many checkpoints built on the Llama architecture: SmolLM/SmolLM2, TinyLlama,
+InternLM3, and vision-language checkpoints whose language model is a Llama
+(LLaVA, Idefics3, SmolVLM, DeepSeek-VL, ...).
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from adaptrix.types import GenerationConfig
 FAMILY = "llama"
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("llama",)
+#: Llama types the prefix misses: Llama 3.2 Vision (whose text model is ``MllamaForCausalLM``), and types
+#: transformers runs with ``LlamaForCausalLM`` itself under their own config class (InternLM3, IQuest-Coder).
+#: DiffLlama is left out: differential attention, a different architecture, not Meta's Llama.
+MODEL_TYPES = ("mllama", "internlm3", "iquestcoder")
 
 
 @hookimpl
@@ -23,7 +29,7 @@ def families():
 
 @hookimpl
 def detect_family(model_id, config):
-    return FAMILY if claims(model_id, config, id_keywords=("llama", "smollm"), prefixes=PREFIXES) else None
+    return FAMILY if claims(model_id, config, MODEL_TYPES, id_keywords=("llama", "smollm"), prefixes=PREFIXES) else None
 
 
 @hookimpl

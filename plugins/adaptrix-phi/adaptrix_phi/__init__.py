@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from adaptrix import hookimpl
 from adaptrix.family import ATTENTION, claims
-from adaptrix.modelconfig import context_length
+from adaptrix.modelconfig import context_length, text_model_type
 from adaptrix.types import GenerationConfig
 
 FAMILY = "phi"
@@ -33,7 +33,8 @@ def default_generation_config(family, config):
 
 @hookimpl
 def target_modules(family, config):
-    model_type = (config or {}).get("model_type")
+    # A vision-language checkpoint (LLaVA on Phi-3) runs as its language model: name that model's layers.
+    model_type = text_model_type(config) or (config or {}).get("model_type")
     if model_type == "phi":
         return ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
     if model_type == "phimoe":
