@@ -1,7 +1,13 @@
 """The LoRA training loop: load through the family plugin, train, checkpoint, save.
 
 The saved adapter is a plain PEFT folder (``adapter_config.json`` +
-``adapter_model.safetensors``) plus ``adaptrix.json`` describing the run.
+``adapter_model.safetensors``) plus ``adaptrix.json`` describing the run. It
+is written beside ``output`` and its files moved in, ``adapter_config.json``
+last (:func:`adaptrix.storage.replace_files`): a crash or a full disk leaves
+the previous adapter or none, never half of one, and nothing else in
+``output`` is touched (peft's ``README.md`` is added only where there is none).
+A full disk or a read-only output is a :class:`~adaptrix.errors.StorageError`
+naming the folder.
 ``output/checkpoint/`` holds the adapter, optimizer, step and RNG state so an
 interrupted run continues with ``resume=True``. The checkpoint is safetensors
 (tensors) plus JSON (everything else): loading it runs no pickle code.
@@ -25,6 +31,7 @@ from typing import Any
 import attrs
 
 from ..errors import TrainingError
+from ..storage import guard, remove_stale, replace_files
 
 CHECKPOINT = "checkpoint"
 #: Step, losses, options, optimizer hyper-parameters and Python RNG state (JSON).
@@ -258,6 +265,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     from .data import collate, encode_all, file_sha256, load_jsonl
 
     ckpt = Path(cfg.output).expanduser() / CHECKPOINT
+    remove_stale(ckpt.parent.parent, name=ckpt.parent.name)  # what a killed run's final save left beside output
     has_checkpoint = (ckpt / STATE_FILE).is_file() or (ckpt / LEGACY_STATE_FILE).is_file()
     samples = load_jsonl(cfg.data)
     output = check_output(cfg, has_checkpoint)
@@ -371,9 +379,16 @@ def _train(cfg: TrainConfig) -> TrainResult:
         resumed_from=state["step"] if state is not None else None,
         peft_remap=remapped,
     )
-    model.save_pretrained(str(output))
-    write_metadata(output, cfg, result, src.model_id, len(samples), data_sha)
+    with replace_files(output, last="adapter_config.json", remove=("adapter_model.safetensors", "adapter_model.bin"),
+                       add_only=("README.md",), **_writing("write the adapter to --output")) as tmp:
+        model.save_pretrained(str(tmp))
+        write_metadata(output, cfg, result, src.model_id, len(samples), data_sha, into=tmp)
     return result
+
+
+def _writing(doing: str) -> dict[str, str]:
+    return {"doing": doing, "remedy": "choose an --output adaptrix can write",
+            "full_remedy": "free some space, or choose an --output on a disk with room"}
 
 
 def answer_loss(model, batch: dict):
@@ -430,6 +445,12 @@ def _save_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds,
 
     Tensors (optimizer moments, torch RNG) go to safetensors, the rest to JSON: no pickle.
     """
+    with guard(ckpt, **_writing("write the training checkpoint")):
+        _write_checkpoint(model, optimizer, ckpt, step, total, losses, seconds, data_sha, targets, cfg, src)
+
+
+def _write_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds, data_sha, targets, cfg,
+                      src) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -507,8 +528,8 @@ def load_checkpoint_state(ckpt: Path) -> dict[str, Any]:
 
 
 def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: str, samples: int,
-                   data_sha: str) -> dict[str, Any]:
-    """Write ``adaptrix.json`` next to the PEFT files and return it."""
+                   data_sha: str, into: Path | None = None) -> dict[str, Any]:
+    """Write ``adaptrix.json`` of the adapter ``output`` (into the folder ``into``, by default ``output``); return it."""
     import peft
     import torch
     import transformers
@@ -544,7 +565,7 @@ def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: 
         "versions": {"adaptrix": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__},
     }
-    (output / "adaptrix.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    ((into or output) / "adaptrix.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
