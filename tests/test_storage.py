@@ -263,3 +263,55 @@ def test_server_answers_507_and_503_and_keeps_serving(tmp_path, embedded_gguf, m
 
         assert ask(srv.url, "base").status_code == 200  # still serving
         assert ask(srv.url, "pirate").status_code == 200  # and converts once the disk has room
+
+
+# -- which temporaries are stale -------------------------------------------------------------------------------------
+
+
+def test_remove_stale_takes_only_temporaries_whose_writer_is_gone(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    here, other = storage.HOST, "0" * 8 if storage.HOST != "0" * 8 else "1" * 8
+    names = {
+        f".out.{here}-{dead}-abcd1234.tmp": True,  # this host, its process is gone
+        f".out.{here}-{os.getpid()}-abcd1234.tmp": False,  # a live writer
+        f".out.{other}-{dead}-abcd1234.tmp": False,  # another host's pid means nothing here: age only
+        ".out.k2j4h5g6.tmp": False,  # an older adaptrix's name, fresh: age only
+        f".other.{here}-{dead}-abcd1234.tmp": False,  # another output's (name= limits the sweep)
+        ".out.notes": False,  # not a temporary
+    }
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data").write_bytes(b"x")
+    old_other = tmp_path / f".out.{other}-{dead}-zzzz9999.tmp"
+    old_other.write_bytes(b"x")
+    names[old_other.name] = True
+    stale = time.time() - 2 * storage.STALE_TMP_SECONDS
+    os.utime(old_other, (stale, stale))
+    slow = tmp_path / f".out.{here}-{os.getpid()}-slow0000.tmp"  # a live writer, an old folder, a fresh file in it
+    slow.mkdir()
+    (slow / "big").write_bytes(b"x")
+    os.utime(slow, (stale, stale))
+    names[slow.name] = False
+    removed = storage.remove_stale(tmp_path, name="out")
+    assert sorted(p.name for p in removed) == sorted(n for n, gone in names.items() if gone)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, gone in names.items() if not gone)
+
+
+def test_replace_folder_swaps_whole_and_a_failure_keeps_the_old(tmp_path):
+    dst = tmp_path / "checkpoint"
+    dst.mkdir()
+    (dst / "old").write_text("1")
+    with pytest.raises(StorageError, match="no space"):
+        with storage.replace_folder(dst) as tmp:
+            (tmp / "new").write_text("2")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert [p.name for p in dst.iterdir()] == ["old"] and leftovers(tmp_path) == []
+    with storage.replace_folder(dst) as tmp:
+        (tmp / "new").write_text("2")
+    assert [p.name for p in dst.iterdir()] == ["new"] and leftovers(tmp_path) == []

@@ -376,3 +376,16 @@ def test_output_keeps_other_files_and_a_full_disk_keeps_the_previous_adapter(tin
     assert caught.value.no_space and str(out) in str(caught.value) and "--output" in str(caught.value)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == first  # the first adapter, whole
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_checkpoint_folder_that_is_not_ours_is_never_replaced(tiny_model, tmp_path, monkeypatch):
+    from adaptrix.training import train, trainer
+
+    monkeypatch.setattr(trainer, "load_for_training", lambda cfg: pytest.fail("loaded"))
+    out = tmp_path / "out"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "model.pt").write_bytes(b"someone else's")
+    for overwrite in (False, True):
+        with pytest.raises(TrainingError, match=r"checkpoint, which is not an adaptrix training checkpoint"):
+            train(config(tiny_model("llama"), write_data(tmp_path / "d.jsonl"), out, overwrite=overwrite))
+    assert (out / "checkpoint" / "model.pt").read_bytes() == b"someone else's"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import attrs
 
 from .errors import PluginError, StorageError
-from .storage import guard, remove_stale
+from .storage import HOST, guard, remove_stale
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import PluginHost
@@ -185,7 +185,7 @@ def cache_dir(kind: CacheKind) -> Path:
         )
     with cache_guard(folder, "write into the cache folder"):
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)  # read-only, permissions, quota: ask the OS
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{HOST}-{os.getpid()}-", suffix=".tmp", dir=folder)  # ask the OS
         os.close(fd)
         os.unlink(probe)
     return folder

@@ -1,8 +1,8 @@
 """Writing outputs safely: the one owner of every file and folder adaptrix writes.
 
-- :func:`atomic_file`, :func:`new_folder` and :func:`replace_files` write into a
-  temporary sibling named ``.<name>.<host>-<pid>-<random>.tmp`` and move the
-  result into place, so a crash, a ``kill -9`` or a full disk never leaves a
+- :func:`atomic_file`, :func:`new_folder`, :func:`replace_files` and
+  :func:`replace_folder` write into a temporary sibling named
+  ``.<name>.<host>-<pid>-<random>.tmp`` and move the result into place, so a crash, a ``kill -9`` or a full disk never leaves a
   half-written output that a later run would trust.
 - Replacing an existing folder (:func:`replace_files`) moves in only the files
   the writer produced, the ``last`` one (``adapter_config.json``) after the
@@ -200,6 +200,28 @@ def new_folder(dst: str | os.PathLike, *, doing: str = "write", remedy: str | No
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not dst.is_dir():
                     raise
+
+
+@contextlib.contextmanager
+def replace_folder(dst: str | os.PathLike, *, doing: str = "write", remedy: str | None = None,
+                   full_remedy: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dst`` to fill; on success it takes ``dst``'s place whole.
+
+    Only for folders adaptrix owns whole (a training checkpoint): the old ``dst`` is renamed to a temporary
+    name, the new one renamed in, and the old one deleted.
+    """
+    dst = Path(dst)
+    with _temp_folder(dst, doing, remedy, full_remedy) as tmp:
+        with guard(dst, doing, remedy, full_remedy):
+            yield tmp
+            if not dst.exists():
+                os.rename(tmp, dst)
+                return
+            old = Path(tempfile.mkdtemp(prefix=_prefix(dst), suffix=".tmp", dir=dst.parent))
+            os.rmdir(old)  # a unique name to move the old folder to
+            os.rename(dst, old)
+            os.rename(tmp, dst)
+            _discard(old)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 
 from ..errors import TrainingError
-from ..storage import guard, remove_stale, replace_files
+from ..storage import remove_stale, replace_files, replace_folder
 
 CHECKPOINT = "checkpoint"
 #: Step, losses, options, optimizer hyper-parameters and Python RNG state (JSON).
@@ -169,6 +169,12 @@ def check_output(cfg: TrainConfig, has_checkpoint: bool) -> Path:
     output = Path(cfg.output).expanduser()
     if output.exists() and not output.is_dir():
         raise TrainingError(f"--output {output} is a file; pass a folder to write the adapter into")
+    ckpt = output / CHECKPOINT
+    if ckpt.exists() and not ((ckpt / STATE_FILE).is_file() or (ckpt / LEGACY_STATE_FILE).is_file()):
+        raise TrainingError(
+            f"--output {output} holds {ckpt}, which is not an adaptrix training checkpoint; adaptrix keeps its "
+            f"checkpoint there and would replace it: move it, or choose another --output"
+        )
     if output.is_dir() and (output / "adapter_config.json").exists() and not cfg.overwrite:
         if not (cfg.resume and has_checkpoint):  # resuming continues the run that wrote it
             raise TrainingError(
@@ -265,7 +271,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     from .data import collate, encode_all, file_sha256, load_jsonl
 
     ckpt = Path(cfg.output).expanduser() / CHECKPOINT
-    remove_stale(ckpt.parent.parent, name=ckpt.parent.name)  # what a killed run's final save left beside output
+    remove_stale(ckpt.parent.parent, name=ckpt.parent.name)  # what a killed run left: beside output,
+    remove_stale(ckpt.parent, name=CHECKPOINT)  # and beside its checkpoint
     has_checkpoint = (ckpt / STATE_FILE).is_file() or (ckpt / LEGACY_STATE_FILE).is_file()
     samples = load_jsonl(cfg.data)
     output = check_output(cfg, has_checkpoint)
@@ -445,42 +452,28 @@ def _save_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds,
 
     Tensors (optimizer moments, torch RNG) go to safetensors, the rest to JSON: no pickle.
     """
-    with guard(ckpt, **_writing("write the training checkpoint")):
-        _write_checkpoint(model, optimizer, ckpt, step, total, losses, seconds, data_sha, targets, cfg, src)
-
-
-def _write_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds, data_sha, targets, cfg,
-                      src) -> None:
     import torch
     from safetensors.torch import save_file
 
-    tmp = ckpt.with_name(CHECKPOINT + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
-    opt = optimizer.state_dict()
-    tensors = {"torch_rng": torch.get_rng_state()}
-    for pid, slots in opt["state"].items():
-        for key, value in slots.items():
-            if not isinstance(value, torch.Tensor):
-                raise TrainingError(f"optimizer state {key!r} is not a tensor; cannot checkpoint it safely")
-            tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
-    save_file(tensors, str(tmp / TENSORS_FILE))
-    version, internal, gauss = random.getstate()
-    state = {
-        "format": CHECKPOINT_FORMAT, "step": step, "total": total, "losses": losses, "seconds": seconds,
-        "param_groups": opt["param_groups"], "python_rng": [version, list(internal), gauss],
-        "data_sha256": data_sha, "rank": cfg.rank, "alpha": cfg.lora_alpha(), "batch_size": cfg.batch_size,
-        "seed": cfg.seed, "targets": list(targets), "base_model": _base_identity(src),
-    }
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-    (tmp / ".gitignore").write_text("# training checkpoint: large, not part of the adapter\n*\n")
-    old = ckpt.with_name(CHECKPOINT + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    with replace_folder(ckpt, **_writing("write the training checkpoint")) as tmp:
+        model.save_pretrained(str(tmp))
+        opt = optimizer.state_dict()
+        tensors = {"torch_rng": torch.get_rng_state()}
+        for pid, slots in opt["state"].items():
+            for key, value in slots.items():
+                if not isinstance(value, torch.Tensor):
+                    raise TrainingError(f"optimizer state {key!r} is not a tensor; cannot checkpoint it safely")
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
+        save_file(tensors, str(tmp / TENSORS_FILE))
+        version, internal, gauss = random.getstate()
+        state = {
+            "format": CHECKPOINT_FORMAT, "step": step, "total": total, "losses": losses, "seconds": seconds,
+            "param_groups": opt["param_groups"], "python_rng": [version, list(internal), gauss],
+            "data_sha256": data_sha, "rank": cfg.rank, "alpha": cfg.lora_alpha(), "batch_size": cfg.batch_size,
+            "seed": cfg.seed, "targets": list(targets), "base_model": _base_identity(src),
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+        (tmp / ".gitignore").write_text("# training checkpoint: large, not part of the adapter\n*\n")
 
 
 def load_checkpoint_state(ckpt: Path) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def cached_lora(
     if path.is_file():
         touch(path)
         return path
+    LORA_CACHE.budget()  # a bad ADAPTRIX_LORA_CACHE_SIZE fails before any work
     remove_stale(cache_dir(LORA_CACHE))
     out = peft_to_gguf_lora(
         adapter_dir, base_gguf, path, progress=progress, dtype=dtype, name=name,
