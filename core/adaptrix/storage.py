@@ -1,9 +1,10 @@
-"""Writing outputs safely: the one owner of every file and folder adaptrix writes.
+"""Writing outputs safely: the one owner of how adaptrix writes files and folders.
 
 - :func:`atomic_file`, :func:`new_folder`, :func:`replace_files` and
   :func:`replace_folder` write into a temporary sibling named
-  ``.<name>.<host>-<pid>-<random>.tmp`` and move the result into place, so a crash, a ``kill -9`` or a full disk never leaves a
-  half-written output that a later run would trust.
+  ``.<name>.<host>-<pid>-<random>.tmp`` and move the result into place, so a
+  crash, a ``kill -9`` or a full disk never leaves a half-written output that
+  a later run would trust.
 - Replacing an existing folder (:func:`replace_files`) moves in only the files
   the writer produced, the ``last`` one (``adapter_config.json``) after the
   rest, so the folder never looks complete while it mixes old and new files;

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import attrs
 
 from ..errors import AdapterError, AdapterFormatError, AdapterNotFoundError, PluginError
-from ..storage import overlap, remove_stale, replace_files
+from ..storage import guard, overlap, remove_stale, replace_files
 from .info import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -184,7 +184,8 @@ def convert_adapter(
             )
         _check_apart(_adapter_files(src_path) + [base_path], [dst_path])
         remove_stale(dst_path.parent, name=dst_path.name)
-        conv.from_peft(src_path, dst_path, base=base_path, dtype=dtype, progress=progress)
+        with guard(dst_path, **_DST_WRITING):  # the converter writes through atomic_file; this catches the rest
+            conv.from_peft(src_path, dst_path, base=base_path, dtype=dtype, progress=progress)
         return Conversion(str(src_path), str(dst_path), PEFT, conv.format, str(base_path), dtype, plugin)
     found = next(((p, c) for p, c in converters.values() if c.recognizes(src_path)), None)
     if found is None:
@@ -252,6 +253,8 @@ def _check_destination(dst: Path, overwrite: bool, *, folder: bool) -> None:
         raise AdapterError(f"DST {dst} is {what}; --overwrite replaces it with the same kind only: choose another path")
 
 
+_DST_WRITING = {"doing": "write DST", "remedy": "choose a DST in a folder adaptrix can write",
+                "full_remedy": "free some space, or choose a DST on a disk with room"}
 #: The files of a PEFT adapter: what ``--overwrite`` replaces in an existing DST folder, and what SRC is read from.
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, PICKLE_FILE)
 
@@ -273,9 +276,7 @@ def _check_apart(inputs, outputs) -> None:
 
 def _write_folder(dst: Path, write: Callable[[Path], Any], **writing: str) -> None:
     """Run ``write(tmp_folder)`` beside ``dst``; its adapter files then replace those of ``dst`` (see module doc)."""
-    writing = writing or {"doing": "write DST", "remedy": "choose a DST in a folder adaptrix can write",
-                          "full_remedy": "free some space, or choose a DST on a disk with room"}
-    with replace_files(dst, last=CONFIG_FILE, remove=ADAPTER_FILES, **writing) as tmp:
+    with replace_files(dst, last=CONFIG_FILE, remove=ADAPTER_FILES, **(writing or _DST_WRITING)) as tmp:
         write(tmp)
 
 
