@@ -212,3 +212,24 @@ def test_a_killed_peft_conversion_leaves_a_folder_the_next_one_removes(tmp_path,
     assert main(["adapters", "convert", str(lora), str(tmp_path / "peft")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [other.name]
     assert (tmp_path / "peft" / "adapter_config.json").is_file()
+
+
+def test_a_llamacpp_engine_start_sweeps_what_killed_conversions_left(root, embedded_gguf):
+    """The issue's leftovers survived restarts: a server that converts nothing new still removes them."""
+    pytest.importorskip("adaptrix_llamacpp")
+    import subprocess
+
+    from adaptrix import Engine
+    from adaptrix.storage import HOST
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    (root / "lora").mkdir(parents=True)
+    left = root / "lora" / f".{'a' * 64}.gguf.{HOST}-{dead}-abcd1234.tmp"
+    left.write_bytes(b"x" * 1000)
+    engine = Engine(backend="llamacpp", progress=False, threads=1)
+    engine.initialize()
+    try:
+        assert not left.exists()
+    finally:
+        engine.cleanup()
