@@ -135,8 +135,13 @@ def test_existing_destination_needs_overwrite(tiny, tmp_path, capsys):
     err = refused(capsys, adapter, lora, "--base", llama_gguf)
     assert f"DST {lora} already exists" in err and "--overwrite" in err
     assert lora.read_bytes() == b"keep me"
-    assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf, "--overwrite") == 0
-    assert lora.read_bytes()[:4] == b"GGUF"
+    err = refused(capsys, adapter, lora, "--base", llama_gguf, "--overwrite")  # not an adapter: never replaced
+    assert "is not a gguf-lora adapter" in err and lora.read_bytes() == b"keep me"
+    lora.unlink()
+    assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf, "--dtype", "f16") == 0
+    first = lora.read_bytes()
+    assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf, "--overwrite") == 0  # an adapter is
+    assert lora.read_bytes()[:4] == b"GGUF" and lora.read_bytes() != first
 
     folder = tmp_path / "peft"
     folder.mkdir()
@@ -182,6 +187,76 @@ def test_destinations_and_options_that_make_no_sense(tiny, tmp_path, capsys):
     assert "give a folder name" in refused(capsys, lora, tmp_path / "b.gguf")
     assert "--dtype f16 applies to PEFT -> gguf-lora" in refused(capsys, lora, tmp_path / "p", "--dtype", "f16")
     assert "--base" in refused(capsys, adapter, tmp_path / "c.gguf", "--base", tmp_path / "missing.gguf")
+
+
+# -- --overwrite replaces an adapter, never its own input nor anything else (issue 15, item 3) ---------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_with_the_source_inside_dst_keeps_the_source_and_the_folder(tiny, tmp_path, capsys):
+    """The issue's sequence: `convert dl dl/pirate.gguf`, then `convert dl/pirate.gguf dl --overwrite`."""
+    import shutil
+
+    llama_gguf, adapter, _ = tiny
+    dl = tmp_path / "dl"
+    shutil.copytree(adapter, dl)
+    (dl / "README.md").write_text("my notes")
+    (dl / "adaptrix.json").write_text('{"description": "mine"}')
+    (dl / "data").mkdir()
+    (dl / "data" / "train.jsonl").write_text("{}\n")
+    assert cli("adapters", "convert", dl, dl / "pirate.gguf", "--base", llama_gguf) == 0
+    before = _snapshot(dl)
+    assert cli("adapters", "convert", dl / "pirate.gguf", dl, "--base", llama_gguf, "--overwrite") == 0
+    after = _snapshot(dl)
+    assert sorted(after) == sorted(before)  # nothing deleted: the source, README.md, adaptrix.json, data/
+    for name in ("pirate.gguf", "README.md", "adaptrix.json", "data/train.jsonl"):
+        assert after[name] == before[name], name
+    for name, value in tensors(adapter).items():  # the adapter was replaced by its own round trip
+        np.testing.assert_array_equal(tensors(dl)[name], value, err_msg=name)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_dst_that_would_replace_the_input_is_refused(tiny, tmp_path, capsys):
+    import shutil
+
+    llama_gguf, adapter, _ = tiny
+    dl = tmp_path / "dl"
+    shutil.copytree(adapter, dl)
+    lora = tmp_path / "a.gguf"
+    assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf) == 0
+    # SRC is the file DST's adapter weights would replace
+    shutil.copy(lora, dl / "adapter_model.safetensors")
+    before = _snapshot(dl)
+    err = refused(capsys, dl / "adapter_model.safetensors", dl, "--overwrite")
+    assert "destroy its own input" in err and _snapshot(dl) == before
+    # DST is the base model file the conversion reads (a GGUF, but no GGUF LoRA)
+    base = tmp_path / "base.gguf"
+    shutil.copy(llama_gguf, base)
+    err = refused(capsys, adapter, base, "--base", base, "--overwrite")
+    assert "is not a gguf-lora adapter" in err and base.read_bytes() == llama_gguf.read_bytes()
+
+
+def test_overwrite_replaces_only_the_adapter_files_of_a_folder(tiny, tmp_path, capsys):
+    llama_gguf, adapter, _ = tiny
+    lora = tmp_path / "a.gguf"
+    assert cli("adapters", "convert", adapter, lora, "--base", llama_gguf) == 0
+    out = tmp_path / "out"
+    assert cli("adapters", "convert", lora, out) == 0
+    (out / "adapter_model.bin").write_bytes(b"an old pickle of the adapter being replaced")
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoint").mkdir()
+    (out / "checkpoint" / "state.json").write_text("{}")
+    sibling = tmp_path / ".out.old"  # the old code's swap folder name: someone else's here
+    sibling.mkdir()
+    (sibling / "keep").write_text("keep")
+    assert cli("adapters", "convert", lora, out, "--overwrite") == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "checkpoint", "notes.txt"]  # the old .bin went
+    assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoint" / "state.json").read_text() == "{}"
+    assert (sibling / "keep").read_text() == "keep"
 
 
 # -- the hook and the plugin-less core ------------------------------------------------------------------------

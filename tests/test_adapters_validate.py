@@ -273,3 +273,49 @@ def test_adapter_modules_import_one_way():
 
     for module in graph:
         visit(module, [])
+
+
+def poison(folder, values=(float("nan"), float("inf"))):
+    """Write ``values`` into the first float tensor of an adapter's safetensors file, in place."""
+    import struct
+
+    import numpy as np
+
+    path = folder / "adapter_model.safetensors"
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    name = next(k for k in sorted(header) if k != "__metadata__" and header[k]["dtype"] == "F32")
+    start = 8 + n + header[name]["data_offsets"][0]
+    data[start:start + 4 * len(values)] = np.array(values, dtype="<f4").tobytes()
+    path.write_bytes(bytes(data))
+    return name
+
+
+def test_non_finite_weights_are_refused_naming_file_and_tensor(engine, adapters, tmp_path):
+    """Issue 15, item 11: a diverged run's adapter validated "compatible" and answered empty text."""
+    bad = _copy(adapters["good"], tmp_path / "diverged")
+    tensor = poison(bad)
+    report = engine.validate_adapter(str(bad))
+    assert not report.ok
+    [error] = report.errors
+    assert str(bad / "adapter_model.safetensors") in error and f"{tensor} (2 of " in error
+    assert "non-finite values (NaN or Inf)" in error and "retrain" in error
+    from adaptrix.errors import AdapterIncompatibleError
+
+    with pytest.raises(AdapterIncompatibleError, match="non-finite"):
+        engine.load_adapter(str(bad))
+    assert "diverged" not in engine.adapters.loaded_names()
+
+
+def test_non_finite_weights_in_an_allowed_pickle_are_refused(engine, adapters, tmp_path):
+    from safetensors.torch import load_file
+
+    pkl = _copy(adapters["good"], tmp_path / "pkl-nan")
+    state = load_file(str(pkl / "adapter_model.safetensors"))
+    name = sorted(state)[0]
+    state[name][0, 0] = float("-inf")
+    torch.save(state, pkl / "adapter_model.bin")
+    (pkl / "adapter_model.safetensors").unlink()
+    report = engine.validate_adapter(str(pkl), allow_pickle=True)
+    assert not report.ok and f"{name} (1 of " in report.errors[0]

@@ -13,6 +13,7 @@ from support.gguf import FakeConverter, write_gguf
 
 from adaptrix import gguf_cache
 from adaptrix.errors import ModelLoadError
+from adaptrix.storage import STALE_TMP_SECONDS
 
 
 @pytest.fixture
@@ -128,7 +129,8 @@ def test_stale_tmp_folders_are_removed(cache, tmp_path):
     for d in (killed, running, old):
         d.mkdir()
         (d / "model.safetensors").write_bytes(b"x" * 100)
-    os.utime(old, (time.time() - 2 * gguf_cache.STALE_TMP_SECONDS,) * 2)
+    for p in (old / "model.safetensors", old):  # nothing written in it for hours
+        os.utime(p, (time.time() - 2 * STALE_TMP_SECONDS,) * 2)
     gguf_cache.cached_folder(f, progress=False, converter=FakeConverter())
     left = sorted(p.name for p in root.iterdir() if p.name.startswith(".tmp-"))
     assert left == [running.name]

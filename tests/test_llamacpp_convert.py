@@ -317,14 +317,15 @@ def test_a_model_gguf_is_not_taken_for_a_lora(tiny_gguf, tmp_path):
 
 
 def test_cached_lora_converts_once_and_again_after_an_edit(tiny_gguf, tmp_path, monkeypatch):
+    import adaptrix_llamacpp.convert as conv
     import adaptrix_llamacpp.lora_cache as lc
 
     monkeypatch.setenv("ADAPTRIX_CACHE", str(tmp_path / "cache"))
     hf, gguf_path = tiny_gguf("llama")
     adapter = make_adapter(hf, tmp_path / "ad")
     calls = []
-    real = lc.peft_to_gguf_lora
-    monkeypatch.setattr(lc, "peft_to_gguf_lora", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = conv.peft_to_gguf_lora
+    monkeypatch.setattr(conv, "peft_to_gguf_lora", lambda *a, **k: calls.append(a) or real(*a, **k))
     first = lc.cached_lora(adapter, gguf_path, progress=False)
     assert first.parent == tmp_path / "cache" / "lora" and first.is_file()
     assert lc.cached_lora(adapter, gguf_path, progress=False) == first and len(calls) == 1

@@ -343,3 +343,49 @@ def test_train_on_gguf_converts_once(tiny_model, tmp_path, monkeypatch):
     assert conv.calls == 1 and first.family == second.family == "llama"
     assert first.losses == second.losses
     assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(f)
+
+
+def test_output_keeps_other_files_and_a_full_disk_keeps_the_previous_adapter(tiny_model, tmp_path, monkeypatch):
+    """Issue 15, items 3 and 8: the adapter's files replace the old ones, atomically; the rest of --output stays."""
+    import errno
+
+    import peft.peft_model
+
+    from adaptrix.errors import StorageError
+    from adaptrix.training import train
+
+    model, data, out = tiny_model("llama"), write_data(tmp_path / "d.jsonl"), tmp_path / "adapter"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    (out / "d.jsonl").write_bytes(data.read_bytes())
+    train(config(model, data, out, max_steps=2, save_every=5))
+    assert (out / "README.md").read_text() == "my notes" and (out / "d.jsonl").read_bytes() == data.read_bytes()
+    first = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    real = peft.peft_model.safe_save_file
+
+    def disk_full(tensors, filename, *args, **kwargs):
+        real(tensors, filename, *args, **kwargs)
+        with open(filename, "r+b") as fh:  # what a full disk leaves: half a file, then the error
+            fh.truncate(fh.seek(0, 2) // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full)
+    with pytest.raises(StorageError, match="no space left on the device") as caught:
+        train(config(model, data, out, max_steps=3, save_every=5, overwrite=True, seed=3))
+    assert caught.value.no_space and str(out) in str(caught.value) and "--output" in str(caught.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == first  # the first adapter, whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_checkpoint_folder_that_is_not_ours_is_never_replaced(tiny_model, tmp_path, monkeypatch):
+    from adaptrix.training import train, trainer
+
+    monkeypatch.setattr(trainer, "load_for_training", lambda cfg: pytest.fail("loaded"))
+    out = tmp_path / "out"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "model.pt").write_bytes(b"someone else's")
+    for overwrite in (False, True):
+        with pytest.raises(TrainingError, match=r"checkpoint, which is not an adaptrix training checkpoint"):
+            train(config(tiny_model("llama"), write_data(tmp_path / "d.jsonl"), out, overwrite=overwrite))
+    assert (out / "checkpoint" / "model.pt").read_bytes() == b"someone else's"

@@ -106,5 +106,19 @@ class TrainingError(AdaptrixError):
     """Training data or options are unusable (the message names the line/field)."""
 
 
+class StorageError(AdaptrixError):
+    """A file or folder adaptrix writes could not be written: full disk, read-only, no permission, a file where
+    a folder should be (an unusable ``ADAPTRIX_CACHE``). Nothing half-written is left behind.
+
+    ``path`` is the output at fault; ``no_space`` is true for a full disk or quota (a server answers 507 then,
+    503 otherwise).
+    """
+
+    def __init__(self, message: str, *, path=None, no_space: bool = False):
+        super().__init__(message)
+        self.path = path
+        self.no_space = no_space
+
+
 class BackendError(AdaptrixError):
     """The asked-for execution backend is not installed, cannot run here, or cannot run this model."""

@@ -5,7 +5,7 @@ and rebuilds the tokenizer from GGUF metadata on every load (about 30 s for
 SmolLM2-135M on two CPU cores). adaptrix does that once, saves the result with
 ``save_pretrained`` (safetensors) and loads the folder afterwards (< 2 s).
 
-Layout, under :func:`cache_root` (``$ADAPTRIX_CACHE``, else
+Layout, under :func:`adaptrix.cache.cache_root` (``$ADAPTRIX_CACHE``, else
 ``$XDG_CACHE_HOME/adaptrix``, else ``~/.cache/adaptrix``)::
 
     gguf/index.json            {"<abs path>|<size>|<mtime_ns>": "<sha256>"}
@@ -14,11 +14,13 @@ Layout, under :func:`cache_root` (``$ADAPTRIX_CACHE``, else
 
 The folder is keyed by the file's SHA-256, so a renamed or copied file reuses
 it. Hashing 100 MB costs a fraction of a second but is skipped anyway: the
-index maps (path, size, mtime) to the hash. A conversion is written into a
-temporary sibling folder and renamed into place, so a crash or Ctrl-C never
-leaves a half-written folder that a later load would trust. Temporary folders
-a killed conversion left behind (their process is gone, or they are older
-than :data:`STALE_TMP_SECONDS`) are removed on the next call.
+index maps (path, size, mtime) to the hash (a read-only cache skips writing it).
+A conversion is written into a temporary sibling folder and renamed into
+place (:func:`adaptrix.storage.new_folder`), so a crash, Ctrl-C or a full disk
+never leaves a half-written folder that a later load would trust; a full disk
+or an unusable cache is a :class:`~adaptrix.errors.StorageError` naming the
+folder and ``ADAPTRIX_CACHE``. Temporary folders a killed conversion left
+behind are removed on the next call (:func:`adaptrix.storage.remove_stale`).
 
 A folder found damaged (marker, ``config.json`` or safetensors weights
 unreadable or truncated) is deleted and converted again, with a warning that
@@ -33,7 +35,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -41,13 +42,13 @@ from typing import Callable
 
 import attrs
 
-from .errors import ModelConfigError, ModelLoadError
+from .cache import GGUF, cache_dir, cache_root, cache_writing  # noqa: F401  (cache_root: re-exported)
+from .errors import ModelConfigError, ModelLoadError, StorageError
+from .storage import atomic_file, new_folder, remove_stale
 
 MARKER = "adaptrix-gguf.json"
 INDEX = "index.json"
 FORMAT_VERSION = 1
-#: A temporary conversion folder older than this is stale even if its process id is alive (reused).
-STALE_TMP_SECONDS = 3600
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -69,18 +70,8 @@ class CachedGGUF:
     seconds: float
 
 
-def cache_root() -> Path:
-    """The adaptrix cache directory (not created here)."""
-    env = os.environ.get("ADAPTRIX_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "adaptrix"
-
-
 def gguf_root() -> Path:
-    return cache_root() / "gguf"
+    return GGUF.root
 
 
 def _stat_key(path: Path) -> str:
@@ -100,11 +91,12 @@ def _read_index(root: Path) -> dict[str, str]:
 
 
 def _write_index(root: Path, index: dict[str, str]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".index-", dir=root)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(index, fh, indent=1, sort_keys=True)
-    os.replace(tmp, root / INDEX)
+    """Best effort: the index is only a shortcut, and a read-only cache may already hold every conversion."""
+    try:
+        with atomic_file(root / INDEX, doing="write the GGUF cache index") as tmp:
+            tmp.write_text(json.dumps(index, indent=1, sort_keys=True), encoding="utf-8")
+    except StorageError:
+        pass  # a full or read-only cache: the conversion that follows, if one is needed, says so
 
 
 def file_sha256(path: Path, progress: bool = True) -> str:
@@ -231,12 +223,13 @@ def cached_folder(gguf_path: str | os.PathLike, *, progress: bool = True, conver
     path = Path(gguf_path).expanduser()
     check_gguf_file(path)
     root = gguf_root()
-    remove_stale_tmp(root)
+    remove_stale(root)
     digest = _digest(path, root, progress)
     folder = root / digest
     problem = damage(folder) if folder.exists() else "absent"
     if problem is None:
         return CachedGGUF(path, folder, digest, False, time.perf_counter() - start)
+    cache_dir(GGUF)
     if folder.exists():
         warnings.warn(
             f"the cached conversion of {path} at {folder} is damaged ({problem}); deleting it and converting "
@@ -249,43 +242,8 @@ def cached_folder(gguf_path: str | os.PathLike, *, progress: bool = True, conver
     return CachedGGUF(path, folder, digest, True, time.perf_counter() - start)
 
 
-def remove_stale_tmp(root: Path, now: float | None = None) -> list[Path]:
-    """Delete ``.tmp-*`` folders whose conversion died (process gone, or older than ``STALE_TMP_SECONDS``)."""
-    removed = []
-    now = time.time() if now is None else now
-    try:
-        candidates = [p for p in root.iterdir() if p.name.startswith(".tmp-") and p.is_dir()]
-    except OSError:
-        return removed
-    for tmp in candidates:
-        try:
-            age = now - tmp.stat().st_mtime
-        except OSError:
-            continue
-        if age > STALE_TMP_SECONDS or not _owner_alive(tmp.name):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
-
-
-def _owner_alive(name: str) -> bool:
-    """``.tmp-<digest12>-<pid>-<random>``: is that process still running here? Unknown pids count as alive."""
-    parts = name.split("-")
-    if len(parts) < 4 or not parts[2].isdigit():
-        return True  # an older name without a pid: only the age rule applies
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True
-    return True
-
-
 def _convert_atomically(path: Path, folder: Path, digest: str, progress: bool, converter: Converter) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-{os.getpid()}-", dir=folder.parent))
-    try:
+    with new_folder(folder, **cache_writing(f"write the conversion of {path.name} to")) as tmp:
         converter(path, tmp, progress)
         meta = {
             "format": FORMAT_VERSION,
@@ -295,18 +253,8 @@ def _convert_atomically(path: Path, folder: Path, digest: str, progress: bool, c
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         (tmp / MARKER).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if folder.exists():  # an incomplete leftover (or a concurrent conversion that won)
-            if is_complete(folder):
-                return
+        if folder.exists() and not is_complete(folder):  # an incomplete leftover; a complete one is kept
             shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not is_complete(folder):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def convert_with_transformers(path: Path, out_dir: Path, progress: bool = True) -> None:

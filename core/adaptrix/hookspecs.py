@@ -25,6 +25,7 @@ import pluggy
 if TYPE_CHECKING:
     from .adapters.convert import AdapterConverter
     from .backends import Backend
+    from .cache import CacheKind
     from .types import GenerationConfig, LoadedModel, LoadOptions
 
 PROJECT = "adaptrix"
@@ -124,6 +125,21 @@ def adapter_converters() -> "list[AdapterConverter]":
     from the paths. Not ``firstresult``: every plugin's list is gathered, and a
     format two plugins provide goes to the first. Import the conversion code
     inside the callables, never at module import.
+    """
+
+
+@hookspec
+def caches() -> "list[CacheKind]":
+    """List the kinds of on-disk cache this plugin writes under adaptrix's cache root.
+
+    Receives nothing. Returns a list of :class:`~adaptrix.cache.CacheKind` (a
+    name, a sub-folder of the cache root, a summary, optionally a size budget
+    and which names in the folder are entries); ``adaptrix cache`` shows and
+    clears them beside the core's own, and
+    :func:`adaptrix.cache.enforce_budget` evicts the least recently used
+    entries of a kind with a budget. Not ``firstresult``: every plugin's list
+    is gathered, and a name already taken goes to the first. Keep the import
+    light: no engine or numerical library at import time.
     """
 
 

@@ -10,24 +10,31 @@ provides ``gguf-lora``, the GGUF LoRA files llama.cpp and Ollama load), and
 - SRC a file a converter recognises -> DST a PEFT folder: ``to_peft``.
 
 Everything the paths can tell is checked before any work starts (DST already
-there without ``overwrite``, SRC not an adapter, no installed converter); the
-converter then validates the adapter against the base model itself. A
-converted PEFT folder is written beside DST and moved into place, so a failed
-conversion never leaves half a folder or removes the old one.
+there without ``overwrite``, SRC not an adapter, no installed converter, DST
+that would replace a file SRC is read from); the converter then validates the
+adapter against the base model itself.
+
+Writing goes through :mod:`adaptrix.storage`: a file is written beside DST and
+renamed into place (the converter's ``from_peft`` uses
+:func:`~adaptrix.storage.atomic_file`), a PEFT folder is written beside DST and
+only its adapter files (``adapter_config.json`` last, the weights) replace
+those of an existing DST: ``overwrite`` replaces an adapter, never the input
+nor anything else in the folder. A failed conversion, a full disk or a killed
+process never leaves half an output nor removes the old one; temporaries a
+killed conversion left beside DST are removed by the next one.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
 from ..errors import AdapterError, AdapterFormatError, AdapterNotFoundError, PluginError
-from .info import CONFIG_FILE
+from ..storage import guard, overlap, remove_stale, replace_files
+from .info import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plugins import PluginHost
@@ -42,11 +49,13 @@ class AdapterConverter:
     """One adapter file format a plugin converts to and from PEFT folders.
 
     ``from_peft(adapter_dir, out_path, *, base, dtype, progress) -> Path``
-    writes the format for the base model file ``base``; ``to_peft(path,
-    out_dir, *, base, progress) -> Path`` writes a PEFT folder (``base`` is
-    ``None`` unless the user named one). ``recognizes(path) -> bool`` says
-    whether a file holds this format (read its magic, not its name). Both
-    converters raise adaptrix errors naming the file and what to do.
+    writes the format for the base model file ``base``, atomically (through
+    :func:`adaptrix.storage.atomic_file`); ``to_peft(path, out_dir, *, base,
+    progress) -> Path`` writes a PEFT folder into ``out_dir``, a fresh
+    temporary folder the core moves into place (``base`` is ``None`` unless
+    the user named one). ``recognizes(path) -> bool`` says whether a file
+    holds this format (read its magic, not its name). Both converters raise
+    adaptrix errors naming the file and what to do.
     """
 
     #: Format name shown to users, e.g. ``"gguf-lora"``.
@@ -60,6 +69,9 @@ class AdapterConverter:
     dtypes: tuple[str, ...] = attrs.field(default=("f32",), converter=tuple)
     #: One line for error messages and listings.
     summary: str = ""
+    #: ``is_adapter(path) -> bool``: is this existing file an adapter of this format, which ``--overwrite`` may
+    #: replace (a GGUF model is a GGUF file but no GGUF LoRA)? ``None``: ``recognizes`` answers.
+    is_adapter: Callable[[Path], bool] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -165,7 +177,15 @@ def convert_adapter(
         dtype = _check_dtype(conv, dtype)
         base_path = _base_path(base)
         _check_destination(dst_path, overwrite, folder=False)
-        conv.from_peft(src_path, dst_path, base=base_path, dtype=dtype, progress=progress)
+        if dst_path.exists() and not (conv.is_adapter or conv.recognizes)(dst_path):
+            raise AdapterError(
+                f"DST {dst_path} is not a {conv.format} adapter; --overwrite replaces an adapter file, never "
+                "another file (a model, your data): choose another path"
+            )
+        _check_apart(_adapter_files(src_path) + [base_path], [dst_path])
+        remove_stale(dst_path.parent, name=dst_path.name)
+        with guard(dst_path, **_DST_WRITING):  # the converter writes through atomic_file; this catches the rest
+            conv.from_peft(src_path, dst_path, base=base_path, dtype=dtype, progress=progress)
         return Conversion(str(src_path), str(dst_path), PEFT, conv.format, str(base_path), dtype, plugin)
     found = next(((p, c) for p, c in converters.values() if c.recognizes(src_path)), None)
     if found is None:
@@ -183,6 +203,8 @@ def convert_adapter(
         )
     base_path = None if base is None else _base_path(base)
     _check_destination(dst_path, overwrite, folder=True)
+    _check_apart([src_path], [dst_path / n for n in ADAPTER_FILES])
+    remove_stale(dst_path.parent, name=dst_path.name)
     _write_folder(dst_path, lambda tmp: conv.to_peft(src_path, tmp, base=base_path, progress=progress))
     return Conversion(
         str(src_path), str(dst_path), conv.format, PEFT, None if base_path is None else str(base_path), None, plugin
@@ -231,30 +253,31 @@ def _check_destination(dst: Path, overwrite: bool, *, folder: bool) -> None:
         raise AdapterError(f"DST {dst} is {what}; --overwrite replaces it with the same kind only: choose another path")
 
 
-def _write_folder(dst: Path, write: Callable[[Path], Any]) -> None:
-    """Run ``write(tmp_folder)`` beside ``dst``, then move the result into place (replacing ``dst``)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+_DST_WRITING = {"doing": "write DST", "remedy": "choose a DST in a folder adaptrix can write",
+                "full_remedy": "free some space, or choose a DST on a disk with room"}
+#: The files of a PEFT adapter: what ``--overwrite`` replaces in an existing DST folder, and what SRC is read from.
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, PICKLE_FILE)
+
+
+def _adapter_files(folder: Path) -> list[Path]:
+    return [folder / n for n in ADAPTER_FILES if (folder / n).exists()]
+
+
+def _check_apart(inputs, outputs) -> None:
+    """Refuse a conversion whose output would replace or delete a file it reads (SRC inside DST, or the reverse)."""
+    clash = overlap(inputs, outputs)
+    if clash is not None:
+        src, out = clash
+        raise AdapterError(
+            f"writing DST would replace {out}, which is SRC {src} (or holds it); the conversion would destroy "
+            "its own input: choose a DST outside SRC"
+        )
+
+
+def _write_folder(dst: Path, write: Callable[[Path], Any], **writing: str) -> None:
+    """Run ``write(tmp_folder)`` beside ``dst``; its adapter files then replace those of ``dst`` (see module doc)."""
+    with replace_files(dst, last=CONFIG_FILE, remove=ADAPTER_FILES, **(writing or _DST_WRITING)) as tmp:
         write(tmp)
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dst.rename(old)
-            tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None = None, progress: bool = False,
@@ -268,7 +291,8 @@ def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None =
     """
     import hashlib
 
-    from ..gguf_cache import cache_root
+    from ..cache import IMPORTED, cache_dir, cache_writing, touch
+    from ..storage import new_folder
 
     if host is None:
         from ..plugins import get_host
@@ -284,9 +308,16 @@ def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None =
     with open(src, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    folder = cache_root() / "imported" / f"{digest.hexdigest()[:32]}-{src.stem}"
-    if not _is_peft_folder(folder):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        base_path = None if base is None else Path(base)
-        _write_folder(folder, lambda tmp: conv.to_peft(src, tmp, base=base_path, progress=progress))
+    folder = IMPORTED.root / f"{digest.hexdigest()[:32]}-{src.stem}"
+    if _is_peft_folder(folder):
+        touch(folder)
+        return folder
+    remove_stale(cache_dir(IMPORTED))
+    base_path = None if base is None else Path(base)
+    with new_folder(folder, **cache_writing(f"write the PEFT folder converted from {src} to")) as tmp:
+        conv.to_peft(src, tmp, base=base_path, progress=progress)
+        if folder.exists() and not _is_peft_folder(folder):  # an unfinished folder of an older adaptrix
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
     return folder

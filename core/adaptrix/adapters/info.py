@@ -36,6 +36,8 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int, ...] = attrs.field(converter=tuple)
+    #: Where its data lies in the file, ``(start, stop)`` bytes from the file's start (``None``: not from a file).
+    offsets: tuple[int, int] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -142,7 +144,7 @@ def read_safetensors_header(path: Path, adapter: str = "?") -> tuple[list[Tensor
                 )
         if not isinstance(dtype, str):
             raise AdapterFormatError(f"adapter {adapter!r}: {path}: tensor {name!r} has dtype {dtype!r}, not a name")
-        spec = TensorSpec(name, dtype, tuple(shape))
+        spec = TensorSpec(name, dtype, tuple(shape), offsets=(8 + n + int(start), 8 + n + int(stop)))
         count = 1
         for dim in spec.shape:
             count *= dim

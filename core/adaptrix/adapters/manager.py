@@ -192,7 +192,7 @@ class AdapterManager(ABC):
             tensors = [TensorSpec(k, str(v.dtype), tuple(v.shape)) for k, v in state.items()]
         report = validate(
             info, self.index, model_family=self.loaded.family, model_id=self.loaded.model_id,
-            allow_pickle=allow_pickle, tensors=tensors,
+            allow_pickle=allow_pickle, tensors=tensors, state=state,
         )
         return report, state
 
@@ -453,17 +453,9 @@ class AdapterManager(ABC):
                 raise self._unsupported(
                     f"compose adapters with method {method!r} (it can: {', '.join(self.COMPOSE_METHODS) or 'none'})"
                 )
-            if not isinstance(weights, dict) or not weights:
-                raise AdapterError(
-                    f"compose_adapters({name!r}) needs a dict of adapter name -> weight, got {weights!r}"
-                )
+            check_composition_weights(weights, f"compose_adapters({name!r})")
             if not isinstance(name, str) or not is_bare_name(name) or not name.strip():
                 raise AdapterError(f"a composed adapter's name must be a plain name (no path), got {name!r}")
-            for source, weight in weights.items():
-                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                    raise AdapterError(
-                        f"compose_adapters({name!r}): the weight of {source!r} must be a finite number, got {weight!r}"
-                    )
             for key, value in (("density", density), ("svd_rank", svd_rank)):
                 if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                           or not math.isfinite(value) or value <= 0):
@@ -516,6 +508,35 @@ class AdapterManager(ABC):
             f"the {self.backend} backend cannot {what}; load the model with backend='transformers' "
             "(CLI: --backend transformers) for every adapter operation"
         )
+
+
+#: The largest composition weight (in magnitude) accepted. A weight scales its adapter's delta: on SmolLM2 with
+#: math_specialist (llama.cpp, greedy), 1 and 2 answer "25 x 8 = 20 x 8 + 5 x 8 = 160 + ...", 5 garbles the
+#: arithmetic, 10 gives fragments, 20 empty text, 100 and more repeated tokens, 1e6 and 1e308 one token of
+#: nothing. 10 leaves room for adapters trained with a small alpha; beyond it a weight can only be a mistake.
+MAX_COMPOSITION_WEIGHT = 10.0
+
+
+def check_composition_weights(weights, who: str = "compose_adapters") -> dict[str, float]:
+    """``{adapter: weight}`` checked: finite numbers of magnitude at most :data:`MAX_COMPOSITION_WEIGHT`.
+
+    The one owner of this rule: the engine's ``compose_adapters`` and the server's ``adapters`` field both
+    come here. Raises :class:`AdapterError` naming the adapter, the weight and the range.
+    """
+    if not isinstance(weights, dict) or not weights:
+        raise AdapterError(f"{who} needs a dict of adapter name -> weight, got {weights!r}")
+    out = {}
+    for source, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise AdapterError(f"{who}: the weight of {source!r} must be a finite number, got {weight!r}")
+        if abs(weight) > MAX_COMPOSITION_WEIGHT:
+            raise AdapterError(
+                f"{who}: the weight of {source!r} is {weight!r}; weights lie in [-{MAX_COMPOSITION_WEIGHT:g}, "
+                f"{MAX_COMPOSITION_WEIGHT:g}] (a weight scales the adapter's change to the model: past a few times "
+                "1 the answers are garbage or empty)"
+            )
+        out[source] = float(weight)
+    return out
 
 
 def composed_info(name: str, method: str, weights: dict[str, float], infos: Sequence[AdapterInfo], *,

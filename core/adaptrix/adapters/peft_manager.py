@@ -73,9 +73,13 @@ class PeftAdapterManager(AdapterManager):
             if state is not None:  # a pickle the user allowed: hand peft a safetensors copy
                 from safetensors.torch import save_file
 
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adaptrix-")))
-                (tmp / "adapter_config.json").write_text(Path(folder, "adapter_config.json").read_text())
-                save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
+                from ..storage import guard
+
+                with guard(tempfile.gettempdir(), f"write a safetensors copy of adapter {info.name!r} into",
+                           "set TMPDIR to a writable folder", "free some space, or set TMPDIR to a disk with room"):
+                    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adaptrix-")))
+                    (tmp / "adapter_config.json").write_text(Path(folder, "adapter_config.json").read_text())
+                    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
                 folder = tmp
             try:
                 if self.peft is None:

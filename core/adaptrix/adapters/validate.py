@@ -4,6 +4,15 @@ Everything here works from :class:`~.info.AdapterInfo` (config + safetensors
 header) and a :class:`ModuleIndex` (names and shapes of the model's layers,
 which can come from a model built on the meta device). Each message names the
 adapter, the module or tensor, and both values.
+
+One check reads tensor data: every floating-point tensor must be finite (an
+adapter from a diverged training run holds NaN or Inf, and would be served
+as empty answers). :func:`nonfinite_tensors` maps the safetensors file
+(``numpy.memmap``, no copy) and runs ``numpy.isfinite`` once over each run
+of adjacent float32/float16/float64 tensors (a safetensors file stores them
+back to back), or tests the exponent bits of bfloat16 and float8 ones; only a
+run that holds a non-finite value is looked at tensor by tensor, to name
+them. See bench/bench_validate.py for what it costs.
 """
 
 from __future__ import annotations
@@ -173,11 +182,14 @@ def validate(
     model_id: str | None = None,
     allow_pickle: bool = False,
     tensors: Iterable[TensorSpec] | None = None,
+    state: dict | None = None,
 ) -> CompatibilityReport:
     """Check ``info`` against the model described by ``index``; nothing is loaded.
 
-    ``tensors`` overrides the header's tensor list (for a pickle loaded with
-    ``weights_only=True`` after the user allowed it).
+    ``tensors`` overrides the header's tensor list, and ``state`` gives the
+    tensors themselves (for a pickle loaded with ``weights_only=True`` after
+    the user allowed it). The weights' values are read only to check that
+    they are finite (see :func:`nonfinite_tensors`).
     """
     name, errors, warnings = info.name, [], []
     cfg = info.config
@@ -233,7 +245,101 @@ def validate(
     specs = list(tensors) if tensors is not None else list(info.tensors)
     if specs:
         _check_tensors(who, info, index, specs, errors, warnings, model_id)
+    # -- values: finite ----------------------------------------------------
+    bad = nonfinite_tensors(info, state)
+    if bad:
+        listed = ", ".join(f"{n} ({k} of {total})" for n, k, total in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        errors.append(
+            f"{who}: {info.weights_file} holds non-finite values (NaN or Inf) in {len(bad)} tensor(s): "
+            f"{listed}{more}; loaded, it would make every answer empty or garbage. The training run that made "
+            "it diverged: retrain it (a lower learning rate) or restore a good copy"
+        )
     return CompatibilityReport(adapter=name, model=model_id, errors=tuple(errors), warnings=tuple(warnings))
+
+
+#: safetensors float dtypes numpy computes with: ``isfinite`` on a little-endian view.
+_FLOATS = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+#: Other float dtypes: ``(unsigned view, exponent mask, value that is non-finite)``; NaN/Inf have every exponent
+#: bit set (float8 E4M3 "fn" has no Inf; its NaN is every bit but the sign set).
+_BITS = {"BF16": ("<u2", 0x7F80, 0x7F80), "F8_E5M2": ("u1", 0x7C, 0x7C), "F8_E4M3": ("u1", 0x7F, 0x7F)}
+
+
+def nonfinite_tensors(info: AdapterInfo, state: dict | None = None) -> list[tuple[str, int, int]]:
+    """``[(tensor, non-finite values, values), ...]`` of an adapter's floating-point weights; ``[]`` when all finite.
+
+    Reads ``info``'s safetensors file through a memory map (no copy), one ``isfinite`` pass over each run of
+    adjacent tensors of one dtype (in blocks of :data:`_BLOCK` values), and names the tensors only when a run
+    holds a non-finite value; or checks the tensors of ``state`` (an allowed pickle, already loaded). An
+    unreadable file is left to the loader's own error.
+    """
+    if state is not None:
+        return _nonfinite_state(state)
+    if info.weights_format != "safetensors" or not info.weights_file:
+        return []
+    import numpy as np
+
+    specs = sorted((t for t in info.tensors if t.offsets is not None and (t.dtype in _FLOATS or t.dtype in _BITS)),
+                   key=lambda t: t.offsets)
+    if not specs:
+        return []
+    try:
+        data = np.memmap(info.weights_file, dtype=np.uint8, mode="r")
+    except (OSError, ValueError):
+        return []
+    runs: list[list] = []
+    for t in specs:
+        if runs and runs[-1][0].dtype == t.dtype and runs[-1][-1].offsets[1] == t.offsets[0]:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    bad: list[tuple[str, int, int]] = []
+    for run in runs:
+        span = data[run[0].offsets[0]:run[-1].offsets[1]]
+        if _count_nonfinite(span, run[0].dtype, stop_at_first=True):
+            for t in run:
+                raw = data[t.offsets[0]:t.offsets[1]]
+                count = _count_nonfinite(raw, t.dtype)
+                if count:
+                    bad.append((t.name, count, raw.size // _WIDTH[t.dtype]))
+    return bad
+
+
+#: Values checked per ``isfinite`` call: bounds the temporary boolean array (16 MB).
+_BLOCK = 1 << 24
+_WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E5M2": 1, "F8_E4M3": 1}
+
+
+def _count_nonfinite(raw, dtype: str, stop_at_first: bool = False) -> int:
+    import numpy as np
+
+    if dtype in _FLOATS:
+        values = raw.view(_FLOATS[dtype])
+        test = np.isfinite
+    else:
+        view, mask, special = _BITS[dtype]
+        values = raw.view(view)
+        test = lambda block: (block & mask) != special  # noqa: E731
+    count = 0
+    for i in range(0, values.size, _BLOCK):
+        ok = test(values[i:i + _BLOCK])
+        if not ok.all():
+            count += int(ok.size - np.count_nonzero(ok))
+            if stop_at_first:
+                return count
+    return count
+
+
+def _nonfinite_state(state: dict) -> list[tuple[str, int, int]]:
+    bad = []
+    for name, value in state.items():
+        if getattr(value, "is_floating_point", lambda: False)():
+            import torch
+
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad.append((name, int((~finite).sum()), value.numel()))
+    return bad
 
 
 def _check_tensors(who, info, index, specs, errors, warnings, model_id) -> None:
@@ -374,9 +480,9 @@ def validate_for_model(
         info = read_adapter_info(folder, name)
     except AdapterFormatError as exc:
         return CompatibilityReport(adapter=name, model=model_id, errors=(str(exc),))
-    tensors = None
+    tensors = state = None
     if info.weights_format == "pickle" and allow_pickle:
         state = load_pickle_state(Path(info.weights_file), name)
         tensors = [TensorSpec(k, str(v.dtype), tuple(v.shape)) for k, v in state.items()]
     return validate(info, module_index, model_family=family, model_id=model_id, allow_pickle=allow_pickle,
-                    tensors=tensors)
+                    tensors=tensors, state=state)

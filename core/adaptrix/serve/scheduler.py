@@ -88,11 +88,16 @@ def api_error(exc: BaseException) -> ApiError:
         AdaptrixError,
         EngineStateError,
         GenerationError,
+        StorageError,
     )
 
     if isinstance(exc, ApiError):
         return exc
     message = str(exc)
+    if isinstance(exc, StorageError):  # the server writes only into its cache: full (507) or unusable (503)
+        if exc.no_space:
+            return ApiError(507, message, code="insufficient_storage")
+        return ApiError(503, message, code="cache_unavailable")
     if isinstance(exc, AdapterIncompatibleError):
         extra = {"report": exc.report.as_dict()} if getattr(exc, "report", None) is not None else {}
         return ApiError(400, message, param="model", code="adapter_incompatible", extra=extra)

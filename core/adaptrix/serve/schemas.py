@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from ..adapters.manager import check_composition_weights
+from ..errors import AdapterError
 from ..generation import SEED_LIMIT
 from .errors import ApiError
 
@@ -184,14 +186,14 @@ def _adapters(body: dict, names: list[str] | None = None) -> tuple[tuple[str, fl
         raise _bad(f"'adapters' must be an object {{name: weight}}, got {_short(value)}", "adapters")
     if not pairs:
         raise _bad("'adapters' is empty; name at least one adapter with a weight, or leave it out", "adapters")
-    out = []
     for name, weight in pairs:
         if not isinstance(name, str) or not name:
             raise _bad(f"'adapters' names must be non-empty strings, got {_short(name)}", "adapters")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise _bad(f"'adapters.{name}' weight must be a finite number, got {_short(weight)}", f"adapters.{name}")
-        out.append((name, float(weight)))
-    return tuple(sorted(out))
+        try:  # the engine's own rule (finite, bounded), so the server and the library refuse the same weights
+            check_composition_weights({name: weight}, who="'adapters'")
+        except AdapterError as exc:
+            raise _bad(str(exc), f"adapters.{name}") from None
+    return tuple(sorted((name, float(weight)) for name, weight in pairs))
 
 
 def parse_completion(body: Any, kind: str, task_types: tuple[str, ...]) -> CompletionRequest:

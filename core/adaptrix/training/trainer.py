@@ -1,7 +1,13 @@
 """The LoRA training loop: load through the family plugin, train, checkpoint, save.
 
 The saved adapter is a plain PEFT folder (``adapter_config.json`` +
-``adapter_model.safetensors``) plus ``adaptrix.json`` describing the run.
+``adapter_model.safetensors``) plus ``adaptrix.json`` describing the run. It
+is written beside ``output`` and its files moved in, ``adapter_config.json``
+last (:func:`adaptrix.storage.replace_files`): a crash or a full disk leaves
+the previous adapter or none, never half of one, and nothing else in
+``output`` is touched (peft's ``README.md`` is added only where there is none).
+A full disk or a read-only output is a :class:`~adaptrix.errors.StorageError`
+naming the folder.
 ``output/checkpoint/`` holds the adapter, optimizer, step and RNG state so an
 interrupted run continues with ``resume=True``. The checkpoint is safetensors
 (tensors) plus JSON (everything else): loading it runs no pickle code.
@@ -25,6 +31,7 @@ from typing import Any
 import attrs
 
 from ..errors import TrainingError
+from ..storage import remove_stale, replace_files, replace_folder
 
 CHECKPOINT = "checkpoint"
 #: Step, losses, options, optimizer hyper-parameters and Python RNG state (JSON).
@@ -162,6 +169,12 @@ def check_output(cfg: TrainConfig, has_checkpoint: bool) -> Path:
     output = Path(cfg.output).expanduser()
     if output.exists() and not output.is_dir():
         raise TrainingError(f"--output {output} is a file; pass a folder to write the adapter into")
+    ckpt = output / CHECKPOINT
+    if ckpt.exists() and not ((ckpt / STATE_FILE).is_file() or (ckpt / LEGACY_STATE_FILE).is_file()):
+        raise TrainingError(
+            f"--output {output} holds {ckpt}, which is not an adaptrix training checkpoint; adaptrix keeps its "
+            f"checkpoint there and would replace it: move it, or choose another --output"
+        )
     if output.is_dir() and (output / "adapter_config.json").exists() and not cfg.overwrite:
         if not (cfg.resume and has_checkpoint):  # resuming continues the run that wrote it
             raise TrainingError(
@@ -258,6 +271,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     from .data import collate, encode_all, file_sha256, load_jsonl
 
     ckpt = Path(cfg.output).expanduser() / CHECKPOINT
+    remove_stale(ckpt.parent.parent, name=ckpt.parent.name)  # what a killed run left: beside output,
+    remove_stale(ckpt.parent, name=CHECKPOINT)  # and beside its checkpoint
     has_checkpoint = (ckpt / STATE_FILE).is_file() or (ckpt / LEGACY_STATE_FILE).is_file()
     samples = load_jsonl(cfg.data)
     output = check_output(cfg, has_checkpoint)
@@ -371,9 +386,16 @@ def _train(cfg: TrainConfig) -> TrainResult:
         resumed_from=state["step"] if state is not None else None,
         peft_remap=remapped,
     )
-    model.save_pretrained(str(output))
-    write_metadata(output, cfg, result, src.model_id, len(samples), data_sha)
+    with replace_files(output, last="adapter_config.json", remove=("adapter_model.safetensors", "adapter_model.bin"),
+                       add_only=("README.md",), **_writing("write the adapter to --output")) as tmp:
+        model.save_pretrained(str(tmp))
+        write_metadata(output, cfg, result, src.model_id, len(samples), data_sha, into=tmp)
     return result
+
+
+def _writing(doing: str) -> dict[str, str]:
+    return {"doing": doing, "remedy": "choose an --output adaptrix can write",
+            "full_remedy": "free some space, or choose an --output on a disk with room"}
 
 
 def answer_loss(model, batch: dict):
@@ -433,33 +455,25 @@ def _save_checkpoint(model, optimizer, ckpt: Path, step, total, losses, seconds,
     import torch
     from safetensors.torch import save_file
 
-    tmp = ckpt.with_name(CHECKPOINT + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
-    opt = optimizer.state_dict()
-    tensors = {"torch_rng": torch.get_rng_state()}
-    for pid, slots in opt["state"].items():
-        for key, value in slots.items():
-            if not isinstance(value, torch.Tensor):
-                raise TrainingError(f"optimizer state {key!r} is not a tensor; cannot checkpoint it safely")
-            tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
-    save_file(tensors, str(tmp / TENSORS_FILE))
-    version, internal, gauss = random.getstate()
-    state = {
-        "format": CHECKPOINT_FORMAT, "step": step, "total": total, "losses": losses, "seconds": seconds,
-        "param_groups": opt["param_groups"], "python_rng": [version, list(internal), gauss],
-        "data_sha256": data_sha, "rank": cfg.rank, "alpha": cfg.lora_alpha(), "batch_size": cfg.batch_size,
-        "seed": cfg.seed, "targets": list(targets), "base_model": _base_identity(src),
-    }
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-    (tmp / ".gitignore").write_text("# training checkpoint: large, not part of the adapter\n*\n")
-    old = ckpt.with_name(CHECKPOINT + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    with replace_folder(ckpt, **_writing("write the training checkpoint")) as tmp:
+        model.save_pretrained(str(tmp))
+        opt = optimizer.state_dict()
+        tensors = {"torch_rng": torch.get_rng_state()}
+        for pid, slots in opt["state"].items():
+            for key, value in slots.items():
+                if not isinstance(value, torch.Tensor):
+                    raise TrainingError(f"optimizer state {key!r} is not a tensor; cannot checkpoint it safely")
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
+        save_file(tensors, str(tmp / TENSORS_FILE))
+        version, internal, gauss = random.getstate()
+        state = {
+            "format": CHECKPOINT_FORMAT, "step": step, "total": total, "losses": losses, "seconds": seconds,
+            "param_groups": opt["param_groups"], "python_rng": [version, list(internal), gauss],
+            "data_sha256": data_sha, "rank": cfg.rank, "alpha": cfg.lora_alpha(), "batch_size": cfg.batch_size,
+            "seed": cfg.seed, "targets": list(targets), "base_model": _base_identity(src),
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+        (tmp / ".gitignore").write_text("# training checkpoint: large, not part of the adapter\n*\n")
 
 
 def load_checkpoint_state(ckpt: Path) -> dict[str, Any]:
@@ -507,8 +521,8 @@ def load_checkpoint_state(ckpt: Path) -> dict[str, Any]:
 
 
 def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: str, samples: int,
-                   data_sha: str) -> dict[str, Any]:
-    """Write ``adaptrix.json`` next to the PEFT files and return it."""
+                   data_sha: str, into: Path | None = None) -> dict[str, Any]:
+    """Write ``adaptrix.json`` of the adapter ``output`` (into the folder ``into``, by default ``output``); return it."""
     import peft
     import torch
     import transformers
@@ -544,7 +558,7 @@ def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: 
         "versions": {"adaptrix": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__},
     }
-    (output / "adaptrix.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    ((into or output) / "adaptrix.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 

@@ -11,4 +11,4 @@ Importing this package imports nothing heavy; the modules import llama_cpp (or
 huggingface_hub, numpy, gguf) when used. Nothing here imports torch or transformers.
 """
 
-from .plugin import adapter_converters, backends  # noqa: F401  (hookimpls the entry point registers)
+from .plugin import adapter_converters, backends, caches  # noqa: F401  (hookimpls the entry point registers)

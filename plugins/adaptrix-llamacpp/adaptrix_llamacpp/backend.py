@@ -204,6 +204,11 @@ class LlamaCppAdapterManager(AdapterManager):
         super().__init__(loaded, adapters_dir, **options)
         self.runner = runner
         self.base_file = runner.source.gguf_file
+        from adaptrix.storage import remove_stale
+
+        from .lora_cache import lora_root
+
+        remove_stale(lora_root())  # what conversions killed before this start left (one listing of the folder)
         self._handles: dict[str, Any] = {}  # adapter name -> runtime LoraAdapter
         self._composed: dict[str, dict[str, float]] = {}  # a cat composition: source -> weight
 

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +143,15 @@ def peft_to_gguf_lora(
     progress: bool = True,
     dtype: str = "f32",
     name: str | None = None,
+    writing: dict[str, str] | None = None,
 ) -> Path:
     """Convert a PEFT LoRA folder into a GGUF LoRA for ``base_gguf``; returns ``out_path``.
 
     The adapter is validated against the GGUF's own tensor shapes first (the
-    same report and errors as a transformers load); the file is written to a
-    temporary sibling and renamed into place.
+    same report and errors as a transformers load); the file is written with
+    :func:`adaptrix.storage.atomic_file` (``writing``: its ``doing=`` and
+    ``remedy=`` wording), so a failure leaves ``out_path`` as it was and OS
+    failures are :class:`~adaptrix.errors.StorageError`.
     """
     from safetensors.numpy import load_file
 
@@ -195,39 +197,34 @@ def peft_to_gguf_lora(
         KEY_HEADS_KV: model.n_head_kv,
         KEY_PEFT: json.dumps(carried, sort_keys=True),
     }
-    return _write_lora(Path(out_path), model.arch, info.name, alpha, tensors, meta, dtype)
+    return _write_lora(Path(out_path), model.arch, info.name, alpha, tensors, meta, dtype, writing)
 
 
-def _write_lora(out: Path, arch: str, name: str, alpha: float, tensors, meta: dict, dtype: str) -> Path:
+def _write_lora(out: Path, arch: str, name: str, alpha: float, tensors, meta: dict, dtype: str,
+                writing: dict | None = None) -> Path:
     import gguf
 
+    from adaptrix.storage import atomic_file
+
     out = out.expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; the result is an ordinary file
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
-        w.add_type(gguf.GGUFType.ADAPTER)
-        w.add_name(name)
-        w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
-        w.add_uint32(KEY_HEADS, int(meta[KEY_HEADS]))
-        w.add_uint32(KEY_HEADS_KV, int(meta[KEY_HEADS_KV]))
-        w.add_string(KEY_PEFT, meta[KEY_PEFT])
-        for tname, data in tensors:
-            w.add_tensor(tname, data)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(out, **(writing or {})) as tmp:
+        w = gguf.GGUFWriter(str(tmp), arch)
+        try:
+            w.add_type(gguf.GGUFType.ADAPTER)
+            w.add_name(name)
+            w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+            w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+            w.add_uint32(KEY_HEADS, int(meta[KEY_HEADS]))
+            w.add_uint32(KEY_HEADS_KV, int(meta[KEY_HEADS_KV]))
+            w.add_string(KEY_PEFT, meta[KEY_PEFT])
+            for tname, data in tensors:
+                w.add_tensor(tname, data)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
     return out
 
 

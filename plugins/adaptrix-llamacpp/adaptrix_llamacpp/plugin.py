@@ -24,6 +24,16 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
+def _is_gguf_lora(path: Path) -> bool:
+    """Whether ``path`` is a GGUF LoRA (``general.type`` "adapter"), not a GGUF model; header only."""
+    from adaptrix.modelconfig import read_gguf_metadata
+
+    try:
+        return read_gguf_metadata(path, wanted=("general.type",)).get("general.type") == "adapter"
+    except (OSError, ValueError):
+        return False
+
+
 def _peft_to_gguf(adapter_dir, out_path, *, base, dtype, progress):
     from .convert import peft_to_gguf_lora
 
@@ -45,10 +55,18 @@ def adapter_converters():
             from_peft=_peft_to_gguf,
             to_peft=_gguf_to_peft,
             recognizes=_is_gguf,
+            is_adapter=_is_gguf_lora,
             dtypes=("f32", "f16"),
             summary="GGUF LoRA, as llama.cpp and Ollama load it",
         )
     ]
+
+
+@hookimpl
+def caches():
+    from .lora_cache import LORA_CACHE
+
+    return [LORA_CACHE]
 
 
 @hookimpl
