@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 from .errors import AdaptrixError
 from .hookspecs import hookimpl
-from .types import Detection, GenerationConfig, LoadedModel, LoadOptions
+from .types import ChatBehaviour, Detection, GenerationConfig, LoadedModel, LoadOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptrixError",
+    "ChatBehaviour",
     "Detection",
     "Engine",
     "GenerationConfig",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .family import think_spans
 from .modelconfig import context_length
 from .targets import ALL_LINEAR
-from .types import GenerationConfig, LoadedModel, LoadOptions
+from .types import ChatBehaviour, GenerationConfig, LoadedModel, LoadOptions
+
 
 def load_model(family: str, model_id: str, options: LoadOptions) -> LoadedModel:
     """The shared loader, :func:`adaptrix.loading.load_causal_lm`, with no family extras."""
@@ -34,3 +36,16 @@ def target_modules(family: str, config: dict[str, Any] | None) -> list[str]:
 def family_options(family: str) -> dict[str, str]:
     """No family options: ``Engine(...)`` takes only its own keyword arguments for this family."""
     return {}
+
+
+def chat_behaviour(
+    family: str, config: dict[str, Any] | None, template: str | None, family_options: dict[str, Any]
+) -> ChatBehaviour:
+    """The generic chat: a template that mentions ``<think>``/``</think>`` hides that span; nothing else.
+
+    No thinking default (the template's own applies unless a call passes
+    ``enable_thinking``), no further template variables, no end-of-turn token
+    but the model's EOS.
+    """
+    spans = think_spans(template)
+    return ChatBehaviour(thinking=bool(spans), hidden_spans=spans)

@@ -73,3 +73,17 @@ def is_moe(config: dict[str, Any] | None) -> bool:
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 GATED_MLP = ["gate_proj", "up_proj", "down_proj"]
+
+
+#: The tags reasoning models write their thought in (Qwen3, QwQ, DeepSeek-R1 and its distills, Phi-4-reasoning).
+THINK = ("<think>", "</think>")
+
+
+def think_spans(template: str | None) -> tuple[tuple[str, str], ...]:
+    """``(THINK,)`` when the chat template mentions ``<think>`` or ``</think>``, else ``()``.
+
+    A template that opens a thought for the model (``<think>\\n`` after the
+    assistant's turn) or strips one from earlier turns (``content.split('</think>')``)
+    belongs to a model that writes one: the span is hidden from answers.
+    """
+    return (THINK,) if template and any(tag in template for tag in THINK) else ()

@@ -10,7 +10,8 @@ Every hook is optional, and an implementation may take any subset of the
 spec's arguments (``def detect_family(config)``). The smallest family plugin
 implements ``detect_family`` alone. The plugin whose ``detect_family`` answers
 a family owns it: the family-keyed hooks (``load_model``,
-``default_generation_config``, ``target_modules``) are called on the owner
+``default_generation_config``, ``target_modules``, ``family_options``,
+``chat_behaviour``) are called on the owner
 only, so they need no "is this my family?" check, and one the owner leaves out
 or answers ``None`` to falls back to the core's standard behaviour
 (:mod:`adaptrix.fallbacks`). See ``docs/writing-a-plugin.md``.
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .adapters.convert import AdapterConverter
     from .backends import Backend
     from .cache import CacheKind
-    from .types import GenerationConfig, LoadedModel, LoadOptions
+    from .types import ChatBehaviour, GenerationConfig, LoadedModel, LoadOptions
 
 PROJECT = "adaptrix"
 
@@ -69,7 +70,8 @@ def load_model(family: str, model_id: str, options: "LoadOptions") -> "LoadedMod
     folder, ``options`` the device, dtype, revision and ``trust_remote_code``
     the user asked for. Return a :class:`~adaptrix.types.LoadedModel` with the
     model in eval mode on the requested device and the family's tokenizer fixes
-    applied (pad token, padding side, chat-template quirks). Called on the
+    applied (pad token, padding side, chat-template quirks); how the model
+    chats is ``chat_behaviour``'s, on every backend, not this hook's. Called on the
     family's owner only; left out (or ``None``), the shared loader
     :func:`adaptrix.loading.load_causal_lm` loads the model.
     """
@@ -153,4 +155,26 @@ def family_options(family: str) -> "dict[str, str] | None":
     ``options.family_options``; it refuses, when constructed, a name no
     installed plugin declares, and at ``initialize()`` one the detected family
     does not declare. ``firstresult``.
+    """
+
+
+@hookspec(firstresult=True)
+def chat_behaviour(
+    family: str, config: dict[str, Any] | None, template: str | None, family_options: dict[str, Any]
+) -> "ChatBehaviour | None":
+    """Say how a model of a family you own chats, on whatever backend runs it.
+
+    Receives the family, the model's config as a dict (``None`` when unknown;
+    for a GGUF, the config read from its metadata), ``template``, the chat
+    template the backend will render (from the tokenizer or the GGUF's
+    metadata; ``None`` when the model has none), and ``family_options``, the
+    family options the user passed (``Engine(enable_thinking=True)``; ``{}``
+    when none). Return an :class:`~adaptrix.types.ChatBehaviour`: whether the
+    model thinks and whether chats think by default (the ``enable_thinking``
+    template variable), the spans hidden from answers (``("<think>",
+    "</think>")``), further template variables, and end-of-turn tokens. Every
+    backend asks this hook once per load (:func:`adaptrix.family_chat.ask`), so
+    a model chats the same on each. Called on the family's owner only;
+    ``firstresult``; left out (or ``None``), the core's generic behaviour
+    answers (:func:`adaptrix.fallbacks.chat_behaviour`).
     """

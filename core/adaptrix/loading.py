@@ -60,11 +60,12 @@ def load_causal_lm(
     options: LoadOptions,
     *,
     fix_tokenizer: TokenizerFix | None = None,
-    chat_template_kwargs: dict[str, Any] | None = None,
-    hidden_spans: tuple[tuple[str, str], ...] = (),
-    end_of_turn_tokens: tuple[str, ...] = (),
 ) -> LoadedModel:
-    """Load model + tokenizer with transformers' Auto classes and the family's fixes."""
+    """Load model + tokenizer with transformers' Auto classes and the family's fixes.
+
+    How the model chats is not the loader's: the backend asks the family's
+    ``chat_behaviour`` hook afterwards (:mod:`adaptrix.family_chat`).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if options.config is not None:
@@ -110,9 +111,6 @@ def load_causal_lm(
         model_id=str(model_id),
         config=config,
         notes=tuple(notes),
-        chat_template_kwargs=dict(chat_template_kwargs or {}),
-        hidden_spans=hidden_spans,
-        end_of_turn_tokens=tuple(t for t in end_of_turn_tokens if _in_vocab(tokenizer, t)),
     )
 
 
@@ -147,11 +145,6 @@ def _text_model_config(model_id: str, config: dict | None, common: dict[str, Any
     if getattr(full, "tie_word_embeddings", None) is not None:
         text.tie_word_embeddings = full.tie_word_embeddings
     return text
-
-
-def _in_vocab(tokenizer, token: str) -> bool:
-    tid = tokenizer.convert_tokens_to_ids(token)
-    return tid is not None and tid != tokenizer.unk_token_id
 
 
 def _weights_error(model_id: str, exc: BaseException) -> str:

@@ -41,9 +41,10 @@ from .errors import AdaptrixError, PluginConfigError, PluginError, PluginUnavail
 ENTRY_POINT_GROUP = "adaptrix"
 STATUSES = ("ok", "failed", "blocked", "disabled")
 #: Hooks whose first argument is a family name; only that family's owner answers.
-FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules", "family_options")
+FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules", "family_options", "chat_behaviour")
 #: Family hooks whose absence ``plugins list`` reports as answered by the core's standard behaviour
-#: (``family_options`` left out simply means the family takes no options).
+#: (``family_options`` left out simply means the family takes no options, ``chat_behaviour`` that its models
+#: chat the generic way).
 REPORTED_FALLBACKS = ("load_model", "default_generation_config", "target_modules")
 #: Hooks that make a plugin a family plugin (as does a non-empty ``families()``).
 FAMILY_PLUGIN_HOOKS = ("detect_family",) + FAMILY_HOOKS

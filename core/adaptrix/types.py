@@ -77,6 +77,73 @@ class LoadOptions:
     threads: int | None = None
 
 
+def _span_pairs(value) -> tuple[tuple[str, str], ...]:
+    pairs = tuple(tuple(p) for p in value)
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(t, str) and t for t in pair):
+            raise ValueError(
+                f"ChatBehaviour.hidden_spans must be (open, close) pairs of non-empty strings, got {pair!r}"
+            )
+    return pairs
+
+
+def _token_names(value) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(t, str) and t for t in names):
+        raise ValueError(f"ChatBehaviour.end_of_turn_tokens must be non-empty token strings, got {names!r}")
+    return names
+
+
+#: The chat-template variable a call's ``enable_thinking`` (and ``ChatBehaviour.thinking_default``) sets.
+THINKING_SWITCH = "enable_thinking"
+
+
+@attrs.frozen
+class ChatBehaviour:
+    """How a family's models chat, the same on every backend: what the ``chat_behaviour`` hook returns.
+
+    The engine formats prompts with :attr:`template_kwargs`, cuts
+    ``hidden_spans`` from returned text (unless ``show_thinking=True``) and ends
+    generation at ``end_of_turn_tokens`` besides EOS. The default value is the
+    behaviour of a model with no thought and no family opinion.
+    """
+
+    #: The model may write a thought before its answer, inside ``hidden_spans``.
+    thinking: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: Whether a chat thinks when the call does not say: the template variable ``enable_thinking``
+    #: (``THINKING_SWITCH``) gets this value. ``None``: the variable is not passed and the template's own
+    #: default applies (a template with no switch: DeepSeek-R1 always thinks). A call's ``enable_thinking``
+    #: always wins.
+    thinking_default: bool | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(bool))
+    )
+    #: ``(open, close)`` tag pairs whose content is kept out of returned text (``("<think>", "</think>")``).
+    hidden_spans: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_span_pairs)
+    #: Further chat-template variables the family passes (not the thinking switch: ``thinking_default``).
+    chat_template_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=lambda v: dict(v or {}))
+    #: Tokens that end an assistant turn besides EOS (``<|im_end|>``, ``<|eot_id|>``); backends keep those
+    #: in the model's vocabulary.
+    end_of_turn_tokens: tuple[str, ...] = attrs.field(default=(), converter=_token_names)
+    # Tool-call formats join here, as further fields of the family's answer (how the template takes tools, how
+    # a call is found in the model's output); nothing reads tools yet.
+
+    def __attrs_post_init__(self) -> None:
+        if self.thinking_default is not None and not self.thinking:
+            raise ValueError("ChatBehaviour.thinking_default is set but thinking is False: set thinking=True, or "
+                             "leave thinking_default None for a model that does not think")
+        if THINKING_SWITCH in self.chat_template_kwargs:
+            raise ValueError(f"ChatBehaviour.chat_template_kwargs sets {THINKING_SWITCH!r}: give its default as "
+                             "thinking_default instead (a call's enable_thinking overrides it)")
+
+    @property
+    def template_kwargs(self) -> dict[str, Any]:
+        """The template variables a call starts from: ``chat_template_kwargs`` plus the thinking default."""
+        kwargs = dict(self.chat_template_kwargs)
+        if self.thinking_default is not None:
+            kwargs[THINKING_SWITCH] = self.thinking_default
+        return kwargs
+
+
 @attrs.frozen
 class LoadedModel:
     """What ``load_model`` returns: a ready model and its tokenizer."""
@@ -88,12 +155,24 @@ class LoadedModel:
     config: dict[str, Any] = attrs.field(factory=dict)
     #: Free-form notes from the plugin (tokenizer fixes it applied, ...).
     notes: tuple[str, ...] = ()
-    #: Family-specific chat-template keyword arguments (e.g. ``enable_thinking``).
-    chat_template_kwargs: dict[str, Any] = attrs.field(factory=dict)
-    #: Pairs of (open, close) tags whose content is hidden from returned text.
-    hidden_spans: tuple[tuple[str, str], ...] = ()
-    #: Tokens that end an assistant turn besides EOS (``<|im_end|>``, ``<|eot_id|>``).
-    end_of_turn_tokens: tuple[str, ...] = ()
+    #: How the family's models chat: set by the backend from the family's ``chat_behaviour`` hook
+    #: (:func:`adaptrix.family_chat.ask`), whatever ``load_model`` put here.
+    chat: ChatBehaviour = attrs.field(factory=ChatBehaviour)
+
+    @property
+    def chat_template_kwargs(self) -> dict[str, Any]:
+        """The family's chat-template variables (``chat.template_kwargs``; Qwen3: ``enable_thinking``)."""
+        return self.chat.template_kwargs
+
+    @property
+    def hidden_spans(self) -> tuple[tuple[str, str], ...]:
+        """``(open, close)`` tags whose content is hidden from returned text (``chat.hidden_spans``)."""
+        return self.chat.hidden_spans
+
+    @property
+    def end_of_turn_tokens(self) -> tuple[str, ...]:
+        """Tokens that end an assistant turn besides EOS (``chat.end_of_turn_tokens``)."""
+        return self.chat.end_of_turn_tokens
 
 
 @attrs.frozen

@@ -78,7 +78,9 @@ def write_tiny_gguf(model_dir: Path, out_path: Path) -> Path:
 
     tokens, types, merges = _token_list(model_dir)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
+    # The pre-tokenizer the HF folder really loads with: transformers gives a qwen2 folder Qwen2Tokenizer, whose
+    # split keeps digits apart (" 2" -> " ", "2"); llama.cpp's "qwen2" is that split, "gpt-2" the byte-level one.
+    w.add_tokenizer_pre("qwen2" if model_type == "qwen2" else "gpt-2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)

@@ -1,8 +1,9 @@
 """The reference backend: transformers models with peft adapters.
 
 Loading goes through the family plugin's ``load_model`` hook (the shared
-loader when the plugin leaves it out); a GGUF source is converted once into a
-cached safetensors folder first. Generation runs ``model.generate`` on
+loader when the plugin leaves it out), then its ``chat_behaviour`` hook for the
+tokenizer's template (:mod:`adaptrix.family_chat`); a GGUF source is converted
+once into a cached safetensors folder first. Generation runs ``model.generate`` on
 left-padded batches; adapters go through
 :class:`adaptrix.adapters.peft_manager.PeftAdapterManager` (switching, every
 composition method, merging, mixed-adapter batches). Training runs on this
@@ -17,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import attrs
 
+from .. import family_chat
 from ..errors import ModelLoadError
 from . import Backend, Runner
 
@@ -56,7 +58,8 @@ class TransformersBackend(Backend):
             raise ModelLoadError(
                 f"no plugin loaded {source.model_id!r} for family {source.family!r} (load_model returned None)"
             )
-        return TransformersRunner(source, loaded, options, dtype_reason=dtype.reason)
+        chat = family_chat.ask(host, source.family, source.config, loaded.tokenizer, options.family_options)
+        return TransformersRunner(source, attrs.evolve(loaded, chat=chat), options, dtype_reason=dtype.reason)
 
 
 class TransformersRunner(Runner):

@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from .. import family_chat
 from ..errors import TrainingError
 from ..storage import remove_stale, replace_files, replace_folder
 
@@ -206,9 +207,12 @@ def load_for_training(cfg: TrainConfig):
         device=cfg.device, dtype="float32", trust_remote_code=cfg.trust_remote_code, revision=src.load_revision,
         config=src.config, config_source=src.config_source,
     )
-    loaded, _ = get_host().call_family("load_model", src.family, model_id=src.path, options=options)
+    host = get_host()
+    loaded, _ = host.call_family("load_model", src.family, model_id=src.path, options=options)
     if loaded is None:
         raise TrainingError(f"the {src.family!r} plugin did not load {src.model_id}")
+    # samples are rendered as the engine renders prompts: with the family's template variables
+    loaded = attrs.evolve(loaded, chat=family_chat.ask(host, src.family, src.config, loaded.tokenizer))
     return src, detection.context_length, loaded
 
 

@@ -3,15 +3,16 @@
 MLA replaces q/k/v with low-rank projections: ``q_a_proj``/``q_b_proj`` (or
 ``q_proj`` when ``q_lora_rank`` is null), ``kv_a_proj_with_mqa`` and
 ``kv_b_proj``. Routed experts are fused 3-D parameters in transformers 5; the
-dense layers and shared experts keep gate/up/down Linear layers.
+dense layers and shared experts keep gate/up/down Linear layers. DeepSeek-R1
+(a V3 checkpoint) thinks in ``<think>...</think>``, hidden from answers.
 """
 
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.family import GATED_MLP, claims, text_config
+from adaptrix.family import GATED_MLP, claims, text_config, think_spans
 from adaptrix.modelconfig import context_length
-from adaptrix.types import GenerationConfig
+from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "deepseek"
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
@@ -53,3 +54,12 @@ def load_model(family, model_id, options):
     from adaptrix.loading import load_causal_lm
 
     return load_causal_lm(family, model_id, options)
+
+
+@hookimpl
+def chat_behaviour(template):
+    # R1 and V3 share the deepseek_v3 architecture: only the template tells the reasoner, which strips
+    # earlier thoughts at '</think>' (and, in the updated templates, opens '<think>\n' for the answer).
+    # The template has no thinking switch: R1 always thinks. Turns end with EOS (<｜end▁of▁sentence｜>).
+    spans = think_spans(template)
+    return ChatBehaviour(thinking=bool(spans), hidden_spans=spans)

@@ -7,9 +7,9 @@ clear error, or folds the system prompt into the first user turn when asked.
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.family import ATTENTION, GATED_MLP, claims
+from adaptrix.family import ATTENTION, GATED_MLP, claims, think_spans
 from adaptrix.modelconfig import context_length
-from adaptrix.types import GenerationConfig
+from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "gemma"
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
@@ -50,4 +50,10 @@ def target_modules(family, config):
 def load_model(family, model_id, options):
     from adaptrix.loading import load_causal_lm
 
-    return load_causal_lm(family, model_id, options, end_of_turn_tokens=("<end_of_turn>",))
+    return load_causal_lm(family, model_id, options)
+
+
+@hookimpl
+def chat_behaviour(template):
+    spans = think_spans(template)
+    return ChatBehaviour(thinking=bool(spans), hidden_spans=spans, end_of_turn_tokens=("<end_of_turn>",))

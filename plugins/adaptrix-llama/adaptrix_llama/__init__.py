@@ -9,9 +9,9 @@ InternLM3, and vision-language checkpoints whose language model is a Llama
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.family import ATTENTION, GATED_MLP, claims
+from adaptrix.family import ATTENTION, GATED_MLP, claims, think_spans
 from adaptrix.modelconfig import context_length
-from adaptrix.types import GenerationConfig
+from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "llama"
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
@@ -49,5 +49,14 @@ def target_modules(family, config):
 def load_model(family, model_id, options):
     from adaptrix.loading import load_causal_lm
 
-    # Llama 3 instruct turns end with <|eot_id|>, Llama 4 with <|eot|>.
-    return load_causal_lm(family, model_id, options, end_of_turn_tokens=("<|eot_id|>", "<|eot|>", "<|im_end|>"))
+    return load_causal_lm(family, model_id, options)
+
+
+@hookimpl
+def chat_behaviour(template):
+    # Llama 3 instruct turns end with <|eot_id|>, Llama 4 with <|eot|>; SmolLM2 speaks ChatML. Reasoning
+    # fine-tunes (DeepSeek-R1-Distill-Llama) think in <think> spans their template mentions.
+    spans = think_spans(template)
+    return ChatBehaviour(
+        thinking=bool(spans), hidden_spans=spans, end_of_turn_tokens=("<|eot_id|>", "<|eot|>", "<|im_end|>")
+    )

@@ -22,13 +22,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from adaptrix import family_chat
 from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.manager import AdapterManager, composed_info
 from adaptrix.backends import Backend, Runner
 from adaptrix.errors import AdapterError, BackendError
 from adaptrix.types import LoadedModel
-
-THINK = ("<think>", "</think>")
 
 
 class LlamaCppBackend(Backend):
@@ -68,10 +67,6 @@ class LlamaCppBackend(Backend):
         runtime = LlamaRuntime(source.gguf_file, n_threads=options.threads)
         try:
             codec = LlamaTextCodec(runtime, name=source.model_id)
-            template = codec.chat_template or ""
-            template_kwargs: dict[str, Any] = {}
-            if "enable_thinking" in template:  # Qwen3-style templates: thinking off unless asked for
-                template_kwargs["enable_thinking"] = bool(options.family_options.get("enable_thinking", False))
             loaded = LoadedModel(
                 model=runtime,
                 tokenizer=codec,
@@ -79,8 +74,8 @@ class LlamaCppBackend(Backend):
                 model_id=source.model_id,
                 config=dict(source.config),
                 notes=(f"llama.cpp, {runtime.n_ctx}-token context, {runtime.n_threads} threads",),
-                chat_template_kwargs=template_kwargs,
-                hidden_spans=(THINK,) if THINK[0] in template else (),
+                # thinking, hidden spans, template variables: the family's answer for the GGUF's template
+                chat=family_chat.ask(host, source.family, source.config, codec, options.family_options),
             )
             return LlamaCppRunner(source, loaded, runtime, progress=options.progress)
         except BaseException:
@@ -98,7 +93,8 @@ class LlamaCppRunner(Runner):
         self.runtime = runtime
         self.progress = progress
         special = runtime.special
-        self.eos_ids = tuple(sorted(special.eog))
+        turn_ends = {loaded.tokenizer.convert_tokens_to_ids(t) for t in loaded.end_of_turn_tokens}  # in the vocab
+        self.eos_ids = tuple(sorted(set(special.eog) | turn_ends))
         self.pad_id = special.pad if special.pad is not None else special.eos
         self.context_length = runtime.n_ctx
         self.manager: LlamaCppAdapterManager | None = None

@@ -7,9 +7,9 @@ Phi-3 fuses them into ``qkv_proj`` and ``gate_up_proj``.
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.family import ATTENTION, claims
+from adaptrix.family import ATTENTION, claims, think_spans
 from adaptrix.modelconfig import context_length, text_model_type
-from adaptrix.types import GenerationConfig
+from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "phi"
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
@@ -46,5 +46,11 @@ def target_modules(family, config):
 def load_model(family, model_id, options):
     from adaptrix.loading import load_causal_lm
 
-    # Phi-3 chat turns end with <|end|>, which is not the tokenizer's EOS.
-    return load_causal_lm(family, model_id, options, end_of_turn_tokens=("<|end|>",))
+    return load_causal_lm(family, model_id, options)
+
+
+@hookimpl
+def chat_behaviour(template):
+    # Phi-3 chat turns end with <|end|>, which is not the tokenizer's EOS; Phi-4-reasoning thinks in <think>.
+    spans = think_spans(template)
+    return ChatBehaviour(thinking=bool(spans), hidden_spans=spans, end_of_turn_tokens=("<|end|>",))

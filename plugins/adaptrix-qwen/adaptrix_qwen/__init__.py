@@ -1,20 +1,23 @@
 """adaptrix family plugin for Qwen2, Qwen2.5, Qwen3 and their MoE variants.
 
 Qwen3 chat templates think inside ``<think>...</think>``: the plugin exposes
-``enable_thinking`` (``LoadOptions.family_options`` or per call) and hides the
-span from returned text unless the caller asks for it.
+``enable_thinking`` (a family option, or per call) and hides the span from
+returned text unless the caller asks for it. Qwen2-architecture reasoning
+models (QwQ, DeepSeek-R1-Distill-Qwen) think in the same span, which their
+template mentions.
 """
 
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.family import ATTENTION, GATED_MLP, claims, is_moe, text_config
+from adaptrix.family import ATTENTION, GATED_MLP, THINK, claims, is_moe, text_config, think_spans
 from adaptrix.modelconfig import context_length
-from adaptrix.types import GenerationConfig
+from adaptrix.types import THINKING_SWITCH, ChatBehaviour, GenerationConfig
 
 FAMILY = "qwen"
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("qwen",)
+#: Hybrid thinkers: the template's ``enable_thinking`` switches thinking on and off (off unless asked for).
 THINKING_TYPES = ("qwen3", "qwen3_moe")
 
 
@@ -51,18 +54,21 @@ def target_modules(family, config):
 @hookimpl
 def load_model(family, model_id, options):
     from adaptrix.loading import load_causal_lm
-    from adaptrix.modelconfig import load_config
 
-    config, _ = load_config(model_id, options.revision)
-    thinking = config.get("model_type") in THINKING_TYPES
-    kwargs = {}
-    if thinking:
-        kwargs["enable_thinking"] = bool(options.family_options.get("enable_thinking", False))
-    return load_causal_lm(
-        family, model_id, options,
-        fix_tokenizer=_fix_tokenizer,
-        chat_template_kwargs=kwargs,
-        hidden_spans=(("<think>", "</think>"),) if thinking else (),
+    return load_causal_lm(family, model_id, options, fix_tokenizer=_fix_tokenizer)
+
+
+@hookimpl
+def chat_behaviour(config, template, family_options):
+    # Qwen3 (a hybrid thinker: thinking off unless the user or the call asks), else a Qwen2-architecture
+    # reasoning model whose template opens or strips a <think> span (QwQ, DeepSeek-R1-Distill-Qwen): it
+    # always thinks, the template has no switch. Turns end with <|im_end|> (ChatML).
+    hybrid = (config or {}).get("model_type") in THINKING_TYPES or THINKING_SWITCH in (template or "")
+    spans = (THINK,) if hybrid else think_spans(template)
+    return ChatBehaviour(
+        thinking=bool(spans),
+        thinking_default=bool(family_options.get("enable_thinking", False)) if hybrid else None,
+        hidden_spans=spans,
         end_of_turn_tokens=("<|im_end|>",),
     )
 

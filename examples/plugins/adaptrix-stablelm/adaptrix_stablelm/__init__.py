@@ -8,9 +8,9 @@ own family, defaults and LoRA targets, with no change to the core.
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.family import ATTENTION, GATED_MLP, claims
+from adaptrix.family import ATTENTION, GATED_MLP, claims, think_spans
 from adaptrix.modelconfig import context_length
-from adaptrix.types import GenerationConfig
+from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "stablelm"
 
@@ -40,4 +40,11 @@ def target_modules(family, config):
 def load_model(family, model_id, options):
     from adaptrix.loading import load_causal_lm  # heavy imports stay inside the hook
 
-    return load_causal_lm(family, model_id, options, end_of_turn_tokens=("<|im_end|>",))
+    return load_causal_lm(family, model_id, options)  # fix_tokenizer=... for a tokenizer's quirks
+
+
+@hookimpl
+def chat_behaviour(template):
+    # StableLM 2 chat models speak ChatML: a turn ends with <|im_end|>, not the tokenizer's EOS.
+    spans = think_spans(template)
+    return ChatBehaviour(thinking=bool(spans), hidden_spans=spans, end_of_turn_tokens=("<|im_end|>",))
