@@ -229,7 +229,7 @@ class LlamaCppAdapterManager(AdapterManager):
     def _remove(self, name: str) -> None:
         parts = self._composed.pop(name, None)
         if parts is not None:
-            self._pinned.subtract(parts)  # its sources may be evicted again
+            self._pinned.release(parts)  # its sources may be evicted again
             return
         self.runner.runtime.unload_lora(self._handles.pop(name))
 
@@ -255,14 +255,15 @@ class LlamaCppAdapterManager(AdapterManager):
         return [(self._handles[s], w) for s, w in scales.items()]
 
     def _compose(self, sources, weights, name, method, options) -> AdapterInfo:
-        self._composed[name] = dict(weights)
-        self._pinned.update(weights)  # a composition's sources stay resident while it exists
         infos = [self._infos[s] for s in sources]
-        return composed_info(
+        info = composed_info(
             name, method, weights, infos, rank=sum(i.rank or 0 for i in infos), alpha=None,
             target_modules=tuple(sorted({t for i in infos for t in (i.target_modules or ())})),
             tensor_bytes=0,
         )
+        self._composed[name] = dict(weights)
+        self._pinned.hold(self._composed[name])  # one holder per source, whatever its weight, while it exists
+        return info
 
     def unload(self, name: str) -> None:
         with self._lock:
