@@ -279,6 +279,28 @@ def test_pinned_adapters_are_never_evicted(engine):
     assert engine.get_model_info()["adapters_loaded"] == ["chat"]
 
 
+def test_pins_count_holders_never_weights():
+    """The one owner of pin counting: a composition's weights (a mapping) count one holder per source, a
+    release never drives a count below zero, and only names are counted."""
+    from adaptrix.adapters.pins import Pins
+    from adaptrix.errors import EngineStateError
+
+    pins = Pins()
+    pins.hold({"math": 0.1, "pirate": 0.9})
+    pins.hold({"math": 0.2, "pirate": -0.8})
+    assert pins["math"] == pins["pirate"] == 2
+    with pins.holding(["math", "math"]):
+        assert pins["math"] == 4
+    pins.release({"math": 0.1, "pirate": 0.9})
+    pins.release(["math", "pirate"])
+    assert pins["math"] == pins["pirate"] == 0
+    with pytest.raises(EngineStateError, match="released more often"):
+        pins.release(["math"])
+    assert pins["math"] == 0
+    with pytest.raises(TypeError, match="by name"):
+        pins.hold([0.5])
+
+
 def test_residency_limit_given_to_the_constructor(setup):
     from adaptrix import Engine
 

@@ -144,6 +144,35 @@ def test_cat_composition_is_the_weighted_sum(engine):
     assert engine.generate(QUESTION, adapter="mix_one", temperature=0, max_new_tokens=20) == alone
 
 
+def test_compositions_leave_no_pins_behind(engine):
+    """A composition holds its sources once each, whatever their weights (0 and negative included), and
+    lets go when it is unloaded: the sources then unload, load and get evicted again (issue 15: llama.cpp
+    added the weights as pin counts, so 0.1 + 0.2 - 0.1 - 0.2 left them pinned forever)."""
+    from adaptrix.errors import AdapterError
+
+    engine.load_adapter(str(MATH), activate=False)
+    engine.load_adapter(str(PIRATE), activate=False)
+    mixes = {"mix_a": {"math_specialist": 0.1, "pirate_style": 0.9},
+             "mix_b": {"math_specialist": 0.2, "pirate_style": 0.8},
+             "mix_c": {"math_specialist": 0.0, "pirate_style": -0.5}}
+    for name, weights in mixes.items():
+        engine.compose_adapters(weights, name, method="cat")
+        assert engine.generate(QUESTION, adapter=name, temperature=0, max_new_tokens=4)
+    pins = engine.adapters._pinned
+    if engine.runner.backend == "llamacpp":  # its compositions are scales over their sources: they stay resident
+        assert pins["math_specialist"] == pins["pirate_style"] == 3
+        with pytest.raises(AdapterError, match="part of composition"):
+            engine.unload_adapter("math_specialist")
+    for name in mixes:  # as the server's forget_compositions does before a source is replaced
+        engine.unload_adapter(name)
+    assert pins["math_specialist"] == pins["pirate_style"] == 0
+    engine.unload_adapter("math_specialist")
+    engine.load_adapter(str(MATH), activate=False)
+    engine.configure_adapters(max_loaded_adapters=1)  # LRU evicts the least recently used, now unpinned
+    assert engine.adapters.loaded_names() == ["math_specialist"]
+    assert {r["name"]: r["state"] for r in engine.list_adapters()}["pirate_style"] == "evicted"
+
+
 def test_a_stream_owns_the_model_until_its_generation_ends(engine):
     """Whichever thread pulls a stream generates it (llama.cpp steps in the reader's thread); a call made
     meanwhile, in the reader's own thread or another, finishes the stream first and never changes it; a

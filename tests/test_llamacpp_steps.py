@@ -1,8 +1,10 @@
 """The llama.cpp step decoder (``adaptrix serve``'s batching on llama.cpp) on the embedded SmolLM2.
 
 Oracle: ``engine.generate`` of the same request alone (the single-sequence
-path). Rows join at different steps, with different adapters, and leave early;
-every greedy row must get exactly the tokens and text it gets alone.
+path). Rows join at different steps, with different adapters, and leave early.
+With ``batch_invariant=True`` every greedy row must get exactly the tokens and
+text it gets alone, whatever the schedule; grouped (the default), rows of one
+adapter share a ``llama_decode`` and may round differently (issue 15).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import schedules
 
 pytestmark = pytest.mark.real_weights
 
@@ -21,11 +24,14 @@ N = 24
 
 @pytest.fixture
 def engine(smollm2_llamacpp):
-    """The shared llama.cpp engine, left as found: one sequence, no adapters."""
+    """The shared llama.cpp engine on one thread (on a busy shared CPU two llama.cpp threads wait for each
+    other: ~15x slower), left as found: its threads, one sequence, no adapters."""
     e = smollm2_llamacpp
     runtime = e.runner.runtime
-    before = runtime.n_seq_max
+    before, threads = runtime.n_seq_max, runtime._threads
+    runtime.set_threads(1)
     yield e
+    runtime.set_threads(*threads)
     runtime.set_max_sequences(before)
     for name in list(e.adapters.loaded_names()):
         e.unload_adapter(name)
@@ -49,6 +55,34 @@ def _step(d, texts, done):
         texts[row.key] += d.tail(row)
         d.remove(row)
         done[row.key] = d.finish(row)
+
+
+SCHEDULE_TOKENS = 32
+
+
+@pytest.mark.parametrize("name", list(schedules.SCHEDULES))
+def test_batch_invariant_rows_equal_generate_alone_in_every_join_schedule(engine, name):
+    """Issue 15: grouped, a math_specialist row's answer changed when a second one joined at step 5."""
+    done = schedules.run(engine, schedules.SCHEDULES[name], tokens=SCHEDULE_TOKENS, batch_invariant=True)
+    for i, (prompt, adapter) in enumerate((p, a) for _, p, a in schedules.SCHEDULES[name]):
+        want = schedules.alone(engine, _ALONE, prompt, adapter, SCHEDULE_TOKENS)
+        result, text = done[i]
+        assert result.token_ids == want.token_ids, (name, i)
+        assert result.text == text == want.text and result.finish_reason == want.finish_reason, (name, i)
+
+
+def test_grouped_rows_of_one_adapter_can_round_differently_which_is_why_the_option_exists(engine):
+    """The default groups rows of one adapter in one ``llama_decode``: llama.cpp multiplies a one-token batch
+    by the float32 LoRA tensors with another kernel than a batch of two or more (gemv vs llamafile sgemm), and
+    issue 15's schedule changes the first row's answer. If this starts failing, llama.cpp has become batch
+    invariant here: say so in docs/serve.md and docs/backends.md."""
+    schedule = schedules.SCHEDULES["same-adapter-join-at-5"]
+    done = schedules.run(engine, schedule, tokens=SCHEDULE_TOKENS, batch_invariant=False)
+    want = schedules.alone(engine, _ALONE, schedule[0][1], schedule[0][2], SCHEDULE_TOKENS)
+    assert done[0][0].token_ids != want.token_ids
+
+
+_ALONE: dict = {}
 
 
 def test_rows_joining_at_different_steps_with_mixed_adapters_equal_generate_alone(engine):

@@ -500,3 +500,37 @@ def test_compositions_are_bounded_and_rebuilt_when_asked_again(world, monkeypatc
         assert together[:3] == first
         ask(srv.url, mixes[1])
         assert len(built()) == 2
+
+
+def test_batch_invariant_flag_reaches_the_step_decoder_and_answers_equal_alone(world, monkeypatch):
+    """``adaptrix serve --batch-invariant`` -> ServeOptions -> the scheduler's step decoder computes every row
+    as the request alone: concurrent requests of one adapter get the greedy answers each gets alone."""
+    import uvicorn
+
+    from adaptrix.cli.main import build_parser
+    from adaptrix.serve import app as app_module
+
+    seen = {}
+    monkeypatch.setattr(app_module, "create_app", lambda make, options: seen.setdefault("options", options))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    args = build_parser().parse_args(["serve", "--batch-invariant"])
+    assert args.func(args) == 0 and seen["options"].batch_invariant is True
+    assert build_parser().parse_args(["serve"]).batch_invariant is False
+    monkeypatch.undo()
+
+    app = _app(world, batch_invariant=True)
+    jobs = [(p, "a1") for p in PROMPTS] + [(PROMPTS[0], None), (PROMPTS[1], "a2")]
+
+    def ask(url, job):
+        prompt, model = job
+        r = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+            "model": model or "base", "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+            "max_tokens": N})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    with LiveServer(app) as srv:
+        assert app.state.server.scheduler._decoder.batch_invariant is True
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            got = list(pool.map(lambda job: ask(srv.url, job), jobs))
+    assert got == [world["greedy"](p, a) for p, a in jobs]

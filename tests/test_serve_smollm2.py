@@ -125,7 +125,11 @@ def test_llamacpp_server_equals_llamacpp_engine(smol_server, oracle):
 
 @pytest.mark.real_weights
 def test_llamacpp_server_decodes_concurrent_requests_together(smol_server, oracle):
-    """Concurrent requests across adapters run as parallel llama.cpp sequences; each answer is its answer alone."""
+    """Concurrent requests across adapters run as parallel llama.cpp sequences; each answer is its answer alone.
+
+    At most one row per adapter (and base rows, which this Q4_1 model computes bit-identically in any batch):
+    two rows of one adapter share a decode and may round differently (docs/serve.md, "What a batch may
+    change"; the batch-invariant mode that guarantees them is tested in test_llamacpp_steps)."""
     import concurrent.futures
     import time
 
@@ -133,7 +137,7 @@ def test_llamacpp_server_decodes_concurrent_requests_together(smol_server, oracl
     assert httpx.get(url + "/health").json()["batching"] == "iteration-level"
     c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
     jobs = [(PROMPT, "base"), (PROMPT, "math_specialist"), ("Tell me about the sea.", "pirate_style"),
-            ("Name three colors.", "base"), ("Name three colors.", "math_specialist")]
+            ("Name three colors.", "base")]
 
     def ask(job):
         prompt, model = job

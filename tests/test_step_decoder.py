@@ -1,13 +1,16 @@
 """The transformers step decoder (``adaptrix serve``'s batching): newcomers prefilled together.
 
 Oracle: the engine's own ``generate_detailed`` (transformers ``generate``) for
-each request alone.
+each request alone. With ``batch_invariant=True`` (on the real SmolLM2 and its
+example adapters, many join schedules) each row's logits are bit for bit those
+``generate`` computes alone, so greedy answers are equal whatever runs beside.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from support import schedules
 from support.adapters import make_adapter
 
 N = 10
@@ -135,3 +138,75 @@ def test_a_row_keeps_its_answer_while_other_adapters_come_and_go(tiny_model, tmp
         assert _drain(decoder) == {"base": want}
     finally:
         e.cleanup()
+
+
+def test_a_backend_without_batch_invariant_decoding_is_refused_by_name(engine, monkeypatch):
+    """A third-party step decoder that cannot decode rows apart gets a clear error, not a TypeError."""
+    from adaptrix.errors import BackendError
+
+    monkeypatch.setattr(engine.runner, "step_decoder", lambda engine, *, max_rows=8: None)
+    assert engine.step_decoder(max_rows=2) is None
+    with pytest.raises(BackendError, match="cannot compute rows as if alone.*--no-batching"):
+        engine.step_decoder(max_rows=2, batch_invariant=True)
+
+
+# -- batch invariance on the real SmolLM2 ------------------------------------------------------------------
+
+SCHEDULE_TOKENS = 12
+_ALONE: dict = {}
+
+
+@pytest.fixture
+def smol(smollm2_engine, one_thread):
+    """The shared transformers SmolLM2 engine, left as found: no adapters loaded."""
+    yield smollm2_engine
+    for name in list(smollm2_engine.adapters.loaded_names()):
+        smollm2_engine.unload_adapter(name)
+
+
+@pytest.mark.real_weights
+@pytest.mark.parametrize("name", list(schedules.SCHEDULES))
+def test_batch_invariant_rows_equal_generate_alone_in_every_join_schedule(smol, name):
+    done = schedules.run(smol, schedules.SCHEDULES[name], tokens=SCHEDULE_TOKENS, batch_invariant=True)
+    for i, (_, prompt, adapter) in enumerate(schedules.SCHEDULES[name]):
+        want = schedules.alone(smol, _ALONE, prompt, adapter, SCHEDULE_TOKENS)
+        result, text = done[i]
+        assert result.token_ids == want.token_ids, (name, i)
+        assert result.text == text == want.text and result.finish_reason == want.finish_reason, (name, i)
+
+
+@pytest.mark.real_weights
+@pytest.mark.parametrize("batch_invariant", [True, False])
+def test_batch_invariant_rows_get_the_logits_generate_computes_alone(smol, batch_invariant):
+    """Bit for bit, every step, with a row of the same adapter beside it; batched rows (the default) round
+    differently (float32 matmuls of another shape, the mixed-adapter LoRA path), which is what the option
+    is for."""
+    import torch
+
+    math = schedules.MATH
+    head = smol.model.lm_head
+    seen: list = []
+    hook = head.register_forward_hook(lambda module, args, out: seen.append(out[0, -1].clone()))
+    try:
+        smol.generate_detailed(schedules.OCEAN, adapter=math, temperature=0, max_new_tokens=SCHEDULE_TOKENS)
+    finally:
+        hook.remove()
+    alone = list(seen)
+    decoder = smol.step_decoder(max_rows=4, batch_invariant=batch_invariant)
+    picked: dict = {0: [], 1: []}
+    pick = decoder._pick
+    decoder._pick = lambda row, logits: picked[row.key].append(logits[0].clone()) or pick(row, logits)
+    for key, prompt in enumerate((schedules.OCEAN, schedules.TIMES)):
+        prepared = smol.prepare_request(prompt, adapter=math, temperature=0, max_new_tokens=SCHEDULE_TOKENS)
+        decoder.add(key, prepared, math)
+    while decoder.rows:
+        decoder.step()
+        for row in [r for r in decoder.rows if r.finish_reason]:
+            decoder.remove(row)
+    mine = picked[0][: len(alone)]
+    assert len(mine) == len(alone) > 4
+    same = [torch.equal(a, b) for a, b in zip(alone, mine)]
+    if batch_invariant:
+        assert all(same)
+    else:
+        assert not all(same)

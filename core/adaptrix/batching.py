@@ -4,16 +4,26 @@
 each use a different adapter. New rows are prefilled (those that arrive together
 in one padded forward pass), then their KV caches are merged into the running
 batch (left padding); finished or cancelled rows leave between steps. Greedy
-rows get exactly the tokens they would get alone, up to floating-point effects
-of the batch shape.
+rows get the tokens they would get alone up to floating-point effects of the
+batch shape: a batch's matmuls (and the mixed-adapter LoRA path, with each
+adapter's scaling folded into its ``B``) may round differently from a row
+alone, which can, rarely, change a greedy answer.
 
-The decoder reaches the engine through three public methods only:
+``batch_invariant=True`` computes each row exactly as ``generate`` computes the
+request alone: every row keeps its own KV cache, is prefilled alone and steps in
+a forward pass of its own through the module ``generate`` uses, with its
+adapter made active by the engine's adapter scope (one scope per adapter per
+step). Greedy answers then equal ``generate``'s whatever runs beside them, at
+the cost of one forward pass per row (``bench/bench_batch_invariance.py``).
+
+The decoder reaches the engine through its public interface only:
 
 - :meth:`Engine.prepare_request` -> :class:`~adaptrix.generation.PreparedRequest`
   (prompt ids, settings, stop strings, hidden spans, EOS and pad ids);
 - :meth:`Engine.decoding_model` -> the module and the per-row adapter kwargs
   (peft ``adapter_names`` through the engine's mixed-adapter forward);
-- :meth:`Engine.result_for` -> the final :class:`~adaptrix.generation.GenerationResult`.
+- :meth:`Engine.result_for` -> the final :class:`~adaptrix.generation.GenerationResult`;
+- batch-invariant mode: ``Engine.adapters.scope(adapter)``, the scope ``generate`` runs a request in.
 
 Caches of sliding-window or recurrent layers are not merged: :func:`supported`
 says whether a model can be batched this way.
@@ -21,6 +31,7 @@ says whether a model can be batched this way.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import attrs
@@ -62,13 +73,17 @@ class Row:
     generator: Any = None
     history: Any = None  # prompt + generated ids (tensor), for repetition penalty
     position: int = 0  # position of the next token fed to the model
+    cache: Any = None  # batch-invariant mode: the row's own DynamicCache and [1, T] mask
+    mask: Any = None
 
 
 class StepDecoder:
     """Decode many rows together, one token per row per :meth:`step`."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, *, batch_invariant: bool = False):
         self.engine = engine
+        #: Each row computed alone, as ``generate`` computes it (see the module docstring).
+        self.batch_invariant = bool(batch_invariant)
         self.tokenizer = engine.tokenizer
         self.rows: list[Row] = []
         self._cache = None  # DynamicCache of the batch, [B, H, T, D] per layer
@@ -92,6 +107,8 @@ class StepDecoder:
         item raised; a group that fails is retried one prompt at a time, so one
         bad request fails alone.
         """
+        if self.batch_invariant:
+            return gen.add_each(self, items)
         out: list = [None] * len(items)
         for group in _groups([len(p.input_ids) for _, p, _ in items]):
             try:
@@ -104,9 +121,9 @@ class StepDecoder:
         return out
 
     def _prefill(self, items) -> list[tuple[Row, str]]:
-        """One forward pass over left-padded prompts; merges the rows into the batch only if it succeeds."""
+        """One forward pass over left-padded prompts; merges the rows into the batch only if it succeeds
+        (batch-invariant: one prompt, its row keeps its own cache)."""
         import torch
-        from transformers import DynamicCache
 
         rows = []
         for key, prepared, adapter in items:
@@ -115,7 +132,26 @@ class StepDecoder:
             row.pipeline = prepared.pipeline()
             row.processors, row.generator = _sampling(prepared.settings)
             rows.append(row)
-        module, kwargs = self._module(tuple(r.adapter for r in rows))
+        with self._forward_for(rows) as (module, kwargs):
+            out, mask = self._prefill_forward(rows, module, kwargs)
+        tokens = []
+        for i, row in enumerate(rows):
+            row.history = torch.tensor([list(row.prepared.input_ids)], dtype=torch.long, device=_device(module))
+            row.position = len(row.prepared.input_ids)
+            tokens.append(self._pick(row, out.logits[i : i + 1, -1, :]))
+        if self.batch_invariant:
+            (row,) = rows
+            row.cache, row.mask = out.past_key_values, mask
+            self.rows.append(row)
+        else:
+            self._merge(rows, out.past_key_values, mask)
+        return [(row, self._accept(row, token)) for row, token in zip(rows, tokens)]
+
+    def _prefill_forward(self, rows, module, kwargs):
+        """The prefill forward pass of ``rows``' left-padded prompts: ``(output, [n, T] mask)``."""
+        import torch
+        from transformers import DynamicCache
+
         device = _device(module)
         prompts = [list(r.prepared.input_ids) for r in rows]
         width = max(len(p) for p in prompts)
@@ -130,16 +166,14 @@ class StepDecoder:
                 input_ids=ids, attention_mask=mask.to(device), position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1, **kwargs,
             )
-        tokens = []
-        for i, row in enumerate(rows):
-            row.history = torch.tensor([prompts[i]], dtype=torch.long, device=device)
-            row.position = len(prompts[i])
-            tokens.append(self._pick(row, out.logits[i : i + 1, -1, :]))
-        self._merge(rows, out.past_key_values, mask)
-        return [(row, self._accept(row, token)) for row, token in zip(rows, tokens)]
+        return out, mask
 
     def remove(self, row: Row) -> None:
         """Take a row out of the batch (finished or cancelled)."""
+        if self.batch_invariant:
+            self.rows.remove(row)
+            row.cache = row.mask = None
+            return
         i = self.rows.index(row)
         keep = [j for j in range(len(self.rows)) if j != i]
         self.rows.pop(i)
@@ -170,6 +204,8 @@ class StepDecoder:
         if not rows:
             return []
         assert len(rows) == len(self.rows), "remove finished rows before the next step"
+        if self.batch_invariant:
+            return self._step_apart()
         module, kwargs = self._module(tuple(r.adapter for r in self.rows))
         device = _device(module)
         last = torch.tensor([[r.generated[-1]] for r in self.rows], dtype=torch.long, device=device)
@@ -196,7 +232,47 @@ class StepDecoder:
         """Text still held back by the row's pipeline, released at its end."""
         return row.pipeline.feed(row.decoder.finish()) + row.pipeline.flush()
 
+    def _step_apart(self) -> list[tuple[Row, str]]:
+        """:meth:`step` in batch-invariant mode: a forward pass per row, rows of one adapter under one scope."""
+        import torch
+
+        groups: dict[Any, list[Row]] = {}
+        for row in self.rows:
+            groups.setdefault(row.adapter, []).append(row)
+        picked: dict[int, int] = {}
+        for members in groups.values():
+            with self._forward_for(members[:1]) as (module, kwargs):
+                device = _device(module)
+                for row in members:
+                    mask = torch.cat([row.mask, torch.ones((1, 1), dtype=row.mask.dtype)], dim=1)
+                    with torch.inference_mode():
+                        out = module(
+                            input_ids=torch.tensor([[row.generated[-1]]], dtype=torch.long, device=device),
+                            attention_mask=mask.to(device), position_ids=torch.tensor([[row.position]], device=device),
+                            past_key_values=row.cache, use_cache=True, **kwargs,
+                        )
+                    row.mask = mask
+                    picked[id(row)] = self._pick(row, out.logits[:, -1, :])
+        events = []
+        for row in self.rows:
+            row.position += 1
+            events.append((row, self._accept(row, picked[id(row)])))
+        return events
+
     # -- internals ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _forward_for(self, rows: Sequence[Row]):
+        """``(module, kwargs)`` serving ``rows`` for the body. Batched: the engine's mixed-adapter forward for
+        the rows' adapters. Batch-invariant (rows of one adapter): the module ``generate`` calls, with that
+        adapter active through the engine's adapter scope, exactly as ``generate`` runs the request alone."""
+        if not self.batch_invariant:
+            yield self._module(tuple(r.adapter for r in rows))
+            return
+        (adapter,) = {r.adapter for r in rows}
+        with self.engine.adapters.scope(adapter):
+            module, kwargs = self.engine.decoding_model([])  # no per-row adapters: the active ones apply
+            yield module, kwargs
+
     def _module(self, adapters: tuple):
         if self._forward is None or self._forward[0] != adapters:
             module, kwargs = self.engine.decoding_model(list(adapters))

@@ -655,11 +655,27 @@ class Engine:
             conv = Conversation(name="request", messages=[dict(m) for m in history]) if history and not req.raw else None
             return self._prepare(req, conv)
 
-    def step_decoder(self, max_rows: int = 8):
+    def step_decoder(self, max_rows: int = 8, *, batch_invariant: bool = False):
         """The backend's step-level decoder for up to ``max_rows`` rows (see
-        :meth:`adaptrix.backends.Runner.step_decoder`), or ``None``: serve one request at a time."""
+        :meth:`adaptrix.backends.Runner.step_decoder`), or ``None``: serve one request at a time.
+
+        ``batch_invariant=True``: every row is computed exactly as the request alone (one forward or
+        ``llama_decode`` per row), so each greedy answer equals ``generate``'s, whatever decodes beside
+        it; batched rows (the default) are faster but may round differently and, rarely, change a
+        greedy answer. See docs/serve.md."""
         with self._lock:
-            return self.runner.step_decoder(self, max_rows=max_rows)
+            runner = self.runner
+            if not batch_invariant:
+                return runner.step_decoder(self, max_rows=max_rows)
+            import inspect
+
+            if "batch_invariant" not in inspect.signature(runner.step_decoder).parameters:
+                raise BackendError(
+                    f"the {runner.backend} backend's step decoder cannot compute rows as if alone "
+                    "(batch_invariant); serve one request at a time (adaptrix serve --no-batching) for answers that "
+                    "never depend on the batch"
+                )
+            return runner.step_decoder(self, max_rows=max_rows, batch_invariant=True)
 
     def decoding_model(self, adapters: Sequence[str | None]):
         """``(module, forward_kwargs)``: calling ``module(..., **forward_kwargs)`` gives row i ``adapters[i]``.

@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 from ..errors import AdapterError, AdapterFormatError, AdapterIncompatibleError, AdapterNotFoundError, BackendError
 from ..types import UNSET
 from .info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
+from .pins import Pins
 from .sources import available_adapters, is_bare_name, resolve_adapter
 from .validate import CompatibilityReport, ModuleIndex, validate
 
@@ -84,7 +85,8 @@ class AdapterManager(ABC):
         self._lru: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._active: tuple[str, ...] = ()
         self._merged: tuple[str, ...] = ()
-        self._pinned: collections.Counter = collections.Counter()
+        #: Holders per adapter (scopes, running rows, a backend's compositions): pinned ones are never evicted.
+        self._pinned = Pins()
         self._index: ModuleIndex | None = None
 
     # -- what a backend implements -------------------------------------------
@@ -348,23 +350,18 @@ class AdapterManager(ABC):
 
         Pinned adapters still count towards the residency budget; unloading one raises until released.
         """
-        names = list(names)
         with self._lock:
-            self._pinned.update(names)
+            names = self._pinned.hold(names)
         try:
             yield
         finally:
             with self._lock:
-                self._pinned.subtract(names)
+                self._pinned.release(names)
 
     @contextlib.contextmanager
     def _pin(self, names: Iterable[str]):
-        names = list(names)
-        self._pinned.update(names)
-        try:
+        with self._pinned.holding(names):
             yield
-        finally:
-            self._pinned.subtract(names)
 
     @contextlib.contextmanager
     def scope(self, adapter: Any):

@@ -124,7 +124,7 @@ class Runner(ABC):
             cancel.set()
             worker.join()  # within one step: the model is free when this returns
 
-    def step_decoder(self, engine, *, max_rows: int = 8):
+    def step_decoder(self, engine, *, max_rows: int = 8, batch_invariant: bool = False):
         """A step-level decoder for iteration-level batching (``adaptrix serve``), or ``None`` when this
         backend or model has none (requests are then served one at a time).
 
@@ -141,7 +141,11 @@ class Runner(ABC):
         until the end); ``finish(row)`` (the
         :class:`~adaptrix.generation.GenerationResult` ``generate`` returns).
         Rows have ``adapter`` and ``finish_reason`` (``eos``, ``stop``,
-        ``length``). Greedy rows get exactly what ``generate`` gives them alone.
+        ``length``). Greedy rows get what ``generate`` gives them alone, up to
+        floating-point effects of computing rows together; with
+        ``batch_invariant=True`` each row must be computed exactly as
+        ``generate`` computes the request alone (the engine passes it only when
+        asked), so its greedy tokens are ``generate``'s whatever runs beside it.
         """
         return None
 

@@ -89,11 +89,12 @@ class TransformersRunner(Runner):
         self.manager.base_file = self.source.gguf_file
         return self.manager
 
-    def step_decoder(self, engine, *, max_rows: int = 8):
-        """:class:`adaptrix.batching.StepDecoder` where the model's KV cache can be merged row by row."""
+    def step_decoder(self, engine, *, max_rows: int = 8, batch_invariant: bool = False):
+        """:class:`adaptrix.batching.StepDecoder` where the model's KV cache can be merged row by row
+        (``batch_invariant``: each row computed alone, as ``generate`` computes it)."""
         from .. import batching
 
-        return batching.StepDecoder(engine) if batching.supported(engine) else None
+        return batching.StepDecoder(engine, batch_invariant=batch_invariant) if batching.supported(engine) else None
 
     def decoding_model(self, adapters: Sequence[str | None]):
         """``(module, forward_kwargs)`` serving row i with ``adapters[i]`` (for step-level decoders)."""

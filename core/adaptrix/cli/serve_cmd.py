@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--allow-adapter-dir", action="append", default=[], metavar="DIR",
                    help="another folder adapters may be loaded from at run time (repeatable)")
     p.add_argument("--no-batching", action="store_true", help="run one request at a time")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="decode each batched request as if alone, so a temperature-0 answer never depends on what "
+                   "runs beside it (slower: one forward pass per request per step; see docs/serve.md)")
     p.add_argument("--served-model-name", metavar="NAME", help="the base model's id in /v1/models")
     p.set_defaults(func=run)
 
@@ -90,7 +93,7 @@ def run(args) -> int:
         enable_adapter_loading=args.enable_adapter_loading, allowed_dirs=tuple(args.allow_adapter_dir),
         max_body_bytes=args.max_body_bytes, batching="off" if args.no_batching else "auto",
         model_name=args.served_model_name, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-        cors_origins=tuple(args.cors_origin),
+        cors_origins=tuple(args.cors_origin), batch_invariant=args.batch_invariant,
     )
 
     def make_engine():

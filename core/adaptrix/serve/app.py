@@ -58,7 +58,7 @@ class Server:
             info = engine.get_model_info()
             scheduler = Scheduler(engine, self.metrics, max_batch=self.options.max_batch,
                                   max_queue=self.options.max_queue, batching=self.options.batching != "off",
-                                  exists=self.adapter_exists)
+                                  exists=self.adapter_exists, batch_invariant=self.options.batch_invariant)
             scheduler.start()  # batches when the engine's backend has a step decoder for this model
             batching = scheduler.batching
         except Exception as exc:  # reported by /health and the log; the process stays up
@@ -72,7 +72,8 @@ class Server:
         self.engine, self.scheduler = engine, scheduler
         log.info("adaptrix serve: %s ready in %.1f s (%s, %s backend, %s)", self.model_id,
                  time.perf_counter() - start, info.get("family"), self.backend,
-                 f"iteration-level batching, up to {scheduler.max_batch} requests" if batching
+                 f"iteration-level batching, up to {scheduler.max_batch} requests"
+                 + (", batch-invariant" if scheduler.batch_invariant else "") if batching
                  else "one request at a time")
 
     def batching_mode(self) -> str:

@@ -104,6 +104,8 @@ class ServeOptions:
     body_timeout: float = attrs.field(default=30.0, validator=_checked)
     #: Origins browsers may call the API from (CORS); empty: no CORS headers.
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_checked)
+    #: Each batched request computed exactly as if alone (``Engine.step_decoder(batch_invariant=True)``).
+    batch_invariant: bool = False
 
 
 def flag_type(name: str, convert: Callable[[str], Any] = int) -> Callable[[str], Any]:

@@ -120,9 +120,11 @@ class Scheduler:
     """Owns ``engine`` on its own thread; see the module docstring."""
 
     def __init__(self, engine, metrics, *, max_batch: int = 8, max_queue: int = 64, batching: bool = True,
-                 exists: Callable[[str], bool] | None = None):
-        """``exists(name)``: whether a request may still name adapter ``name`` (None: do not check)."""
+                 exists: Callable[[str], bool] | None = None, batch_invariant: bool = False):
+        """``exists(name)``: whether a request may still name adapter ``name`` (None: do not check);
+        ``batch_invariant``: each row computed as if alone (passed to the step decoder)."""
         self.engine = engine
+        self.batch_invariant = batch_invariant  # passed to the step decoder
         self.metrics = metrics
         self.max_batch = max(1, int(max_batch))
         self.max_queue = max(0, int(max_queue))
@@ -143,7 +145,7 @@ class Scheduler:
     # -- client side ------------------------------------------------------------
     def start(self) -> None:
         if self.batching:
-            self._decoder = self.engine.step_decoder(max_rows=self.max_batch)
+            self._decoder = self.engine.step_decoder(max_rows=self.max_batch, batch_invariant=self.batch_invariant)
             self.batching = self._decoder is not None
         self._thread = threading.Thread(target=self._loop, name="adaptrix-scheduler", daemon=True)
         self._thread.start()
@@ -447,7 +449,7 @@ class Scheduler:
         if self.batching:
             with contextlib.suppress(Exception):  # frees what the old decoder holds (sequences, pins)
                 getattr(self._decoder, "close", lambda: None)()
-            self._decoder = self.engine.step_decoder(max_rows=self.max_batch)
+            self._decoder = self.engine.step_decoder(max_rows=self.max_batch, batch_invariant=self.batch_invariant)
 
     # -- serial mode ----------------------------------------------------------------------
     def _run_serial(self, job: Job) -> None:

@@ -127,11 +127,12 @@ class LlamaCppRunner(Runner):
         """Generated in the pulling thread, one ``llama_decode`` per ``next()``: no thread in between."""
         return self._row(ids, cfg, None if stop is None else (lambda new_ids: stop(0, new_ids)), None)
 
-    def step_decoder(self, engine, *, max_rows: int = 8):
-        """Rows as parallel sequences of the one context (:mod:`.steps`)."""
+    def step_decoder(self, engine, *, max_rows: int = 8, batch_invariant: bool = False):
+        """Rows as parallel sequences of the one context (:mod:`.steps`); ``batch_invariant``: one
+        ``llama_decode`` per row instead of per adapter."""
         from .steps import LlamaStepDecoder
 
-        return LlamaStepDecoder(engine, self, max_rows=max_rows)
+        return LlamaStepDecoder(engine, self, max_rows=max_rows, batch_invariant=batch_invariant)
 
     def _row(self, ids, cfg, stop, cancel):
         """One prompt's new tokens; the end-of-generation token that ends a row is kept, as transformers keeps EOS."""
@@ -230,7 +231,7 @@ class LlamaCppAdapterManager(AdapterManager):
     def _remove(self, name: str) -> None:
         parts = self._composed.pop(name, None)
         if parts is not None:
-            self._pinned.subtract(parts)  # its sources may be evicted again
+            self._pinned.release(parts)  # its sources may be evicted again
             return
         self.runner.runtime.unload_lora(self._handles.pop(name))
 
@@ -256,14 +257,15 @@ class LlamaCppAdapterManager(AdapterManager):
         return [(self._handles[s], w) for s, w in scales.items()]
 
     def _compose(self, sources, weights, name, method, options) -> AdapterInfo:
-        self._composed[name] = dict(weights)
-        self._pinned.update(weights)  # a composition's sources stay resident while it exists
         infos = [self._infos[s] for s in sources]
-        return composed_info(
+        info = composed_info(
             name, method, weights, infos, rank=sum(i.rank or 0 for i in infos), alpha=None,
             target_modules=tuple(sorted({t for i in infos for t in (i.target_modules or ())})),
             tensor_bytes=0,
         )
+        self._composed[name] = dict(weights)
+        self._pinned.hold(self._composed[name])  # one holder per source, whatever its weight, while it exists
+        return info
 
     def unload(self, name: str) -> None:
         with self._lock:

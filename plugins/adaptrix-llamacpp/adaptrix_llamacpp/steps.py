@@ -6,14 +6,31 @@
 
 - each row is a sequence of the runtime's context (ids ``1 .. max_rows``; 0 is
   the single-sequence path's), each with the whole context in its own KV
-  stream, laid out as if alone: greedy rows get bit-identical logits, hence
-  exactly the answer ``generate`` gives them alone;
+  stream, laid out as if alone: its attention is computed exactly as alone
+  (one token per stream), and a row alone in its adapter group gets
+  bit-identical logits, hence exactly the answer ``generate`` gives it alone
+  (rows that share a group: see "Batch invariance" below);
 - a newcomer's prompt is prefilled in its own decode call(s) on its sequence;
 - :meth:`~LlamaStepDecoder.step` decodes one token per row: one
   ``llama_decode`` per adapter group, since LoRA adapters are set per context,
   not per sequence (a switch costs about 0.01 ms); each row samples from its
   own chain, built as the single-sequence path builds it;
 - a removed row's KV cells are freed at once.
+
+Batch invariance. llama.cpp multiplies a one-token batch by a float32 tensor
+with ``ggml_vec_dot_f32`` and a batch of two or more with llamafile's sgemm
+(``llamafile_sgemm`` declines ``n < 2``), which sum in another order: the
+rows of a LoRA's ``lora_a``/``lora_b`` products differ in their last bits
+(measured on every step; the first tensor that differs is layer 0's
+``attn_q`` ``lora_a`` product). Quantized base weights quantize their
+input again and usually absorb that, but not always: a greedy answer with an
+adapter may then change when another row of the same adapter decodes beside
+it (the base model's rows are bit-identical on the embedded Q4_1 model, whose
+quantized kernels have no such split). ``batch_invariant=True`` decodes every
+row in a ``llama_decode`` of its own, exactly as ``generate`` decodes it
+alone, so each greedy answer is the request's answer alone whatever runs
+beside it; it costs the throughput of grouping rows of one adapter
+(``bench/bench_batch_invariance.py``).
 
 The context is resized once for ``max_rows + 1`` sequences (its KV cache grows
 that many times). :meth:`~LlamaStepDecoder.add` raises
@@ -63,10 +80,12 @@ class Row:
 class LlamaStepDecoder:
     """Decode up to ``max_rows`` rows together, one token per row per :meth:`step`."""
 
-    def __init__(self, engine, runner, *, max_rows: int = 8):
+    def __init__(self, engine, runner, *, max_rows: int = 8, batch_invariant: bool = False):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise GenerationError(f"max_rows must be a positive whole number, got {max_rows!r}")
         self.engine = engine
+        #: Each row decoded in a ``llama_decode`` of its own (see the module docstring).
+        self.batch_invariant = bool(batch_invariant)
         self.runner = runner
         self.runtime = runner.runtime
         self.manager = runner.manager
@@ -155,7 +174,7 @@ class LlamaStepDecoder:
         if not rows:
             return []
         assert len(rows) == len(self.rows), "remove finished rows before the next step"
-        groups: dict[str | None, list[Row]] = {}
+        groups: dict[str | None, list[Row]] = {}  # one llama_decode per group (per row when batch-invariant)
         for row in rows:
             groups.setdefault(row.name, []).append(row)
         picked: dict[int, int] = {}
@@ -165,14 +184,15 @@ class LlamaStepDecoder:
         # rebuild at the next decode (measured: 35% of a one-row step when set and restored every step)
         with self._lock:
             for name in sorted(groups, key=lambda name: scales[name] != current):
-                members = groups[name]
                 self._use(scales[name])
-                self.runtime.decode_sequences(
-                    [r.generated[-1] for r in members], [r.position for r in members],
-                    [r.seq for r in members], [True] * len(members),
-                )
-                for i, row in enumerate(members):
-                    picked[id(row)] = row.chain.sample(i)
+                members = groups[name]
+                for batch in ([[row] for row in members] if self.batch_invariant else [members]):
+                    self.runtime.decode_sequences(
+                        [r.generated[-1] for r in batch], [r.position for r in batch],
+                        [r.seq for r in batch], [True] * len(batch),
+                    )
+                    for i, row in enumerate(batch):
+                        picked[id(row)] = row.chain.sample(i)
         events = []
         for row in rows:
             row.position += 1
