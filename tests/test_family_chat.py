@@ -17,7 +17,7 @@ from adaptrix import ChatBehaviour
 from adaptrix.errors import PluginError
 from adaptrix.plugins import PluginHost, get_host
 
-from support.forced import force_output
+from support.forced import engines_per_backend, force_output
 from support.tiny_gguf import build_tiny_gguf
 
 BACKENDS = ["transformers", "llamacpp"]
@@ -62,24 +62,7 @@ def r1_files(fixtures_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def r1(r1_files, one_thread):
     """``r1(backend) -> Engine`` on the tiny R1 distill, loaded once per backend."""
-    from adaptrix import Engine
-
-    hf, gguf_path = r1_files
-    opened: dict[str, Engine] = {}
-
-    def get(backend: str) -> Engine:
-        if backend not in opened:
-            if backend == "llamacpp":
-                pytest.importorskip("adaptrix_llamacpp")
-                pytest.importorskip("llama_cpp")
-            e = Engine(str(gguf_path if backend == "llamacpp" else hf), backend=backend, threads=1, progress=False)
-            e.initialize()
-            opened[backend] = e
-        return opened[backend]
-
-    yield get
-    for e in opened.values():
-        e.cleanup()
+    yield from engines_per_backend(*r1_files)
 
 
 def test_r1_distill_is_formatted_the_same_on_both_backends(r1):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from support.forced import force_output, forced_ids
+from support.forced import engines_per_backend, force_output, forced_ids
 from support.tiny_gguf import build_tiny_gguf
 
 THOUGHT = "<think>\nThe user asks 2+2. That is 4.\n</think>\n\nThe answer is 4."
@@ -39,24 +39,7 @@ def qwen3_files(fixtures_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engines(qwen3_files, one_thread):
     """``engines(backend) -> Engine`` on the same model, loaded once per backend."""
-    from adaptrix import Engine
-
-    hf, gguf_path = qwen3_files
-    opened: dict[str, Engine] = {}
-
-    def get(backend: str) -> Engine:
-        if backend not in opened:
-            if backend == "llamacpp":
-                pytest.importorskip("adaptrix_llamacpp")
-                pytest.importorskip("llama_cpp")
-            e = Engine(str(gguf_path if backend == "llamacpp" else hf), backend=backend, threads=1, progress=False)
-            e.initialize()
-            opened[backend] = e
-        return opened[backend]
-
-    yield get
-    for e in opened.values():
-        e.cleanup()
+    yield from engines_per_backend(*qwen3_files)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -54,3 +54,29 @@ def force_output(engine, monkeypatch, text: str) -> list[int]:
 
     monkeypatch.setattr(engine.model, "generate", generate)
     return forced
+
+
+def engines_per_backend(hf, gguf_path):
+    """Yield ``get(backend) -> Engine`` on one tiny model, its HF folder on transformers and its GGUF on
+    llama.cpp, each loaded once on first use and cleaned up when the generator is closed (a fixture body)."""
+    import pytest
+
+    from adaptrix import Engine
+
+    opened: dict = {}
+
+    def get(backend: str):
+        if backend not in opened:
+            if backend == "llamacpp":
+                pytest.importorskip("adaptrix_llamacpp")
+                pytest.importorskip("llama_cpp")
+            e = Engine(str(gguf_path if backend == "llamacpp" else hf), backend=backend, threads=1, progress=False)
+            e.initialize()
+            opened[backend] = e
+        return opened[backend]
+
+    try:
+        yield get
+    finally:
+        for e in opened.values():
+            e.cleanup()
