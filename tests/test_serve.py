@@ -473,9 +473,9 @@ def test_while_loading_health_is_503_and_every_api_route_answers_503(world):
 def test_compositions_are_bounded_and_rebuilt_when_asked_again(world, monkeypatch):
     """Past MAX_COMPOSITIONS the least recently used composition is unloaded, never one a running request
     uses; asked for again it is rebuilt with the same answer."""
-    from adaptrix.serve import scheduler
+    from adaptrix.adapters import compositions
 
-    monkeypatch.setattr(scheduler, "MAX_COMPOSITIONS", 2)
+    monkeypatch.setattr(compositions, "MAX_COMPOSITIONS", 2)
     mixes = [{"a1": 0.5, "a2": 0.5}, {"a1": 0.3, "a3": 0.7}, {"a2": 0.2, "a4": 0.8}, {"a3": 0.6, "a4": 0.4}]
     app = _app(world)
     engine = lambda: app.state.server.scheduler.engine  # noqa: E731

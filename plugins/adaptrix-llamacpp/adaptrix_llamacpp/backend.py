@@ -269,12 +269,10 @@ class LlamaCppAdapterManager(AdapterManager):
             tensor_bytes=0,
         )
 
-    def unload(self, name: str) -> None:
-        with self._lock:
-            users = sorted(c for c, parts in self._composed.items() if name in parts)
-            if users:
-                raise AdapterError(f"adapter {name!r} is part of composition(s) {users}; unload those first")
-            super().unload(name)
+    def _check_removable(self, name: str) -> None:
+        users = sorted(c for c, parts in self._composed.items() if name in parts)
+        if users:
+            raise AdapterError(f"adapter {name!r} is part of composition(s) {users}; unload those first")
 
     def _close(self) -> None:
         self._handles.clear()
