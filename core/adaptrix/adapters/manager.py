@@ -334,7 +334,6 @@ class AdapterManager(ABC):
         """
         with self._lock:
             self._compositions.forget(name)
-            self._compositions.discard(name)
             if name not in self._infos:
                 if self._known.pop(name, None) is not None:
                     return
@@ -344,6 +343,7 @@ class AdapterManager(ABC):
             if self._pinned[name]:
                 raise AdapterError(f"adapter {name!r} is in use by a running generation; unload it afterwards")
             self._check_removable(name)
+            self._compositions.discard(name)
             self._drop(name)
 
     def _drop(self, name: str) -> None:
