@@ -196,3 +196,38 @@ def test_history_answers_as_a_stored_conversation_and_stores_nothing(engine):
         engine.generate("hi", history=history, conversation="x")
     with pytest.raises(GenerationError, match=r"history\[0\]"):
         engine.generate("hi", history=[{"role": "tool", "content": "x"}])
+
+
+# -- the same API on llama.cpp (real weights, the shared session engine) -------------------------------------
+
+
+def test_llamacpp_replace_and_held_compositions(smollm2_llamacpp):
+    from pathlib import Path
+
+    from adaptrix.errors import AdapterError
+
+    engine = smollm2_llamacpp
+    examples = Path(__file__).resolve().parents[1] / "examples" / "adapters"
+    settings = dict(temperature=0, max_new_tokens=12)
+    question = "What is 25 times 8?"
+    try:
+        engine.adapters.replace("rt", examples / "pirate_style")
+        pirate = engine.generate(question, adapter="rt", **settings)
+        assert engine.adapters.replace("rt", examples / "math_specialist").replaced
+        math = engine.generate(question, adapter="rt", **settings)
+        assert math != pirate
+        with engine.adapters.hold(weights=(("rt", 1.0),)) as hold:
+            assert engine.generate(question, adapter=hold.name, **settings) == math
+        engine.unload_adapter("rt")  # its cached composition goes with it, no "part of composition" refusal
+        assert not [r for r in engine.list_adapters() if r["name"] in ("rt", hold.name)]
+        engine.adapters.replace("rt", examples / "math_specialist")
+        engine.compose_adapters({"rt": 1.0}, "user_mix", method="cat")  # a user's own composition still guards
+        with pytest.raises(AdapterError, match="part of composition"):
+            engine.unload_adapter("rt")
+        with pytest.raises(AdapterError, match="part of composition"):
+            engine.adapters.replace("rt", examples / "pirate_style")
+        assert engine.generate(question, adapter="rt", **settings) == math
+    finally:
+        for name in ("user_mix", "rt"):
+            if name in engine.adapters.loaded_names():
+                engine.unload_adapter(name)

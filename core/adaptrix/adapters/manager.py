@@ -298,9 +298,9 @@ class AdapterManager(ABC):
                 if old.composed:
                     raise AdapterError(f"adapter {name!r} is a composition ({old.path}); unload it first, then load "
                                        f"{folder} under that name")
+                self._check_removable(name)
                 if self._pinned[name]:
                     raise AdapterError(f"adapter {name!r} is in use by a running generation; replace it afterwards")
-                self._check_removable(name)
                 old_state = load_pickle_state(Path(old.weights_file), name) if old.weights_format == "pickle" \
                     else None
             self._compositions.forget(name)
@@ -334,6 +334,7 @@ class AdapterManager(ABC):
         """
         with self._lock:
             self._compositions.forget(name)
+            self._check_removable(name)
             if name not in self._infos:
                 if self._known.pop(name, None) is not None:
                     return
@@ -342,7 +343,6 @@ class AdapterManager(ABC):
                 )
             if self._pinned[name]:
                 raise AdapterError(f"adapter {name!r} is in use by a running generation; unload it afterwards")
-            self._check_removable(name)
             self._compositions.discard(name)
             self._drop(name)
 
