@@ -362,15 +362,26 @@ async def _next_event(events: asyncio.Queue, watch: asyncio.Future) -> tuple:
     raise ApiError(499, "the client went away", code="client_disconnected")
 
 
-def _final(req: CompletionRequest, rid: str, created: int, model_id: str, usage: dict) -> dict:
-    counts = {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-              "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+def _usage(result) -> dict:
+    """OpenAI's ``usage`` for a :class:`~adaptrix.generation.GenerationResult`."""
+    completion = len(result.token_ids)
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": result.prompt_tokens + completion}
+
+
+def _finish_reason(result) -> str:
+    """OpenAI's ``finish_reason``: ``length`` when the token budget ran out, else ``stop`` (a stop string, EOS)."""
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _final(req: CompletionRequest, rid: str, created: int, model_id: str, result) -> dict:
+    counts = _usage(result)
     if req.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": usage["text"]}, "logprobs": None,
-                  "finish_reason": usage["finish_reason"]}
+        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+                  "finish_reason": _finish_reason(result)}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": usage["text"], "logprobs": None, "finish_reason": usage["finish_reason"]}
+        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": _finish_reason(result)}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice], "usage": counts}
 
@@ -414,14 +425,12 @@ async def _stream(server, request, req, job, events, rid, created, watch):
                     yield "data: " + json.dumps(err.body()) + "\n\n"
                     break
                 else:
-                    usage = event[1]
+                    result = event[1]
                     if not sent_role and req.kind == "chat":
                         yield chunk("", None, first=True)
-                    yield chunk(None if req.kind == "chat" else "", usage["finish_reason"])
+                    yield chunk(None if req.kind == "chat" else "", _finish_reason(result))
                     if req.include_usage:
-                        counts = {"prompt_tokens": usage["prompt_tokens"],
-                                  "completion_tokens": usage["completion_tokens"],
-                                  "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+                        counts = _usage(result)
                         data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
                                 "usage": counts}
                         yield "data: " + json.dumps(data) + "\n\n"

@@ -53,9 +53,9 @@ log = logging.getLogger("adaptrix.serve")
 class Job:
     """One completion request; ``emit(event)`` is called from the scheduler thread.
 
-    Events: ``("delta", text)``, ``("done", usage)`` with ``usage`` a dict of
-    ``prompt_tokens``, ``completion_tokens``, ``finish_reason`` and ``text``,
-    and ``("error", ApiError)``.
+    Events: ``("delta", text)``, ``("done", result)`` with ``result`` the generation's
+    :class:`~adaptrix.generation.GenerationResult` (text, token counts and finish reason as the
+    generation itself counted them), and ``("error", ApiError)``.
     """
 
     def __init__(self, request: CompletionRequest, emit: Callable[[tuple], None]):
@@ -386,7 +386,7 @@ class Scheduler:
             job.emit(("delta", tail))
         self._decoder.remove(row)
         result = self._decoder.finish(row)
-        self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
+        self._done(job, result)
 
     def _reset_batch(self) -> None:
         self._running.clear()
@@ -420,7 +420,7 @@ class Scheduler:
             if not req.stream:
                 result = self.engine.generate_detailed(req.prompt, **kwargs)
                 self._token(job, result.text, count=len(result.token_ids))
-                self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
+                self._done(job, result)
                 return
             stream = self.engine.stream_detailed(req.prompt, **kwargs)
             try:
@@ -433,7 +433,7 @@ class Scheduler:
             finally:
                 stream.close()
             result = stream.result  # what the generation itself counted, as generate_detailed reports it
-            self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
+            self._done(job, result)
         except Exception as exc:
             job.emit(("error", api_error(exc)))
         finally:
@@ -456,15 +456,10 @@ class Scheduler:
         if text:
             job.emit(("delta", text))
 
-    def _done(self, job: Job, prompt_tokens, completion_tokens, reason: str, text: str) -> None:
-        self.metrics.tokens.labels(job.label).inc(completion_tokens or 0)
+    def _done(self, job: Job, result) -> None:
+        self.metrics.tokens.labels(job.label).inc(len(result.token_ids))
         self.metrics.requests.labels(job.label, job.request.kind, "ok").inc()
-        job.emit(("done", {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "finish_reason": "length" if reason == "length" else "stop",
-            "text": text,
-        }))
+        job.emit(("done", result))
 
 
 def _needs(req: CompletionRequest) -> set[str]:
