@@ -30,7 +30,11 @@ Weights = tuple[tuple[str, float], ...]
 
 def composition_name(weights: Iterable[tuple[str, float]]) -> str:
     """The adapter name of the cached composition of ``weights`` (``(adapter, weight)`` pairs, in order)."""
-    return "composed-" + hashlib.sha1(repr(tuple(weights)).encode()).hexdigest()[:12]
+    return "composed-" + hashlib.sha1(repr(_key(weights)).encode()).hexdigest()[:12]
+
+
+def _key(weights: Iterable[tuple[str, float]]) -> Weights:
+    return tuple((str(a), float(w)) for a, w in weights)
 
 
 class AdapterHold:
@@ -65,10 +69,10 @@ class CompositionCache:
 
     def get(self, weights: Weights) -> str:
         """The composition of ``weights``, built (method :data:`METHOD`) or reused; most recently used now."""
-        key = tuple((str(a), float(w)) for a, w in weights)
+        key = _key(weights)
         name = self._built.get(key)
         if name is None:
-            name = composition_name(weights)
+            name = composition_name(key)
             self._manager.compose(dict(key), name, method=METHOD)
             self._built[key] = name
         self._built.move_to_end(key)
