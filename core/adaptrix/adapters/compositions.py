@@ -13,10 +13,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Callable, Iterable
-
-if TYPE_CHECKING:
-    from .manager import AdapterManager
+from typing import Any, Callable, Iterable, Protocol
 
 log = logging.getLogger("adaptrix.adapters")
 
@@ -26,6 +23,15 @@ MAX_COMPOSITIONS = 8
 METHOD = "cat"
 
 Weights = tuple[tuple[str, float], ...]
+
+
+class Composer(Protocol):
+    """What the cache needs of its adapter manager (:class:`~.manager.AdapterManager`)."""
+
+    def compose(self, weights: dict[str, float], name: str, method: str = ...) -> Any: ...
+    def unload(self, name: str) -> None: ...
+    def is_pinned(self, name: str) -> bool: ...
+    def loaded_names(self) -> list[str]: ...
 
 
 def composition_name(weights: Iterable[tuple[str, float]]) -> str:
@@ -60,7 +66,7 @@ class AdapterHold:
 class CompositionCache:
     """The manager's compositions built for weights, least recently used first (call with its lock held)."""
 
-    def __init__(self, manager: "AdapterManager"):
+    def __init__(self, manager: Composer):
         self._manager = manager
         self._built: collections.OrderedDict[Weights, str] = collections.OrderedDict()
 
