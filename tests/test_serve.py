@@ -276,6 +276,17 @@ def test_load_replace_unload(server, client, world):
     assert _load(server, "rel", "runtime_src").status_code == 200
 
 
+def test_a_refused_replacement_keeps_the_old_adapter_serving(server, client, world):
+    want = world["greedy"](PROMPTS[0], "keep", folder=world["extra"] / "new1")
+    assert _load(server, "keep", world["extra"] / "new1").status_code == 200
+    for which, code in (("corrupt", "adapter_invalid"), ("wrongshape", "adapter_invalid"),
+                        ("pickled", "pickle_refused")):
+        r = _load(server, "keep", world["extra"] / which)
+        assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+        assert _chat(client, "keep", PROMPTS[0]).choices[0].message.content == want
+    assert httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "keep"}).status_code == 200
+
+
 def test_load_test_with_a_disconnect(server, world):
     jobs = [(PROMPTS[i % 4], (None, *ADAPTERS)[i % 5]) for i in range(32)]
     url = server.url + "/v1/chat/completions"
@@ -473,9 +484,9 @@ def test_while_loading_health_is_503_and_every_api_route_answers_503(world):
 def test_compositions_are_bounded_and_rebuilt_when_asked_again(world, monkeypatch):
     """Past MAX_COMPOSITIONS the least recently used composition is unloaded, never one a running request
     uses; asked for again it is rebuilt with the same answer."""
-    from adaptrix.serve import scheduler
+    from adaptrix.adapters import compositions
 
-    monkeypatch.setattr(scheduler, "MAX_COMPOSITIONS", 2)
+    monkeypatch.setattr(compositions, "MAX_COMPOSITIONS", 2)
     mixes = [{"a1": 0.5, "a2": 0.5}, {"a1": 0.3, "a3": 0.7}, {"a2": 0.2, "a4": 0.8}, {"a3": 0.6, "a4": 0.4}]
     app = _app(world)
     engine = lambda: app.state.server.scheduler.engine  # noqa: E731

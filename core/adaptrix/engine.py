@@ -276,6 +276,8 @@ class Engine:
     def _conversation_for(self, req: GenerationRequest) -> Conversation | None:
         if req.raw:
             return None
+        if req.history:  # the request's own messages: a throw-away conversation, stored nowhere
+            return Conversation(name="request", messages=[dict(m) for m in req.history])
         if req.conversation is not None:
             return self.conversations.get(req.conversation)
         use = self.use_context_by_default if req.use_context is None else req.use_context
@@ -365,7 +367,8 @@ class Engine:
         ``max_length``, ``temperature``, ``top_p``, ``top_k``,
         ``repetition_penalty``, ``stop``, ``seed``), ``task_type``, ``adapter``
         (a name, a list, ``None`` for the base model), ``system``,
-        ``use_context``, ``conversation`` (a name), ``show_thinking``,
+        ``use_context``, ``conversation`` (a name), ``history`` (this request's
+        earlier user/assistant messages, remembered nowhere), ``show_thinking``,
         ``enable_thinking``, ``chat_template_kwargs``, ``raw`` (no chat
         template). See :class:`~adaptrix.request.GenerationRequest`.
         """
@@ -481,7 +484,7 @@ class Engine:
         self._require_loaded()
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise GenerationError("generate_batch takes a list of prompts; use generate() for a single one")
-        for key in ("adapter", "use_context", "conversation"):
+        for key in ("adapter", "use_context", "conversation", "history"):
             if key in options:
                 raise GenerationError(f"generate_batch takes no {key}= (prompts are independent; use adapters=)")
         if not prompts:
@@ -649,11 +652,10 @@ class Engine:
         not fit raise the same errors as ``generate``.
         """
         self._require_loaded()
-        req = GenerationRequest.build(prompt, use_context=False, **options)
+        req = GenerationRequest.build(prompt, use_context=False, history=list(history), **options)
         with self._lock:
             self._require_loaded()
-            conv = Conversation(name="request", messages=[dict(m) for m in history]) if history and not req.raw else None
-            return self._prepare(req, conv)
+            return self._prepare(req, self._conversation_for(req))
 
     def step_decoder(self, max_rows: int = 8, *, batch_invariant: bool = False):
         """The backend's step-level decoder for up to ``max_rows`` rows (see

@@ -102,6 +102,10 @@ class AdapterIncompatibleError(AdapterError):
         self.report = report
 
 
+class AdapterPickleError(AdapterIncompatibleError):
+    """The adapter's weights are a pickle (adapter_model.bin) and pickles were not allowed."""
+
+
 class TrainingError(AdaptrixError):
     """Training data or options are unusable (the message names the line/field)."""
 

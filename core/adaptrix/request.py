@@ -18,7 +18,7 @@ from .types import UNSET, GenerationConfig
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
-           "chat_template_kwargs", "raw")
+           "chat_template_kwargs", "raw", "history")
 
 
 @attrs.frozen
@@ -28,7 +28,9 @@ class GenerationRequest:
     ``adapter``: a name, a list (several active together), ``None`` for the
     base model, or :data:`~adaptrix.types.UNSET` for the active adapters.
     ``settings`` holds only what the caller set (the explicit layer of the
-    resolution order: explicit > task > family > global).
+    resolution order: explicit > task > family > global). ``history``: this
+    request's earlier ``{"role", "content"}`` messages (user/assistant), used in
+    place of a stored conversation and remembered nowhere.
     """
 
     prompt: str
@@ -42,6 +44,7 @@ class GenerationRequest:
     enable_thinking: bool | None = None
     chat_template_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=lambda v: dict(v or {}))
     raw: bool = False
+    history: tuple[dict[str, str], ...] = attrs.field(default=(), converter=lambda v: tuple(dict(m) for m in v or ()))
 
     @classmethod
     def build(cls, prompt: str, *, what: str = "prompt", **options: Any) -> "GenerationRequest":
@@ -61,7 +64,26 @@ class GenerationRequest:
         kwargs = options.get("chat_template_kwargs")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise GenerationError(f"chat_template_kwargs must be a dict, got {kwargs!r}")
+        history = options.get("history")
+        if history:
+            check_history(history)
+            if conversation is not None or options.get("use_context"):
+                raise GenerationError("history= gives this request's earlier messages; it cannot be combined with "
+                                      "conversation= or use_context=True (a stored conversation)")
         return cls(prompt, settings, **{k: v for k, v in options.items() if k in OPTIONS})
+
+
+def check_history(history) -> None:
+    """``history``: a list of ``{"role": "user" | "assistant", "content": str}``; else :class:`GenerationError`."""
+    if isinstance(history, (str, dict)) or not isinstance(history, (list, tuple)):
+        raise GenerationError(f"history must be a list of {{'role', 'content'}} messages, got {type(history).__name__}")
+    for i, m in enumerate(history):
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise GenerationError(f"history[{i}] must be a {{'role': 'user' or 'assistant', 'content': text}} "
+                                  f"message, got {m!r}")
+        check_text(m.get("content"), f"history[{i}]['content']", required=False)
+        if m.get("content") is None:
+            raise GenerationError(f"history[{i}] has no 'content'")
 
 
 def check_text(text, what: str, *, required: bool = False) -> None:

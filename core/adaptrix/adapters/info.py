@@ -70,6 +70,9 @@ class AdapterInfo:
     tensors: tuple[TensorSpec, ...] = attrs.field(default=(), repr=False)
     #: How ``base_family`` was decided: ``config`` (base config.json read) or ``id`` (name only).
     family_source: str | None = None
+    #: Built from other adapters (``compose``) rather than read from a folder: ``path`` is a description,
+    #: there is no folder to reload it from, so it is never evicted, only unloaded.
+    composed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self, recurse=False, filter=lambda a, v: a.name not in ("config", "tensors"))

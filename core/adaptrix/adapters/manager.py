@@ -7,7 +7,11 @@ One owner for what every backend shares:
 - validation before any weight is read (see :mod:`.validate`), against the
   backend's own module shapes; a failed load leaves the model as it was;
 - LRU residency (count and byte budget) with transparent reload, and pins:
-  an adapter a generation is using is never evicted or unloaded;
+  an adapter a generation is using is never evicted or unloaded (a server's
+  request holds its adapter through :meth:`AdapterManager.hold`);
+- an atomic :meth:`AdapterManager.replace` (the old adapter keeps serving when
+  the new one fails), and the cache of compositions built for weights
+  (:mod:`.compositions`);
 - the active set, per-call scopes, the rows of a mixed batch, and the checks
   of a composition.
 
@@ -31,8 +35,18 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
 
-from ..errors import AdapterError, AdapterFormatError, AdapterIncompatibleError, AdapterNotFoundError, BackendError
+import attrs
+
+from ..errors import (
+    AdapterError,
+    AdapterFormatError,
+    AdapterIncompatibleError,
+    AdapterNotFoundError,
+    AdapterPickleError,
+    BackendError,
+)
 from ..types import UNSET
+from .compositions import AdapterHold, CompositionCache
 from .info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
 from .pins import Pins
 from .sources import available_adapters, is_bare_name, resolve_adapter
@@ -44,6 +58,16 @@ BASE = "__base__"
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
                 "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
 _SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+
+
+@attrs.frozen
+class Replacement:
+    """What :meth:`AdapterManager.replace` did: the adapter now loaded, its validation report (warnings), and
+    whether an adapter of that name (loaded or evicted) was replaced."""
+
+    info: AdapterInfo
+    report: CompatibilityReport
+    replaced: bool
 
 
 class AdapterManager(ABC):
@@ -88,6 +112,7 @@ class AdapterManager(ABC):
         #: Holders per adapter (scopes, running rows, a backend's compositions): pinned ones are never evicted.
         self._pinned = Pins()
         self._index: ModuleIndex | None = None
+        self._compositions = CompositionCache(self)
 
     # -- what a backend implements -------------------------------------------
     @abstractmethod
@@ -142,6 +167,10 @@ class AdapterManager(ABC):
 
     def loaded_names(self) -> list[str]:
         return list(self._infos)
+
+    def is_pinned(self, name: str) -> bool:
+        """Whether a generation or a hold is using ``name`` (it is then never evicted or unloaded)."""
+        return self._pinned[name] > 0
 
     def info(self, name: str) -> AdapterInfo:
         if name in self._infos:
@@ -228,9 +257,7 @@ class AdapterManager(ABC):
                     self.switch(name)
                 return self._infos[name]
             info = read_adapter_info(folder, name)
-            report, state = self._validate(info, allow_pickle)
-            if not report.ok:
-                raise AdapterIncompatibleError(report.message(), report)
+            report, state = self._checked(info, allow_pickle)
             self._unmerge()
             self._add(info, state)
             self._known.pop(name, None)
@@ -242,9 +269,74 @@ class AdapterManager(ABC):
             self._make_room()
             return info
 
-    def unload(self, name: str) -> None:
-        """Remove an adapter from memory (and forget it for transparent reload)."""
+    def _checked(self, info: AdapterInfo, allow_pickle: bool):
+        """``(report, state)`` of a valid adapter; raises :class:`AdapterPickleError` for a pickle not allowed,
+        :class:`AdapterIncompatibleError` (with the report) for any other error."""
+        report, state = self._validate(info, allow_pickle)
+        if not report.ok:
+            error = AdapterPickleError if info.weights_format == "pickle" and not allow_pickle else \
+                AdapterIncompatibleError
+            raise error(report.message(), report)
+        return report, state
+
+    def replace(self, name: str, folder: str | Path, *, allow_pickle: bool = False) -> Replacement:
+        """Load the adapter in ``folder`` as ``name``, in place of the adapter of that name if there is one.
+
+        Atomic: the new adapter is read and validated first, and if anything fails the old one stays loaded
+        (or evicted and reloadable) and serving, and the error is raised (:class:`AdapterPickleError`,
+        :class:`AdapterIncompatibleError` with its report, or the backend's). Cached compositions built from
+        the old adapter are unloaded (they would keep its weights); they are built anew when asked for.
+        """
+        folder = Path(folder).expanduser()
         with self._lock:
+            try:
+                info = read_adapter_info(folder, name)
+            except AdapterFormatError as exc:
+                report = CompatibilityReport(adapter=name, model=self.loaded.model_id, errors=(str(exc),))
+                raise AdapterIncompatibleError(report.message(), report) from None
+            report, state = self._checked(info, allow_pickle)
+            old, evicted = self._infos.get(name), self._known.get(name)
+            if old is not None:
+                if old.composed:
+                    raise AdapterError(f"adapter {name!r} is a composition ({old.path}); unload it first, then load "
+                                       f"{folder} under that name")
+                self._check_removable(name)
+                if self._pinned[name]:
+                    raise AdapterError(f"adapter {name!r} is in use by a running generation; replace it afterwards")
+                old_state = load_pickle_state(Path(old.weights_file), name) if old.weights_format == "pickle" \
+                    else None
+            self._compositions.forget(name)
+            was_active = name in self._active
+            if old is not None:
+                self._drop(name)
+            self._unmerge()
+            try:
+                self._add(info, state)
+            except BaseException:
+                if old is not None:  # put the old one back, as it was
+                    self._add(old, old_state)
+                    self._infos[name] = old
+                    self._touch([name])
+                    self._apply(self._active + (name,) if was_active else self._active)
+                raise
+            self._known.pop(name, None)
+            self._infos[name] = info
+            self._touch([name])
+            self._apply(self._active + (name,) if was_active else self._active)
+            self._make_room()
+            return Replacement(info, report, replaced=old is not None or evicted is not None)
+
+    def _check_removable(self, name: str) -> None:
+        """Raise :class:`AdapterError` when the backend cannot remove ``name`` now (a backend's own rule)."""
+
+    def unload(self, name: str) -> None:
+        """Remove an adapter from memory (and forget it for transparent reload).
+
+        Cached compositions built from it (:meth:`hold` with weights) are unloaded with it.
+        """
+        with self._lock:
+            self._compositions.forget(name)
+            self._check_removable(name)
             if name not in self._infos:
                 if self._known.pop(name, None) is not None:
                     return
@@ -253,6 +345,7 @@ class AdapterManager(ABC):
                 )
             if self._pinned[name]:
                 raise AdapterError(f"adapter {name!r} is in use by a running generation; unload it afterwards")
+            self._compositions.discard(name)
             self._drop(name)
 
     def _drop(self, name: str) -> None:
@@ -282,7 +375,7 @@ class AdapterManager(ABC):
         while over():
             victim = next(
                 (n for n in self._lru if n not in self._active and not self._pinned[n]
-                 and not self._infos[n].path.startswith("<")),
+                 and not self._infos[n].composed),
                 None,
             )
             if victim is None:
@@ -357,6 +450,29 @@ class AdapterManager(ABC):
         finally:
             with self._lock:
                 self._pinned.release(names)
+
+    def hold(self, adapter: str | None = None, *, weights: Sequence[tuple[str, float]] | None = None) -> AdapterHold:
+        """Keep what a request decodes with out of eviction and unloading until the hold is released.
+
+        ``adapter``: a name (``None``: the base model, nothing to hold). ``weights``: ``(adapter, weight)``
+        pairs instead, whose composition is built or reused from the cache (bounded: past
+        :data:`~.compositions.MAX_COMPOSITIONS` the least recently used one nobody holds is unloaded); the
+        hold's ``name`` is then the composition's. A plain adapter is not loaded here (whoever decodes
+        loads it); holding it keeps it resident once loaded.
+        """
+        with self._lock:
+            name = self._compositions.get(tuple(weights)) if weights else adapter
+            if name is not None:
+                self._pinned[name] += 1
+            if weights:
+                self._compositions.trim()
+
+        def release() -> None:
+            if name is not None:
+                with self._lock:
+                    self._pinned[name] -= 1
+
+        return AdapterHold(name, release)
 
     @contextlib.contextmanager
     def _pin(self, names: Iterable[str]):
@@ -496,6 +612,7 @@ class AdapterManager(ABC):
         with self._lock:
             self._unmerge()
             self._close()
+            self._compositions = CompositionCache(self)
             self._infos.clear()
             self._known.clear()
             self._active = ()
@@ -540,6 +657,7 @@ def composed_info(name: str, method: str, weights: dict[str, float], infos: Sequ
                   rank: int | None, alpha: float | None, target_modules, tensor_bytes: int | None) -> AdapterInfo:
     """The :class:`AdapterInfo` of a composition (no folder: it is never evicted, only unloaded)."""
     return AdapterInfo(
+        composed=True,
         name=name,
         path=f"<composed {method}: " + ", ".join(f"{s}*{w}" for s, w in weights.items()) + ">",
         peft_type="LORA", rank=rank, alpha=alpha, target_modules=target_modules,

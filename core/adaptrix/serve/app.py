@@ -363,15 +363,26 @@ async def _next_event(events: asyncio.Queue, watch: asyncio.Future) -> tuple:
     raise ApiError(499, "the client went away", code="client_disconnected")
 
 
-def _final(req: CompletionRequest, rid: str, created: int, model_id: str, usage: dict) -> dict:
-    counts = {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-              "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+def _usage(result) -> dict:
+    """OpenAI's ``usage`` for a :class:`~adaptrix.generation.GenerationResult`."""
+    completion = len(result.token_ids)
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": result.prompt_tokens + completion}
+
+
+def _finish_reason(result) -> str:
+    """OpenAI's ``finish_reason``: ``length`` when the token budget ran out, else ``stop`` (a stop string, EOS)."""
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _final(req: CompletionRequest, rid: str, created: int, model_id: str, result) -> dict:
+    counts = _usage(result)
     if req.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": usage["text"]}, "logprobs": None,
-                  "finish_reason": usage["finish_reason"]}
+        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+                  "finish_reason": _finish_reason(result)}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": usage["text"], "logprobs": None, "finish_reason": usage["finish_reason"]}
+        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": _finish_reason(result)}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice], "usage": counts}
 
@@ -415,14 +426,12 @@ async def _stream(server, request, req, job, events, rid, created, watch):
                     yield "data: " + json.dumps(err.body()) + "\n\n"
                     break
                 else:
-                    usage = event[1]
+                    result = event[1]
                     if not sent_role and req.kind == "chat":
                         yield chunk("", None, first=True)
-                    yield chunk(None if req.kind == "chat" else "", usage["finish_reason"])
+                    yield chunk(None if req.kind == "chat" else "", _finish_reason(result))
                     if req.include_usage:
-                        counts = {"prompt_tokens": usage["prompt_tokens"],
-                                  "completion_tokens": usage["completion_tokens"],
-                                  "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+                        counts = _usage(result)
                         data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
                                 "usage": counts}
                         yield "data: " + json.dumps(data) + "\n\n"
@@ -454,34 +463,24 @@ async def load_adapter(server: Server, request):
     folder = server.allowed_path(load.path)
 
     def work(engine):
-        from ..adapters.info import PICKLE_FILE, WEIGHTS_FILE
+        from ..adapters.info import PICKLE_FILE
+        from ..errors import AdapterIncompatibleError, AdapterPickleError
 
-        if (folder / PICKLE_FILE).exists() and not (folder / WEIGHTS_FILE).exists():
+        try:  # atomic: on any failure the old adapter of that name stays loaded and serving
+            done = engine.adapters.replace(load.name, folder)
+        except AdapterPickleError:
             server.metrics.validation_failures.inc()
             raise ApiError(400, f"'lora_path' {load.path!r} holds {PICKLE_FILE}, a pickle, which can run code when "
                            "loaded; convert it to adapter_model.safetensors", param="lora_path",
-                           code="pickle_refused")
-        report = engine.validate_adapter(str(folder))
-        if not report.ok:
+                           code="pickle_refused") from None
+        except AdapterIncompatibleError as exc:
             server.metrics.validation_failures.inc()
-            raise ApiError(400, f"adapter {load.name!r} at {folder} failed validation: {report.message()}",
-                           param="lora_path", code="adapter_invalid", extra={"report": report.as_dict()})
-        loaded = {r["name"]: r for r in engine.list_adapters() if r.get("loaded") or r.get("state") == "evicted"}
-        old = loaded.get(load.name)
-        replaced = old is not None
-        if replaced:
-            server.scheduler.forget_compositions(load.name)
-            engine.unload_adapter(load.name)
-        try:
-            engine.load_adapter(str(folder), name=load.name, activate=False)
-        except Exception:
-            if replaced and old.get("path") and not str(old["path"]).startswith("<"):
-                engine.load_adapter(old["path"], name=load.name, activate=False)  # put the old one back
-            raise
+            raise ApiError(400, f"adapter {load.name!r} at {folder} failed validation: {exc.report.message()}",
+                           param="lora_path", code="adapter_invalid", extra={"report": exc.report.as_dict()}) from None
         server.runtime[load.name] = folder
         server.metrics.loads.inc()
-        return {"object": "lora_adapter", "lora_name": load.name, "lora_path": str(folder), "replaced": replaced,
-                "rank": engine.adapters.info(load.name).rank, "warnings": list(report.warnings)}
+        return {"object": "lora_adapter", "lora_name": load.name, "lora_path": str(folder),
+                "replaced": done.replaced, "rank": done.info.rank, "warnings": list(done.report.warnings)}
 
     # Runs once no running request uses the name (they finish with the old weights); requests that need it
     # wait meanwhile and get the new weights; every other request, and a new name, waits for nothing.
@@ -496,13 +495,15 @@ async def unload_adapter(server: Server, request):
     name = parse_name(await server.read_json(request))
 
     def work(engine):
-        loaded = {r["name"] for r in engine.list_adapters() if r.get("loaded") or r.get("state") == "evicted"}
-        if name not in loaded and name not in server.runtime:
-            raise ApiError(404, f"adapter {name!r} is not loaded; loaded: {', '.join(sorted(loaded)) or '(none)'}",
-                           param="lora_name", code="adapter_not_found")
-        server.scheduler.forget_compositions(name)
-        if name in loaded:
+        from ..errors import AdapterNotFoundError
+
+        try:  # compositions built from it go with it
             engine.unload_adapter(name)
+        except AdapterNotFoundError:
+            if name not in server.runtime:
+                loaded = {r["name"] for r in engine.list_adapters() if r.get("loaded") or r.get("state") == "evicted"}
+                raise ApiError(404, f"adapter {name!r} is not loaded; loaded: {', '.join(sorted(loaded)) or '(none)'}",
+                               param="lora_name", code="adapter_not_found") from None
         server.runtime.pop(name, None)
         server.metrics.unloads.inc()
         return {"object": "lora_adapter", "lora_name": name, "unloaded": True}

@@ -24,8 +24,13 @@ A request whose adapter was unloaded while it waited is answered 404.
 With a residency budget (``max_loaded_adapters``), a batch never uses more
 adapters than the budget: a request whose adapter would exceed it waits until
 a running adapter's rows have all finished (only base-model requests pass it
-meanwhile, so it cannot starve), and the running rows' adapters are pinned, so
-loading a newcomer's adapter never evicts one a running row decodes with.
+meanwhile, so it cannot starve).
+
+The scheduler only queues and admits: what a request decodes with (its adapter,
+or the composition of its ``adapters``, built or reused) comes from the adapter
+manager's :meth:`~adaptrix.adapters.manager.AdapterManager.hold`, held while
+the request runs (never evicted or unloaded meanwhile) and released when it
+ends; a request's earlier messages go to the engine as ``history=``.
 """
 
 from __future__ import annotations
@@ -33,28 +38,24 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import hashlib
 import logging
 import threading
 import time
 from typing import Any, Callable, Iterable
 
+from ..adapters.compositions import composition_name
 from .errors import ApiError
 from .schemas import CompletionRequest
 
 log = logging.getLogger("adaptrix.serve")
 
-#: Compositions (``adapters`` in a request body) kept built; past this many the least recently used one
-#: no request holds is unloaded, so clients sending ever new weights cannot fill the memory.
-MAX_COMPOSITIONS = 8
-
 
 class Job:
     """One completion request; ``emit(event)`` is called from the scheduler thread.
 
-    Events: ``("delta", text)``, ``("done", usage)`` with ``usage`` a dict of
-    ``prompt_tokens``, ``completion_tokens``, ``finish_reason`` and ``text``,
-    and ``("error", ApiError)``.
+    Events: ``("delta", text)``, ``("done", result)`` with ``result`` the generation's
+    :class:`~adaptrix.generation.GenerationResult` (text, token counts and finish reason as the
+    generation itself counted them), and ``("error", ApiError)``.
     """
 
     def __init__(self, request: CompletionRequest, emit: Callable[[tuple], None]):
@@ -137,10 +138,8 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._decoder = None
         self._running: dict[Any, Job] = {}  # row -> job (batched mode)
-        self._composed: collections.OrderedDict[tuple, str] = collections.OrderedDict()  # weights -> name, LRU
         self._resident: set[str] = set()
-        self._budget: int | None = getattr(engine, "max_loaded_adapters", None)
-        self._holds: dict[str, tuple[int, contextlib.ExitStack]] = {}  # adapter -> (rows using it, its pin)
+        self._holds: dict[Any, Any] = {}  # row -> the AdapterHold on what it decodes with (batched mode)
 
     # -- client side ------------------------------------------------------------
     def start(self) -> None:
@@ -242,7 +241,7 @@ class Scheduler:
         if room <= 0 or not self._jobs:
             return []
         held = set().union(*(c.adapters for c in self._calls))
-        budget = self._budget if self.batching else None
+        budget = self.engine.adapters.max_loaded_adapters if self.batching else None
         using = self.running_adapters()
         admit: list[Job] = []
         waiting: collections.deque[Job] = collections.deque()
@@ -270,25 +269,9 @@ class Scheduler:
         """The adapters the running batch's rows decode with."""
         return {row.adapter for row in list(self._running) if getattr(row, "adapter", None)}
 
-    def _hold(self, adapter: str | None) -> None:
-        """Pin ``adapter`` while a running row uses it (no eviction mid-batch)."""
-        if adapter is None:
-            return
-        count, stack = self._holds.get(adapter, (0, None))
-        if stack is None:
-            stack = contextlib.ExitStack()
-            stack.enter_context(self.engine.adapters.pinned([adapter]))
-        self._holds[adapter] = (count + 1, stack)
-
-    def _release(self, adapter: str | None) -> None:
-        if adapter is None or adapter not in self._holds:
-            return
-        count, stack = self._holds[adapter]
-        if count > 1:
-            self._holds[adapter] = (count - 1, stack)
-        else:
-            del self._holds[adapter]
-            stack.close()
+    def _hold(self, req: CompletionRequest):
+        """The adapter manager's hold on what ``req`` decodes with (its composition built or reused)."""
+        return self.engine.adapters.hold(req.adapter, weights=req.adapters)
 
     def _run_call(self, call: _Call) -> None:
         try:
@@ -325,43 +308,7 @@ class Scheduler:
     @staticmethod
     def _name_of(req: CompletionRequest) -> str | None:
         """The name of the adapter serving ``req`` (None: base), without building a composition."""
-        if not req.adapters:
-            return req.adapter
-        return "composed-" + hashlib.sha1(repr(tuple(req.adapters)).encode()).hexdigest()[:12]
-
-    def _adapter_of(self, req: CompletionRequest) -> str | None:
-        """The adapter serving ``req``: its name, a cached composition, or None (base)."""
-        name = self._name_of(req)
-        if req.adapters:
-            key = tuple(req.adapters)
-            if key not in self._composed:
-                self.engine.compose_adapters(dict(req.adapters), name, method="cat")
-                self._composed[key] = name
-            self._composed.move_to_end(key)
-            self._trim_compositions()
-        return name
-
-    def _trim_compositions(self) -> None:
-        """Unload the least recently used compositions past :data:`MAX_COMPOSITIONS`, skipping those a
-        running or admitted request holds (the newest is always held by its own request)."""
-        for key, name in list(self._composed.items()):
-            if len(self._composed) <= MAX_COMPOSITIONS:
-                return
-            if name in self._holds or key == next(reversed(self._composed)):
-                continue
-            del self._composed[key]
-            try:
-                self.engine.unload_adapter(name)
-            except Exception as exc:  # keep serving: the composition's memory stays taken, say so
-                log.warning("could not unload composition %s: %s", name, exc)
-
-    def forget_compositions(self, adapter: str) -> list[str]:
-        """Compositions built from ``adapter`` (call on the scheduler thread before replacing it)."""
-        stale = [(k, n) for k, n in self._composed.items() if any(a == adapter for a, _ in k)]
-        for key, name in stale:
-            del self._composed[key]
-            self.engine.unload_adapter(name)
-        return [n for _, n in stale]
+        return composition_name(req.adapters) if req.adapters else req.adapter
 
     # -- batched mode -----------------------------------------------------------------
     def _admit(self, jobs: list[Job]) -> list[Job]:
@@ -370,6 +317,7 @@ class Scheduler:
         from ..errors import BatchFullError
 
         ready: list[tuple[Job, Any, str | None]] = []
+        holds: list[Any] = []
         for job in jobs:
             if job.cancelled.is_set():
                 self.metrics.cancelled.labels(job.label).inc()
@@ -379,24 +327,25 @@ class Scheduler:
                 job.emit(("error", gone))
                 continue
             req = job.request
-            adapter = self._name_of(req)
-            self._hold(adapter)
+            hold = None
             try:
-                self._adapter_of(req)
+                hold = self._hold(req)
                 prepared = self.engine.prepare_request(
-                    req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=adapter,
+                    req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=hold.name,
                     raw=req.kind == "completion", **req.settings,
                 )
             except Exception as exc:
-                self._release(adapter)
+                if hold is not None:
+                    hold.release()
                 job.emit(("error", api_error(exc)))
                 continue
-            ready.append((job, prepared, adapter))
+            ready.append((job, prepared, hold.name))
+            holds.append(hold)
         later: list[Job] = []
         outcomes = self._decoder.add_many(ready) if ready else []
-        for (job, prepared, adapter), outcome in zip(ready, outcomes):
+        for (job, prepared, adapter), hold, outcome in zip(ready, holds, outcomes):
             if isinstance(outcome, BaseException):
-                self._release(adapter)
+                hold.release()
                 if isinstance(outcome, BatchFullError) and self._running:
                     later.append(job)
                 else:
@@ -405,6 +354,7 @@ class Scheduler:
             row, text = outcome
             self.metrics.prompt_tokens.labels(job.label).inc(len(prepared.input_ids))
             self._running[row] = job
+            self._holds[row] = hold
             self._token(job, text)
             if row.finish_reason:
                 self._finish(row)
@@ -418,7 +368,7 @@ class Scheduler:
             if job.cancelled.is_set():
                 self._decoder.remove(row)
                 del self._running[row]
-                self._release(row.adapter)
+                self._holds.pop(row).release()
                 self.metrics.cancelled.labels(job.label).inc()
                 self.metrics.requests.labels(job.label, job.request.kind, "cancelled").inc()
         self.metrics.running.set(len(self._running))
@@ -432,18 +382,18 @@ class Scheduler:
 
     def _finish(self, row) -> None:
         job = self._running.pop(row)
-        self._release(row.adapter)
+        self._holds.pop(row).release()
         tail = self._decoder.tail(row)
         if tail:
             job.emit(("delta", tail))
         self._decoder.remove(row)
         result = self._decoder.finish(row)
-        self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
+        self._done(job, result)
 
     def _reset_batch(self) -> None:
         self._running.clear()
-        for _, stack in self._holds.values():
-            stack.close()
+        for hold in self._holds.values():
+            hold.release()
         self._holds.clear()
         self.metrics.running.set(0)
         if self.batching:
@@ -461,22 +411,18 @@ class Scheduler:
             job.emit(("error", gone))
             return
         req = job.request
-        conv = None
         self.metrics.running.set(1)
+        hold = None
         try:
-            adapter = self._adapter_of(req)
+            hold = self._hold(req)
             kwargs: dict[str, Any] = dict(
-                adapter=adapter, task_type=req.task_type, system=req.system, raw=req.kind == "completion",
-                use_context=False, **req.settings,
+                adapter=hold.name, task_type=req.task_type, system=req.system, raw=req.kind == "completion",
+                use_context=False, history=req.history, **req.settings,
             )
-            if req.history:  # earlier messages go through a throw-away named conversation
-                conv = f"serve-{id(job)}"
-                self.engine.conversations.get(conv).messages = [dict(m) for m in req.history]
-                kwargs["conversation"] = conv
             if not req.stream:
                 result = self.engine.generate_detailed(req.prompt, **kwargs)
                 self._token(job, result.text, count=len(result.token_ids))
-                self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
+                self._done(job, result)
                 return
             stream = self.engine.stream_detailed(req.prompt, **kwargs)
             try:
@@ -489,12 +435,12 @@ class Scheduler:
             finally:
                 stream.close()
             result = stream.result  # what the generation itself counted, as generate_detailed reports it
-            self._done(job, result.prompt_tokens, len(result.token_ids), result.finish_reason, result.text)
+            self._done(job, result)
         except Exception as exc:
             job.emit(("error", api_error(exc)))
         finally:
-            if conv is not None:
-                self.engine.reset_context(conv)
+            if hold is not None:
+                hold.release()
             self.metrics.running.set(0)
             if req.adapter or req.adapters:
                 self.note_residency()
@@ -512,15 +458,10 @@ class Scheduler:
         if text:
             job.emit(("delta", text))
 
-    def _done(self, job: Job, prompt_tokens, completion_tokens, reason: str, text: str) -> None:
-        self.metrics.tokens.labels(job.label).inc(completion_tokens or 0)
+    def _done(self, job: Job, result) -> None:
+        self.metrics.tokens.labels(job.label).inc(len(result.token_ids))
         self.metrics.requests.labels(job.label, job.request.kind, "ok").inc()
-        job.emit(("done", {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "finish_reason": "length" if reason == "length" else "stop",
-            "text": text,
-        }))
+        job.emit(("done", result))
 
 
 def _needs(req: CompletionRequest) -> set[str]:

@@ -267,12 +267,10 @@ class LlamaCppAdapterManager(AdapterManager):
         self._pinned.hold(self._composed[name])  # one holder per source, whatever its weight, while it exists
         return info
 
-    def unload(self, name: str) -> None:
-        with self._lock:
-            users = sorted(c for c, parts in self._composed.items() if name in parts)
-            if users:
-                raise AdapterError(f"adapter {name!r} is part of composition(s) {users}; unload those first")
-            super().unload(name)
+    def _check_removable(self, name: str) -> None:
+        users = sorted(c for c, parts in self._composed.items() if name in parts)
+        if users:
+            raise AdapterError(f"adapter {name!r} is part of composition(s) {users}; unload those first")
 
     def _close(self) -> None:
         self._handles.clear()
