@@ -463,14 +463,14 @@ class AdapterManager(ABC):
         with self._lock:
             name = self._compositions.get(tuple(weights)) if weights else adapter
             if name is not None:
-                self._pinned[name] += 1
+                self._pinned.hold([name])
             if weights:
                 self._compositions.trim()
 
         def release() -> None:
             if name is not None:
                 with self._lock:
-                    self._pinned[name] -= 1
+                    self._pinned.release([name])
 
         return AdapterHold(name, release)
 
