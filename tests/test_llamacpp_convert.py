@@ -90,7 +90,7 @@ def _gguf_in_transformers(gguf_path: Path, model_type: str):
 @pytest.fixture(scope="module")
 def raw_llama():
     pytest.importorskip("llama_cpp")
-    from support.llama_raw import RawLlama
+    from support.llamacpp import RawLlama
 
     opened = []
 
