@@ -281,10 +281,11 @@ def test_without_the_plugin_the_error_says_what_to_install(tiny, tmp_path, capsy
     monkeypatch.setenv("ADAPTRIX_LOAD_PLUGINS", ",".join(others))
     llama_gguf, adapter, _ = tiny
     err = refused(capsys, adapter, tmp_path / "x.gguf", "--base", llama_gguf)
-    assert "no installed plugin converts adapters to or from this format" in err
-    assert "pip install adaptrix-llamacpp" in err and "installed converters: none" in err
+    assert "no installed plugin converts adapters to .gguf files (installed formats: none)" in err
+    assert "install the plugin that provides the format (adaptrix plugins list" in err
     err = refused(capsys, llama_gguf, tmp_path / "out")
-    assert "pip install adaptrix-llamacpp" in err
+    assert "is neither a PEFT adapter folder nor a file of a format an installed plugin converts" in err
+    assert "installed converters: none" in err and "install the plugin that provides the format" in err
     assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "out").exists()
 
 

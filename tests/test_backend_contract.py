@@ -219,16 +219,13 @@ def test_what_a_backend_cannot_do_is_refused_by_name(engine, request):
 
 
 def test_llamacpp_greedy_equals_raw_llama_cpp_python(smollm2_llamacpp):
-    from support.llamacpp import raw_greedy, raw_llama
+    from support.llamacpp import RawLlama
 
     e = smollm2_llamacpp
     prepared = e.prepare_request(QUESTION, temperature=0, max_new_tokens=24, repetition_penalty=1.0)
     runtime = e.runner.runtime
-    raw = raw_llama(runtime.path, n_ctx=runtime.n_ctx, n_threads=runtime.n_threads)
-    try:
-        expected = raw_greedy(raw, list(prepared.input_ids), 24)
-    finally:
-        raw.close()
+    with RawLlama(runtime.path, n_ctx=runtime.n_ctx, threads=runtime.n_threads) as raw:
+        expected = raw.greedy(list(prepared.input_ids), 24)
     got = e.generate_detailed(QUESTION, temperature=0, max_new_tokens=24, repetition_penalty=1.0)
     assert [t for t in got.token_ids if t not in e.runner.eos_ids] == expected
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +131,16 @@ def test_the_llamacpp_path_imports_no_torch_or_transformers(embedded_gguf):
     heavy = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "import time:" in line}
     assert not heavy & {"torch", "transformers", "peft"}
     assert out.stdout.strip()
+
+
+def test_the_core_names_no_backend_plugin():
+    """The core knows no backend but its own: no core module names a plugin that provides one (install hints
+    included; an error says "install the plugin that provides ..." instead)."""
+    repo = Path(__file__).resolve().parents[1]
+    providers = [d.name for d in (repo / "plugins").iterdir()
+                 if any(re.search(r"def (backends|adapter_converters)\(", f.read_text()) for f in d.rglob("*.py"))]
+    assert "adaptrix-llamacpp" in providers
+    names = re.compile("|".join(re.escape(n) for p in providers for n in (p, p.replace("-", "_"))))
+    offenders = [f"{f.relative_to(repo)}:{i}: {line.strip()}" for f in sorted((repo / "core").rglob("*.py"))
+                 for i, line in enumerate(f.read_text().splitlines(), 1) if names.search(line)]
+    assert not offenders, "\n".join(offenders)

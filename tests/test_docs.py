@@ -53,3 +53,17 @@ def test_guide_leads_with_the_minimal_plugin():
     assert [name for name, _ in defined] == ["detect_family", "target_modules"]
     assert all(args == "config" for _, args in defined)  # a subset of the spec's arguments
     assert code.count("@hookimpl") == 2
+
+
+def test_relative_module_references_in_docstrings_name_modules_that_exist():
+    """A ``:mod:`.name``` in a package's docs points at a module of that package (one a reader can open)."""
+    missing = []
+    for source in sorted([*(REPO / "core").rglob("*.py"), *(REPO / "plugins").rglob("*.py")]):
+        package = source.parent
+        for ref in re.findall(r":mod:`(\.+[\w.]+)`", source.read_text()):
+            dots = len(ref) - len(ref.lstrip("."))
+            base = package.parents[dots - 2] if dots > 1 else package
+            target = base.joinpath(*ref.lstrip(".").split("."))
+            if not (target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()):
+                missing.append(f"{source.relative_to(REPO)}: {ref}")
+    assert not missing, "\n".join(missing)

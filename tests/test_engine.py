@@ -224,7 +224,8 @@ def test_context_trimmed_oldest_first(llama):
     # the current prompt alone too long: a clear error, and the engine goes on
     with pytest.raises(ContextOverflowError, match=r"tokens.*context.*256"):
         llama.generate("the capital of France is Paris " * 60, temperature=0, max_new_tokens=10)
-    assert llama.generate("Hi", temperature=0, max_new_tokens=2) is not None
+    after = llama.generate_detailed("Hi", temperature=0, max_new_tokens=2)
+    assert list(after.token_ids) == oracle_ids(llama, "Hi", 2)  # the engine goes on, answering right
 
 
 def test_without_max_new_tokens_a_long_prompt_gets_what_fits(llama):

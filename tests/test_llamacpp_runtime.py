@@ -19,7 +19,7 @@ from adaptrix.errors import (
 
 pytest.importorskip("llama_cpp")
 from adaptrix_llamacpp.runtime import LlamaRuntime  # noqa: E402
-from support.llamacpp import raw_greedy, raw_llama, write_random_lora  # noqa: E402
+from support.llamacpp import RawLlama, write_random_lora  # noqa: E402
 
 N_CTX, THREADS = 512, 1
 PROMPTS = [
@@ -48,30 +48,22 @@ def _run(gen):
 
 
 def test_greedy_tokens_equal_raw_llama_cpp_python(rt, embedded_gguf):
-    llama = raw_llama(embedded_gguf, n_ctx=N_CTX, n_threads=THREADS)
-    try:
+    with RawLlama(embedded_gguf, n_ctx=N_CTX, threads=THREADS) as llama:
         for text in PROMPTS:
             ids = rt.tokenize(text, add_special=False)
-            assert ids == llama.tokenize(text.encode(), add_bos=False, special=True)
-            want = raw_greedy(llama, ids, 40)
+            assert ids == llama.tokenize(text, special=True)
+            want = llama.greedy(ids, 40)
             got, _ = _run(rt.generate_tokens(ids, max_new_tokens=40))
             assert got == want, text
             assert len(want) >= 5
-    finally:
-        llama.close()
 
 
 def test_logits_equal_raw_llama_cpp_python(rt, embedded_gguf):
     import numpy as np
 
     ids = rt.tokenize(PROMPTS[0], add_special=False)
-    llama = raw_llama(embedded_gguf, n_ctx=N_CTX, n_threads=THREADS, logits_all=True)
-    try:
-        llama.reset()
-        llama.eval(ids)
-        want = np.array(llama.scores[: len(ids)])
-    finally:
-        llama.close()
+    with RawLlama(embedded_gguf, n_ctx=N_CTX, threads=THREADS) as llama:
+        want = llama.logits(ids)
     every = rt.logits(ids, all_positions=True)
     assert every.shape == (len(ids), rt.n_vocab)
     np.testing.assert_allclose(every, want, rtol=0, atol=1e-3)
@@ -301,8 +293,7 @@ def test_a_shared_prefix_is_reused_only_with_the_same_adapters(rt, loras, embedd
     unloaded adapter, never reuses keys and values computed with other weights."""
     a, _ = loras
     first = rt.tokenize(PROMPTS[1], add_special=False)
-    llama = raw_llama(embedded_gguf, n_ctx=N_CTX, n_threads=THREADS)
-    try:
+    with RawLlama(embedded_gguf, n_ctx=N_CTX, threads=THREADS) as llama:
         rt.set_loras([])
         answer, _ = _run(rt.generate_tokens(first, max_new_tokens=12))
         turn = rt.tokenize(PROMPTS[1] + rt.detokenize(answer) + "<|im_end|>\n<|im_start|>user\nAnd two more?"
@@ -310,9 +301,7 @@ def test_a_shared_prefix_is_reused_only_with_the_same_adapters(rt, loras, embedd
         assert turn[: len(first)] == first
         got, _ = _run(rt.generate_tokens(turn, max_new_tokens=16))
         assert rt.reused_tokens == len(first)  # the whole first prompt came from the cache, not its answer
-        assert got == raw_greedy(llama, turn, 16)
-    finally:
-        llama.close()
+        assert got == llama.greedy(turn, 16)
     base, _ = _run(rt.generate_tokens(turn, max_new_tokens=16))
     assert rt.reused_tokens == len(turn) - 2 and base == got  # the same prompt again: its last two tokens
     for scales in ({a: 1.0}, {a: 0.5}):

@@ -304,3 +304,136 @@ def test_default_generation_config_per_family_reads_context_from_config(family, 
     # Another family's plugin never answers for this one.
     other = "qwen" if family != "qwen" else "phi"
     assert host.call_family("default_generation_config", other, config={})[1] == other
+
+
+# -- pluggy calls the hooks: firstresult, hookwrappers, tracing and isolation ---------------------------------------
+
+
+class Toy:
+    """A family plugin registered by hand: detects ``toy`` models, targets ``q_proj``."""
+
+    @hookimpl
+    def detect_family(self, config):
+        return "toy" if (config or {}).get("model_type") == "toy" else None
+
+    @hookimpl
+    def target_modules(self):
+        return ["q_proj"]
+
+
+class Watcher:
+    """Hookwrappers only: they see each answer and may change it (pluggy's ``wrapper=True``)."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl(wrapper=True)
+    def detect_family(self, model_id, config):
+        family = yield
+        self.seen.append(("detect_family", family))
+        return None if model_id == "vetoed" else family
+
+    @hookimpl(wrapper=True)
+    def target_modules(self, family, config):
+        targets = yield
+        self.seen.append(("target_modules", targets))
+        return targets + ["o_proj"]
+
+
+def test_a_hookwrapper_sees_and_changes_firstresult_answers():
+    host = PluginHost(environ={}, strict=True)
+    host.register(Toy(), "toy")
+    watcher = Watcher()
+    rec = host.register(watcher, "watcher")
+    assert rec.status == "ok" and rec.fallback_hooks == ()  # wrapping is not providing a family
+    assert host.detect("m", {"model_type": "toy"}) == ("toy", "toy")  # the implementation's plugin answered
+    assert host.detect("vetoed", {"model_type": "toy"}) == (None, None)
+    # The owner-only call keeps the wrapper: it sees the owner's answer and extends it.
+    assert host.call_family("target_modules", "toy", config={}) == (["q_proj", "o_proj"], "toy")
+    assert watcher.seen == [("detect_family", "toy"), ("detect_family", "toy"), ("target_modules", ["q_proj"])]
+
+
+def test_hook_calls_are_visible_to_pluggy_tracing_and_monitoring():
+    host = PluginHost(environ={}, strict=True)
+    host.register(Toy(), "toy")
+    calls, traced = [], []
+    undo = host.pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: calls.append((name, sorted(i.plugin_name for i in impls), kwargs)),
+        lambda outcome, name, impls, kwargs: calls.append(("->", outcome.get_result())),
+    )
+    host.detect("m", {"model_type": "toy"})
+    host.call_family("target_modules", "toy", config={"a": 1})
+    host.call_all("caches")
+    undo()
+    assert calls == [
+        ("detect_family", ["toy"], {"model_id": "m", "config": {"model_type": "toy"}}), ("->", "toy"),
+        ("target_modules", ["toy"], {"family": "toy", "config": {"a": 1}}), ("->", ["q_proj"]),
+        ("caches", [], {}), ("->", []),
+    ]
+    host.pm.trace.root.setwriter(traced.append)
+    undo = host.pm.enable_tracing()
+    host.call_first("detect_family", model_id="m", config=None)
+    undo()
+    assert any("detect_family" in line for line in traced)
+    with pytest.raises(PluginError, match="'caches' is not a firstresult hook"):
+        host.call_first("caches")
+
+
+class Converters:
+    def __init__(self, answer):
+        self.answer = answer
+
+    @hookimpl
+    def caches(self):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_a_plugin_raising_in_an_all_plugins_hook_is_skipped_and_the_others_answer():
+    host = PluginHost(environ={})
+    host.register(Converters(["b"]), "b")
+    host.register(Converters(ValueError("disk on fire")), "broken")
+    host.register(Converters(["a"]), "a")  # registered last: answers first
+    with pytest.warns(PluginWarning, match="plugin 'broken' raised in hook caches: ValueError: disk on fire; its answer is skipped"):
+        assert host.call_all("caches") == [("a", ["a"]), ("b", ["b"])]
+    host.strict = True
+    with pytest.raises(PluginError, match="plugin 'broken' raised in hook caches: ValueError: disk on fire"):
+        host.call_all("caches")
+
+
+def test_a_hookwrapper_on_an_all_plugins_hook_sees_the_answers_and_its_additions_are_named_after_it():
+    class Extra:
+        def __init__(self):
+            self.seen = []
+
+        @hookimpl(wrapper=True)
+        def caches(self):
+            answers = yield
+            self.seen.append(answers)
+            return answers + [["extra"]]
+
+    host = PluginHost(environ={})
+    extra = Extra()
+    host.register(extra, "extra")
+    host.register(Converters(ValueError("boom")), "broken")
+    host.register(Converters(["a"]), "a")
+    with pytest.warns(PluginWarning, match="plugin 'broken'"):
+        assert host.call_all("caches") == [("a", ["a"]), ("extra", ["extra"])]
+    assert extra.seen == [[["a"]]]  # the broken plugin's answer is skipped before the wrapper sees the list
+
+
+def test_errors_raised_by_a_family_owner_name_plugin_and_hook():
+    class Owner(Toy):
+        @hookimpl
+        def default_generation_config(self, config):
+            raise KeyError("temperature")
+
+    host = PluginHost(environ={})
+    host.register(Owner(), "toy")
+    host.detect("m", {"model_type": "toy"})
+    with pytest.raises(PluginError, match="plugin 'toy' raised in hook default_generation_config: KeyError"):
+        host.call_family("default_generation_config", "toy", config={})
+    # A direct pluggy call names them too.
+    with pytest.raises(PluginError, match="plugin 'toy' raised in hook default_generation_config"):
+        host.pm.hook.default_generation_config(family="toy", config={})

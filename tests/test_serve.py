@@ -172,16 +172,23 @@ def test_composition_in_extra_body(client):
     assert task.choices[0].message.content
 
 
-def test_models_lists_base_and_adapters(server):
-    data = httpx.get(server.url + "/v1/models").json()["data"]
+def test_models_lists_base_and_adapters(server, client, world):
+    idle = world["ads"] / "idle"
+    shutil.copytree(world["ads"] / "a1", idle)  # an adapter no request has named yet
+    try:
+        _chat(client, "a1", PROMPTS[0])  # a1 has answered: its weights are in memory
+        data = httpx.get(server.url + "/v1/models").json()["data"]
+    finally:
+        shutil.rmtree(idle)
     ids = [m["id"] for m in data]
     base = data[0]["id"]
-    assert {"a1", "a2", "a3", "a4"} <= set(ids)
+    assert {"a1", "a2", "a3", "a4", "idle"} <= set(ids)
     a1 = next(m for m in data if m["id"] == "a1")
     assert a1["parent"] == base and a1["adaptrix"]["rank"] == 4
     assert data[0]["adaptrix"]["backend"] == "transformers"
     assert sorted(a1["adaptrix"]["targets"]) == ["q_proj", "v_proj"]
-    assert isinstance(a1["adaptrix"]["resident"], bool)
+    assert a1["adaptrix"]["resident"] is True
+    assert next(m for m in data if m["id"] == "idle")["adaptrix"]["resident"] is False
 
 
 BAD = [

@@ -90,7 +90,7 @@ def test_train_each_family(model_type, tiny_model, tmp_path):
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
 
 
-def test_resume_continues_exactly(tiny_model, tmp_path, monkeypatch):
+def test_resume_continues_exactly(tiny_model, tmp_path, monkeypatch, capsys):
     from adaptrix.training import trainer
 
     model = tiny_model("llama")
@@ -117,6 +117,10 @@ def test_resume_continues_exactly(tiny_model, tmp_path, monkeypatch):
 
     longer = trainer.train(config(model, data, tmp_path / "cut", save_every=2, resume=True, max_steps=8))
     assert longer.resumed_from == 6 and longer.steps == 8
+    capsys.readouterr()
+    done = trainer.train(config(model, data, tmp_path / "cut", save_every=2, resume=True, max_steps=8))
+    assert "checkpoint is at step 8, the run has 8 steps; nothing to train" in capsys.readouterr().out
+    assert done.resumed_from == 8 and done.losses == longer.losses  # trained nothing more
 
     with pytest.raises(TrainingError, match="rank"):
         trainer.train(config(model, data, tmp_path / "cut", resume=True, rank=8, max_steps=9))

@@ -14,7 +14,13 @@ a family owns it: the family-keyed hooks (``load_model``,
 ``chat_behaviour``) are called on the owner
 only, so they need no "is this my family?" check, and one the owner leaves out
 or answers ``None`` to falls back to the core's standard behaviour
-(:mod:`adaptrix.fallbacks`). See ``docs/writing-a-plugin.md``.
+(:mod:`adaptrix.fallbacks`).
+
+pluggy calls these hooks (through :class:`adaptrix.plugins.PluginHost`), so
+each spec's options mean what pluggy says: a ``firstresult`` hook stops at the
+first non-``None`` answer, ``@hookimpl(tryfirst=True)`` / ``trylast`` order
+the answers, and ``@hookimpl(wrapper=True)`` wraps a call (owner-only calls
+included) and may change its result. See ``docs/writing-a-plugin.md``.
 """
 
 from __future__ import annotations
@@ -58,7 +64,9 @@ def detect_family(model_id: str, config: dict[str, Any] | None) -> str | None:
     ``config["architectures"]`` first, and from ``model_id`` only when there is
     no config. Never claim a model that is not a causal LM (an encoder, a
     classification or reward head). Returns the family name or ``None``;
-    ``firstresult``: the first non-``None`` answer wins.
+    ``firstresult``: the first non-``None`` answer wins, unless it names a
+    family another plugin already owns: then it is skipped and the question
+    asked again without your plugin.
     """
 
 

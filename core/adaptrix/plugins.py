@@ -22,15 +22,28 @@ the other's answers for that family are skipped, and both records say so.
 
 Plugins that implement no family hook at all (e.g. an execution backend) are
 welcome as long as they implement some adaptrix hook.
+
+Calling: pluggy calls every hook (``pm.hook.X`` for the all-plugins hooks, a
+``pm.subset_hook_caller`` without the other plugins' implementations for
+owner-restricted and excluding calls), so the hookspecs' ``firstresult``,
+``tryfirst``/``trylast``, hookwrappers (``@hookimpl(wrapper=True)``, which
+wrap owner-restricted calls too) and pluggy's tracing and
+``add_hookcall_monitoring`` all apply. The host guards each implementation it
+registers: an exception names the plugin and the hook (a
+:class:`~adaptrix.errors.PluginError`), ``call_all`` skips a plugin that
+raises, and the guard notes which plugin gave each answer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import os
 import threading
 import warnings
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import attrs
 import pluggy
@@ -164,12 +177,12 @@ class PluginHost:
             return self._records[name]
         try:
             hooks = self._validate(plugin, name)
-            families = self._families_of(plugin)
+            families = self._families_of(plugin, name)
         except Exception as exc:
             self.pm.unregister(plugin, name=name)
             self._fail(base, exc, "failed validation")
             return self._records[name]
-        fallback = _fallback_hooks(hooks, families)
+        fallback = _fallback_hooks(self._answered_hooks(plugin), families)
         record = PluginRecord(
             status="ok", families=tuple(families), hooks=tuple(hooks), fallback_hooks=fallback, **base
         )
@@ -179,6 +192,7 @@ class PluginHost:
         return self._records[name]
 
     def _validate(self, plugin: object, name: str) -> list[str]:
+        """The hooks ``plugin`` implements, each implementation guarded (see :func:`_guard`)."""
         hooks = []
         for caller in self.pm.get_hookcallers(plugin) or []:
             if not caller.has_spec():
@@ -187,15 +201,25 @@ class PluginHost:
                     f"adaptrix hooks are: {', '.join(sorted(_spec_names()))}"
                 )
             hooks.append(caller.name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and _answers(impl):
+                    _guard(impl, caller.name)
         if not hooks:
             raise PluginError(f"plugin {name!r} implements no adaptrix hook (use @adaptrix.hookimpl)")
         return sorted(hooks)
 
-    def _families_of(self, plugin: object) -> list[str]:
-        impl = getattr(plugin, "families", None)
-        if impl is None or not hasattr(impl, "adaptrix_impl"):
+    def _answered_hooks(self, plugin: object) -> list[str]:
+        """The hooks ``plugin`` answers (a hookwrapper alone only wraps the others' answers)."""
+        return [c.name for c in self.pm.get_hookcallers(plugin) or [] if any(
+            i.plugin is plugin and _answers(i) for i in c.get_hookimpls())]
+
+    def _families_of(self, plugin: object, name: str) -> list[str]:
+        if "families" not in self._answered_hooks(plugin):
             return []
-        result = impl()
+        others = [i.plugin_name for i in self.pm.hook.families.get_hookimpls() if i.plugin is not plugin]
+        with _calling(isolate=False):
+            answers = self.hook_caller("families", exclude=others)()
+        result = answers[0] if answers else None
         if not isinstance(result, (list, tuple)) or not all(isinstance(f, str) and f for f in result):
             raise PluginError(f"hook families() must return a list of non-empty strings, got {result!r}")
         return list(result)
@@ -267,61 +291,87 @@ class PluginHost:
         return [r for r in self.records() if r.status != "ok"]
 
     # -- calling -----------------------------------------------------------
-    def call_first(self, hook: str, exclude: Iterable[str] = (), **kwargs: Any) -> tuple[Any, str | None]:
-        """Call ``hook`` in pluggy's order and return ``(first non-None result, plugin name)``."""
+    # Every call below goes through pluggy's hook caller (``pm.hook.X`` or a
+    # ``pm.subset_hook_caller``), so firstresult, hookwrappers, tracing and
+    # ``add_hookcall_monitoring`` apply. What pluggy cannot tell (which plugin
+    # answered, and which one raised) the guard around each implementation
+    # records in the current call's :class:`_Call` (see :func:`_guard`).
+    def hook_caller(self, hook: str, exclude: Iterable[str] = ()) -> pluggy.HookCaller:
+        """pluggy's caller for ``hook`` without the implementations of the plugins named in ``exclude``.
+
+        Only the excluded plugins' answering implementations are left out:
+        hookwrappers of other plugins still wrap the call.
+        """
+        hook_caller = getattr(self.pm.hook, hook)
         skip = set(exclude)
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
-            if impl.plugin_name in skip:
-                continue
-            result = _call_impl(impl, hook, kwargs)
-            if result is not None:
-                return result, impl.plugin_name
-        return None, None
+        removed = {i.plugin for i in hook_caller.get_hookimpls() if i.plugin_name in skip and _answers(i)}
+        return self.pm.subset_hook_caller(hook, remove_plugins=removed) if removed else hook_caller
+
+    def call_first(self, hook: str, exclude: Iterable[str] = (), **kwargs: Any) -> tuple[Any, str | None]:
+        """Call the firstresult ``hook`` through pluggy: ``(first non-None result, plugin that gave it)``.
+
+        The plugins named in ``exclude`` are not asked. A hookwrapper may
+        change the result; the plugin named is the one whose implementation
+        answered (``None`` when none did). An error raised by a plugin names
+        the plugin and the hook.
+        """
+        hook_caller = self.hook_caller(hook, exclude)
+        if not (hook_caller.spec and hook_caller.spec.opts.get("firstresult")):
+            raise PluginError(f"{hook!r} is not a firstresult hook; call_all asks every plugin")
+        with _calling(isolate=False) as call:
+            result = hook_caller(**kwargs)
+        return result, (call.answers[0][0] if call.answers else None)
 
     def call_all(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call ``hook`` on every plugin in pluggy's order: ``[(plugin name, result), ...]``, ``None`` skipped.
+        """Call ``hook`` on every plugin through pluggy: ``[(plugin name, result), ...]``, ``None`` skipped.
 
         A plugin that raises is skipped with a :class:`PluginWarning` (an error
         in strict mode): one broken plugin never hides the others' answers.
+        Results come in pluggy's order; one a hookwrapper added is named after
+        the wrappers of the call.
         """
-        answers = []
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
-            try:
-                result = _call_impl(impl, hook, kwargs)
-            except PluginError as exc:
-                if self.strict:
-                    raise
-                warnings.warn(f"{exc}; its answer is skipped", PluginWarning, stacklevel=2)
-                continue
-            if result is not None:
-                answers.append((impl.plugin_name, result))
-        return answers
+        hook_caller = getattr(self.pm.hook, hook)
+        with _calling(isolate=not self.strict) as call:
+            results = hook_caller(**kwargs)
+        for error in call.failures:
+            warnings.warn(f"{error}; its answer is skipped", PluginWarning, stacklevel=2)
+        if not isinstance(results, list):
+            raise PluginError(f"hook {hook} returned {results!r:.120}, not a list of answers (a hookwrapper's doing?)")
+        wrappers = ", ".join(i.plugin_name for i in hook_caller.get_hookimpls() if not _answers(i)) or None
+        unclaimed = list(call.answers)
+        named = []
+        for result in results:
+            found = next((k for k, (_, answer) in enumerate(unclaimed) if answer is result), None)
+            named.append((unclaimed.pop(found)[0] if found is not None else wrappers, result))
+        return named
 
     def detect(self, model_id: str, config: dict[str, Any] | None) -> tuple[str | None, str | None]:
-        """Ask ``detect_family`` in pluggy's order; the plugin that answers owns the family.
+        """Ask ``detect_family`` through pluggy (firstresult); the plugin that answers owns the family.
 
         An answer naming a family another plugin already owns (a conflict it
-        loses) is skipped, noted on both records, and the next plugin is asked.
+        loses) is skipped, noted on both records, and the question is asked
+        again without that plugin. A family only a hookwrapper answered goes
+        to its current owner, if it has one.
         """
-        for impl in reversed(self.pm.hook.detect_family.get_hookimpls()):
-            plugin = impl.plugin_name
-            family = _call_impl(impl, "detect_family", {"model_id": model_id, "config": config})
+        losers: set[str] = set()
+        while True:
+            family, plugin = self.call_first("detect_family", exclude=losers, model_id=model_id, config=config)
             if family is None:
-                continue
+                return None, None
             if not isinstance(family, str) or not family:
-                raise PluginError(
-                    f"plugin {plugin!r}: detect_family must return a family name or None, got {family!r}"
-                )
+                who = f"plugin {plugin!r}" if plugin else "a hookwrapper"
+                raise PluginError(f"{who}: detect_family must return a family name or None, got {family!r}")
             with self._lock:
                 owner = self._owners.get(family)
+                plugin = plugin or owner
                 if owner is not None and owner != plugin:
                     self._note_conflict(family, plugin, owner)
+                    losers.add(plugin)
                     continue
-                if owner is None:
+                if owner is None and plugin is not None:
                     self._detected[family] = plugin
                     self._resolve_owners()
             return family, plugin
-        return None, None
 
     def _note_conflict(self, family: str, loser: str, owner: str) -> None:
         note = f"family {family!r} also claimed by {loser}; {owner!r} wins (it owned the family first)"
@@ -333,16 +383,18 @@ class PluginHost:
     def call_family(self, hook: str, family: str, **kwargs: Any) -> tuple[Any, str]:
         """Call a family-keyed hook on the family's owner only; return ``(result, owner)``.
 
-        When the owner leaves the hook out or answers ``None``, the core's
-        standard behaviour (:mod:`adaptrix.fallbacks`) answers instead.
+        pluggy calls it with every other plugin's implementation left out
+        (hookwrappers stay). When the owner leaves the hook out or answers
+        ``None``, the core's standard behaviour (:mod:`adaptrix.fallbacks`)
+        answers instead.
         """
         from . import fallbacks
 
         if hook not in FAMILY_HOOKS:
             raise PluginError(f"{hook!r} is not a family hook; family hooks are: {', '.join(FAMILY_HOOKS)}")
         owner = self.owner(family)
-        impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name == owner]
-        result = _call_impl(impls[0], hook, dict(kwargs, family=family)) if impls else None
+        others = [i.plugin_name for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin_name != owner]
+        result, _ = self.call_first(hook, exclude=others, family=family, **kwargs)
         if result is None:
             result = getattr(fallbacks, hook)(family=family, **kwargs)
         return result, owner
@@ -352,16 +404,65 @@ class PluginHost:
         return self._records[self.owner(family)].fallback_hooks
 
 
-def _call_impl(impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
-    args = {k: kwargs[k] for k in impl.argnames}
+@attrs.define
+class _Call:
+    """What the guards saw during one host call: who answered what, and (when isolating) who failed."""
+
+    isolate: bool
+    answers: list[tuple[str, Any]] = attrs.Factory(list)
+    failures: list[PluginError] = attrs.Factory(list)
+
+
+_CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("adaptrix_plugin_call", default=None)
+
+
+@contextlib.contextmanager
+def _calling(isolate: bool) -> Iterator[_Call]:
+    """Make a fresh :class:`_Call` the current one (per thread; a hook calling the host nests its own)."""
+    call = _Call(isolate)
+    token = _CURRENT.set(call)
     try:
-        return impl.function(**args)
-    except AdaptrixError:
-        raise
-    except Exception as exc:
-        raise PluginError(
-            f"plugin {impl.plugin_name!r} raised in hook {hook}: {type(exc).__name__}: {exc}"
-        ) from exc
+        yield call
+    finally:
+        _CURRENT.reset(token)
+
+
+def _answers(impl: pluggy.HookImpl) -> bool:
+    """Whether ``impl`` answers the hook (a hookwrapper only wraps the others)."""
+    return not (impl.wrapper or impl.hookwrapper)
+
+
+def _guard(impl: pluggy.HookImpl, hook: str) -> None:
+    """Wrap ``impl``'s function, in place, so that its errors name the plugin and the hook.
+
+    pluggy lets an implementation's exception end the whole call and does
+    not say whose it was; the guard turns it into a :class:`PluginError`
+    naming plugin and hook (adaptrix errors pass unchanged), skips it (returns
+    ``None``) inside an isolating call (``call_all``), and notes each
+    non-``None`` answer with the plugin that gave it.
+    """
+    function, plugin = impl.function, impl.plugin_name
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        call = _CURRENT.get()
+        try:
+            result = function(*args, **kwargs)
+        except Exception as exc:
+            error = exc if isinstance(exc, AdaptrixError) else PluginError(
+                f"plugin {plugin!r} raised in hook {hook}: {type(exc).__name__}: {exc}"
+            )
+            if call is not None and call.isolate and isinstance(error, PluginError):
+                call.failures.append(error)
+                return None
+            if error is exc:
+                raise
+            raise error from exc
+        if call is not None and result is not None:
+            call.answers.append((plugin, result))
+        return result
+
+    impl.function = guarded  # type: ignore[misc]  # pluggy reads it at each call; argnames stay the original's
 
 
 def _fallback_hooks(hooks: Iterable[str], families: Iterable[str]) -> tuple[str, ...]:

@@ -40,8 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..plugins import PluginHost
 
 PEFT = "peft"
-#: Where a format's converter comes from when no installed plugin provides it (error messages only).
-INSTALL_HINTS: dict[str, str] = {".gguf": "GGUF LoRA (llama.cpp, Ollama): pip install adaptrix-llamacpp"}
+#: What to do about a format no installed plugin converts: the core knows no format nor plugin by name.
+INSTALL_HINT = "install the plugin that provides the format (adaptrix plugins list shows the installed ones)"
 
 
 @attrs.frozen
@@ -119,16 +119,11 @@ def _by_suffix(converters, path: Path):
 
 
 def _missing_converter(path: Path, role: str, converters) -> AdapterError:
-    hint = next((h for s, h in INSTALL_HINTS.items() if path.name.lower().endswith(s)), None)
+    """No installed converter recognises the file ``path``: list those there are and say what to install."""
     known = ", ".join(f"{c.format} ({'/'.join(c.suffixes)}, plugin {p})" for p, c in converters.values()) or "none"
-    if hint:
-        return AdapterError(
-            f"{role} {path}: no installed plugin converts adapters to or from this format ({hint}); "
-            f"installed converters: {known}"
-        )
     return AdapterError(
         f"{role} {path} is neither a PEFT adapter folder nor a file of a format an installed plugin converts "
-        f"(installed converters: {known}); pass a folder holding {CONFIG_FILE} or a converted adapter file"
+        f"(installed converters: {known}); pass a folder holding {CONFIG_FILE}, or {INSTALL_HINT}"
     )
 
 
@@ -166,8 +161,11 @@ def convert_adapter(
                 "(as peft's save_pretrained writes it) or an adapter file"
             )
         found = _by_suffix(converters, dst_path)
-        if found is None and _hinted(dst_path):
-            raise _missing_converter(dst_path, "DST", converters)
+        if found is None and dst_path.suffix:
+            raise AdapterError(
+                f"DST {dst_path}: no installed plugin converts adapters to {dst_path.suffix} files (installed "
+                f"formats: {_formats(converters)}); name DST after one of them, or {INSTALL_HINT}"
+            )
         if found is None:
             raise AdapterError(
                 f"DST {dst_path}: a PEFT folder converts to a file of another format, named by its ending; "
@@ -209,10 +207,6 @@ def convert_adapter(
     return Conversion(
         str(src_path), str(dst_path), conv.format, PEFT, None if base_path is None else str(base_path), None, plugin
     )
-
-
-def _hinted(path: Path) -> bool:
-    return any(path.name.lower().endswith(s) for s in INSTALL_HINTS)
 
 
 def _formats(converters) -> str:

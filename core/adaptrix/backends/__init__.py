@@ -4,7 +4,7 @@ A backend turns a resolved model source into a :class:`Runner`, the object
 that tokenizes, generates (batched or streamed, with stop checks) and applies
 LoRA adapters. The core ships one backend, ``transformers``, the reference:
 every adapter operation and training run on it. Plugins add others through
-the ``backends`` hook (``adaptrix-llamacpp`` runs GGUF files at CPU speed); the
+the ``backends`` hook (e.g. one that runs GGUF files at CPU speed); the
 core names no backend but its own.
 
 Choosing (``Engine(backend=...)``, ``--backend``):

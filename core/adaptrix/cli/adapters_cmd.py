@@ -48,10 +48,10 @@ def register(sub) -> None:
 
     cp = asub.add_parser(
         "convert",
-        help="convert an adapter between a PEFT folder and another format (GGUF LoRA for llama.cpp and Ollama)",
+        help="convert an adapter between a PEFT folder and another format a plugin provides (e.g. GGUF LoRA)",
         description="Convert SRC into DST, either way: a PEFT adapter folder into a file whose ending names the "
-        "format (.gguf: a GGUF LoRA that llama.cpp and Ollama load), or such a file into a PEFT folder. "
-        "Formats come from plugins (adaptrix-llamacpp provides GGUF LoRA).",
+        "format (e.g. .gguf for a GGUF LoRA), or such a file into a PEFT folder. Formats come from the installed "
+        "plugins (adaptrix plugins list); an error names the installed ones.",
     )
     cp.add_argument("src", metavar="SRC", help="PEFT adapter folder, or an adapter file (e.g. a GGUF LoRA)")
     cp.add_argument("dst", metavar="DST", help="file to write (e.g. adapter.gguf), or the PEFT folder to write")

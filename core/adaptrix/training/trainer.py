@@ -340,10 +340,10 @@ def _train(cfg: TrainConfig) -> TrainResult:
         start, losses, elapsed = state["step"], list(state["losses"]), state["seconds"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
-    if state is None and cfg.overwrite and ckpt.exists():
-        shutil.rmtree(ckpt)  # --overwrite starts over: the old run's checkpoint must not be resumed later
         if start >= total:
             print(f"adaptrix train: checkpoint is at step {start}, the run has {total} steps; nothing to train")
+    if state is None and cfg.overwrite and ckpt.exists():
+        shutil.rmtree(ckpt)  # --overwrite starts over: the old run's checkpoint must not be resumed later
 
     model.train()
     began = time.monotonic()

@@ -3,7 +3,7 @@
 - :mod:`.backend`: the ``llamacpp`` backend, its runner and adapter manager.
 - :mod:`.runtime`: :class:`~.runtime.LlamaRuntime`, one model + context on llama-cpp-python's low-level API.
 - :mod:`.codec`: :class:`~.codec.LlamaTextCodec`, the tokenizer subset the engine uses, from the GGUF.
-- :mod:`.hub`: GGUF sources (local file, ``owner/repo-GGUF:Q4_K_M``, ``owner/repo-GGUF/file.gguf``).
+- :mod:`.gguf_arch`, :mod:`.gguf_index`: each GGUF architecture's LoRA targets; a GGUF model's layers from its header.
 - :mod:`.convert`, :mod:`.lora_cache`: PEFT <-> GGUF LoRA, converted once and cached by content.
 - :mod:`.plugin`: the hook implementations the entry point registers (re-exported here).
 
