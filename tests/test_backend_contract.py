@@ -22,19 +22,37 @@ PIRATE = REPO / "examples" / "adapters" / "pirate_style"
 QUESTION = "What is 25 times 8?"
 
 
+def fresh(e):
+    """Put a shared session engine in the state a new Engine has: base model, no adapter loaded, composed or
+    evicted, no residency limit, no merging, no history. Whatever ran before (in this file or another, in any
+    order, passed or failed) and whatever names its adapters had."""
+    from adaptrix.errors import AdapterError
+
+    pending = e.adapters.loaded_names()
+    while pending:  # a composition refuses to lose its sources first (llama.cpp): unload it, then them
+        refused = []
+        for name in reversed(pending):
+            try:
+                e.unload_adapter(name)
+            except AdapterError:
+                refused.append(name)
+        if len(refused) == len(pending):
+            raise AssertionError(f"the shared engine keeps adapters {refused} loaded")
+        pending = refused
+    for row in e.list_adapters():
+        if row["state"] == "evicted":
+            e.unload_adapter(row["name"])  # forgotten: no transparent reload in the next test
+    e.configure_adapters(merge=False)
+    e.reset_context()
+    e.use_context_by_default = False
+    return e
+
+
 @pytest.fixture(params=["transformers", "llamacpp"])
 def engine(request):
     e = request.getfixturevalue("smollm2_engine" if request.param == "transformers" else "smollm2_llamacpp")
-    yield e
-    # leave the shared engine as the next test expects it: base model, no adapters, no history
-    for name in list(e.adapters.loaded_names()):
-        if name.startswith("mix"):
-            e.unload_adapter(name)
-    for name in list(e.adapters.loaded_names()):
-        e.unload_adapter(name)
-    e.configure_adapters()
-    e.reset_context()
-    e.use_context_by_default = False
+    yield fresh(e)
+    fresh(e)  # and leave it so for the other files that share it
 
 
 def test_info_names_the_backend_and_why(engine, request):
@@ -221,7 +239,7 @@ def test_what_a_backend_cannot_do_is_refused_by_name(engine, request):
 def test_llamacpp_greedy_equals_raw_llama_cpp_python(smollm2_llamacpp):
     from support.llamacpp import RawLlama
 
-    e = smollm2_llamacpp
+    e = fresh(smollm2_llamacpp)
     prepared = e.prepare_request(QUESTION, temperature=0, max_new_tokens=24, repetition_penalty=1.0)
     runtime = e.runner.runtime
     with RawLlama(runtime.path, n_ctx=runtime.n_ctx, threads=runtime.n_threads) as raw:
