@@ -526,11 +526,9 @@ def test_batch_invariant_flag_reaches_the_step_decoder_and_answers_equal_alone(w
     import uvicorn
 
     from adaptrix.cli.main import build_parser
-    from adaptrix.serve import app as app_module
 
     seen = {}
-    monkeypatch.setattr(app_module, "create_app", lambda make, options: seen.setdefault("options", options))
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.setdefault("options", self.config.app.state.server.options))
     args = build_parser().parse_args(["serve", "--batch-invariant"])
     assert args.func(args) == 0 and seen["options"].batch_invariant is True
     assert build_parser().parse_args(["serve"]).batch_invariant is False

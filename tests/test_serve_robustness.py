@@ -105,8 +105,8 @@ def _slow_app(world, delay: float, **options):
         e.initialize()
         decoder_for = e.step_decoder
 
-        def slowed(max_rows=8):
-            decoder = decoder_for(max_rows=max_rows)
+        def slowed(max_rows=8, **options):
+            decoder = decoder_for(max_rows=max_rows, **options)
             step = decoder.step
 
             def slow_step():
