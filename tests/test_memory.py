@@ -133,7 +133,7 @@ def test_a_model_too_big_for_any_dtype_is_refused_before_any_weight_is_read(tiny
     assert "7.24 B parameters x 4 bytes = 27.0 GiB in float32" in message
     assert "7.24 B parameters x 2 bytes = 13.5 GiB in bfloat16" in message
     assert "model.safetensors.index.json" in message and "8.0 GiB available (a test's probe)" in message
-    assert "backend='llamacpp'" in message and "Q4_K_M about 4.0 GiB" in message and "dtype='bfloat16'" in message
+    assert "backend that runs GGUF files" in message and "Q4_K_M about 4.0 GiB" in message and "dtype='bfloat16'" in message
     # The engine stays usable: with the memory there, the same folder gets past the check.
     monkeypatch.setattr(memory, "available_memory", lambda: memory.Available(64 * memory.GIB, "a test's probe"))
     with pytest.raises(Exception) as later:

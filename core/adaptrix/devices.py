@@ -135,7 +135,8 @@ def _too_large(model: str, size, available) -> "ModelTooLargeError":
         f"{model} does not fit in memory in any dtype: {size.describe('float32')} in float32, "
         f"{size.describe('bfloat16')} in bfloat16/float16 (from {size.origin}), and loading needs "
         f"{memory.MARGIN_FRACTION:.0%} + {memory.gib(memory.MARGIN_BYTES)} more; {available}. Nothing was loaded. Options: a quantized GGUF of it on "
-        f"llama.cpp (backend='llamacpp', e.g. an owner/repo-GGUF:Q4_K_M; {quants}), a smaller model, or more free "
+        f"a backend that runs GGUF files (`adaptrix plugins list` shows the installed backends; e.g. an "
+        f"owner/repo-GGUF:Q4_K_M; {quants}), a smaller model, or more free "
         "memory; an explicit dtype (dtype='bfloat16') loads without this check"
     )
 
