@@ -28,13 +28,9 @@ def setup(tiny_model, tmp_path_factory):
 
 @pytest.fixture()
 def engine(setup):
-    from adaptrix import Engine
+    from support.adapters import open_engine
 
-    model_dir, adir = setup
-    eng = Engine(model_id=str(model_dir), device="cpu", adapters_dir=str(adir), progress=False)
-    eng.initialize()
-    yield eng
-    eng.cleanup()
+    yield from open_engine(*setup)
 
 
 def _tokens(engine, adapter):

@@ -77,3 +77,15 @@ def build_variant(model_dir: Path, out_dir: Path, seed: int = 0, **overrides) ->
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def open_engine(model_dir: Path, adapters_dir: Path):
+    """Yield an initialized CPU Engine on ``model_dir`` with ``adapters_dir``, cleaned up afterwards (a fixture body)."""
+    from adaptrix import Engine
+
+    eng = Engine(model_id=str(model_dir), device="cpu", adapters_dir=str(adapters_dir), progress=False)
+    eng.initialize()
+    try:
+        yield eng
+    finally:
+        eng.cleanup()
