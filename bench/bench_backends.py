@@ -134,7 +134,7 @@ def decode_section(args, out: dict) -> None:
     import torch
 
     from adaptrix import Engine
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
     from adaptrix_llamacpp.lora_cache import cached_lora
     from support.llamacpp import raw_llama
 

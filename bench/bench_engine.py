@@ -58,7 +58,7 @@ def engine_vs_raw(engine, tokens: int, repeats: int) -> dict:
 
 def load_times(skip_cold: bool) -> dict:
     from adaptrix import Engine
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
 
     result = {}
     with tempfile.TemporaryDirectory(prefix="adaptrix-bench-cache-") as tmp:

@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=1024)
     args = ap.parse_args()
 
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
     from adaptrix_llamacpp.runtime import LlamaRuntime
     from support.llamacpp import raw_llama, write_random_lora
 

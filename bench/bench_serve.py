@@ -181,7 +181,7 @@ def main() -> int:
 
     import tempfile
 
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
 
     ads = adapters_folder(Path(tempfile.mkdtemp(prefix="adaptrix-bench-serve-")))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())

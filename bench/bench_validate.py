@@ -43,7 +43,7 @@ def main() -> None:
 
     from adaptrix.adapters import validate as v
     from adaptrix.adapters.info import read_adapter_info
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
     from adaptrix_llamacpp.gguf_index import module_index, read_gguf_model
 
     from adaptrix import Engine

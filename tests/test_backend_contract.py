@@ -86,7 +86,7 @@ def test_seed_repeats_sampling(engine):
 
 
 def test_task_presets_and_family_defaults_resolve_the_same(engine):
-    from adaptrix.generation_defaults import TASK_PRESETS
+    from adaptrix.generation.defaults import TASK_PRESETS
 
     code = engine.resolve_settings(task_type="code")
     assert code.temperature == TASK_PRESETS["code"].temperature and code.max_new_tokens > 0

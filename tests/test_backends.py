@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from adaptrix.backends import Backend, backend_records, choose_backend
+from adaptrix.backends.contract import Backend
+from adaptrix.backends.choice import backend_records, choose_backend
 from adaptrix.errors import BackendError, PluginError
-from adaptrix.plugins import PluginHost
+from adaptrix.plugins.host import PluginHost
 
 
 class _Source:

@@ -16,11 +16,11 @@ import pytest
 
 from support.gguf import FakeConverter, write_gguf
 
-from adaptrix import cache as caches
+from adaptrix.storage import caches
 from adaptrix.cli.main import main
 from adaptrix.errors import PluginError, StorageError
-from adaptrix.plugins import PluginHost
-from adaptrix.storage import STALE_TMP_SECONDS
+from adaptrix.plugins.host import PluginHost
+from adaptrix.storage.files import STALE_TMP_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]
 PIRATE = REPO / "examples" / "adapters" / "pirate_style"
@@ -126,7 +126,7 @@ def test_entries_just_used_are_not_evicted(root, tmp_path):
 
 def test_cache_cli_shows_and_clears(root, tmp_path, capsys, embedded_gguf):
     pytest.importorskip("adaptrix_llamacpp")
-    from adaptrix import gguf_cache
+    from adaptrix.models import gguf_cache
     from adaptrix_llamacpp.lora_cache import cached_lora
 
     gguf_cache.cached_folder(write_gguf(tmp_path / "m.gguf"), progress=False, converter=FakeConverter())
@@ -220,7 +220,7 @@ def test_a_llamacpp_engine_start_sweeps_what_killed_conversions_left(root, embed
     import subprocess
 
     from adaptrix import Engine
-    from adaptrix.storage import HOST
+    from adaptrix.storage.files import HOST
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)

@@ -1,4 +1,4 @@
-"""adaptrix.chat_template renders every real chat template exactly as transformers does (the oracle)."""
+"""adaptrix.generation.chat_template renders every real chat template exactly as transformers does (the oracle)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from adaptrix.chat_template import ChatTemplate, render_chat_template
+from adaptrix.generation.chat_template import ChatTemplate, render_chat_template
 from adaptrix.errors import ChatTemplateError
 
 SYSTEM = {"role": "system", "content": "You are terse. Answer in one line."}
@@ -146,7 +146,7 @@ def test_the_sandbox_holds():
 
 def test_rendering_imports_no_transformers():
     code = (
-        "import sys; from adaptrix.chat_template import render_chat_template as r;"
+        "import sys; from adaptrix.generation.chat_template import render_chat_template as r;"
         "r('{{ messages[0].content }}', [{'role': 'user', 'content': 'x'}]);"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )

@@ -139,7 +139,7 @@ def model(tiny_model):
 
 def test_ctrl_c_mid_answer_keeps_the_real_conversation(model, monkeypatch, capsys, one_thread):
     """A real engine: the KeyboardInterrupt lands where Ctrl-C does, in the thread pulling tokens."""
-    from adaptrix.backends import Runner
+    from adaptrix.backends.contract import Runner
     from adaptrix.engine import Engine
 
     real_stream_tokens = Runner.stream_tokens

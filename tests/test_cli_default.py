@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "adapters"
 
 @pytest.fixture(scope="module")
 def default_model():
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
 
     try:
@@ -25,7 +25,7 @@ def default_model():
 
 
 def test_every_subcommand_without_model(default_model, tmp_path, capsys, one_thread):
-    from adaptrix.default_model import HUB_ID
+    from adaptrix.models.default_model import HUB_ID
 
     assert main(["detect", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adaptrix.conversation import ConversationStore, Conversation, build_prompt, plain_format
+from adaptrix.generation.conversation import ConversationStore, Conversation, build_prompt, plain_format
 from adaptrix.errors import ChatTemplateError, ContextOverflowError
 
 RAISES_ON_SYSTEM = (
@@ -162,7 +162,7 @@ def test_qwen3_template_kwargs_equal_transformers(real_tokenizers):
 
 
 def test_split_answer_equals_transformers(real_tokenizers):
-    from adaptrix.conversation import split_answer
+    from adaptrix.generation.conversation import split_answer
 
     for which, tok in real_tokenizers.items():
         messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
@@ -213,7 +213,7 @@ def test_tiny_model_tokenizer_equals_transformers(tiny_model):
 def test_special_tokens_are_template_variables(tok):
     from copy import deepcopy
 
-    from adaptrix.conversation import special_tokens
+    from adaptrix.generation.conversation import special_tokens
 
     t = deepcopy(tok)
     t.chat_template = "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -223,7 +223,7 @@ def test_special_tokens_are_template_variables(tok):
 
 
 def test_no_transformers_apply_chat_template_call(tok, monkeypatch):
-    """Formatting goes through adaptrix.chat_template, the module the llama.cpp backend renders with."""
+    """Formatting goes through adaptrix.generation.chat_template, the module the llama.cpp backend renders with."""
     from copy import deepcopy
 
     t = deepcopy(tok)
@@ -242,7 +242,7 @@ def test_formatting_imports_no_transformers():
 
     code = (
         "import sys\n"
-        "from adaptrix.conversation import build_prompt\n"
+        "from adaptrix.generation.conversation import build_prompt\n"
         "class Codec:\n"
         "    chat_template = \"{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}\"\n"
         "    special_tokens_map = {'bos_token': '<s>', 'eos_token': '</s>'}\n"

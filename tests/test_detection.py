@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from adaptrix.detection import detect
+from adaptrix.plugins.detection import detect
 from adaptrix.errors import FamilyNotDetectedError, ModelConfigError, NotACausalLMError
-from adaptrix.plugins import PluginHost
+from adaptrix.plugins.host import PluginHost
 
 #: Real config file -> the family a person would expect (None: must be refused).
 EXPECTED = {
@@ -192,7 +192,7 @@ def test_hub_id_from_a_prefilled_cache(monkeypatch, tmp_path, fixtures_dir):
 
 
 def test_id_only_detection_when_no_config():
-    from adaptrix.plugins import get_host
+    from adaptrix.plugins.host import get_host
 
     host = get_host()
     assert host.call_first("detect_family", model_id="Qwen/Qwen3-14B", config=None)[0] == "qwen"
@@ -202,7 +202,7 @@ def test_id_only_detection_when_no_config():
 
 
 def test_embedded_default_gguf_is_detected_from_its_header():
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
 
     try:
         path = default_model_path()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adaptrix import devices
+from adaptrix.models import devices
 from adaptrix.errors import DeviceError
 
 

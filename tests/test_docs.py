@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptrix import hookspecs
+from adaptrix.plugins import hookspecs
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = (REPO / "docs" / "writing-a-plugin.md").read_text()

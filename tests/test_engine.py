@@ -426,7 +426,7 @@ def test_unknown_keyword_arguments_are_refused_at_construction(kwargs, hint):
 
 def test_family_options_come_from_the_plugins_and_fit_the_detected_family(tiny_model):
     from adaptrix.errors import UnknownOptionError
-    from adaptrix.plugins import get_host
+    from adaptrix.plugins.host import get_host
 
     host = get_host()
     options, plugin = host.call_family("family_options", "qwen")

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from adaptrix import Engine
-from adaptrix import generation as gen
+from adaptrix.generation.text import visible_text
 
 THOUGHT = "<think>\nThe user asks 2+2. That is 4.\n</think>\n\nThe answer is 4."
 
@@ -116,5 +116,5 @@ def test_thought_cut_off_is_not_an_answer(hybrid, monkeypatch):
 def test_think_tags_are_single_tokens(qwen3_real_tok):
     tok = qwen3_real_tok.tokenizer
     assert tok.convert_tokens_to_ids("<think>") == 151667
-    assert gen.visible_text(tok.decode(tok(THOUGHT)["input_ids"], skip_special_tokens=True), (("<think>", "</think>"),)) \
+    assert visible_text(tok.decode(tok(THOUGHT)["input_ids"], skip_special_tokens=True), (("<think>", "</think>"),)) \
         == "The answer is 4."

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from adaptrix.detection import detect
-from adaptrix.plugins import get_host
-from adaptrix.targets import ALL_LINEAR, linear_leaf_names, resolve_target_modules
+from adaptrix.plugins.detection import detect
+from adaptrix.plugins.host import get_host
+from adaptrix.adapters.targets import ALL_LINEAR, linear_leaf_names, resolve_target_modules
 from adaptrix.types import LoadOptions
 from support.tiny import ARCH_EXTRAS, EXPECTED_FAMILY, NEWER_FAMILY, VL_EXTRAS
 
@@ -19,7 +19,7 @@ def test_plugin_loads_tiny_model_and_targets_exist(tiny_model, model_type, one_t
     import torch
 
     from adaptrix.adapters.validate import ModuleIndex
-    from adaptrix.modelconfig import load_config, text_model_type
+    from adaptrix.models.modelconfig import load_config, text_model_type
 
     folder = tiny_model(model_type)
     d = detect(str(folder))
@@ -87,7 +87,7 @@ def test_moe_targets_skip_fused_experts(tiny_model):
 
 def test_remote_code_model_refused_without_opt_in(tmp_path):
     from adaptrix.errors import RemoteCodeError
-    from adaptrix.loading import check_remote_code
+    from adaptrix.models.loading import check_remote_code
 
     cfg = {"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"], "auto_map": {"AutoModelForCausalLM": "x.Y"}}
     with pytest.raises(RemoteCodeError, match=r"custom modelling code .*'internlm2'.*trust_remote_code=True"):
@@ -164,7 +164,7 @@ def transformers_causal_configs():
 def test_every_family_model_type_of_the_installed_transformers_is_claimed_by_that_family_only(
     transformers_causal_configs,
 ):
-    from adaptrix.plugins import PluginHost
+    from adaptrix.plugins.host import PluginHost
 
     host = PluginHost(environ={}, strict=True)
     host.load_entry_points()
@@ -235,7 +235,7 @@ def test_remote_code_models_are_classified_by_what_they_are(config, expected):
 def test_registry_read_from_source_equals_the_imported_mapping():
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from adaptrix.registry import causal_lm_classes
+    from adaptrix.models.lm_classes import causal_lm_classes
 
     expected = {k: v[0] if isinstance(v, (list, tuple)) else v for k, v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items()}
     assert causal_lm_classes() == expected

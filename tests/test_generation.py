@@ -6,9 +6,11 @@ import itertools
 
 import pytest
 
-from adaptrix import generation as gen
 from adaptrix.errors import GenerationError
 from adaptrix.types import GenerationConfig
+from adaptrix.backends.transformers.runner import transformers_kwargs
+from adaptrix.generation.settings import explicit_settings, resolve_settings
+from adaptrix.generation.text import IncrementalDecoder, TextPipeline, visible_text
 
 THINK = (("<think>", "</think>"),)
 
@@ -20,7 +22,7 @@ def splits(text: str, sizes=(1, 2, 3, 5, 7)):
 
 
 def streamed(pieces, spans=(), stops=()):
-    p = gen.TextPipeline(spans, stops)
+    p = TextPipeline(spans, stops)
     return "".join(p.feed(x) for x in pieces) + p.flush()
 
 
@@ -36,14 +38,14 @@ def streamed(pieces, spans=(), stops=()):
     ],
 )
 def test_hidden_spans_whole_and_streamed(text, expected):
-    assert gen.visible_text(text, THINK) == expected
+    assert visible_text(text, THINK) == expected
     for pieces in splits(text):
         assert streamed(pieces, THINK) == expected, pieces
 
 
 def test_show_thinking_keeps_spans():
     text = "<think>x</think>y"
-    assert gen.visible_text(text, ()) == text
+    assert visible_text(text, ()) == text
 
 
 @pytest.mark.parametrize(
@@ -57,7 +59,7 @@ def test_show_thinking_keeps_spans():
     ],
 )
 def test_stop_strings_whole_and_streamed(text, stops, expected):
-    assert gen.visible_text(text, (), stops) == expected
+    assert visible_text(text, (), stops) == expected
     for pieces in splits(text):
         assert streamed(pieces, (), stops) == expected
 
@@ -65,14 +67,14 @@ def test_stop_strings_whole_and_streamed(text, stops, expected):
 def test_stop_applies_to_visible_text():
     # a stop string inside a hidden thought does not end the answer
     text = "<think>maybe END here</think>The answer END rest"
-    assert gen.visible_text(text, THINK, ["END"]) == "The answer"
+    assert visible_text(text, THINK, ["END"]) == "The answer"
     for pieces in splits(text):
         assert streamed(pieces, THINK, ["END"]) == "The answer"
 
 
 def test_pipeline_every_two_way_split():
     text = "  <think>x y</think>\n Hello there STOP more  "
-    whole = gen.visible_text(text, THINK, ["STOP"])
+    whole = visible_text(text, THINK, ["STOP"])
     assert whole == "Hello there"
     for i, j in itertools.combinations(range(len(text) + 1), 2):
         assert streamed([text[:i], text[i:j], text[j:]], THINK, ["STOP"]) == whole
@@ -83,8 +85,8 @@ def test_whitespace_trimmed_both_ends():
 
 
 def test_explicit_settings_validation():
-    assert gen.explicit_settings(max_length=12).max_new_tokens == 12
-    assert gen.explicit_settings(stop="x").stop == ("x",)
+    assert explicit_settings(max_length=12).max_new_tokens == 12
+    assert explicit_settings(stop="x").stop == ("x",)
     for kwargs, message in [
         (dict(temperature=-1), "temperature must be >= 0"),
         (dict(top_p=0), r"top_p must be in \(0, 1\]"),
@@ -97,26 +99,26 @@ def test_explicit_settings_validation():
         (dict(top_k=-1), "top_k"),
     ]:
         with pytest.raises(GenerationError, match=message):
-            gen.explicit_settings(**kwargs)
+            explicit_settings(**kwargs)
 
 
 def test_resolution_order():
     family = GenerationConfig(temperature=0.6, top_p=0.9, max_new_tokens=512, top_k=20)
-    r = gen.resolve_settings(GenerationConfig(), None, family)
+    r = resolve_settings(GenerationConfig(), None, family)
     assert (r.temperature, r.top_p, r.top_k, r.max_new_tokens, r.repetition_penalty) == (0.6, 0.9, 20, 512, 1.0)
-    r = gen.resolve_settings(GenerationConfig(), "math", family)
+    r = resolve_settings(GenerationConfig(), "math", family)
     assert (r.temperature, r.top_p, r.top_k) == (0.1, 0.9, 20)
-    r = gen.resolve_settings(GenerationConfig(temperature=0.0), "creative", family)
+    r = resolve_settings(GenerationConfig(temperature=0.0), "creative", family)
     assert (r.temperature, r.top_p) == (0.0, 0.95)
-    r = gen.resolve_settings(GenerationConfig(), None, None)
+    r = resolve_settings(GenerationConfig(), None, None)
     assert (r.temperature, r.top_p, r.max_new_tokens) == (0.7, 0.9, 256)  # global defaults
 
 
 def test_transformers_kwargs_greedy_and_sampling():
-    greedy = gen.transformers_kwargs(GenerationConfig(temperature=0.0, top_p=0.5, top_k=3, max_new_tokens=5))
+    greedy = transformers_kwargs(GenerationConfig(temperature=0.0, top_p=0.5, top_k=3, max_new_tokens=5))
     assert greedy["do_sample"] is False
     assert (greedy["temperature"], greedy["top_p"], greedy["top_k"]) == (1.0, 1.0, 50)  # neutral values
-    sample = gen.transformers_kwargs(GenerationConfig(temperature=0.3, top_p=0.95, max_new_tokens=5))
+    sample = transformers_kwargs(GenerationConfig(temperature=0.3, top_p=0.95, max_new_tokens=5))
     assert sample["do_sample"] is True and sample["temperature"] == 0.3 and sample["top_p"] == 0.95
     assert sample["top_k"] == 0  # no top_k unless a layer sets one
 
@@ -127,7 +129,7 @@ def test_incremental_decoder_holds_split_characters():
     tok = build_tokenizer()
     text = "naïve café, 25 times 8 is 200 ✓"
     ids = tok(text)["input_ids"]
-    dec = gen.IncrementalDecoder(tok)
+    dec = IncrementalDecoder(tok)
     pieces = [dec.add([i]) for i in ids] + [dec.finish()]
     assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
     assert not any("\ufffd" in p for p in pieces)
@@ -141,7 +143,7 @@ def test_incremental_decoder_windows_equal_one_decode_on_real_tokenizers(fixture
     tok = AutoTokenizer.from_pretrained(fixtures_dir / "tokenizers" / name)
     text = "Hello  world! naïve café, 25 × 8 = 200 ✓ 🙂\n  def f(x):\n\treturn x  # done. <|im_end|> ok"
     ids = tok(text, add_special_tokens=True)["input_ids"]
-    dec = gen.IncrementalDecoder(tok)
+    dec = IncrementalDecoder(tok)
     pieces = [dec.add([i]) for i in ids]
     assert dec.finish() == ""
     assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)

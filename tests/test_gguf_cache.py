@@ -11,9 +11,9 @@ import pytest
 
 from support.gguf import FakeConverter, write_gguf
 
-from adaptrix import gguf_cache
+from adaptrix.models import gguf_cache
 from adaptrix.errors import ModelLoadError
-from adaptrix.storage import STALE_TMP_SECONDS
+from adaptrix.storage.files import STALE_TMP_SECONDS
 
 
 @pytest.fixture

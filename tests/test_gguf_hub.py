@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptrix import gguf_hub as hub
+from adaptrix.models import gguf_hub as hub
 from adaptrix.errors import ModelConfigError, ModelLoadError
 
 REPO = "someone/SmolLM2-135M-Instruct-GGUF"
@@ -182,7 +182,7 @@ def test_environment_variables_reach_huggingface_hub_in_a_fresh_process(tmp_path
     _lay_out_cache(tmp_path, REPO, FILES, embedded_gguf)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     code = (
-        "import sys; from adaptrix.gguf_hub import resolve_gguf_source as r;"
+        "import sys; from adaptrix.models.gguf_hub import resolve_gguf_source as r;"
         f"print(r('{REPO}:Q4_1').path); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

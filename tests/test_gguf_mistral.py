@@ -1,7 +1,7 @@
 """A Mistral model converted to GGUF (``general.architecture = llama``) is family mistral on every backend.
 
 llama.cpp writes Mistral checkpoints as GGUF ``llama``; only ``general.name``
-says Mistral. The GGUF header mapping (``adaptrix.modelconfig.gguf_config``)
+says Mistral. The GGUF header mapping (``adaptrix.models.modelconfig.gguf_config``)
 decides the model type once: ``adaptrix detect``, the llama.cpp backend and
 the transformers backend (whose converted folder is saved under that type)
 all report it, while a real llama GGUF stays llama.
@@ -16,7 +16,7 @@ import pytest
 
 from support.gguf import write_gguf
 
-from adaptrix.source import resolve_source
+from adaptrix.models.source import resolve_source
 
 TOKENS = [5, 40, 77, 120, 300, 12, 99, 3]
 

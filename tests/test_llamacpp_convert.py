@@ -365,7 +365,7 @@ def test_conversion_imports_no_torch(tiny_gguf, tiny_adapter, tmp_path):
 
 
 def test_math_specialist_on_llama_cpp_answers_like_transformers(raw_llama, tmp_path):
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
 
     try:

@@ -36,8 +36,8 @@ def test_llamacpp_prompts_are_the_transformers_paths_prompts(smollm2_llamacpp):
     """Both paths score the same prompt tokens: the engine's rendering equals the HF tokenizer's chat template."""
     from transformers import AutoTokenizer
 
-    from adaptrix import gguf_cache
-    from adaptrix.default_model import default_model_path
+    from adaptrix.models import gguf_cache
+    from adaptrix.models.default_model import default_model_path
 
     tok = AutoTokenizer.from_pretrained(str(gguf_cache.cached_folder(default_model_path()).folder))
     for q in _questions(3):

@@ -1,6 +1,6 @@
 """``dtype="auto"`` on the CPU knows the model's size and the free memory (issue 15, item 17).
 
-The free memory is faked (``adaptrix.memory.available_memory`` is the one probe); the sizes are read
+The free memory is faked (``adaptrix.models.memory.available_memory`` is the one probe); the sizes are read
 from tiny random models saved to disk, as they are for a real checkpoint.
 """
 
@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from adaptrix import memory
+from adaptrix.models import memory
 from adaptrix.errors import ModelTooLargeError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ def test_the_estimate_from_a_config_is_the_published_size(fixtures_dir, name):
 
 
 def _source(folder):
-    from adaptrix.source import resolve_source
+    from adaptrix.models.source import resolve_source
 
     return resolve_source(str(folder))
 
@@ -145,7 +145,7 @@ def test_the_16_bit_dtype_follows_the_checkpoint_and_the_cpu(monkeypatch, tiny_m
     """float16 checkpoint: float16 where the CPU has no native bfloat16, bfloat16 where it has."""
     import torch
 
-    from adaptrix.devices import choose_dtype
+    from adaptrix.models.devices import choose_dtype
 
     folder = tmp_path / "fp16"
     shutil.copytree(tiny_model("llama"), folder)
@@ -168,7 +168,7 @@ def test_the_16_bit_dtype_follows_the_checkpoint_and_the_cpu(monkeypatch, tiny_m
 def test_unknown_free_memory_keeps_the_cpu_default(monkeypatch, tiny_model):
     import torch
 
-    from adaptrix.devices import choose_dtype
+    from adaptrix.models.devices import choose_dtype
 
     monkeypatch.setattr(memory, "available_memory", lambda: None)
     choice = choose_dtype("auto", torch.device("cpu"), _source(tiny_model("llama")))

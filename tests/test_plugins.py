@@ -9,7 +9,7 @@ import pytest
 
 from adaptrix import hookimpl
 from adaptrix.errors import PluginConfigError, PluginError, PluginUnavailableError
-from adaptrix.plugins import PluginHost, PluginWarning
+from adaptrix.plugins.host import PluginHost, PluginWarning
 from support.fake_dist import entry_points_under, make_dist
 
 FAMILY_PLUGIN = """

@@ -324,7 +324,7 @@ def test_without_max_tokens_a_long_prompt_gets_what_fits(world, oracle):
 
 def test_seed_range_is_the_engines(world):
     """One range, the engine's: 0 to 2**64-1 (the schema allowed -2**63 .. 2**63-1)."""
-    from adaptrix.generation import SEED_LIMIT
+    from adaptrix.generation.settings import SEED_LIMIT
 
     chat = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0.7}
     with LiveServer(_app(world)) as srv:

@@ -47,10 +47,10 @@ def one_cpu():
 @pytest.fixture(scope="module")
 def oracle(one_cpu):
     """llama.cpp's own answers: a separate ``Engine(backend="llamacpp")`` on the same GGUF."""
-    from adaptrix.backends import backend_records
-    from adaptrix.default_model import default_model_path
+    from adaptrix.backends.choice import backend_records
+    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
-    from adaptrix.plugins import get_host
+    from adaptrix.plugins.host import get_host
 
     try:
         default_model_path()

@@ -1,4 +1,4 @@
-"""One resolved model source (``adaptrix.source``): engine, training, detect and adapter validation agree."""
+"""One resolved model source (``adaptrix.models.source``): engine, training, detect and adapter validation agree."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from support.gguf import FakeConverter, write_gguf
 
-from adaptrix import gguf_cache
+from adaptrix.models import gguf_cache
 from adaptrix.errors import ModelConfigError, PluginUnavailableError
-from adaptrix.source import resolve_source
+from adaptrix.models.source import resolve_source
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def gguf_of_tiny_llama(cache, tmp_path, tiny_model, monkeypatch):
 def test_gguf_resolves_from_its_header_without_torch_or_conversion(tmp_path, cache):
     f = write_gguf(tmp_path / "m.gguf", arch="qwen3")
     code = (
-        "import sys, json\nfrom adaptrix.source import resolve_source\n"
+        "import sys, json\nfrom adaptrix.models.source import resolve_source\n"
         f"s = resolve_source({str(f)!r})\n"
         "print(json.dumps([s.family, s.path, str(s.gguf_file), s.config['model_type'], s.config_source, "
         "s.backend, sorted(m for m in ('torch', 'transformers') if m in sys.modules)]))"
@@ -66,7 +66,7 @@ def test_folder_and_config_file_and_base_id(tiny_model):
 
 
 def test_default_model_records_its_hub_id():
-    from adaptrix.default_model import HUB_ID, default_model_path
+    from adaptrix.models.default_model import HUB_ID, default_model_path
 
     try:
         path = default_model_path()
@@ -94,7 +94,8 @@ def test_bad_sources(tmp_path):
 
 
 def test_engine_reads_config_json_once(tiny_model, monkeypatch):
-    from adaptrix import Engine, modelconfig
+    from adaptrix import Engine
+    from adaptrix.models import modelconfig
 
     reads = []
     real = modelconfig.read_json_object

@@ -74,7 +74,7 @@ def test_prompts_added_together_decode_as_each_alone(engine):
 
 
 def test_similar_prompts_share_one_prefill_and_long_ones_do_not(engine):
-    from adaptrix import batching
+    from adaptrix.backends.transformers import batching
 
     calls = []
     hook = engine.model.register_forward_hook(lambda module, args, kwargs, out: calls.append(

@@ -14,7 +14,8 @@ import pytest
 
 from support.gguf import FakeConverter, write_gguf
 
-from adaptrix import gguf_cache, storage
+from adaptrix.models import gguf_cache
+from adaptrix.storage import files as storage
 from adaptrix.cli.main import main
 from adaptrix.errors import StorageError
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptrix.detection import detect
-from adaptrix.plugins import PluginHost
+from adaptrix.plugins.detection import detect
+from adaptrix.plugins.host import PluginHost
 from adaptrix.types import LoadOptions
 from support.fake_dist import entry_points_under, make_dist
 
@@ -72,7 +72,7 @@ def minimal_plugin_source() -> str:
 @pytest.fixture
 def minimal_plugin(tmp_path, monkeypatch):
     """A minimal plugin "installed" as a dist-info, as the process-wide host sees it."""
-    from adaptrix import plugins
+    from adaptrix.plugins import host as plugins
 
     site = make_dist(tmp_path / "site", "adaptrix-tinyfam", {"tinyfam": "tinyfam_plugin"}, {"tinyfam_plugin": minimal_plugin_source()})
     monkeypatch.syspath_prepend(str(site))

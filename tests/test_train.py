@@ -48,8 +48,8 @@ def test_train_each_family(model_type, tiny_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptrix.plugins import get_host
-    from adaptrix.targets import resolve_target_modules
+    from adaptrix.plugins.host import get_host
+    from adaptrix.adapters.targets import resolve_target_modules
     from adaptrix.training import train
 
     model = tiny_model(model_type)
@@ -151,7 +151,7 @@ def test_trained_prompt_is_the_served_prompt(tiny_model, template):
     """An adapter learns on exactly the text and tokens the engine later feeds it for the same conversation."""
     from transformers import AutoTokenizer
 
-    from adaptrix.conversation import build_prompt
+    from adaptrix.generation.conversation import build_prompt
     from adaptrix.training.data import IGNORE_INDEX, Sample, encode
 
     tok = AutoTokenizer.from_pretrained(tiny_model("llama"))
@@ -254,7 +254,7 @@ def test_engine_loads_trained_adapter(tiny_model, tmp_path):
         assert info.task_type == "general"
         with_adapter = engine.generate_detailed("What is 25 times 8?", max_new_tokens=8, temperature=0)
         base = engine.generate_detailed("What is 25 times 8?", adapter=None, max_new_tokens=8, temperature=0)
-        from adaptrix.conversation import build_prompt
+        from adaptrix.generation.conversation import build_prompt
 
         prompt_ids = list(build_prompt(engine.tokenizer, "What is 25 times 8?").input_ids)
     finally:
@@ -334,7 +334,7 @@ def test_resume_runs_no_pickle_and_checks_the_base_model(tiny_model, tmp_path):
 def test_train_on_gguf_converts_once(tiny_model, tmp_path, monkeypatch):
     from support.gguf import FakeConverter, write_gguf
 
-    from adaptrix import gguf_cache
+    from adaptrix.models import gguf_cache
     from adaptrix.training import train
 
     monkeypatch.setenv("ADAPTRIX_CACHE", str(tmp_path / "cache"))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import AdaptrixError
-from .hookspecs import hookimpl
-from .types import ChatBehaviour, Detection, GenerationConfig, LoadedModel, LoadOptions
+from adaptrix.errors import AdaptrixError
+from adaptrix.plugins.hookspecs import hookimpl
+from adaptrix.types import ChatBehaviour, Detection, GenerationConfig, LoadedModel, LoadOptions
 
 __version__ = "0.1.0"
 
@@ -29,17 +29,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .detection import detect
-    from .engine import Engine, ModularAdaptrixEngine
+    from adaptrix.plugins.detection import detect
+    from adaptrix.engine import Engine, ModularAdaptrixEngine
 
 
 def __getattr__(name: str):
     if name in ("Engine", "ModularAdaptrixEngine"):
-        from . import engine
+        from adaptrix import engine
 
         return getattr(engine, name)
     if name == "detect":
-        from .detection import detect
+        from adaptrix.plugins.detection import detect
 
         return detect
     raise AttributeError(f"module 'adaptrix' has no attribute {name!r}")

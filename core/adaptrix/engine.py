@@ -10,7 +10,7 @@
         print(piece, end="", flush=True)
 
 The engine names no family and no backend but the reference one. It resolves
-the source once (:mod:`adaptrix.source`), asks the plugins for the family's
+the source once (:mod:`adaptrix.models.source`), asks the plugins for the family's
 defaults, picks a backend (:mod:`adaptrix.backends`) whose :class:`Runner`
 executes the model, and keeps an adapter manager (the backend's subclass of
 :class:`adaptrix.adapters.manager.AdapterManager`). What it adds on top: the
@@ -27,13 +27,15 @@ from typing import Any, Iterator, Sequence
 
 import attrs
 
-from . import generation as gen
-from .adapters.manager import check_residency_limits
-from .conversation import Conversation, ConversationStore, Prompt, build_prompt
-from .errors import BackendError, ContextOverflowError, EngineStateError, GenerationError
-from .lease import LeasedTokens, ModelLease
-from .request import GenerationRequest
-from .types import UNSET, GenerationConfig, LoadOptions
+from adaptrix.adapters.manager import check_residency_limits
+from adaptrix.generation.conversation import Conversation, ConversationStore, Prompt, build_prompt
+from adaptrix.errors import BackendError, ContextOverflowError, EngineStateError, GenerationError
+from adaptrix.generation.lease import LeasedTokens, ModelLease
+from adaptrix.generation.request import GenerationRequest
+from adaptrix.types import UNSET, GenerationConfig, LoadOptions
+from adaptrix.generation.result import GenerationResult, PreparedRequest
+from adaptrix.generation.settings import explicit_settings, resolve_settings
+from adaptrix.generation.text import IncrementalDecoder, TextPipeline, open_span, stop_check
 
 #: The keyword arguments of ``Engine()`` itself (anything else must be a declared family option).
 _ENGINE_ARGUMENTS = (
@@ -46,9 +48,9 @@ _ENGINE_ARGUMENTS = (
 class Session:
     """What ``initialize()`` loaded: the resolved source, the backend and its runner, the family's defaults."""
 
-    source: Any  # adaptrix.source.ModelSource
-    backend: Any  # adaptrix.backends.Choice
-    runner: Any  # adaptrix.backends.Runner
+    source: Any  # adaptrix.models.source.ModelSource
+    backend: Any  # adaptrix.backends.choice.Choice
+    runner: Any  # adaptrix.backends.contract.Runner
     adapters: Any  # adaptrix.adapters.manager.AdapterManager
     family_defaults: GenerationConfig
     context_length: int | None
@@ -85,11 +87,11 @@ class Engine:
         merge_adapters: bool = False,
         **family_options: Any,
     ):
-        from .modelconfig import check_model_id
+        from adaptrix.models.modelconfig import check_model_id
 
         if family_options:
-            from . import family_options as fo
-            from .plugins import get_host
+            from adaptrix.plugins import family_options as fo
+            from adaptrix.plugins.host import get_host
 
             fo.check_known(family_options, get_host(), _ENGINE_ARGUMENTS)
         check_residency_limits(max_loaded_adapters, max_adapter_bytes)
@@ -137,7 +139,7 @@ class Engine:
 
     @property
     def runner(self):
-        """The backend's :class:`~adaptrix.backends.Runner` (after ``initialize()``)."""
+        """The backend's :class:`~adaptrix.backends.contract.Runner` (after ``initialize()``)."""
         return self._require_loaded().runner
 
     def initialize(self) -> bool:
@@ -154,16 +156,16 @@ class Engine:
     def _load(self) -> Session:
         import time
 
-        from . import modelconfig
-        from .backends import choose_backend
-        from .plugins import get_host
-        from .source import resolve_source
+        from adaptrix.models import modelconfig
+        from adaptrix.backends.choice import choose_backend
+        from adaptrix.plugins.host import get_host
+        from adaptrix.models.source import resolve_source
 
         start = time.perf_counter()
         host = get_host()
         src = resolve_source(self.model_id, revision=self.revision, family=self.family_override, host=host)
         if self.family_options:
-            from . import family_options as fo
+            from adaptrix.plugins import family_options as fo
 
             fo.check_family(self.family_options, host, src.family)
         choice = choose_backend(src, self.backend, host)
@@ -231,13 +233,13 @@ class Engine:
     def resolve_settings(self, task_type: str | None = None, adapter=UNSET, **settings) -> GenerationConfig:
         """The settings a call with these arguments would use (explicit > task > family > global)."""
         self._require_loaded()
-        explicit = gen.explicit_settings(**settings)
+        explicit = explicit_settings(**settings)
         task = task_type if task_type is not None else self._adapter_task_type(adapter)
         return self._resolve(explicit, task)
 
     def _resolve(self, explicit: GenerationConfig, task: str | None) -> GenerationConfig:
         session = self._require_loaded()
-        cfg = gen.resolve_settings(explicit, task, session.family_defaults)
+        cfg = resolve_settings(explicit, task, session.family_defaults)
         ctx = session.context_length
         cfg = attrs.evolve(cfg, context_length=ctx)
         if ctx is not None:
@@ -257,7 +259,7 @@ class Engine:
         A task type adaptrix has no preset for (an adapter's own label such as
         "style") selects nothing rather than failing the generation.
         """
-        from .generation_defaults import TASK_PRESETS
+        from adaptrix.generation.defaults import TASK_PRESETS
 
         m = self._require_loaded().adapters
         if adapter is None:
@@ -283,7 +285,7 @@ class Engine:
         use = self.use_context_by_default if req.use_context is None else req.use_context
         return self.conversations.get() if use else None
 
-    def _prepare(self, req: GenerationRequest, conv: Conversation | None) -> gen.PreparedRequest:
+    def _prepare(self, req: GenerationRequest, conv: Conversation | None) -> PreparedRequest:
         """Resolve ``req``'s settings and format its prompt (with ``conv``'s history) as it will run."""
         session = self._require_loaded()
         loaded = session.runner.loaded
@@ -303,12 +305,12 @@ class Engine:
             formatted = self._format(req.prompt, None, conv, req.system, template_kwargs, req.raw)
             cfg = attrs.evolve(cfg, max_new_tokens=session.context_length - len(formatted.input_ids))
         spans = () if req.show_thinking else tuple(loaded.hidden_spans)
-        return gen.PreparedRequest(
+        return PreparedRequest(
             prompt=formatted,
             settings=cfg,
             stops=tuple(cfg.stop or ()) + formatted.stops,
             spans=spans,
-            inside=gen.open_span(formatted.text, spans),
+            inside=open_span(formatted.text, spans),
             eos_ids=tuple(session.runner.eos_ids),
             pad_id=session.runner.pad_id,
         )
@@ -347,11 +349,11 @@ class Engine:
         )
         return formatted if max_new_tokens is not None else attrs.evolve(formatted, trimmed_turns=len(turns))
 
-    def _stop_check(self, prepared: Sequence[gen.PreparedRequest]):
+    def _stop_check(self, prepared: Sequence[PreparedRequest]):
         """``stop(row, new_ids)`` for the runner: True once a row's visible text holds one of its stop strings."""
         if not any(p.stops for p in prepared):
             return None
-        return gen.stop_check(self.tokenizer, [(p.spans, p.stops, p.inside) for p in prepared])
+        return stop_check(self.tokenizer, [(p.spans, p.stops, p.inside) for p in prepared])
 
     def _remember(self, conv: Conversation | None, req: GenerationRequest, text: str) -> None:
         if conv is not None:
@@ -370,12 +372,12 @@ class Engine:
         ``use_context``, ``conversation`` (a name), ``history`` (this request's
         earlier user/assistant messages, remembered nowhere), ``show_thinking``,
         ``enable_thinking``, ``chat_template_kwargs``, ``raw`` (no chat
-        template). See :class:`~adaptrix.request.GenerationRequest`.
+        template). See :class:`~adaptrix.generation.request.GenerationRequest`.
         """
         return self.generate_detailed(prompt, **options).text
 
-    def generate_detailed(self, prompt: str | GenerationRequest, **options) -> gen.GenerationResult:
-        """Like :meth:`generate`, returning a :class:`~adaptrix.generation.GenerationResult`."""
+    def generate_detailed(self, prompt: str | GenerationRequest, **options) -> GenerationResult:
+        """Like :meth:`generate`, returning a :class:`~adaptrix.generation.result.GenerationResult`."""
         self._require_loaded()
         req = prompt if isinstance(prompt, GenerationRequest) else GenerationRequest.build(prompt, **options)
         with self._lock:
@@ -389,8 +391,8 @@ class Engine:
                 self._remember(conv, req, result.text)
                 return result
 
-    def result_for(self, prepared: gen.PreparedRequest, new_ids: Sequence[int]) -> gen.GenerationResult:
-        """The :class:`~adaptrix.generation.GenerationResult` ``generate`` returns for these generated ids."""
+    def result_for(self, prepared: PreparedRequest, new_ids: Sequence[int]) -> GenerationResult:
+        """The :class:`~adaptrix.generation.result.GenerationResult` ``generate`` returns for these generated ids."""
         new = list(new_ids)
         raw_text = self.tokenizer.decode(new, skip_special_tokens=True)
         pipeline = prepared.pipeline()
@@ -414,18 +416,18 @@ class Engine:
 
     def stream_detailed(self, prompt: str | GenerationRequest, **options) -> "DetailedStream":
         """Like :meth:`stream`; once the pieces are exhausted, the stream's ``result`` is the
-        :class:`~adaptrix.generation.GenerationResult` :meth:`generate_detailed` would return (token counts and
+        :class:`~adaptrix.generation.result.GenerationResult` :meth:`generate_detailed` would return (token counts and
         finish reason of the generation itself, not of its text)."""
         self._require_loaded()
         req = prompt if isinstance(prompt, GenerationRequest) else GenerationRequest.build(prompt, **options)
         return DetailedStream(self._stream(req))
 
     def _stream(self, req: GenerationRequest) -> Iterator[str]:
-        """The stream's generator; it returns the :class:`~adaptrix.generation.GenerationResult` (see
+        """The stream's generator; it returns the :class:`~adaptrix.generation.result.GenerationResult` (see
         :class:`DetailedStream`). The model is leased to this stream (a token, not a thread) from the
         first ``next()`` until its generation ends: ``next()`` may come from any thread and generates
         there (:meth:`Runner.stream_tokens`); a call made meanwhile, from any thread, this one included,
-        finishes the stream's generation into a buffer first (:class:`~adaptrix.lease.LeasedTokens`),
+        finishes the stream's generation into a buffer first (:class:`~adaptrix.generation.lease.LeasedTokens`),
         so it never changes the stream and never deadlocks."""
         import contextlib
 
@@ -438,7 +440,7 @@ class Engine:
                 held.enter_context(session.adapters.scope(req.adapter))
                 conv = self._conversation_for(req)
                 prepared = self._prepare(req, conv)
-                decoder = gen.IncrementalDecoder(session.runner.loaded.tokenizer)
+                decoder = IncrementalDecoder(session.runner.loaded.tokenizer)
                 tokens = session.runner.stream_tokens(prepared.input_ids, prepared.settings,
                                                       stop=self._stop_check([prepared]))
                 scope = held.pop_all()  # from here on the generation's end restores the adapters
@@ -479,8 +481,8 @@ class Engine:
         return [r.text for r in self.generate_batch_detailed(prompts, adapters=adapters, **options)]
 
     def generate_batch_detailed(self, prompts: Sequence[str], *, adapters: Sequence[str | None] | None = None,
-                                **options) -> list[gen.GenerationResult]:
-        """Like :meth:`generate_batch`, returning a :class:`~adaptrix.generation.GenerationResult` per prompt."""
+                                **options) -> list[GenerationResult]:
+        """Like :meth:`generate_batch`, returning a :class:`~adaptrix.generation.result.GenerationResult` per prompt."""
         self._require_loaded()
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise GenerationError("generate_batch takes a list of prompts; use generate() for a single one")
@@ -549,7 +551,7 @@ class Engine:
     def list_adapters(self) -> list[dict[str, Any]]:
         """Available, loaded and evicted adapters, with ``active`` marked (before ``initialize()`` too)."""
         if self._session is None:
-            from .adapters.sources import available_adapters
+            from adaptrix.adapters.sources import available_adapters
 
             return [
                 {"name": n, "path": str(p), "loaded": False, "state": "available", "active": False, "merged": False}
@@ -604,7 +606,7 @@ class Engine:
     # -- information -----------------------------------------------------------------
     def get_model_info(self) -> dict[str, Any]:
         """Family, plugin, backend, model, source, size, dtype, device, context, defaults, adapters."""
-        from .generation_defaults import GLOBAL_DEFAULTS
+        from adaptrix.generation.defaults import GLOBAL_DEFAULTS
 
         session = self._require_loaded()
         src, loaded = session.source, session.runner.loaded
@@ -635,7 +637,7 @@ class Engine:
         info.update(session.adapters.status())
         return info
 
-    # -- serving seam (adaptrix serve, adaptrix.batching) ----------------------------
+    # -- serving seam (adaptrix serve, adaptrix.backends.transformers.batching) ----------------------------
     # For step-level decoders that run the model themselves (iteration-level
     # batching; step_decoder gives the backend's own, or None): format a request
     # exactly as generate() would (prepare_request),
@@ -644,7 +646,7 @@ class Engine:
     # generate() would return (result_for, above).
     def prepare_request(
         self, prompt: str, *, history: Sequence[dict[str, str]] = (), **options
-    ) -> gen.PreparedRequest:
+    ) -> PreparedRequest:
         """Resolve settings and format ``history + prompt`` as :meth:`generate_detailed` would; generate nothing.
 
         ``history``: earlier ``{"role", "content"}`` messages (user/assistant),
@@ -659,7 +661,7 @@ class Engine:
 
     def step_decoder(self, max_rows: int = 8, *, batch_invariant: bool = False):
         """The backend's step-level decoder for up to ``max_rows`` rows (see
-        :meth:`adaptrix.backends.Runner.step_decoder`), or ``None``: serve one request at a time.
+        :meth:`adaptrix.backends.contract.Runner.step_decoder`), or ``None``: serve one request at a time.
 
         ``batch_invariant=True``: every row is computed exactly as the request alone (one forward or
         ``llama_decode`` per row), so each greedy answer equals ``generate``'s, whatever decodes beside
@@ -701,8 +703,8 @@ class Engine:
 ModularAdaptrixEngine = Engine
 
 
-def _result(prepared: gen.PreparedRequest, new: list[int], text: str, raw_text: str,
-            pipeline: gen.TextPipeline) -> gen.GenerationResult:
+def _result(prepared: PreparedRequest, new: list[int], text: str, raw_text: str,
+            pipeline: TextPipeline) -> GenerationResult:
     """The result of a generation whose ids ``new`` gave ``text`` through ``pipeline`` (already run)."""
     if pipeline.stopped:
         reason = "stop"
@@ -710,7 +712,7 @@ def _result(prepared: gen.PreparedRequest, new: list[int], text: str, raw_text: 
         reason = "eos"
     else:
         reason = "length"
-    return gen.GenerationResult(
+    return GenerationResult(
         text=text,
         token_ids=tuple(new),
         prompt_tokens=len(prepared.input_ids),
@@ -730,7 +732,7 @@ class DetailedStream:
 
     def __init__(self, pieces: Iterator[str]):
         self._pieces = pieces
-        self.result: gen.GenerationResult | None = None
+        self.result: GenerationResult | None = None
 
     def __iter__(self) -> "DetailedStream":
         return self

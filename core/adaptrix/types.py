@@ -66,7 +66,7 @@ class LoadOptions:
     extra: dict[str, Any] = attrs.field(factory=dict)
     #: Options only a family plugin understands (e.g. qwen's ``enable_thinking``).
     family_options: dict[str, Any] = attrs.field(factory=dict)
-    #: The model's config as the core already read it (``adaptrix.source``); loaders use it instead of
+    #: The model's config as the core already read it (``adaptrix.models.source``); loaders use it instead of
     #: reading config.json again. ``None``: read it from ``model_id``.
     config: dict[str, Any] | None = None
     #: Where ``config`` came from (for error messages).
@@ -156,7 +156,7 @@ class LoadedModel:
     #: Free-form notes from the plugin (tokenizer fixes it applied, ...).
     notes: tuple[str, ...] = ()
     #: How the family's models chat: set by the backend from the family's ``chat_behaviour`` hook
-    #: (:func:`adaptrix.family_chat.ask`), whatever ``load_model`` put here.
+    #: (:func:`adaptrix.plugins.family_chat.ask`), whatever ``load_model`` put here.
     chat: ChatBehaviour = attrs.field(factory=ChatBehaviour)
 
     @property

@@ -47,8 +47,8 @@ def load_base(model: str | None, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model is None:
-        from adaptrix import gguf_cache
-        from adaptrix.default_model import default_model_path
+        from adaptrix.models import gguf_cache
+        from adaptrix.models.default_model import default_model_path
 
         model = str(gguf_cache.cached_folder(default_model_path()).folder)
     tok = AutoTokenizer.from_pretrained(model)

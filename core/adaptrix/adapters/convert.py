@@ -14,9 +14,9 @@ there without ``overwrite``, SRC not an adapter, no installed converter, DST
 that would replace a file SRC is read from); the converter then validates the
 adapter against the base model itself.
 
-Writing goes through :mod:`adaptrix.storage`: a file is written beside DST and
+Writing goes through :mod:`adaptrix.storage.files`: a file is written beside DST and
 renamed into place (the converter's ``from_peft`` uses
-:func:`~adaptrix.storage.atomic_file`), a PEFT folder is written beside DST and
+:func:`~adaptrix.storage.files.atomic_file`), a PEFT folder is written beside DST and
 only its adapter files (``adapter_config.json`` last, the weights) replace
 those of an existing DST: ``overwrite`` replaces an adapter, never the input
 nor anything else in the folder. A failed conversion, a full disk or a killed
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
-from ..errors import AdapterError, AdapterFormatError, AdapterNotFoundError, PluginError
-from ..storage import guard, overlap, remove_stale, replace_files
-from .info import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
+from adaptrix.errors import AdapterError, AdapterFormatError, AdapterNotFoundError, PluginError
+from adaptrix.storage.files import guard, overlap, remove_stale, replace_files
+from adaptrix.adapters.info import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..plugins import PluginHost
+    from adaptrix.plugins.host import PluginHost
 
 PEFT = "peft"
 #: What to do about a format no installed plugin converts: the core knows no format nor plugin by name.
@@ -50,7 +50,7 @@ class AdapterConverter:
 
     ``from_peft(adapter_dir, out_path, *, base, dtype, progress) -> Path``
     writes the format for the base model file ``base``, atomically (through
-    :func:`adaptrix.storage.atomic_file`); ``to_peft(path, out_dir, *, base,
+    :func:`adaptrix.storage.files.atomic_file`); ``to_peft(path, out_dir, *, base,
     progress) -> Path`` writes a PEFT folder into ``out_dir``, a fresh
     temporary folder the core moves into place (``base`` is ``None`` unless
     the user named one). ``recognizes(path) -> bool`` says whether a file
@@ -145,7 +145,7 @@ def convert_adapter(
     and whatever the converter raises for an adapter it refuses.
     """
     if host is None:
-        from ..plugins import get_host
+        from adaptrix.plugins.host import get_host
 
         host = get_host()
     src_path, dst_path = Path(src).expanduser(), Path(dst).expanduser()
@@ -223,7 +223,7 @@ def _check_dtype(conv: AdapterConverter, dtype: str | None) -> str:
 
 def _base_path(base: str | os.PathLike | None) -> Path:
     if base is None:
-        from ..default_model import default_model_path
+        from adaptrix.models.default_model import default_model_path
 
         return default_model_path()
     path = Path(base).expanduser()
@@ -285,11 +285,11 @@ def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None =
     """
     import hashlib
 
-    from ..cache import IMPORTED, cache_dir, cache_writing, touch
-    from ..storage import new_folder
+    from adaptrix.storage.caches import IMPORTED, cache_dir, cache_writing, touch
+    from adaptrix.storage.files import new_folder
 
     if host is None:
-        from ..plugins import get_host
+        from adaptrix.plugins.host import get_host
 
         host = get_host()
     src = Path(path).expanduser()

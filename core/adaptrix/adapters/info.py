@@ -15,8 +15,8 @@ from typing import Any
 
 import attrs
 
-from .. import modelconfig
-from ..errors import AdapterFormatError, AdapterNotFoundError
+from adaptrix.models import modelconfig
+from adaptrix.errors import AdapterFormatError, AdapterNotFoundError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -214,7 +214,7 @@ def base_family(base_model: str | None) -> tuple[str | None, str | None]:
     """
     if not base_model:
         return None, None
-    from ..plugins import get_host
+    from adaptrix.plugins.host import get_host
 
     config = _local_config(base_model)
     try:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .info import AdapterInfo
-from . import peft_compat
-from .matching import split_key, targeted_modules
-from .validate import ModuleIndex
+from adaptrix.adapters.info import AdapterInfo
+from adaptrix.adapters import peft_compat
+from adaptrix.adapters.matching import split_key, targeted_modules
+from adaptrix.adapters.validate import ModuleIndex
 
 #: Config keys the direct path understands; any other key set to a non-empty
 #: value (DoRA, layer patterns, weight tying, exotic initialisations, ...) means peft's loader.

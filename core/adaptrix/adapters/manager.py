@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import attrs
 
-from ..errors import (
+from adaptrix.errors import (
     AdapterError,
     AdapterFormatError,
     AdapterIncompatibleError,
@@ -45,12 +45,12 @@ from ..errors import (
     AdapterPickleError,
     BackendError,
 )
-from ..types import UNSET
-from .compositions import AdapterHold, CompositionCache
-from .info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
-from .pins import Pins
-from .sources import available_adapters, is_bare_name, resolve_adapter
-from .validate import CompatibilityReport, ModuleIndex, validate
+from adaptrix.types import UNSET
+from adaptrix.adapters.compositions import AdapterHold, CompositionCache
+from adaptrix.adapters.info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
+from adaptrix.adapters.pins import Pins
+from adaptrix.adapters.sources import available_adapters, is_bare_name, resolve_adapter
+from adaptrix.adapters.validate import CompatibilityReport, ModuleIndex, validate
 
 #: The row name of the base model in a mixed batch.
 BASE = "__base__"
@@ -238,7 +238,7 @@ class AdapterManager(ABC):
                 folder, allow_pickle = self._known[name]
                 found = name, folder
             elif Path(str(name_or_path)).expanduser().is_file():  # a converted adapter file (GGUF LoRA, ...)
-                from .convert import imported_folder
+                from adaptrix.adapters.convert import imported_folder
 
                 file = Path(str(name_or_path)).expanduser()
                 found = file.stem, imported_folder(file, base=self.base_file)

@@ -24,12 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import AdapterError
-from . import peft_compat
-from .info import AdapterInfo
-from .inject import inject, plan
-from .manager import BASE, COMBINATIONS, AdapterManager, composed_info
-from .validate import ModuleIndex
+from adaptrix.errors import AdapterError
+from adaptrix.adapters import peft_compat
+from adaptrix.adapters.info import AdapterInfo
+from adaptrix.adapters.inject import inject, plan
+from adaptrix.adapters.manager import BASE, COMBINATIONS, AdapterManager, composed_info
+from adaptrix.adapters.validate import ModuleIndex
 
 #: Sets of adapters whose mixed-batch weights stay built (each holds a copy of its adapters' LoRA
 #: weights, concatenated): a server's batch goes back and forth between a few sets as rows come and go.
@@ -73,7 +73,7 @@ class PeftAdapterManager(AdapterManager):
             if state is not None:  # a pickle the user allowed: hand peft a safetensors copy
                 from safetensors.torch import save_file
 
-                from ..storage import guard
+                from adaptrix.storage.files import guard
 
                 with guard(tempfile.gettempdir(), f"write a safetensors copy of adapter {info.name!r} into",
                            "set TMPDIR to a writable folder", "free some space, or set TMPDIR to a disk with room"):
@@ -240,7 +240,7 @@ class PeftAdapterManager(AdapterManager):
 
     def _fast_mixed_ok(self, names: Sequence[str]) -> bool:
         """The concatenated path serves plain Linear LoRA only (no embeddings, modules_to_save, variants)."""
-        from .mixed import MixedBatch
+        from adaptrix.adapters.mixed import MixedBatch
 
         unique = sorted({n for n in names if n != BASE})
         if tuple(unique) in self._mixed:  # built for these adapters: they fit (any change clears the cache)
@@ -252,7 +252,7 @@ class PeftAdapterManager(AdapterManager):
     @contextlib.contextmanager
     def _mixed_forward(self, names: list[str]):
         """Swap every LoRA wrapper for a module serving each row its own adapter (see :mod:`.mixed`)."""
-        from .mixed import MixedBatch
+        from adaptrix.adapters.mixed import MixedBatch
 
         unique = tuple(sorted({n for n in names if n != BASE}))
         batch = self._mixed.get(unique)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 
-from ..errors import EngineStateError
+from adaptrix.errors import EngineStateError
 
 
 class Pins:

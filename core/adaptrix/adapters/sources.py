@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import AdapterNotFoundError
-from .info import CONFIG_FILE
+from adaptrix.errors import AdapterNotFoundError
+from adaptrix.adapters.info import CONFIG_FILE
 
 
 def available_adapters(adapters_dir: str | Path | None) -> dict[str, Path]:

@@ -22,8 +22,8 @@ from typing import Any, Iterable
 
 import attrs
 
-from .info import AdapterInfo, TensorSpec, load_pickle_state
-from .matching import matches, split_key, targeted_modules
+from adaptrix.adapters.info import AdapterInfo, TensorSpec, load_pickle_state
+from adaptrix.adapters.matching import matches, split_key, targeted_modules
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 
@@ -87,7 +87,7 @@ class ModuleIndex:
         """Index a transformers model, a PeftModel around one, or one built on the meta device."""
         import torch
 
-        from ..targets import linear_features
+        from adaptrix.adapters.targets import linear_features
 
         try:
             from peft.tuners.tuners_utils import BaseTunerLayer
@@ -455,7 +455,7 @@ def index_for_model(model, *, trust_remote_code: bool = False) -> tuple[ModuleIn
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..source import ModelSource, resolve_source
+    from adaptrix.models.source import ModelSource, resolve_source
 
     src = model if isinstance(model, ModelSource) else resolve_source(model, progress=False)
     hf_config = src.hf_config(trust_remote_code=trust_remote_code)
@@ -468,9 +468,9 @@ def validate_for_model(
     name_or_path: str, model_id: str, *, adapters_dir=None, allow_pickle: bool = False, index=None
 ) -> CompatibilityReport:
     """Validate an adapter against a model that is not loaded (its config only)."""
-    from ..errors import AdapterFormatError
-    from .info import read_adapter_info
-    from .sources import resolve_adapter
+    from adaptrix.errors import AdapterFormatError
+    from adaptrix.adapters.info import read_adapter_info
+    from adaptrix.adapters.sources import resolve_adapter
 
     name, folder = resolve_adapter(name_or_path, adapters_dir)
     if index is None:

@@ -18,7 +18,7 @@ VALIDATE_BACKEND_HELP = ("the execution backend the model will run on (default: 
 
 
 def register(sub) -> None:
-    from .generate_cmd import add_backend_arg
+    from adaptrix.cli.generate_cmd import add_backend_arg
 
     p = sub.add_parser("adapters", help="list, inspect and validate LoRA adapters (no weights loaded)")
     asub = p.add_subparsers(dest="adapters_command", metavar="SUBCOMMAND")
@@ -65,7 +65,7 @@ def register(sub) -> None:
 
 
 def _row(info) -> dict:
-    from ..adapters.info import human_bytes
+    from adaptrix.adapters.info import human_bytes
 
     return {
         "name": info.name,
@@ -80,10 +80,10 @@ def _row(info) -> dict:
 def _model_index(model: str | None, backend: str | None = None):
     """``(ModelSource, (ModuleIndex, family), Choice)``: the model resolved once, its modules from the config
     alone, and the backend that would run it (a backend that cannot is an error here, before any validation)."""
-    from ..adapters.validate import index_for_model
-    from ..backends import choose_backend
-    from ..plugins import get_host
-    from ..source import resolve_source
+    from adaptrix.adapters.validate import index_for_model
+    from adaptrix.backends.choice import choose_backend
+    from adaptrix.plugins.host import get_host
+    from adaptrix.models.source import resolve_source
 
     src = resolve_source(model, progress=False)
     choice = choose_backend(src, backend, get_host())
@@ -97,7 +97,7 @@ def _backend_fields(choice) -> dict:
 def _adapters_root(adapters_dir: str):
     from pathlib import Path
 
-    from ..errors import AdapterNotFoundError
+    from adaptrix.errors import AdapterNotFoundError
 
     root = Path(adapters_dir).expanduser()
     if not root.is_dir():
@@ -109,10 +109,10 @@ def _adapters_root(adapters_dir: str):
 
 
 def run_list(args) -> int:
-    from ..adapters.info import read_adapter_info
-    from ..adapters.sources import available_adapters
-    from ..adapters.validate import CompatibilityReport, validate_for_model
-    from ..errors import AdaptrixError
+    from adaptrix.adapters.info import read_adapter_info
+    from adaptrix.adapters.sources import available_adapters
+    from adaptrix.adapters.validate import CompatibilityReport, validate_for_model
+    from adaptrix.errors import AdaptrixError
 
     found = available_adapters(_adapters_root(args.adapters_dir))
     src, index, choice = _model_index(args.model, args.backend) if args.model else (None, None, None)
@@ -138,14 +138,14 @@ def run_list(args) -> int:
         rows.append(row)
         full.append({**(info.as_dict() if info is not None else {}), **row})
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         print_json(full)
         return 0
     if not rows:
         print(f"no adapters in {args.adapters_dir} (each is a folder holding adapter_config.json)")
         return 0
-    from .output import print_table
+    from adaptrix.cli.output import print_table
 
     columns = LIST_COLUMNS if index is not None else LIST_COLUMNS[:-1]
     print_table([{**r, "size": r.get("size", "unreadable")} for r in rows], columns)
@@ -158,19 +158,19 @@ def run_list(args) -> int:
 
 
 def run_inspect(args) -> int:
-    from ..adapters.info import human_bytes, read_adapter_info
-    from ..adapters.sources import resolve_adapter
+    from adaptrix.adapters.info import human_bytes, read_adapter_info
+    from adaptrix.adapters.sources import resolve_adapter
 
     name, folder = resolve_adapter(args.path, args.adapters_dir)
     info = read_adapter_info(folder, name)
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         d = info.as_dict()
         d["tensor_shapes"] = {t.name: list(t.shape) for t in info.tensors}
         print_json(d)
         return 0
-    from .output import print_pairs
+    from adaptrix.cli.output import print_pairs
 
     if info.tensor_count is None and info.weights_format is None:
         tensors = "absent (config only: no adapter_model.safetensors)"
@@ -199,8 +199,8 @@ def run_inspect(args) -> int:
 
 
 def run_validate(args) -> int:
-    from ..adapters.sources import resolve_adapter
-    from ..adapters.validate import validate_for_model
+    from adaptrix.adapters.sources import resolve_adapter
+    from adaptrix.adapters.validate import validate_for_model
 
     resolve_adapter(args.path, args.adapters_dir)  # a missing adapter fails before the model is read
     src, index, choice = _model_index(args.model, args.backend)
@@ -208,7 +208,7 @@ def run_validate(args) -> int:
         args.path, src.base_model_id, adapters_dir=args.adapters_dir, allow_pickle=args.allow_pickle, index=index
     )
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         print_json({**report.as_dict(), **_backend_fields(choice)})
     else:
@@ -223,14 +223,14 @@ def run_validate(args) -> int:
 def run_convert(args) -> int:
     import sys
 
-    from ..adapters.convert import convert_adapter
+    from adaptrix.adapters.convert import convert_adapter
 
     done = convert_adapter(
         args.src, args.dst, base=args.base, dtype=args.dtype, overwrite=args.overwrite,
         progress=sys.stderr.isatty() and not args.json,
     )
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         print_json(done.as_dict())
     else:

@@ -20,8 +20,8 @@ def register(sub) -> None:
 
 
 def _kinds(names: list[str]):
-    from ..cache import cache_kinds
-    from ..errors import AdaptrixError
+    from adaptrix.storage.caches import cache_kinds
+    from adaptrix.errors import AdaptrixError
 
     kinds = cache_kinds()
     unknown = [n for n in names if n not in kinds]
@@ -47,17 +47,17 @@ def _summary(kind, entries) -> dict:
 
 
 def run_show(args) -> int:
-    from ..adapters.info import human_bytes
-    from ..cache import cache_root, entries
+    from adaptrix.adapters.info import human_bytes
+    from adaptrix.storage.caches import cache_root, entries
 
     kinds = [_summary(k, entries(k)) for k in _kinds(args.kinds)]
     total = sum(k["total_bytes"] for k in kinds)
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         print_json({"root": str(cache_root()), "kinds": kinds, "total_bytes": total})
         return 0
-    from .output import print_table
+    from adaptrix.cli.output import print_table
 
     rows = [{**e, "size": human_bytes(e["bytes"])} for k in kinds for e in k["entries"]]
     print(f"adaptrix cache: {cache_root()} (ADAPTRIX_CACHE to move it)")
@@ -75,15 +75,15 @@ def run_show(args) -> int:
 
 
 def run_clear(args) -> int:
-    from ..adapters.info import human_bytes
-    from ..cache import clear
+    from adaptrix.adapters.info import human_bytes
+    from adaptrix.storage.caches import clear
 
     done = []
     for kind in _kinds(args.kinds):
         removed = clear(kind)
         done.append({"kind": kind.name, "removed": len(removed), "bytes": sum(e.bytes for e in removed)})
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         print_json(done)
         return 0

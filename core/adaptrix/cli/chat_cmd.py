@@ -31,9 +31,9 @@ AGAIN = "(Ctrl-C again or Ctrl-D to leave; /help lists the commands)"
 
 
 def register(sub) -> None:
-    from .output import finite_float
+    from adaptrix.cli.output import finite_float
 
-    from .generate_cmd import add_model_args
+    from adaptrix.cli.generate_cmd import add_model_args
 
     p = sub.add_parser(
         "chat",
@@ -127,7 +127,7 @@ def _help(out) -> None:
 
 def _command(engine, line: str, out) -> bool:
     """Handle a /command; return False when the chat should end."""
-    from ..errors import AdaptrixError
+    from adaptrix.errors import AdaptrixError
 
     cmd, _, arg = line.partition(" ")
     arg = arg.strip()
@@ -139,7 +139,7 @@ def _command(engine, line: str, out) -> bool:
         engine.reset_context()
         print("(conversation forgotten)", file=out)
     elif cmd == "/info":
-        from .info_cmd import print_info
+        from adaptrix.cli.info_cmd import print_info
 
         print_info(engine.get_model_info())
     elif cmd == "/adapter":
@@ -158,7 +158,7 @@ def _command(engine, line: str, out) -> bool:
 
 def _answer(engine, line: str, out, options: dict[str, Any]) -> None:
     """Stream one answer to ``out``; Ctrl-C stops it (the engine then forgets the turn), errors are printed."""
-    from ..errors import AdaptrixError
+    from adaptrix.errors import AdaptrixError
 
     with first_interrupt_only():
         stream = None
@@ -214,7 +214,7 @@ def chat(engine, *, read: Callable[[str], str], out, options: dict[str, Any] | N
 
 
 def run(args) -> int:
-    from .generate_cmd import make_engine, settings_from
+    from adaptrix.cli.generate_cmd import make_engine, settings_from
 
     engine = make_engine(args)
     try:

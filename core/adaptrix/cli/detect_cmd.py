@@ -17,17 +17,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..detection import detect
-    from ..source import resolve_source
+    from adaptrix.plugins.detection import detect
+    from adaptrix.models.source import resolve_source
 
     src = resolve_source(args.model, revision=args.revision, progress=False)
     d = detect(src.model_id, config=src.config, source=src.config_source)
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         print_json(d.as_dict())
         return 0
-    from .output import print_pairs
+    from adaptrix.cli.output import print_pairs
 
     gen = ", ".join(f"{k}={v}" for k, v in d.generation.as_dict().items() if k != "context_length")
     print_pairs(

@@ -80,7 +80,7 @@ def engine_options(args, **extra) -> dict:
 
 
 def make_engine(args):
-    from ..engine import Engine
+    from adaptrix.engine import Engine
 
     engine = Engine(**engine_options(args, progress=sys.stderr.isatty()))
     engine.initialize()
@@ -88,7 +88,7 @@ def make_engine(args):
 
 
 def register(sub) -> None:
-    from .output import finite_float
+    from adaptrix.cli.output import finite_float
 
     p = sub.add_parser(
         "generate",
@@ -135,7 +135,7 @@ def run(args) -> int:
             task_type=args.task, system=args.system, show_thinking=args.show_thinking, **settings_from(args)
         )
         if args.json:
-            from .output import print_json
+            from adaptrix.cli.output import print_json
 
             result = engine.generate_detailed(prompt, **kwargs)
             data = result.as_dict()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from .generate_cmd import add_model_args
+    from adaptrix.cli.generate_cmd import add_model_args
 
     p = sub.add_parser(
         "info",
@@ -25,7 +25,7 @@ def _backend_text(info: dict) -> str | None:
 
 
 def print_info(info: dict) -> None:
-    from .output import print_pairs
+    from adaptrix.cli.output import print_pairs
 
     gen = info.get("generation_defaults") or {}
     params = info.get("parameters")
@@ -51,7 +51,7 @@ def print_info(info: dict) -> None:
 
 
 def run(args) -> int:
-    from .generate_cmd import make_engine
+    from adaptrix.cli.generate_cmd import make_engine
 
     engine = make_engine(args)
     try:
@@ -59,7 +59,7 @@ def run(args) -> int:
     finally:
         engine.cleanup()
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         print_json(info)
     else:

@@ -10,8 +10,8 @@ import argparse
 import importlib
 import sys
 
-from .. import __version__
-from ..errors import AdaptrixError
+from adaptrix import __version__
+from adaptrix.errors import AdaptrixError
 
 #: Command modules, in the order ``--help`` lists them.
 COMMANDS = (

@@ -39,7 +39,7 @@ def register(sub) -> None:
 def run_list(args) -> int:
     import warnings
 
-    from ..plugins import PluginHost, PluginWarning
+    from adaptrix.plugins.host import PluginHost, PluginWarning
 
     host = PluginHost()
     with warnings.catch_warnings():
@@ -47,15 +47,15 @@ def run_list(args) -> int:
         warnings.simplefilter("ignore", PluginWarning)
         host.load_entry_points()
     records = host.records()
-    from ..backends import backend_records
+    from adaptrix.backends.choice import backend_records
 
     backends = [b.as_dict() for b in backend_records(host)]
     if args.json:
-        from .output import print_json
+        from adaptrix.cli.output import print_json
 
         print_json({"plugins": [r.as_dict() for r in records], "families": host.families(), "backends": backends})
         return 0
-    from .output import print_table
+    from adaptrix.cli.output import print_table
 
     if not records:
         print("no adaptrix plugins installed; try: pip install adaptrix-generic")

@@ -6,8 +6,8 @@ import sys
 
 
 def register(sub) -> None:
-    from ..serve.options import flag_type
-    from .generate_cmd import add_model_args
+    from adaptrix.serve.options import flag_type
+    from adaptrix.cli.generate_cmd import add_model_args
 
     p = sub.add_parser(
         "serve",
@@ -75,13 +75,13 @@ def adapter_budget(text: str) -> int:
 
 
 def run(args) -> int:
-    from ..errors import AdaptrixError
+    from adaptrix.errors import AdaptrixError
 
     try:
         import uvicorn
 
-        from ..serve.app import ServeOptions, create_app
-        from ..serve.http import base_url, is_loopback, uvicorn_config
+        from adaptrix.serve.app import ServeOptions, create_app
+        from adaptrix.serve.http import base_url, is_loopback, uvicorn_config
     except ImportError as exc:
         raise AdaptrixError(f"adaptrix serve needs the serve extra ({exc}); pip install 'adaptrix[serve]'") from exc
     if not is_loopback(args.host) and args.api_key is None:
@@ -97,8 +97,8 @@ def run(args) -> int:
     )
 
     def make_engine():
-        from ..engine import Engine
-        from .generate_cmd import engine_options
+        from adaptrix.engine import Engine
+        from adaptrix.cli.generate_cmd import engine_options
 
         print(f"adaptrix serve: loading {args.model or 'the embedded default model'} ...", file=sys.stderr,
               flush=True)

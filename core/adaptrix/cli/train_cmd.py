@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from .generate_cmd import add_backend_arg
-    from .output import finite_float
+    from adaptrix.cli.generate_cmd import add_backend_arg
+    from adaptrix.cli.output import finite_float
 
     p = sub.add_parser(
         "train",
@@ -44,9 +44,9 @@ def register(sub) -> None:
 
 def check_backend(args) -> None:
     """Training runs on the reference backend; any other ``--backend`` is refused, saying what to do."""
-    from ..backends import REFERENCE
-    from ..errors import BackendError
-    from .generate_cmd import backend_option
+    from adaptrix.backends.contract import REFERENCE
+    from adaptrix.errors import BackendError
+    from adaptrix.cli.generate_cmd import backend_option
 
     name = backend_option(args).get("backend", REFERENCE)
     if name != REFERENCE:
@@ -59,7 +59,7 @@ def check_backend(args) -> None:
 
 
 def run(args) -> int:
-    from ..training import TrainConfig, train
+    from adaptrix.training import TrainConfig, train
 
     check_backend(args)
 

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import attrs
 
-from .errors import ApiError, error_body
-from .options import ServeOptions
-from .schemas import CompletionRequest, parse_completion, parse_load, parse_name
+from adaptrix.serve.errors import ApiError, error_body
+from adaptrix.serve.options import ServeOptions
+from adaptrix.serve.schemas import CompletionRequest, parse_completion, parse_load, parse_name
 
 __all__ = ["ServeOptions", "Server", "create_app"]
 
@@ -34,7 +34,7 @@ class Server:
     """State shared by the routes: the engine (once loaded), scheduler, metrics, adapter catalog."""
 
     def __init__(self, make_engine: Callable[[], Any], options: ServeOptions):
-        from .metrics import Metrics
+        from adaptrix.serve.metrics import Metrics
 
         self.options = options
         self.make_engine = make_engine
@@ -50,7 +50,7 @@ class Server:
 
     # -- start-up ------------------------------------------------------------------
     def load(self) -> None:
-        from .scheduler import Scheduler
+        from adaptrix.serve.scheduler import Scheduler
 
         start = time.perf_counter()
         try:
@@ -154,7 +154,7 @@ class Server:
     # -- catalog -----------------------------------------------------------------------
     def adapter_folders(self) -> dict[str, Path]:
         """Every adapter a request may name: the adapters folder, then those loaded at run time."""
-        from ..adapters.sources import available_adapters
+        from adaptrix.adapters.sources import available_adapters
 
         found = dict(available_adapters(self.options.adapters_dir))
         found.update(self.runtime)
@@ -254,7 +254,7 @@ def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
         except ApiError as err:
             response = _error(server.public(err))
         except Exception as exc:  # a bug: answer in shape, keep serving
-            from .scheduler import api_error
+            from adaptrix.serve.scheduler import api_error
 
             response = _error(server.public(api_error(exc)))
         log.info("%s %s %s %.0f ms%s", request.method, request.url.path, response.status_code,
@@ -285,7 +285,7 @@ async def playground(server: Server, request):
 
 
 async def list_models(server: Server, request):
-    from ..adapters.info import read_adapter_info
+    from adaptrix.adapters.info import read_adapter_info
 
     rows = await asyncio.wrap_future(server.scheduler.call(lambda e: e.list_adapters()))
     resident = {r["name"] for r in rows if r.get("loaded")}
@@ -309,8 +309,8 @@ async def list_models(server: Server, request):
 
 
 async def completions(server: Server, request, kind: str):
-    from ..generation_defaults import TASK_PRESETS
-    from .scheduler import Job
+    from adaptrix.generation.defaults import TASK_PRESETS
+    from adaptrix.serve.scheduler import Job
 
     body = await server.read_json(request)
     req = server.resolve_model(parse_completion(body, kind, tuple(TASK_PRESETS)))
@@ -364,7 +364,7 @@ async def _next_event(events: asyncio.Queue, watch: asyncio.Future) -> tuple:
 
 
 def _usage(result) -> dict:
-    """OpenAI's ``usage`` for a :class:`~adaptrix.generation.GenerationResult`."""
+    """OpenAI's ``usage`` for a :class:`~adaptrix.generation.result.GenerationResult`."""
     completion = len(result.token_ids)
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
             "total_tokens": result.prompt_tokens + completion}
@@ -463,8 +463,8 @@ async def load_adapter(server: Server, request):
     folder = server.allowed_path(load.path)
 
     def work(engine):
-        from ..adapters.info import PICKLE_FILE
-        from ..errors import AdapterIncompatibleError, AdapterPickleError
+        from adaptrix.adapters.info import PICKLE_FILE
+        from adaptrix.errors import AdapterIncompatibleError, AdapterPickleError
 
         try:  # atomic: on any failure the old adapter of that name stays loaded and serving
             done = engine.adapters.replace(load.name, folder)
@@ -495,7 +495,7 @@ async def unload_adapter(server: Server, request):
     name = parse_name(await server.read_json(request))
 
     def work(engine):
-        from ..errors import AdapterNotFoundError
+        from adaptrix.errors import AdapterNotFoundError
 
         try:  # compositions built from it go with it
             engine.unload_adapter(name)

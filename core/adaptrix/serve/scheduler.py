@@ -43,9 +43,9 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from ..adapters.compositions import composition_name
-from .errors import ApiError
-from .schemas import CompletionRequest
+from adaptrix.adapters.compositions import composition_name
+from adaptrix.serve.errors import ApiError
+from adaptrix.serve.schemas import CompletionRequest
 
 log = logging.getLogger("adaptrix.serve")
 
@@ -54,7 +54,7 @@ class Job:
     """One completion request; ``emit(event)`` is called from the scheduler thread.
 
     Events: ``("delta", text)``, ``("done", result)`` with ``result`` the generation's
-    :class:`~adaptrix.generation.GenerationResult` (text, token counts and finish reason as the
+    :class:`~adaptrix.generation.result.GenerationResult` (text, token counts and finish reason as the
     generation itself counted them), and ``("error", ApiError)``.
     """
 
@@ -83,7 +83,7 @@ class _Call:
 
 def api_error(exc: BaseException) -> ApiError:
     """The HTTP answer for an exception raised by the engine."""
-    from ..errors import (
+    from adaptrix.errors import (
         AdapterError,
         AdapterIncompatibleError,
         AdaptrixError,
@@ -314,7 +314,7 @@ class Scheduler:
     def _admit(self, jobs: list[Job]) -> list[Job]:
         """Start ``jobs`` in the batch, prefilled together (or answer them); returns those the decoder
         has no room for yet, to queue again."""
-        from ..errors import BatchFullError
+        from adaptrix.errors import BatchFullError
 
         ready: list[tuple[Job, Any, str | None]] = []
         holds: list[Any] = []

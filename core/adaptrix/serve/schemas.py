@@ -18,10 +18,10 @@ from typing import Any
 
 import attrs
 
-from ..adapters.manager import check_composition_weights
-from ..errors import AdapterError
-from ..generation import SEED_LIMIT
-from .errors import ApiError
+from adaptrix.adapters.manager import check_composition_weights
+from adaptrix.errors import AdapterError
+from adaptrix.generation.settings import SEED_LIMIT
+from adaptrix.serve.errors import ApiError
 
 ROLES = ("system", "developer", "user", "assistant")
 

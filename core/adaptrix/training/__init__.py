@@ -6,7 +6,7 @@ run starts.
 
 from __future__ import annotations
 
-from .data import Sample, load_jsonl
-from .trainer import TrainConfig, TrainResult, train
+from adaptrix.training.data import Sample, load_jsonl
+from adaptrix.training.trainer import TrainConfig, TrainResult, train
 
 __all__ = ["Sample", "TrainConfig", "TrainResult", "load_jsonl", "train"]

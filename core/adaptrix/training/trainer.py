@@ -3,7 +3,7 @@
 The saved adapter is a plain PEFT folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) plus ``adaptrix.json`` describing the run. It
 is written beside ``output`` and its files moved in, ``adapter_config.json``
-last (:func:`adaptrix.storage.replace_files`): a crash or a full disk leaves
+last (:func:`adaptrix.storage.files.replace_files`): a crash or a full disk leaves
 the previous adapter or none, never half of one, and nothing else in
 ``output`` is touched (peft's ``README.md`` is added only where there is none).
 A full disk or a read-only output is a :class:`~adaptrix.errors.StorageError`
@@ -12,7 +12,7 @@ naming the folder.
 interrupted run continues with ``resume=True``. The checkpoint is safetensors
 (tensors) plus JSON (everything else): loading it runs no pickle code.
 
-The model comes from :func:`adaptrix.source.resolve_source`; a ``.gguf`` trains
+The model comes from :func:`adaptrix.models.source.resolve_source`; a ``.gguf`` trains
 on its cached safetensors conversion (converted once, not on every run).
 """
 
@@ -30,9 +30,9 @@ from typing import Any
 
 import attrs
 
-from .. import family_chat
-from ..errors import TrainingError
-from ..storage import remove_stale, replace_files, replace_folder
+from adaptrix.plugins import family_chat
+from adaptrix.errors import TrainingError
+from adaptrix.storage.files import remove_stale, replace_files, replace_folder
 
 CHECKPOINT = "checkpoint"
 #: Step, losses, options, optimizer hyper-parameters and Python RNG state (JSON).
@@ -152,7 +152,7 @@ def _check_config(cfg: TrainConfig) -> None:
                 f"option {name}={value!r} is invalid; it must be positive (dropout in [0, 1), threads a whole "
                 "number of CPU threads)"
             )
-    from ..generation_defaults import TASK_PRESETS
+    from adaptrix.generation.defaults import TASK_PRESETS
 
     if cfg.task_type not in TASK_PRESETS:
         raise TrainingError(
@@ -192,14 +192,14 @@ def check_output(cfg: TrainConfig, has_checkpoint: bool) -> Path:
 
 
 def load_for_training(cfg: TrainConfig):
-    """Resolve the model (:func:`adaptrix.source.resolve_source`) and load it through its plugin, in float32.
+    """Resolve the model (:func:`adaptrix.models.source.resolve_source`) and load it through its plugin, in float32.
 
     Returns ``(source, context_length, loaded)``.
     """
-    from ..detection import detect
-    from ..plugins import get_host
-    from ..source import resolve_source
-    from ..types import LoadOptions
+    from adaptrix.plugins.detection import detect
+    from adaptrix.plugins.host import get_host
+    from adaptrix.models.source import resolve_source
+    from adaptrix.types import LoadOptions
 
     src = resolve_source(cfg.model).ensure_folder(progress=cfg.progress)
     detection = detect(src.model_id, config=src.config, source=src.config_source)
@@ -218,9 +218,9 @@ def load_for_training(cfg: TrainConfig):
 
 def resolve_targets(model, family: str, config: dict | None, asked: tuple[str, ...] | None) -> list[str]:
     """Targets asked for, else the family plugin's hook; ``all-linear`` expanded to leaf names."""
-    from ..errors import AdapterError
-    from ..plugins import get_host
-    from ..targets import resolve_target_modules
+    from adaptrix.errors import AdapterError
+    from adaptrix.plugins.host import get_host
+    from adaptrix.adapters.targets import resolve_target_modules
 
     targets = list(asked) if asked else None
     if targets is None:
@@ -272,7 +272,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
-    from .data import collate, encode_all, file_sha256, load_jsonl
+    from adaptrix.training.data import collate, encode_all, file_sha256, load_jsonl
 
     ckpt = Path(cfg.output).expanduser() / CHECKPOINT
     remove_stale(ckpt.parent.parent, name=ckpt.parent.name)  # what a killed run left: beside output,
@@ -493,7 +493,7 @@ def load_checkpoint_state(ckpt: Path) -> dict[str, Any]:
             f"{ckpt} is a checkpoint of an older adaptrix ({LEGACY_STATE_FILE}, a pickle that can run code, so "
             "it is not loaded); delete it (or pass --overwrite) to start over"
         )
-    from ..modelconfig import read_json_object
+    from adaptrix.models.modelconfig import read_json_object
 
     fix = "delete the checkpoint folder (or pass --overwrite) to start over"
     state = read_json_object(ckpt / STATE_FILE, error=TrainingError, fix=fix)
@@ -531,7 +531,7 @@ def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: 
     import torch
     import transformers
 
-    from .. import __version__
+    from adaptrix import __version__
 
     meta = {
         "name": output.name,

@@ -3,13 +3,13 @@
 It answers ``detect_family`` last (``trylast``), and only for configs whose
 architecture is a causal LM head. Its LoRA targets are ``["all-linear"]``:
 every Linear layer but the output head, expanded against the loaded model by
-:func:`adaptrix.targets.resolve_target_modules`.
+:func:`adaptrix.adapters.targets.resolve_target_modules`.
 """
 
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.modelconfig import context_length, is_causal_lm
+from adaptrix.models.modelconfig import context_length, is_causal_lm
 from adaptrix.types import GenerationConfig
 
 FAMILY = "generic"
@@ -37,6 +37,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.loading import load_causal_lm
+    from adaptrix.models.loading import load_causal_lm
 
     return load_causal_lm(family, model_id, options)

@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from adaptrix import family_chat
+from adaptrix.plugins import family_chat
 from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.manager import AdapterManager, composed_info
-from adaptrix.backends import Backend, Runner
+from adaptrix.backends.contract import Backend, Runner
 from adaptrix.errors import AdapterError, BackendError
 from adaptrix.types import LoadedModel
+from adaptrix.generation.settings import is_greedy
 
 
 class LlamaCppBackend(Backend):
@@ -173,9 +174,8 @@ class LlamaCppRunner(Runner):
 
 def sampling(cfg) -> dict[str, Any]:
     """The runtime's sampling arguments for a resolved :class:`~adaptrix.types.GenerationConfig`."""
-    from adaptrix import generation as gen
 
-    greedy = gen.is_greedy(cfg)
+    greedy = is_greedy(cfg)
     return dict(
         temperature=0.0 if greedy else float(cfg.temperature),
         top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
@@ -201,7 +201,7 @@ class LlamaCppAdapterManager(AdapterManager):
         super().__init__(loaded, adapters_dir, **options)
         self.runner = runner
         self.base_file = runner.source.gguf_file
-        from adaptrix.storage import remove_stale
+        from adaptrix.storage.files import remove_stale
 
         from .lora_cache import lora_root
 

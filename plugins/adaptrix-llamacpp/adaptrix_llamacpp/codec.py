@@ -2,7 +2,7 @@
 
 :class:`LlamaTextCodec` encodes and decodes with the GGUF's own vocabulary
 (through :class:`~adaptrix_llamacpp.runtime.LlamaRuntime`), names the special
-tokens and renders the GGUF's chat template with :mod:`adaptrix.chat_template`,
+tokens and renders the GGUF's chat template with :mod:`adaptrix.generation.chat_template`,
 so the llama.cpp path never loads a transformers tokenizer. Its answers equal
 those of the transformers tokenizer built from the same GGUF (tests hold it to
 that): ``encode`` parses special-token markup in the text as transformers
@@ -15,7 +15,7 @@ import codecs
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adaptrix.chat_template import ChatTemplate
+from adaptrix.generation.chat_template import ChatTemplate
 
 from .runtime import LlamaRuntime
 

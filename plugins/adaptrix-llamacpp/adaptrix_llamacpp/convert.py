@@ -99,9 +99,9 @@ def check_adapter(adapter_dir: str | os.PathLike, model: GGUFModel, *, name: str
 
 def _family(model: GGUFModel) -> str | None:
     """The adaptrix family of a GGUF model, through the same detection as everywhere else."""
-    from adaptrix.detection import detect_family
+    from adaptrix.plugins.detection import detect_family
     from adaptrix.errors import ModelConfigError
-    from adaptrix.modelconfig import gguf_config
+    from adaptrix.models.modelconfig import gguf_config
 
     try:
         return detect_family(str(model.path), gguf_config(model.path), source=str(model.path))[0]
@@ -149,7 +149,7 @@ def peft_to_gguf_lora(
 
     The adapter is validated against the GGUF's own tensor shapes first (the
     same report and errors as a transformers load); the file is written with
-    :func:`adaptrix.storage.atomic_file` (``writing``: its ``doing=`` and
+    :func:`adaptrix.storage.files.atomic_file` (``writing``: its ``doing=`` and
     ``remedy=`` wording), so a failure leaves ``out_path`` as it was and OS
     failures are :class:`~adaptrix.errors.StorageError`.
     """
@@ -204,7 +204,7 @@ def _write_lora(out: Path, arch: str, name: str, alpha: float, tensors, meta: di
                 writing: dict | None = None) -> Path:
     import gguf
 
-    from adaptrix.storage import atomic_file
+    from adaptrix.storage.files import atomic_file
 
     out = out.expanduser()
     with atomic_file(out, **(writing or {})) as tmp:

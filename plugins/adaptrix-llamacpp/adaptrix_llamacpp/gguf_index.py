@@ -43,7 +43,7 @@ def read_gguf_model(path: str | os.PathLike) -> GGUFModel:
     """Read a GGUF model's header: architecture, head counts, tensor names and shapes (no data, no numpy)."""
     import struct
 
-    from adaptrix.modelconfig import read_gguf_header
+    from adaptrix.models.modelconfig import read_gguf_header
 
     path = Path(path).expanduser()
     if not path.is_file():

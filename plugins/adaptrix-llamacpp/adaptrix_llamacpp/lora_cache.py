@@ -1,6 +1,6 @@
 """Convert a PEFT adapter to a GGUF LoRA once, cached by content hash beside the GGUF cache.
 
-Layout, under adaptrix's cache root (:func:`adaptrix.cache.cache_root`)::
+Layout, under adaptrix's cache root (:func:`adaptrix.storage.caches.cache_root`)::
 
     lora/<sha256>.gguf
 
@@ -11,7 +11,7 @@ converter's format version. Editing the adapter or switching to a base of
 another shape gives a new key; the same adapter on a requantized copy of the
 same model reuses the file.
 
-Files are written through :func:`adaptrix.storage.atomic_file` (a temporary
+Files are written through :func:`adaptrix.storage.files.atomic_file` (a temporary
 sibling renamed into place), so a crash or a full disk never leaves a file a
 later load would trust; temporaries a killed conversion left are removed by
 the next conversion. The folder has a size budget (:data:`LORA_CACHE`,
@@ -31,9 +31,9 @@ import os
 from pathlib import Path
 
 from adaptrix.adapters.info import CONFIG_FILE, WEIGHTS_FILE
-from adaptrix.cache import CacheKind, cache_dir, cache_writing, enforce_budget, touch
+from adaptrix.storage.caches import CacheKind, cache_dir, cache_writing, enforce_budget, touch
 from adaptrix.errors import AdapterFormatError
-from adaptrix.storage import remove_stale
+from adaptrix.storage.files import remove_stale
 
 #: Bump when the converter's output changes for the same input.
 FORMAT_VERSION = 1

@@ -26,7 +26,7 @@ def _is_gguf(path: Path) -> bool:
 
 def _is_gguf_lora(path: Path) -> bool:
     """Whether ``path`` is a GGUF LoRA (``general.type`` "adapter"), not a GGUF model; header only."""
-    from adaptrix.modelconfig import read_gguf_metadata
+    from adaptrix.models.modelconfig import read_gguf_metadata
 
     try:
         return read_gguf_metadata(path, wanted=("general.type",)).get("general.type") == "adapter"

@@ -1,6 +1,6 @@
 """Step-level decoding on llama.cpp: a server's requests as parallel sequences of one context.
 
-:class:`LlamaStepDecoder` has the interface of :class:`adaptrix.batching.StepDecoder`
+:class:`LlamaStepDecoder` has the interface of :class:`adaptrix.backends.transformers.batching.StepDecoder`
 (``add``, ``step``, ``remove``, ``tail``, ``finish``; rows with ``adapter`` and
 ``finish_reason``), so ``adaptrix serve`` schedules it the same way:
 
@@ -51,10 +51,12 @@ from typing import Any
 
 import attrs
 
-from adaptrix import generation as gen
 from adaptrix.errors import BatchFullError, GenerationError
 
 from .runtime import MAX_SEQUENCES
+from adaptrix.generation.result import GenerationResult, PreparedRequest
+from adaptrix.generation.steps import add_each, row_finish
+from adaptrix.generation.text import IncrementalDecoder
 
 
 @attrs.define(eq=False)
@@ -62,7 +64,7 @@ class Row:
     """One request being decoded on its own sequence."""
 
     key: Any
-    prepared: gen.PreparedRequest
+    prepared: PreparedRequest
     #: The adapter as the caller named it (None: the base model).
     adapter: str | None
     seq: int
@@ -101,7 +103,7 @@ class LlamaStepDecoder:
                 self.runtime.forget_sequence(seq)
 
     # -- rows -------------------------------------------------------------------
-    def add(self, key: Any, prepared: gen.PreparedRequest, adapter: str | None) -> tuple[Row, str]:
+    def add(self, key: Any, prepared: PreparedRequest, adapter: str | None) -> tuple[Row, str]:
         """Prefill a new row on its own sequence and pick its first token.
 
         Returns the row and the text its first token releases (may be empty).
@@ -115,7 +117,7 @@ class LlamaStepDecoder:
                 "finishes (or make the decoder with a larger max_rows)"
             )
         row = Row(key=key, prepared=prepared, adapter=adapter, seq=self._free[0])
-        row.decoder = gen.IncrementalDecoder(self.tokenizer)
+        row.decoder = IncrementalDecoder(self.tokenizer)
         row.pipeline = prepared.pipeline()
         with self._lock:
             pins = contextlib.ExitStack()
@@ -152,7 +154,7 @@ class LlamaStepDecoder:
         Each prompt is prefilled on its own sequence in turn (a sequence's LoRAs
         are the context's, so prompts for different adapters cannot share a decode).
         """
-        return gen.add_each(self, items)
+        return add_each(self, items)
 
     def remove(self, row: Row) -> None:
         """Take a row out (finished or cancelled) and free its sequence's KV cells."""
@@ -199,7 +201,7 @@ class LlamaStepDecoder:
             events.append((row, self._accept(row, picked[id(row)])))
         return events
 
-    def finish(self, row: Row) -> gen.GenerationResult:
+    def finish(self, row: Row) -> GenerationResult:
         """The result ``generate`` would return for this row's tokens."""
         return self.engine.result_for(row.prepared, row.generated)
 
@@ -223,10 +225,10 @@ class LlamaStepDecoder:
         self.runtime.set_loras(scales)
 
     def _accept(self, row: Row, token: int) -> str:
-        """Take the row's next token; it ends by :func:`adaptrix.generation.row_finish`, or at the context's end."""
+        """Take the row's next token; it ends by :func:`adaptrix.generation.steps.row_finish`, or at the context's end."""
         row.generated.append(token)
         text = row.pipeline.feed(row.decoder.add([token]))
-        row.finish_reason = gen.row_finish(row.prepared, row.generated, row.pipeline)
+        row.finish_reason = row_finish(row.prepared, row.generated, row.pipeline)
         if row.finish_reason is None and row.position + 1 >= self.runtime.n_ctx:  # as generate_tokens ends
             row.finish_reason = "length"
         return text

@@ -8,8 +8,8 @@ own family, defaults and LoRA targets, with no change to the core.
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.family import ATTENTION, GATED_MLP, claims, think_spans
-from adaptrix.modelconfig import context_length
+from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
+from adaptrix.models.modelconfig import context_length
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "stablelm"
@@ -38,7 +38,7 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.loading import load_causal_lm  # heavy imports stay inside the hook
+    from adaptrix.models.loading import load_causal_lm  # heavy imports stay inside the hook
 
     return load_causal_lm(family, model_id, options)  # fix_tokenizer=... for a tokenizer's quirks
 

@@ -1,0 +1,190 @@
+"""The backend contract: what a :class:`Backend` loads and what a :class:`Runner` does.
+
+A backend turns a resolved model source into a :class:`Runner`, the object
+that tokenizes, generates (batched or streamed, with stop checks) and applies
+LoRA adapters. The core ships one backend, ``transformers``, the reference:
+every adapter operation and training run on it. Plugins add others through
+the ``backends`` hook (e.g. one that runs GGUF files at CPU speed); the
+core names no backend but its own.
+
+Nothing here imports torch: a backend imports its engine inside ``load``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
+
+from adaptrix.errors import BackendError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import threading
+
+    from adaptrix.types import GenerationConfig, LoadedModel, LoadOptions
+
+REFERENCE = "transformers"
+AUTO = "auto"
+
+#: ``stop(new_ids) -> bool``: True once a row's visible text reached a stop string.
+StopCheck = Callable[[Sequence[int]], bool]
+
+
+class Runner(ABC):
+    """A model loaded on one backend, as the engine drives it.
+
+    ``loaded`` carries the backend's model handle, its tokenizer (the subset
+    of a transformers tokenizer the engine uses: ``__call__``, ``decode``,
+    ``chat_template``, ``apply_chat_template``, ``convert_tokens_to_ids``) and
+    the family's chat settings. ``adapters`` is the backend's adapter manager.
+    """
+
+    backend: str
+    #: The resolved source as this backend loaded it (``adaptrix.models.source.ModelSource``).
+    source: Any
+    loaded: "LoadedModel"
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int | None = None
+    #: The context window when the backend knows it better than the config (``None``: the config's).
+    context_length: int | None = None
+    #: Operations this backend supports beyond generation ("train", "compose", "merge", "mixed_batch",
+    #: "step_decode": :meth:`step_decoder` returns a decoder).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def generate(
+        self,
+        rows: Sequence[Sequence[int]],
+        cfg: "GenerationConfig",
+        *,
+        adapters: Sequence[str | None] | None = None,
+        stop: Callable[[int, Sequence[int]], bool] | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+        cancel: "threading.Event | None" = None,
+    ) -> list[list[int]]:
+        """New token ids for each prompt row (EOS included when it ended the row).
+
+        ``adapters`` names an adapter per row (``None``: the base model); when
+        not given, the active adapters apply. ``stop(row, new_ids)`` ends a row
+        early; ``on_tokens`` receives each step's new ids (one row only);
+        ``cancel`` ends every row at the next step.
+        """
+
+    def stream_tokens(
+        self,
+        ids: Sequence[int],
+        cfg: "GenerationConfig",
+        *,
+        stop: Callable[[int, Sequence[int]], bool] | None = None,
+    ) -> Iterator[int]:
+        """One prompt's new token ids, made as the caller pulls them (active adapters apply).
+
+        Closing the iterator stops the generation; the model is free again once
+        it has returned or been closed. The default runs :meth:`generate` in a
+        worker thread and hands its tokens over; a backend whose engine can
+        step on demand (llama.cpp) overrides this to generate in the pulling
+        thread, with no thread between the model and the reader.
+        """
+        import queue
+        import threading
+
+        tokens: queue.SimpleQueue = queue.SimpleQueue()
+        end = object()
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.generate([ids], cfg, stop=stop, on_tokens=lambda new: [tokens.put(t) for t in new],
+                              cancel=cancel)
+            except BaseException as exc:  # re-raised in the pulling thread
+                failure.append(exc)
+            finally:
+                tokens.put(end)
+
+        worker = threading.Thread(target=work, name="adaptrix-generate", daemon=True)
+        worker.start()
+        try:
+            while (item := tokens.get()) is not end:
+                yield item
+            if failure:
+                raise failure[0]
+        finally:
+            cancel.set()
+            worker.join()  # within one step: the model is free when this returns
+
+    def step_decoder(self, engine, *, max_rows: int = 8, batch_invariant: bool = False):
+        """A step-level decoder for iteration-level batching (``adaptrix serve``), or ``None`` when this
+        backend or model has none (requests are then served one at a time).
+
+        The decoder runs rows of up to ``max_rows`` requests, each with its own
+        adapter, one token per row per step: ``add(key, prepared, adapter) ->
+        (row, text)`` prefills a :class:`~adaptrix.generation.result.PreparedRequest`
+        (from ``engine.prepare_request``) and may raise
+        :class:`~adaptrix.errors.BatchFullError` to be retried later;
+        ``add_many([(key, prepared, adapter), ...])`` adds several at once
+        (prefilled together where the backend can), returning per item
+        ``(row, text)`` or the exception it raised
+        (:func:`adaptrix.generation.steps.add_each` adds them one by one); ``step()
+        -> [(row, text)]``; ``remove(row)``; ``tail(row)`` (text held back
+        until the end); ``finish(row)`` (the
+        :class:`~adaptrix.generation.result.GenerationResult` ``generate`` returns).
+        Rows have ``adapter`` and ``finish_reason`` (``eos``, ``stop``,
+        ``length``). Greedy rows get what ``generate`` gives them alone, up to
+        floating-point effects of computing rows together; with
+        ``batch_invariant=True`` each row must be computed exactly as
+        ``generate`` computes the request alone (the engine passes it only when
+        asked), so its greedy tokens are ``generate``'s whatever runs beside it.
+        """
+        return None
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """``dtype``, ``device``, ``parameters`` and anything else worth showing."""
+
+    @abstractmethod
+    def adapter_manager(self, adapters_dir, **options):
+        """The backend's :class:`~adaptrix.adapters.manager.AdapterManager` for this model (built once).
+
+        ``options``: ``max_loaded_adapters``, ``max_adapter_bytes``, ``merge``, ``lock``.
+        """
+
+    def close(self) -> None:
+        """Release the model (the engine drops its reference right after)."""
+
+
+class Backend(ABC):
+    """A way to run models; registered by plugins through the ``backends`` hook."""
+
+    name: ClassVar[str]
+    #: One line for ``adaptrix plugins list`` and errors.
+    summary: ClassVar[str] = ""
+    #: ``auto`` prefers the highest priority among backends that prefer a source.
+    priority: ClassVar[int] = 0
+    #: Modules that must be importable (checked without importing them).
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: What to run to install what ``requires`` names.
+    install_hint: ClassVar[str] = ""
+
+    def missing(self) -> str | None:
+        """``None`` when usable here, else what is missing and how to install it (imports nothing)."""
+        absent = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if not absent:
+            return None
+        hint = f"; install it: {self.install_hint}" if self.install_hint else ""
+        return f"module(s) {', '.join(absent)} not installed{hint}"
+
+    def prefers(self, source) -> bool:
+        """Whether ``auto`` should pick this backend for ``source`` (a resolved model source)."""
+        return False
+
+    def refuses(self, source) -> str | None:
+        """``None`` when this backend can run ``source``, else why not and what to do."""
+        return None
+
+    @abstractmethod
+    def load(self, source, options: "LoadOptions", host: Any) -> Runner:
+        """Load ``source`` and return a :class:`Runner`; errors are adaptrix errors.
+
+        ``host`` is the engine's plugin host (:class:`adaptrix.plugins.host.PluginHost`), for the family hooks.
+        """

@@ -1,0 +1,384 @@
+"""Iteration-level (continuous) batching on the transformers backend.
+
+:class:`StepDecoder` runs one decode step at a time for a set of rows that may
+each use a different adapter. New rows are prefilled (those that arrive together
+in one padded forward pass), then their KV caches are merged into the running
+batch (left padding); finished or cancelled rows leave between steps. Greedy
+rows get the tokens they would get alone up to floating-point effects of the
+batch shape: a batch's matmuls (and the mixed-adapter LoRA path, with each
+adapter's scaling folded into its ``B``) may round differently from a row
+alone, which can, rarely, change a greedy answer.
+
+``batch_invariant=True`` computes each row exactly as ``generate`` computes the
+request alone: every row keeps its own KV cache, is prefilled alone and steps in
+a forward pass of its own through the module ``generate`` uses, with its
+adapter made active by the engine's adapter scope (one scope per adapter per
+step). Greedy answers then equal ``generate``'s whatever runs beside them, at
+the cost of one forward pass per row (``bench/bench_batch_invariance.py``).
+
+The decoder reaches the engine through its public interface only:
+
+- :meth:`Engine.prepare_request` -> :class:`~adaptrix.generation.result.PreparedRequest`
+  (prompt ids, settings, stop strings, hidden spans, EOS and pad ids);
+- :meth:`Engine.decoding_model` -> the module and the per-row adapter kwargs
+  (peft ``adapter_names`` through the engine's mixed-adapter forward);
+- :meth:`Engine.result_for` -> the final :class:`~adaptrix.generation.result.GenerationResult`;
+- batch-invariant mode: ``Engine.adapters.scope(adapter)``, the scope ``generate`` runs a request in.
+
+Caches of sliding-window or recurrent layers are not merged: :func:`supported`
+says whether a model can be batched this way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import attrs
+from adaptrix.generation.result import GenerationResult, PreparedRequest
+from adaptrix.generation.settings import is_greedy
+from adaptrix.generation.steps import add_each, row_finish
+from adaptrix.generation.text import IncrementalDecoder
+
+
+
+#: Most padded prompt tokens prefilled in one forward pass by :meth:`StepDecoder.add_many`
+#: (bounds the activations and attention scores of a group).
+PREFILL_TOKENS = 2048
+
+
+def supported(engine) -> bool:
+    """Whether ``engine``'s model can be decoded by :class:`StepDecoder` (plain KV cache per layer)."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        model = engine.model
+        cache = DynamicCache(config=model.config)
+        return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+    except Exception:
+        return False
+
+
+@attrs.define(eq=False)
+class Row:
+    """One request being decoded."""
+
+    key: Any
+    prepared: PreparedRequest
+    adapter: str | None
+    generated: list[int] = attrs.field(factory=list)
+    #: ``eos``, ``stop`` or ``length`` once finished.
+    finish_reason: str | None = None
+    decoder: Any = None
+    pipeline: Any = None
+    processors: Any = None
+    generator: Any = None
+    history: Any = None  # prompt + generated ids (tensor), for repetition penalty
+    position: int = 0  # position of the next token fed to the model
+    cache: Any = None  # batch-invariant mode: the row's own DynamicCache and [1, T] mask
+    mask: Any = None
+
+
+class StepDecoder:
+    """Decode many rows together, one token per row per :meth:`step`."""
+
+    def __init__(self, engine, *, batch_invariant: bool = False):
+        self.engine = engine
+        #: Each row computed alone, as ``generate`` computes it (see the module docstring).
+        self.batch_invariant = bool(batch_invariant)
+        self.tokenizer = engine.tokenizer
+        self.rows: list[Row] = []
+        self._cache = None  # DynamicCache of the batch, [B, H, T, D] per layer
+        self._mask = None  # [B, T] long
+        self._forward = None  # (adapters tuple, module, kwargs)
+
+    # -- rows -------------------------------------------------------------------
+    def add(self, key: Any, prepared: PreparedRequest, adapter: str | None) -> tuple[Row, str]:
+        """Prefill a new row, pick its first token and merge it into the batch.
+
+        Returns the row and the text its first token releases (may be empty).
+        """
+        return self._prefill([(key, prepared, adapter)])[0]
+
+    def add_many(self, items: Sequence[tuple[Any, PreparedRequest, str | None]]) -> list:
+        """:meth:`add` for several ``(key, prepared, adapter)``, prompts of similar length prefilled together.
+
+        One padded forward pass per group (adapters mixed per row) instead of
+        one per prompt: newcomers that arrive together stall the running rows
+        once. Returns, per item in order, ``(row, text)`` or the exception that
+        item raised; a group that fails is retried one prompt at a time, so one
+        bad request fails alone.
+        """
+        if self.batch_invariant:
+            return add_each(self, items)
+        out: list = [None] * len(items)
+        for group in _groups([len(p.input_ids) for _, p, _ in items]):
+            try:
+                for i, result in zip(group, self._prefill([items[i] for i in group])):
+                    out[i] = result
+            except Exception as exc:
+                alone = [exc] if len(group) == 1 else add_each(self, [items[i] for i in group])
+                for i, result in zip(group, alone):
+                    out[i] = result
+        return out
+
+    def _prefill(self, items) -> list[tuple[Row, str]]:
+        """One forward pass over left-padded prompts; merges the rows into the batch only if it succeeds
+        (batch-invariant: one prompt, its row keeps its own cache)."""
+        import torch
+
+        rows = []
+        for key, prepared, adapter in items:
+            row = Row(key=key, prepared=prepared, adapter=adapter)
+            row.decoder = IncrementalDecoder(self.tokenizer)
+            row.pipeline = prepared.pipeline()
+            row.processors, row.generator = _sampling(prepared.settings)
+            rows.append(row)
+        with self._forward_for(rows) as (module, kwargs):
+            out, mask = self._prefill_forward(rows, module, kwargs)
+        tokens = []
+        for i, row in enumerate(rows):
+            row.history = torch.tensor([list(row.prepared.input_ids)], dtype=torch.long, device=_device(module))
+            row.position = len(row.prepared.input_ids)
+            tokens.append(self._pick(row, out.logits[i : i + 1, -1, :]))
+        if self.batch_invariant:
+            (row,) = rows
+            row.cache, row.mask = out.past_key_values, mask
+            self.rows.append(row)
+        else:
+            self._merge(rows, out.past_key_values, mask)
+        return [(row, self._accept(row, token)) for row, token in zip(rows, tokens)]
+
+    def _prefill_forward(self, rows, module, kwargs):
+        """The prefill forward pass of ``rows``' left-padded prompts: ``(output, [n, T] mask)``."""
+        import torch
+        from transformers import DynamicCache
+
+        device = _device(module)
+        prompts = [list(r.prepared.input_ids) for r in rows]
+        width = max(len(p) for p in prompts)
+        pad = [r.prepared.pad_id if r.prepared.pad_id is not None else 0 for r in rows]
+        ids = torch.tensor([[pad[i]] * (width - len(p)) + p for i, p in enumerate(prompts)], dtype=torch.long,
+                           device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0).to(device)
+        cache = DynamicCache(config=self.engine.model.config)
+        with torch.inference_mode():
+            out = module(
+                input_ids=ids, attention_mask=mask.to(device), position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1, **kwargs,
+            )
+        return out, mask
+
+    def remove(self, row: Row) -> None:
+        """Take a row out of the batch (finished or cancelled)."""
+        if self.batch_invariant:
+            self.rows.remove(row)
+            row.cache = row.mask = None
+            return
+        i = self.rows.index(row)
+        keep = [j for j in range(len(self.rows)) if j != i]
+        self.rows.pop(i)
+        if not self.rows:
+            self._cache, self._mask, self._forward = None, None, None
+            return
+        index = keep
+        self._mask = self._mask[index]
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[index], layer.values[index]
+        # drop columns that are padding for every remaining row
+        used = self._mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else 0
+        if start:
+            self._mask = self._mask[:, start:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+
+    # -- decoding -----------------------------------------------------------------
+    def step(self) -> list[tuple[Row, str]]:
+        """One forward pass for every unfinished row; returns ``(row, text released)`` per row.
+
+        Rows that finish get ``finish_reason`` set; the caller removes them.
+        """
+        import torch
+
+        rows = [r for r in self.rows if r.finish_reason is None]
+        if not rows:
+            return []
+        assert len(rows) == len(self.rows), "remove finished rows before the next step"
+        if self.batch_invariant:
+            return self._step_apart()
+        module, kwargs = self._module(tuple(r.adapter for r in self.rows))
+        device = _device(module)
+        last = torch.tensor([[r.generated[-1]] for r in self.rows], dtype=torch.long, device=device)
+        mask = torch.cat([self._mask, torch.ones((len(self.rows), 1), dtype=self._mask.dtype)], dim=1)
+        positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            out = module(
+                input_ids=last, attention_mask=mask, position_ids=positions, past_key_values=self._cache,
+                use_cache=True, **kwargs,
+            )
+        self._mask = mask
+        events = []
+        for i, row in enumerate(self.rows):
+            row.position += 1
+            token = self._pick(row, out.logits[i : i + 1, -1, :])
+            events.append((row, self._accept(row, token)))
+        return events
+
+    def finish(self, row: Row) -> GenerationResult:
+        """The result ``generate`` would return for this row's tokens."""
+        return self.engine.result_for(row.prepared, row.generated)
+
+    def tail(self, row: Row) -> str:
+        """Text still held back by the row's pipeline, released at its end."""
+        return row.pipeline.feed(row.decoder.finish()) + row.pipeline.flush()
+
+    def _step_apart(self) -> list[tuple[Row, str]]:
+        """:meth:`step` in batch-invariant mode: a forward pass per row, rows of one adapter under one scope."""
+        import torch
+
+        groups: dict[Any, list[Row]] = {}
+        for row in self.rows:
+            groups.setdefault(row.adapter, []).append(row)
+        picked: dict[int, int] = {}
+        for members in groups.values():
+            with self._forward_for(members[:1]) as (module, kwargs):
+                device = _device(module)
+                for row in members:
+                    mask = torch.cat([row.mask, torch.ones((1, 1), dtype=row.mask.dtype)], dim=1)
+                    with torch.inference_mode():
+                        out = module(
+                            input_ids=torch.tensor([[row.generated[-1]]], dtype=torch.long, device=device),
+                            attention_mask=mask.to(device), position_ids=torch.tensor([[row.position]], device=device),
+                            past_key_values=row.cache, use_cache=True, **kwargs,
+                        )
+                    row.mask = mask
+                    picked[id(row)] = self._pick(row, out.logits[:, -1, :])
+        events = []
+        for row in self.rows:
+            row.position += 1
+            events.append((row, self._accept(row, picked[id(row)])))
+        return events
+
+    # -- internals ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _forward_for(self, rows: Sequence[Row]):
+        """``(module, kwargs)`` serving ``rows`` for the body. Batched: the engine's mixed-adapter forward for
+        the rows' adapters. Batch-invariant (rows of one adapter): the module ``generate`` calls, with that
+        adapter active through the engine's adapter scope, exactly as ``generate`` runs the request alone."""
+        if not self.batch_invariant:
+            yield self._module(tuple(r.adapter for r in rows))
+            return
+        (adapter,) = {r.adapter for r in rows}
+        with self.engine.adapters.scope(adapter):
+            module, kwargs = self.engine.decoding_model([])  # no per-row adapters: the active ones apply
+            yield module, kwargs
+
+    def _module(self, adapters: tuple):
+        if self._forward is None or self._forward[0] != adapters:
+            module, kwargs = self.engine.decoding_model(list(adapters))
+            self._forward = (adapters, module, kwargs)
+        return self._forward[1], self._forward[2]
+
+    def _pick(self, row: Row, logits) -> int:
+        import torch
+
+        scores = logits.float()
+        if row.processors is not None:
+            scores = row.processors(row.history, scores)
+        if is_greedy(row.prepared.settings):
+            return int(torch.argmax(scores, dim=-1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _accept(self, row: Row, token: int) -> str:
+        import torch
+
+        row.generated.append(token)
+        row.history = torch.cat([row.history, torch.tensor([[token]], device=row.history.device)], dim=1)
+        text = row.pipeline.feed(row.decoder.add([token]))
+        row.finish_reason = row_finish(row.prepared, row.generated, row.pipeline)
+        return text
+
+    def _merge(self, rows: list[Row], cache, mask) -> None:
+        """Append ``rows`` (their prefill ``cache`` and ``[n, T]`` ``mask``) to the batch, left-padding the narrower."""
+        import torch
+
+        if self._cache is None:
+            self._cache, self._mask = cache, mask
+            self.rows.extend(rows)
+            return
+        width, length = self._mask.shape[1], mask.shape[1]
+        if length < width:
+            _pad_left(cache, width - length)
+            mask = torch.cat([mask.new_zeros((mask.shape[0], width - length)), mask], dim=1)
+        elif length > width:
+            _pad_left(self._cache, length - width)
+            self._mask = torch.cat([self._mask.new_zeros((self._mask.shape[0], length - width)), self._mask], dim=1)
+        for mine, theirs in zip(self._cache.layers, cache.layers):
+            mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+            mine.values = torch.cat([mine.values, theirs.values], dim=0)
+        self._mask = torch.cat([self._mask, mask], dim=0)
+        self.rows.extend(rows)
+
+
+def _pad_left(cache, n: int) -> None:
+    import torch
+
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        layer.keys = torch.cat([k.new_zeros(k.shape[:2] + (n,) + k.shape[3:]), k], dim=2)
+        layer.values = torch.cat([v.new_zeros(v.shape[:2] + (n,) + v.shape[3:]), v], dim=2)
+
+
+def _groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of prompts to prefill together: similar lengths (padding at most a quarter of a group's
+    tokens) and at most :data:`PREFILL_TOKENS` padded tokens per group; shortest first."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group is not None:
+            width = lengths[i]  # the longest so far (sorted)
+            padded = width * (len(group) + 1)
+            real = sum(lengths[j] for j in group) + lengths[i]
+            if padded <= PREFILL_TOKENS and real * 4 >= padded * 3:
+                group.append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
+def _device(module):
+    return next(module.parameters()).device
+
+
+def _sampling(cfg):
+    """transformers' own logits processors for a row's settings, and its random generator."""
+    import torch
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if cfg.repetition_penalty is not None and cfg.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    generator = None
+    if not is_greedy(cfg):
+        processors.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_k:
+            processors.append(TopKLogitsWarper(cfg.top_k))
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            processors.append(TopPLogitsWarper(cfg.top_p))
+        generator = torch.Generator()
+        if cfg.seed is not None:
+            generator.manual_seed(cfg.seed % (2**63))
+        else:
+            generator.seed()
+    return (processors or None), generator

@@ -1,0 +1,103 @@
+"""One typed generation request: what ``generate``, ``stream`` and the batch path are asked to do.
+
+``Engine.generate(prompt, **options)`` and its siblings build a
+:class:`GenerationRequest` with :meth:`GenerationRequest.build`, the one place
+that knows the options, checks them and names a bad one; the engine then works
+on the typed record only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from adaptrix.errors import GenerationError
+from adaptrix.types import UNSET, GenerationConfig
+from adaptrix.generation.settings import SETTING_NAMES, explicit_settings
+
+#: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
+OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
+           "chat_template_kwargs", "raw", "history")
+
+
+@attrs.frozen
+class GenerationRequest:
+    """A prompt and how to answer it.
+
+    ``adapter``: a name, a list (several active together), ``None`` for the
+    base model, or :data:`~adaptrix.types.UNSET` for the active adapters.
+    ``settings`` holds only what the caller set (the explicit layer of the
+    resolution order: explicit > task > family > global). ``history``: this
+    request's earlier ``{"role", "content"}`` messages (user/assistant), used in
+    place of a stored conversation and remembered nowhere.
+    """
+
+    prompt: str
+    settings: GenerationConfig = GenerationConfig()
+    task_type: str | None = None
+    adapter: Any = UNSET
+    system: str | None = None
+    use_context: bool | None = None
+    conversation: str | None = None
+    show_thinking: bool = False
+    enable_thinking: bool | None = None
+    chat_template_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=lambda v: dict(v or {}))
+    raw: bool = False
+    history: tuple[dict[str, str], ...] = attrs.field(default=(), converter=lambda v: tuple(dict(m) for m in v or ()))
+
+    @classmethod
+    def build(cls, prompt: str, *, what: str = "prompt", **options: Any) -> "GenerationRequest":
+        """A checked request from ``generate``-style keyword arguments; a bad one raises :class:`GenerationError`."""
+        check_text(prompt, what, required=True)
+        check_text(options.get("system"), "system")
+        unknown = sorted(set(options) - set(OPTIONS) - set(SETTING_NAMES) - {"max_length"})
+        if unknown:
+            raise GenerationError(
+                f"unknown generation argument(s) {', '.join(unknown)}; settings are "
+                f"{', '.join(SETTING_NAMES)} and max_length; other options are {', '.join(OPTIONS)}"
+            )
+        settings = explicit_settings(**{k: v for k, v in options.items() if k not in OPTIONS})
+        conversation = options.get("conversation")
+        if conversation is not None and (not isinstance(conversation, str) or not conversation):
+            raise GenerationError(f"conversation must be a non-empty name, got {conversation!r}")
+        kwargs = options.get("chat_template_kwargs")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise GenerationError(f"chat_template_kwargs must be a dict, got {kwargs!r}")
+        history = options.get("history")
+        if history:
+            check_history(history)
+            if conversation is not None or options.get("use_context"):
+                raise GenerationError("history= gives this request's earlier messages; it cannot be combined with "
+                                      "conversation= or use_context=True (a stored conversation)")
+        return cls(prompt, settings, **{k: v for k, v in options.items() if k in OPTIONS})
+
+
+def check_history(history) -> None:
+    """``history``: a list of ``{"role": "user" | "assistant", "content": str}``; else :class:`GenerationError`."""
+    if isinstance(history, (str, dict)) or not isinstance(history, (list, tuple)):
+        raise GenerationError(f"history must be a list of {{'role', 'content'}} messages, got {type(history).__name__}")
+    for i, m in enumerate(history):
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise GenerationError(f"history[{i}] must be a {{'role': 'user' or 'assistant', 'content': text}} "
+                                  f"message, got {m!r}")
+        check_text(m.get("content"), f"history[{i}]['content']", required=False)
+        if m.get("content") is None:
+            raise GenerationError(f"history[{i}] has no 'content'")
+
+
+def check_text(text, what: str, *, required: bool = False) -> None:
+    """Text a tokenizer can take: a string, valid Unicode (no lone surrogate), non-blank when ``required``."""
+    if text is None and not required:
+        return
+    if not isinstance(text, str):
+        raise GenerationError(f"{what} must be a string, got {type(text).__name__}")
+    if required and not text.strip():
+        raise GenerationError(f"{what} is empty; give the model some text to answer")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GenerationError(
+            f"{what} holds {text[exc.start:exc.end]!r} at character {exc.start}, a lone UTF-16 surrogate that is "
+            "not text (a badly decoded emoji?); decode the input as UTF-8 and try again"
+        ) from None

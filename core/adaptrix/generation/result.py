@@ -1,0 +1,63 @@
+"""What a request becomes: the prepared request (formatted, not yet generated) and its result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from adaptrix.generation.text import TextPipeline
+from adaptrix.types import GenerationConfig
+
+@attrs.frozen
+class GenerationResult:
+    """What one generation produced (``Engine.generate_detailed``)."""
+
+    text: str
+    #: Generated token ids as the model produced them (EOS included when it ended the turn).
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    #: ``"eos"``, ``"stop"`` (a stop string), ``"length"`` (max_new_tokens) or ``"cancelled"``.
+    finish_reason: str
+    settings: GenerationConfig
+    #: History turns dropped to fit the context window.
+    trimmed_turns: int = 0
+    raw_text: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": len(self.token_ids),
+            "trimmed_turns": self.trimmed_turns,
+            "settings": self.settings.as_dict(),
+        }
+
+
+@attrs.frozen
+class PreparedRequest:
+    """A request formatted as ``generate`` would run it, not yet generated (``Engine.prepare_request``).
+
+    For step-level decoders (:mod:`adaptrix.backends.transformers.batching`): the prompt ids, the
+    resolved settings, the stop strings and hidden spans of the text pipeline,
+    and the model's end-of-turn and padding ids.
+    """
+
+    #: The formatted prompt (:class:`adaptrix.generation.conversation.Prompt`).
+    prompt: Any
+    settings: GenerationConfig
+    stops: tuple[str, ...]
+    spans: tuple[tuple[str, str], ...]
+    #: Closing tag when the prompt ends inside a hidden span (see :func:`open_span`).
+    inside: str | None
+    eos_ids: tuple[int, ...]
+    pad_id: int | None
+
+    @property
+    def input_ids(self) -> tuple[int, ...]:
+        return self.prompt.input_ids
+
+    def pipeline(self) -> "TextPipeline":
+        """A fresh text pipeline (spans, stops, trimming) for this request's output."""
+        return TextPipeline(self.spans, self.stops, self.inside)
