@@ -10,6 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from adaptrix.plugins.host import get_host
+
 
 @pytest.fixture(scope="module")
 def qwen(tiny_model):
@@ -64,11 +66,11 @@ def _edit(folder, **changes):
 def test_info_reads_header_only(adapters, qwen):
     from adaptrix.adapters.info import read_adapter_info
 
-    info = read_adapter_info(adapters["good"])
+    info = read_adapter_info(adapters["good"], host=get_host())
     assert (info.peft_type, info.rank, info.alpha, info.target_modules) == ("LORA", 4, 8, ("q_proj", "v_proj"))
     assert info.base_model == str(qwen) and info.base_family == "qwen" and info.family_source == "config"
     assert info.tensor_count == 8 and info.tensor_bytes > 0 and info.weights_format == "safetensors"
-    assert read_adapter_info(adapters["hub-name"]).family_source == "id"
+    assert read_adapter_info(adapters["hub-name"], host=get_host()).family_source == "id"
 
 
 def test_good_adapter_is_compatible(engine):
@@ -235,7 +237,7 @@ def test_real_adapter_configs_are_inspected(fixtures_dir, tmp_path):
         folder = tmp_path / cfg.stem
         folder.mkdir()
         shutil.copy(cfg, folder / "adapter_config.json")
-        info = read_adapter_info(folder)
+        info = read_adapter_info(folder, host=get_host())
         assert info.tensor_count is None and info.as_dict()["tensors"] == "absent"
         assert info.peft_type == "LORA" and info.rank and info.target_modules
         for prefix, (base, family) in EXPECTED.items():

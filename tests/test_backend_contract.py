@@ -127,8 +127,9 @@ def test_a_gguf_lora_file_loads_as_its_peft_folder_does(engine, tmp_path):
     """llama.cpp's own adapter files (and Ollama's) load on every backend: converted once, then as a folder."""
     pytest.importorskip("adaptrix_llamacpp")
     from adaptrix.adapters.convert import convert_adapter
+    from adaptrix.plugins.host import get_host
 
-    convert_adapter(MATH, tmp_path / "math.gguf")
+    convert_adapter(MATH, tmp_path / "math.gguf", host=get_host())
     engine.load_adapter(str(MATH), activate=False)
     expected = engine.generate(QUESTION, adapter="math_specialist", temperature=0, max_new_tokens=24)
     engine.load_adapter(str(tmp_path / "math.gguf"), name="math_file", activate=False)

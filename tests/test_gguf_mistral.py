@@ -16,6 +16,7 @@ import pytest
 
 from support.gguf import write_gguf
 
+from adaptrix.plugins.host import get_host
 from adaptrix.models.source import resolve_source
 
 TOKENS = [5, 40, 77, 120, 300, 12, 99, 3]
@@ -62,7 +63,7 @@ def test_a_mixtral_gguf_is_mixtral(tmp_path, cache):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    src = resolve_source(str(tmp_path / "mixtral.gguf"))
+    src = resolve_source(str(tmp_path / "mixtral.gguf"), host=get_host())
     assert (src.family, src.config["model_type"]) == ("mistral", "mixtral")
 
 
@@ -75,7 +76,7 @@ def test_detect_says_mistral(tiny_mistral_gguf, capsys):
 
 
 def test_the_embedded_llama_gguf_stays_llama(embedded_gguf, cache):
-    src = resolve_source(str(embedded_gguf))
+    src = resolve_source(str(embedded_gguf), host=get_host())
     assert (src.family, src.config["model_type"]) == ("llama", "llama")
 
 

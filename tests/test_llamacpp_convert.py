@@ -146,6 +146,7 @@ def test_gguf_module_index_matches_the_transformers_model(tiny_gguf, model_type)
 
 def test_wrong_shape_adapter_is_refused_with_the_transformers_report(tiny_gguf, tmp_path):
     from adaptrix.adapters.validate import validate_for_model
+    from adaptrix.plugins.host import get_host
 
     hf, gguf_path = tiny_gguf("llama")
     other = build_variant(hf, tmp_path / "wide", hidden_size=48)
@@ -153,7 +154,7 @@ def test_wrong_shape_adapter_is_refused_with_the_transformers_report(tiny_gguf, 
     out = tmp_path / "never.gguf"
     with pytest.raises(AdapterIncompatibleError) as err:
         peft_to_gguf_lora(adapter, gguf_path, out, progress=False)
-    today = validate_for_model(str(adapter), str(hf))
+    today = validate_for_model(str(adapter), str(hf), host=get_host())
     assert not today.ok
     norm = lambda errors, model: [e.replace(model, "MODEL") for e in errors]  # noqa: E731
     assert norm(err.value.report.errors, str(gguf_path)) == norm(today.errors, str(hf))

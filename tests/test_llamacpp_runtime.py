@@ -348,7 +348,7 @@ def _copy(src, dst):
 
 def test_the_llamacpp_path_imports_no_torch_or_transformers():
     code = (
-        "from adaptrix_llamacpp import codec, runtime\nfrom adaptrix import gguf_hub\n"
+        "from adaptrix_llamacpp import codec, runtime\nfrom adaptrix.models import gguf_hub\n"
         "from adaptrix.models.default_model import default_model_path\n"
         "rt = runtime.LlamaRuntime(default_model_path(), n_ctx=64, n_threads=1)\n"
         "c = codec.LlamaTextCodec(rt)\n"

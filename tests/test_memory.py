@@ -32,8 +32,9 @@ def test_the_estimate_from_a_config_is_the_published_size(fixtures_dir, name):
 
 def _source(folder):
     from adaptrix.models.source import resolve_source
+    from adaptrix.plugins.host import get_host
 
-    return resolve_source(str(folder))
+    return resolve_source(str(folder), host=get_host())
 
 
 def test_the_size_of_a_saved_model_is_its_parameters(tiny_model):

@@ -12,6 +12,7 @@ from support.gguf import FakeConverter, write_gguf
 
 from adaptrix.models import gguf_cache
 from adaptrix.errors import ModelConfigError, PluginUnavailableError
+from adaptrix.plugins.host import get_host
 from adaptrix.models.source import resolve_source
 
 
@@ -33,8 +34,8 @@ def gguf_of_tiny_llama(cache, tmp_path, tiny_model, monkeypatch):
 def test_gguf_resolves_from_its_header_without_torch_or_conversion(tmp_path, cache):
     f = write_gguf(tmp_path / "m.gguf", arch="qwen3")
     code = (
-        "import sys, json\nfrom adaptrix.models.source import resolve_source\n"
-        f"s = resolve_source({str(f)!r})\n"
+        "import sys, json\nfrom adaptrix.models.source import resolve_source\nfrom adaptrix.plugins.host import get_host\n"
+        f"s = resolve_source({str(f)!r}, host=get_host())\n"
         "print(json.dumps([s.family, s.path, str(s.gguf_file), s.config['model_type'], s.config_source, "
         "s.backend, sorted(m for m in ('torch', 'transformers') if m in sys.modules)]))"
     )
@@ -47,7 +48,7 @@ def test_gguf_resolves_from_its_header_without_torch_or_conversion(tmp_path, cac
 
 def test_ensure_folder_converts_once_and_reads_the_full_config(gguf_of_tiny_llama, tiny_model):
     f, conv = gguf_of_tiny_llama
-    src = resolve_source(str(f))
+    src = resolve_source(str(f), host=get_host())
     assert src.path is None and conv.calls == 0
     ready = src.ensure_folder(progress=False)
     assert conv.calls == 1 and ready.cache.converted
@@ -60,7 +61,7 @@ def test_ensure_folder_converts_once_and_reads_the_full_config(gguf_of_tiny_llam
 def test_folder_and_config_file_and_base_id(tiny_model):
     folder = tiny_model("qwen3")
     for given in (str(folder), str(folder / "config.json")):
-        src = resolve_source(given)
+        src = resolve_source(given, host=get_host())
         assert src.path == str(folder) and src.family == "qwen" and src.gguf_file is None
         assert src.config_source == str(folder / "config.json") and src.base_model_id == given
 
@@ -72,23 +73,23 @@ def test_default_model_records_its_hub_id():
         path = default_model_path()
     except ModelConfigError as exc:
         pytest.skip(str(exc))
-    src = resolve_source(None)
+    src = resolve_source(None, host=get_host())
     assert src.requested is None and src.model_id == str(path) and src.gguf_file == path
     assert src.base_model_id == HUB_ID and src.family == "llama"
-    assert resolve_source(str(path)).base_model_id == HUB_ID
+    assert resolve_source(str(path), host=get_host()).base_model_id == HUB_ID
 
 
 def test_bad_sources(tmp_path):
     with pytest.raises(ModelConfigError, match="names no model"):
-        resolve_source("")
+        resolve_source("", host=get_host())
     two = tmp_path / "two"
     two.mkdir()
     write_gguf(two / "a.gguf")
     write_gguf(two / "b.gguf")
     with pytest.raises(ModelConfigError, match=r"2 \.gguf files \(a\.gguf, b\.gguf\).*pass the \.gguf file"):
-        resolve_source(str(two))
+        resolve_source(str(two), host=get_host())
     with pytest.raises(ModelConfigError, match="does not exist"):
-        resolve_source(str(tmp_path / "nope.gguf"))
+        resolve_source(str(tmp_path / "nope.gguf"), host=get_host())
     with pytest.raises(PluginUnavailableError, match="no installed plugin provides family 'nofamily'"):
         resolve_source(str(write_gguf(tmp_path / "m.gguf")), family="nofamily")
 
@@ -122,7 +123,7 @@ def test_adapter_validation_on_a_gguf(gguf_of_tiny_llama, tiny_model, tmp_path, 
     from adaptrix.cli.main import main
 
     f, conv = gguf_of_tiny_llama
-    resolve_source(str(f)).ensure_folder(progress=False)
+    resolve_source(str(f), host=get_host()).ensure_folder(progress=False)
     root = tmp_path / "adapters"
     make_adapter(tiny_model("llama"), root / "fits", seed=1)
     make_adapter(tiny_model("qwen3"), root / "other", seed=2)

@@ -81,8 +81,9 @@ def test_train_each_family(model_type, tiny_model, tmp_path):
     assert meta["final_loss"] < meta["first_loss"]
 
     from adaptrix.adapters.validate import validate_for_model
+    from adaptrix.plugins.host import get_host
 
-    report = validate_for_model(str(out), str(model))  # adaptrix's own validation, from the config
+    report = validate_for_model(str(out), str(model), host=get_host())  # adaptrix's own validation, from the config
     assert report.ok, report.errors
 
     peft_model = PeftModel.from_pretrained(base, str(out))  # plain peft, nothing adaptrix-specific

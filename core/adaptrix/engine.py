@@ -196,6 +196,7 @@ class Engine:
             adapters = runner.adapter_manager(
                 self.adapters_dir, max_loaded_adapters=self.max_loaded_adapters,
                 max_adapter_bytes=self.max_adapter_bytes, merge=self.merge_adapters, lock=self._lock,
+                host=host,
             )
         except BaseException:
             runner.close()

@@ -6,7 +6,7 @@ combines them, nobody mutates them in place.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Protocol
 
 import attrs
 
@@ -199,3 +199,22 @@ class Detection:
         d["warnings"] = list(self.warnings)
         d["fallback_hooks"] = list(self.fallback_hooks)
         return d
+
+
+class Hooks(Protocol):
+    """What modules below the plugin host need of it: calling hooks.
+
+    :class:`adaptrix.plugins.host.PluginHost` is the implementation; the engine,
+    the CLI and the server pass theirs down, so nothing below the host reaches
+    up for a global one.
+    """
+
+    def call_first(self, hook: str, exclude: Iterable[str] = (), **kwargs: Any) -> tuple[Any, str | None]:
+        """The first non-``None`` answer and the plugin that gave it, or ``(None, None)``."""
+
+    def call_all(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """``(plugin, answer)`` for every plugin that answered."""
+
+    def call_family(self, hook: str, family: str, **kwargs: Any) -> tuple[Any, str]:
+        """The answer of the plugin that owns ``family`` (or the fallback), and that plugin's name."""
+

@@ -37,7 +37,7 @@ from adaptrix.storage.files import guard, overlap, remove_stale, replace_files
 from adaptrix.adapters.info import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from adaptrix.plugins.host import PluginHost
+    from adaptrix.types import Hooks
 
 PEFT = "peft"
 #: What to do about a format no installed plugin converts: the core knows no format nor plugin by name.
@@ -91,7 +91,7 @@ class Conversion:
         return attrs.asdict(self)
 
 
-def adapter_converters(host: "PluginHost") -> dict[str, tuple[str, AdapterConverter]]:
+def adapter_converters(host: "Hooks") -> dict[str, tuple[str, AdapterConverter]]:
     """``{format: (plugin, converter)}`` from every plugin's ``adapter_converters`` hook, in the host's order.
 
     A plugin answering something that is not a list of :class:`AdapterConverter`
@@ -135,7 +135,7 @@ def convert_adapter(
     dtype: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
-    host: "PluginHost | None" = None,
+    host: "Hooks",
 ) -> Conversion:
     """Convert ``src`` into ``dst`` (PEFT folder -> a plugin's format, or back); see the module docstring.
 
@@ -144,10 +144,6 @@ def convert_adapter(
     :class:`AdapterError` subclasses for bad paths and missing converters,
     and whatever the converter raises for an adapter it refuses.
     """
-    if host is None:
-        from adaptrix.plugins.host import get_host
-
-        host = get_host()
     src_path, dst_path = Path(src).expanduser(), Path(dst).expanduser()
     if not src_path.exists():
         raise AdapterNotFoundError(f"SRC {src_path} does not exist; pass a PEFT adapter folder or an adapter file")
@@ -275,7 +271,7 @@ def _write_folder(dst: Path, write: Callable[[Path], Any], **writing: str) -> No
 
 
 def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None = None, progress: bool = False,
-                    host: "PluginHost | None" = None) -> Path:
+                    host: "Hooks") -> Path:
     """The PEFT folder of an adapter file a plugin's converter recognises (a llama.cpp GGUF LoRA), made once.
 
     ``load_adapter("x.gguf")`` goes through here: the file is converted into a
@@ -288,10 +284,6 @@ def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None =
     from adaptrix.storage.caches import IMPORTED, cache_dir, cache_writing, touch
     from adaptrix.storage.files import new_folder
 
-    if host is None:
-        from adaptrix.plugins.host import get_host
-
-        host = get_host()
     src = Path(path).expanduser()
     converters = adapter_converters(host)
     found = next(((p, c) for p, c in converters.values() if c.recognizes(src)), None)

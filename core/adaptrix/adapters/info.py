@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from adaptrix.models import modelconfig
 from adaptrix.errors import AdapterFormatError, AdapterNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from adaptrix.types import Hooks
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -205,7 +208,7 @@ def check_config_fields(cfg: dict[str, Any], path: Path, adapter: str) -> None:
             )
 
 
-def base_family(base_model: str | None) -> tuple[str | None, str | None]:
+def base_family(base_model: str | None, host: "Hooks") -> tuple[str | None, str | None]:
     """Family of the adapter's base model through the ``detect_family`` hook.
 
     Uses the base model's config.json when it is on disk (a local folder or the
@@ -214,16 +217,14 @@ def base_family(base_model: str | None) -> tuple[str | None, str | None]:
     """
     if not base_model:
         return None, None
-    from adaptrix.plugins.host import get_host
-
     config = _local_config(base_model)
     try:
-        family, _ = get_host().call_first("detect_family", model_id=base_model, config=config)
+        family, _ = host.call_first("detect_family", model_id=base_model, config=config)
     except Exception:
         family = None
     if family is None and config is not None:
         try:
-            family, _ = get_host().call_first("detect_family", model_id=base_model, config=None)
+            family, _ = host.call_first("detect_family", model_id=base_model, config=None)
             return family, ("id" if family else None)
         except Exception:
             return None, None
@@ -249,8 +250,12 @@ def _local_config(model_id: str) -> dict[str, Any] | None:
     return None
 
 
-def read_adapter_info(path: str | Path, name: str | None = None) -> AdapterInfo:
-    """Read an adapter folder (no tensors loaded). ``name`` defaults to the folder name."""
+def read_adapter_info(path: str | Path, name: str | None = None, *, host: "Hooks | None" = None) -> AdapterInfo:
+    """Read an adapter folder (no tensors loaded). ``name`` defaults to the folder name.
+
+    ``host``: the plugin host that names the base model's family (``base_family``); without one the
+    family is left unknown (``None``).
+    """
     path = Path(path).expanduser()
     name = name or path.name
     if not path.is_dir():
@@ -283,7 +288,7 @@ def read_adapter_info(path: str | Path, name: str | None = None) -> AdapterInfo:
     if isinstance(targets, (list, tuple, set)):
         targets = tuple(sorted(str(t) for t in targets))
     base = cfg.get("base_model_name_or_path")
-    family, source = base_family(base)
+    family, source = base_family(base, host) if host is not None else (None, None)
     tags = meta.get("tags") or ()
     return AdapterInfo(
         name=name,
@@ -307,16 +312,6 @@ def read_adapter_info(path: str | Path, name: str | None = None) -> AdapterInfo:
         tensors=tuple(tensors),
         family_source=source,
     )
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def load_pickle_state(path: Path, name: str) -> dict:

@@ -33,7 +33,7 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
 import attrs
 
@@ -46,11 +46,15 @@ from adaptrix.errors import (
     BackendError,
 )
 from adaptrix.types import UNSET
+from adaptrix.adapters.convert import imported_folder
 from adaptrix.adapters.compositions import AdapterHold, CompositionCache
 from adaptrix.adapters.info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
 from adaptrix.adapters.pins import Pins
 from adaptrix.adapters.sources import available_adapters, is_bare_name, resolve_adapter
 from adaptrix.adapters.validate import CompatibilityReport, ModuleIndex, validate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from adaptrix.types import Hooks
 
 #: The row name of the base model in a mixed batch.
 BASE = "__base__"
@@ -96,9 +100,12 @@ class AdapterManager(ABC):
         max_adapter_bytes: int | None = None,
         merge: bool = False,
         lock=None,
+        host: "Hooks | None" = None,
     ):
         check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.loaded = loaded
+        #: The engine's plugin host: names an adapter's base family and converts adapter files (GGUF LoRA).
+        self.host = host
         self.adapters_dir = adapters_dir
         self.max_loaded_adapters = max_loaded_adapters
         self.max_adapter_bytes = max_adapter_bytes
@@ -113,6 +120,16 @@ class AdapterManager(ABC):
         self._pinned = Pins()
         self._index: ModuleIndex | None = None
         self._compositions = CompositionCache(self)
+
+    def _host_for(self, file: Path) -> "Hooks":
+        """The plugin host that converts ``file``; a manager built without one cannot."""
+        if self.host is None:
+            raise AdapterError(
+                f"cannot load the adapter file {file}: this adapter manager was built without a plugin host, "
+                "which converts adapter files; load it through an Engine, or convert it first "
+                "(adaptrix adapters convert)"
+            )
+        return self.host
 
     # -- what a backend implements -------------------------------------------
     @abstractmethod
@@ -176,7 +193,7 @@ class AdapterManager(ABC):
         if name in self._infos:
             return self._infos[name]
         _, folder = resolve_adapter(name, self.adapters_dir)
-        return read_adapter_info(folder, name)
+        return read_adapter_info(folder, name, host=self.host)
 
     def list(self) -> list[dict[str, Any]]:
         """Available (in adapters_dir), loaded and evicted adapters, the active ones marked."""
@@ -210,7 +227,7 @@ class AdapterManager(ABC):
         """Check an adapter against this model; no weight is loaded (pickles: only if allowed)."""
         name, folder = resolve_adapter(name_or_path, self.adapters_dir)
         try:
-            info = read_adapter_info(folder, name)
+            info = read_adapter_info(folder, name, host=self.host)
             return self._validate(info, allow_pickle)[0]
         except AdapterFormatError as exc:
             return CompatibilityReport(adapter=name, model=self.loaded.model_id, errors=(str(exc),))
@@ -238,10 +255,8 @@ class AdapterManager(ABC):
                 folder, allow_pickle = self._known[name]
                 found = name, folder
             elif Path(str(name_or_path)).expanduser().is_file():  # a converted adapter file (GGUF LoRA, ...)
-                from adaptrix.adapters.convert import imported_folder
-
                 file = Path(str(name_or_path)).expanduser()
-                found = file.stem, imported_folder(file, base=self.base_file)
+                found = file.stem, imported_folder(file, base=self.base_file, host=self._host_for(file))
             else:
                 found = resolve_adapter(name_or_path, self.adapters_dir)
             name = name or found[0]
@@ -256,7 +271,7 @@ class AdapterManager(ABC):
                 if activate:
                     self.switch(name)
                 return self._infos[name]
-            info = read_adapter_info(folder, name)
+            info = read_adapter_info(folder, name, host=self.host)
             report, state = self._checked(info, allow_pickle)
             self._unmerge()
             self._add(info, state)
@@ -290,7 +305,7 @@ class AdapterManager(ABC):
         folder = Path(folder).expanduser()
         with self._lock:
             try:
-                info = read_adapter_info(folder, name)
+                info = read_adapter_info(folder, name, host=self.host)
             except AdapterFormatError as exc:
                 report = CompatibilityReport(adapter=name, model=self.loaded.model_id, errors=(str(exc),))
                 raise AdapterIncompatibleError(report.message(), report) from None

@@ -18,12 +18,15 @@ them. See bench/bench_validate.py for what it costs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import attrs
 
 from adaptrix.adapters.info import AdapterInfo, TensorSpec, load_pickle_state
 from adaptrix.adapters.matching import matches, split_key, targeted_modules
+
+if TYPE_CHECKING:  # pragma: no cover
+    from adaptrix.types import Hooks
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 
@@ -447,7 +450,7 @@ def _check_tensors(who, info, index, specs, errors, warnings, model_id) -> None:
         )
 
 
-def index_for_model(model, *, trust_remote_code: bool = False) -> tuple[ModuleIndex, str]:
+def index_for_model(model, *, host: "Hooks", trust_remote_code: bool = False) -> tuple[ModuleIndex, str]:
     """``(ModuleIndex, family)`` for a model id, folder, ``.gguf`` or resolved ``ModelSource``.
 
     Built on the meta device from the config alone (no weights read, no GGUF conversion).
@@ -457,7 +460,7 @@ def index_for_model(model, *, trust_remote_code: bool = False) -> tuple[ModuleIn
 
     from adaptrix.models.source import ModelSource, resolve_source
 
-    src = model if isinstance(model, ModelSource) else resolve_source(model, progress=False)
+    src = model if isinstance(model, ModelSource) else resolve_source(model, progress=False, host=host)
     hf_config = src.hf_config(trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         module = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
@@ -465,19 +468,19 @@ def index_for_model(model, *, trust_remote_code: bool = False) -> tuple[ModuleIn
 
 
 def validate_for_model(
-    name_or_path: str, model_id: str, *, adapters_dir=None, allow_pickle: bool = False, index=None
+    name_or_path: str, model_id: str, *, host: "Hooks", adapters_dir=None, allow_pickle: bool = False, index=None
 ) -> CompatibilityReport:
-    """Validate an adapter against a model that is not loaded (its config only)."""
+    """Validate an adapter against a model that is not loaded (its config only; ``host``: the plugin host)."""
     from adaptrix.errors import AdapterFormatError
     from adaptrix.adapters.info import read_adapter_info
     from adaptrix.adapters.sources import resolve_adapter
 
     name, folder = resolve_adapter(name_or_path, adapters_dir)
     if index is None:
-        index = index_for_model(model_id)
+        index = index_for_model(model_id, host=host)
     module_index, family = index
     try:
-        info = read_adapter_info(folder, name)
+        info = read_adapter_info(folder, name, host=host)
     except AdapterFormatError as exc:
         return CompatibilityReport(adapter=name, model=model_id, errors=(str(exc),))
     tensors = state = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from adaptrix.plugins.host import get_host
+
 LIST_COLUMNS = [
     ("name", "NAME"),
     ("base_model", "BASE MODEL"),
@@ -82,12 +84,12 @@ def _model_index(model: str | None, backend: str | None = None):
     alone, and the backend that would run it (a backend that cannot is an error here, before any validation)."""
     from adaptrix.adapters.validate import index_for_model
     from adaptrix.backends.choice import choose_backend
-    from adaptrix.plugins.host import get_host
     from adaptrix.models.source import resolve_source
 
-    src = resolve_source(model, progress=False)
-    choice = choose_backend(src, backend, get_host())
-    return src, index_for_model(src), choice
+    host = get_host()
+    src = resolve_source(model, progress=False, host=host)
+    choice = choose_backend(src, backend, host)
+    return src, index_for_model(src, host=host), choice
 
 
 def _backend_fields(choice) -> dict:
@@ -120,14 +122,14 @@ def run_list(args) -> int:
     for name, folder in found.items():
         # One broken adapter is a row with its error, never the end of the listing.
         try:
-            info = read_adapter_info(folder, name)
+            info = read_adapter_info(folder, name, host=get_host())
             row = _row(info)
         except AdaptrixError as exc:
             row, info = {"name": name, "error": str(exc)}, None
         if index is not None:
             try:
                 report = (
-                    validate_for_model(str(folder), src.base_model_id, index=index)
+                    validate_for_model(str(folder), src.base_model_id, index=index, host=get_host())
                     if info is not None
                     else CompatibilityReport(name, src.base_model_id, errors=(row["error"],))
                 )
@@ -162,7 +164,7 @@ def run_inspect(args) -> int:
     from adaptrix.adapters.sources import resolve_adapter
 
     name, folder = resolve_adapter(args.path, args.adapters_dir)
-    info = read_adapter_info(folder, name)
+    info = read_adapter_info(folder, name, host=get_host())
     if args.json:
         from adaptrix.cli.output import print_json
 
@@ -205,7 +207,8 @@ def run_validate(args) -> int:
     resolve_adapter(args.path, args.adapters_dir)  # a missing adapter fails before the model is read
     src, index, choice = _model_index(args.model, args.backend)
     report = validate_for_model(
-        args.path, src.base_model_id, adapters_dir=args.adapters_dir, allow_pickle=args.allow_pickle, index=index
+        args.path, src.base_model_id, adapters_dir=args.adapters_dir, allow_pickle=args.allow_pickle, index=index,
+        host=get_host(),
     )
     if args.json:
         from adaptrix.cli.output import print_json
@@ -227,7 +230,7 @@ def run_convert(args) -> int:
 
     done = convert_adapter(
         args.src, args.dst, base=args.base, dtype=args.dtype, overwrite=args.overwrite,
-        progress=sys.stderr.isatty() and not args.json,
+        progress=sys.stderr.isatty() and not args.json, host=get_host(),
     )
     if args.json:
         from adaptrix.cli.output import print_json

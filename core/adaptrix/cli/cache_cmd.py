@@ -20,10 +20,11 @@ def register(sub) -> None:
 
 
 def _kinds(names: list[str]):
+    from adaptrix.plugins.host import get_host
     from adaptrix.storage.caches import cache_kinds
     from adaptrix.errors import AdaptrixError
 
-    kinds = cache_kinds()
+    kinds = cache_kinds(get_host())
     unknown = [n for n in names if n not in kinds]
     if unknown:
         raise AdaptrixError(f"unknown cache kind(s) {', '.join(unknown)}; the kinds are: {', '.join(kinds)}")

@@ -18,10 +18,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from adaptrix.plugins.detection import detect
+    from adaptrix.plugins.host import get_host
     from adaptrix.models.source import resolve_source
 
-    src = resolve_source(args.model, revision=args.revision, progress=False)
-    d = detect(src.model_id, config=src.config, source=src.config_source)
+    host = get_host()
+    src = resolve_source(args.model, revision=args.revision, progress=False, host=host)
+    d = detect(src.model_id, config=src.config, source=src.config_source, host=host)
     if args.json:
         from adaptrix.cli.output import print_json
 

@@ -19,6 +19,7 @@ import attrs
 
 from adaptrix.models import gguf_hub, modelconfig
 from adaptrix.errors import ModelConfigError
+from adaptrix.plugins.host import PluginHost
 
 
 @attrs.frozen
@@ -122,7 +123,7 @@ def resolve_source(
     revision: str | None = None,
     family: str | None = None,
     progress: bool = True,
-    host=None,
+    host: PluginHost,
 ) -> ModelSource:
     """Resolve ``model_id`` into a :class:`ModelSource` (config read once, family detected or checked).
 
@@ -130,11 +131,11 @@ def resolve_source(
     (``owner/repo-GGUF:Q4_K_M``, ``owner/repo-GGUF/file.gguf``) is downloaded
     into the Hugging Face cache (see :mod:`adaptrix.models.gguf_hub`). ``family`` overrides detection (an
     error when no plugin provides it). ``progress`` is kept for the later,
-    explicit conversion step; reading a source never converts anything.
+    explicit conversion step; reading a source never converts anything. ``host`` is the plugin host
+    that detects (or provides) the family.
     """
     from adaptrix.models.default_model import HUB_ID, default_model_path, is_default_model
     from adaptrix.plugins.detection import detect_family
-    from adaptrix.plugins.host import get_host
 
     del progress  # resolving reads headers only; conversion is ensure_folder's (and shows its own bar)
     requested = None if model_id is None else modelconfig.check_model_id(model_id)
@@ -150,7 +151,6 @@ def resolve_source(
 
         check_gguf_file(gguf)  # missing, not GGUF or truncated: a clear error before anything else
     config, config_source = modelconfig.load_config(str(gguf) if gguf is not None else resolved, revision)
-    host = host or get_host()
     if family:
         plugin = host.owner(family)  # a clear error when no plugin provides it
     else:

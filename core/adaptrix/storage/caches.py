@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import attrs
 
 from adaptrix.errors import PluginError, StorageError
-from adaptrix.storage.files import HOST, guard, remove_stale
+from adaptrix.storage.files import HOST, guard, human_bytes, remove_stale
 
 if TYPE_CHECKING:  # pragma: no cover
-    from adaptrix.plugins.host import PluginHost
+    from adaptrix.types import Hooks
 
 #: Entries used this recently are never evicted (another process may be about to open the path it was given).
 IN_USE_SECONDS = 10.0
@@ -137,8 +137,6 @@ class CacheKind:
 
 
 def _size_text(n: int | None) -> str:
-    from adaptrix.adapters.info import human_bytes
-
     return "none" if n is None else human_bytes(n)
 
 
@@ -154,12 +152,8 @@ IMPORTED = CacheKind(
 CORE_KINDS = (GGUF, IMPORTED)
 
 
-def cache_kinds(host: "PluginHost | None" = None) -> dict[str, CacheKind]:
+def cache_kinds(host: "Hooks") -> dict[str, CacheKind]:
     """``{name: CacheKind}``: the core's, then every plugin's ``caches`` hook answer (first name wins)."""
-    if host is None:
-        from adaptrix.plugins.host import get_host
-
-        host = get_host()
     found = {k.name: k for k in CORE_KINDS}
     for plugin, items in host.call_all("caches"):
         if not isinstance(items, (list, tuple)) or not all(isinstance(k, CacheKind) for k in items):

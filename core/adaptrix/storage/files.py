@@ -59,6 +59,17 @@ _REASONS = {
 # -- OS failures -> StorageError -------------------------------------------------------------------------------
 
 
+def human_bytes(n: int | None) -> str:
+    """``n`` bytes for people: ``512 B``, ``1.5 MB``; ``-`` for unknown."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def os_errno(exc: BaseException) -> int | None:
     """The OS error number behind ``exc``: an ``OSError``'s, or one named in a wrapped error's message.
 
@@ -92,8 +103,6 @@ def storage_error(exc: BaseException, path, doing: str, remedy: str | None = Non
     no_space = number in _NO_SPACE
     if no_space:
         free = _free_bytes(Path(path))
-        from adaptrix.adapters.info import human_bytes
-
         reason = "no space left on the device" + (f" ({human_bytes(free)} free)" if free is not None else "")
         remedy = full_remedy or remedy or "free some space, or write it to another disk"
     else:

@@ -201,13 +201,13 @@ def load_for_training(cfg: TrainConfig):
     from adaptrix.models.source import resolve_source
     from adaptrix.types import LoadOptions
 
-    src = resolve_source(cfg.model).ensure_folder(progress=cfg.progress)
-    detection = detect(src.model_id, config=src.config, source=src.config_source)
+    host = get_host()
+    src = resolve_source(cfg.model, host=host).ensure_folder(progress=cfg.progress)
+    detection = detect(src.model_id, config=src.config, source=src.config_source, host=host)
     options = LoadOptions(
         device=cfg.device, dtype="float32", trust_remote_code=cfg.trust_remote_code, revision=src.load_revision,
         config=src.config, config_source=src.config_source,
     )
-    host = get_host()
     loaded, _ = host.call_family("load_model", src.family, model_id=src.path, options=options)
     if loaded is None:
         raise TrainingError(f"the {src.family!r} plugin did not load {src.model_id}")
