@@ -114,7 +114,7 @@ def test_a_bad_item_fails_alone(engine):
 def test_a_row_keeps_its_answer_while_other_adapters_come_and_go(tiny_model, tmp_path, one_thread, start_wrapped):
     """A server loads and unloads adapters between two steps while rows that use others keep running. The
     first adapter wraps the model in peft and unloading the last one unwraps it: the module and kwargs the
-    decoder holds still give the row its answer alone (``Engine.decoding_model``'s promise)."""
+    decoder holds still give the row its answer alone (``TransformersRunner.decoding_model``'s promise)."""
     from adaptrix import Engine
 
     model = tiny_model("llama")
@@ -141,13 +141,17 @@ def test_a_row_keeps_its_answer_while_other_adapters_come_and_go(tiny_model, tmp
 
 
 def test_a_backend_without_batch_invariant_decoding_is_refused_by_name(engine, monkeypatch):
-    """A third-party step decoder that cannot decode rows apart gets a clear error, not a TypeError."""
+    """A backend whose runner does not declare ``"batch_invariant"`` gets a clear error for it, and one that
+    does not declare ``"step_decode"`` is served one request at a time (no decoder)."""
     from adaptrix.errors import BackendError
 
-    monkeypatch.setattr(engine.runner, "step_decoder", lambda engine, *, max_rows=8: None)
-    assert engine.step_decoder(max_rows=2) is None
+    monkeypatch.setattr(engine.runner, "capabilities", frozenset({"step_decode"}))
+    assert engine.step_decoder(max_rows=2) is not None
     with pytest.raises(BackendError, match="cannot compute rows as if alone.*--no-batching"):
         engine.step_decoder(max_rows=2, batch_invariant=True)
+    monkeypatch.setattr(engine.runner, "capabilities", frozenset())
+    assert engine.step_decoder(max_rows=2) is None
+    assert engine.step_decoder(max_rows=2, batch_invariant=True) is None  # served alone: invariant already
 
 
 # -- batch invariance on the real SmolLM2 ------------------------------------------------------------------
