@@ -214,3 +214,28 @@ def test_batch_invariant_rows_get_the_logits_generate_computes_alone(smol, batch
         assert all(same)
     else:
         assert not all(same)
+
+
+def test_the_runners_decoder_works_with_the_lease_alone_and_never_reaches_into_the_engine(engine, monkeypatch):
+    """``Runner.step_decoder`` gets the model lease and nothing of the engine: with every attribute of every
+    Engine made to fail, rows still decode to ``generate``'s answers alone."""
+    from adaptrix import Engine
+    from adaptrix.generation.lease import ModelLease
+    from adaptrix.generation.steps import StepDecoder
+
+    requests = {i: (p, a) for i, (p, a) in enumerate(zip(PROMPTS, [None, "a1", "a2", None]))}
+    want = {i: _alone(engine, p, a) for i, (p, a) in requests.items()}
+    prepared = {i: _prepared(engine, p, a) for i, (p, a) in requests.items()}
+    runner, lease = engine.runner, ModelLease()
+
+    def reached(self, name):
+        raise AssertionError(f"the step decoder reached into the engine: Engine.{name}")
+
+    monkeypatch.setattr(Engine, "__getattribute__", reached)
+    for batch_invariant in (False, True):
+        decoder = runner.step_decoder(lease=lease, max_rows=4, batch_invariant=batch_invariant)
+        assert isinstance(decoder, StepDecoder)
+        outcomes = decoder.add_many([(i, prepared[i], a) for i, (_, a) in requests.items()])
+        assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+        assert _drain(decoder) == want, batch_invariant
+        assert lease.holder is None  # held only while the decoder ran
