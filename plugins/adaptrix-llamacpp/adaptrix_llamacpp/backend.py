@@ -86,7 +86,7 @@ class LlamaCppBackend(Backend):
 
 class LlamaCppRunner(Runner):
     backend = "llamacpp"
-    capabilities = frozenset({"compose", "step_decode"})
+    capabilities = frozenset({"step_decode", "batch_invariant"})
 
     def __init__(self, source, loaded, runtime, *, progress: bool = True):
         self.source = source
@@ -128,12 +128,12 @@ class LlamaCppRunner(Runner):
         """Generated in the pulling thread, one ``llama_decode`` per ``next()``: no thread in between."""
         return self._row(ids, cfg, None if stop is None else (lambda new_ids: stop(0, new_ids)), None)
 
-    def step_decoder(self, engine, *, max_rows: int = 8, batch_invariant: bool = False):
-        """Rows as parallel sequences of the one context (:mod:`.steps`); ``batch_invariant``: one
-        ``llama_decode`` per row instead of per adapter."""
+    def step_decoder(self, *, lease, max_rows: int = 8, batch_invariant: bool = False):
+        """Rows as parallel sequences of the one context (:mod:`.steps`), holding ``lease`` (the engine's model
+        lease); ``batch_invariant``: one ``llama_decode`` per row instead of per adapter."""
         from .steps import LlamaStepDecoder
 
-        return LlamaStepDecoder(engine, self, max_rows=max_rows, batch_invariant=batch_invariant)
+        return LlamaStepDecoder(self, lease=lease, max_rows=max_rows, batch_invariant=batch_invariant)
 
     def _row(self, ids, cfg, stop, cancel):
         """One prompt's new tokens; the end-of-generation token that ends a row is kept, as transformers keeps EOS."""
