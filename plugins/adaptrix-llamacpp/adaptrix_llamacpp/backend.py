@@ -29,6 +29,8 @@ from adaptrix.backends import Backend, Runner
 from adaptrix.errors import AdapterError, BackendError
 from adaptrix.types import LoadedModel
 
+from .sampling import sampling
+
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
@@ -169,20 +171,6 @@ class LlamaCppRunner(Runner):
     def close(self) -> None:
         self.manager = None
         self.runtime.close()
-
-
-def sampling(cfg) -> dict[str, Any]:
-    """The runtime's sampling arguments for a resolved :class:`~adaptrix.types.GenerationConfig`."""
-    from adaptrix import generation as gen
-
-    greedy = gen.is_greedy(cfg)
-    return dict(
-        temperature=0.0 if greedy else float(cfg.temperature),
-        top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
-        top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
-        repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
-        seed=cfg.seed,
-    )
 
 
 class LlamaCppAdapterManager(AdapterManager):

@@ -55,6 +55,7 @@ from adaptrix import generation as gen
 from adaptrix.errors import BatchFullError, GenerationError
 
 from .runtime import MAX_SEQUENCES
+from .sampling import sampling
 
 
 @attrs.define(eq=False)
@@ -123,8 +124,6 @@ class LlamaStepDecoder:
                 if adapter is not None:
                     row.name = self.manager.rows([adapter], 1)[0]  # resident (loaded when needed)
                     pins.enter_context(self.manager.pinned([row.name]))
-                from .backend import sampling
-
                 row.chain = runtime.sampler(ids, **sampling(prepared.settings))
                 runtime.forget_sequence(row.seq)
                 self._use(self._scales(row.name))
