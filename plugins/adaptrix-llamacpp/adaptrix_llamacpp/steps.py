@@ -57,6 +57,7 @@ from adaptrix.errors import BatchFullError, GenerationError
 from .runtime import MAX_SEQUENCES
 from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.steps import Row, add_each, finish_row, row_tail
+from .sampling import sampling
 
 
 @attrs.define(eq=False)
@@ -113,8 +114,6 @@ class LlamaStepDecoder:
                 if adapter is not None:
                     row.name = self.manager.rows([adapter], 1)[0]  # resident (loaded when needed)
                     pins.enter_context(self.manager.pinned([row.name]))
-                from .backend import sampling
-
                 row.chain = runtime.sampler(ids, **sampling(prepared.settings))
                 runtime.forget_sequence(row.seq)
                 self._use(self._scales(row.name))
