@@ -23,8 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from adaptrix.adapters.manager import AdapterManager, check_residency_limits
-from adaptrix.adapters.sources import available_adapters
+from adaptrix.adapters.manager import AdapterManager
+from adaptrix.adapters.residency import check_residency_limits
+from adaptrix.adapters.sources import adapter_rows
 from adaptrix.backends.contract import Runner
 from adaptrix.errors import BackendError, EngineStateError, GenerationError
 from adaptrix.generation.conversation import Conversation, ConversationStore
@@ -325,10 +326,7 @@ class Engine:
     def list_adapters(self) -> list[dict[str, Any]]:
         """Available, loaded and evicted adapters, with ``active`` marked (before ``initialize()`` too)."""
         if self._session is None:
-            return [
-                {"name": n, "path": str(p), "loaded": False, "state": "available", "active": False, "merged": False}
-                for n, p in available_adapters(self.adapters_dir).items()
-            ]
+            return adapter_rows(self.adapters_dir)
         return self._session.manager.list()
 
     @property

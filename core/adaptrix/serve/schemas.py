@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from adaptrix.adapters.manager import check_composition_weights
+from adaptrix.adapters.compositions import check_composition_weights
 from adaptrix.errors import AdapterError
 from adaptrix.generation.settings import SEED_LIMIT
 from adaptrix.serve.errors import ApiError
