@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 from adaptrix.adapters.manager import AdapterManager
 from adaptrix.adapters.residency import check_residency_limits
@@ -125,7 +125,7 @@ class Engine:
         return self._require_loaded().runner.loaded.model
 
     @property
-    def runner(self):
+    def runner(self) -> Runner:
         """The backend's :class:`~adaptrix.backends.contract.Runner` (after ``initialize()``)."""
         return self._require_loaded().runner
 
@@ -249,7 +249,7 @@ class Engine:
         req = prompt if isinstance(prompt, GenerationRequest) else GenerationRequest.build(prompt, **options)
         return DetailedStream(self._stream(req))
 
-    def _stream(self, req: GenerationRequest) -> Iterator[str]:
+    def _stream(self, req: GenerationRequest) -> Generator[str, None, GenerationResult]:
         """The stream's generator (:func:`adaptrix.streaming.stream_pieces`), returning its result."""
         return stream_pieces(self._lock, self._require_loaded, self._conversation_for, req)
 
