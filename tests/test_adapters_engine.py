@@ -84,7 +84,9 @@ def test_logits_and_tokens_match_peft_and_base_is_restored(engine, setup):
     assert not torch.allclose(got, base_logits, atol=1e-3)  # the adapter does something
     toks = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids
     assert list(toks) == _oracle_tokens(engine, pm, PROMPTS[0])[: len(toks)]
-    assert engine._adapter_task_type() == "math"
+    # the active adapter's declared task selects its preset
+    math = engine.resolve_settings(task_type="math")
+    assert engine.resolve_settings() == math != engine.resolve_settings(adapter=None)
     assert engine.switch_adapter(None) is True
     assert engine.active_adapter is None
     assert torch.equal(_logits(engine, PROMPTS[0], "active"), base_logits)
@@ -98,9 +100,9 @@ def test_logits_and_tokens_match_peft_and_base_is_restored(engine, setup):
 def test_adapter_task_type_without_a_preset_selects_none(engine, setup):
     """An adapter's own label ("style") must not break generation: it selects no preset."""
     engine.load_adapter("math", activate=False)
-    assert engine._adapter_task_type("math") == "math"
+    assert engine.resolve_settings(adapter="math") == engine.resolve_settings(task_type="math")
     engine.load_adapter("styled")
-    assert engine._adapter_task_type() is None
+    assert engine.resolve_settings() == engine.resolve_settings(adapter=None)  # "style": no preset
     r = engine.generate_detailed(PROMPTS[0], max_new_tokens=8, raw=True)  # sampling settings left to the engine
     assert r.settings == engine.resolve_settings(task_type=None, max_new_tokens=8)  # no preset applied
     greedy = engine.generate_detailed(PROMPTS[0], **GREEDY).token_ids  # and the styled adapter is what runs

@@ -18,7 +18,7 @@ from adaptrix.errors import AdapterError, AdapterIncompatibleError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "adapters"
-BOUND = 10.0  # the composition weight bound, adaptrix.adapters.manager.MAX_COMPOSITION_WEIGHT
+BOUND = 10.0  # the composition weight bound, adaptrix.adapters.compositions.MAX_COMPOSITION_WEIGHT
 
 
 def diverged(folder: Path, values=(float("nan"), float("inf"), float("-inf"))) -> str:
@@ -111,7 +111,7 @@ def test_composition_weights_are_bounded(llama, weight):
 
 
 def test_weights_at_the_bound_compose(llama):
-    from adaptrix.adapters.manager import MAX_COMPOSITION_WEIGHT
+    from adaptrix.adapters.compositions import MAX_COMPOSITION_WEIGHT
 
     assert MAX_COMPOSITION_WEIGHT == BOUND
     llama.compose_adapters({"math_specialist": BOUND, "pirate_style": -BOUND},

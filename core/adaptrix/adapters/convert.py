@@ -271,13 +271,13 @@ def _write_folder(dst: Path, write: Callable[[Path], Any], **writing: str) -> No
 
 
 def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None = None, progress: bool = False,
-                    host: "Hooks") -> Path:
+                    host: "Hooks | None") -> Path:
     """The PEFT folder of an adapter file a plugin's converter recognises (a llama.cpp GGUF LoRA), made once.
 
     ``load_adapter("x.gguf")`` goes through here: the file is converted into a
     folder under the adaptrix cache, keyed by the file's content, and later
     loads reuse it. ``base`` is the model file the adapter belongs to, for
-    formats that need it.
+    formats that need it. Converting takes the plugin ``host`` (a plugin's converter).
     """
     import hashlib
 
@@ -285,6 +285,12 @@ def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None =
     from adaptrix.storage.files import new_folder
 
     src = Path(path).expanduser()
+    if host is None:
+        raise AdapterError(
+            f"cannot load the adapter file {src}: this adapter manager was built without a plugin host, "
+            "which converts adapter files; load it through an Engine, or convert it first "
+            "(adaptrix adapters convert)"
+        )
     converters = adapter_converters(host)
     found = next(((p, c) for p, c in converters.values() if c.recognizes(src)), None)
     if found is None:

@@ -15,25 +15,27 @@ One owner for what every backend shares:
 - the active set, per-call scopes, the rows of a mixed batch, and the checks
   of a composition.
 
+Residency policy (limits, LRU order, which adapter to evict) lives in
+:mod:`.residency`, the rules of a composition in :mod:`.compositions`, the
+listing in :func:`.sources.adapter_rows`.
+
 Applying weights is a backend's job, in a subclass:
 :class:`~.peft_manager.PeftAdapterManager` (transformers + peft: merging, every
 composition method, mixed-adapter batches) in the core, others in backend
-plugins. A subclass implements ``_module_index``, ``_add``, ``_remove`` and
-``_apply``, and where it can ``_merge``/``_unmerge`` and ``_compose`` (with the
-methods it supports in ``COMPOSE_METHODS``).
+plugins. A subclass implements :class:`~.contract.AdapterBackend`:
+``_module_index``, ``_add``, ``_remove`` and ``_apply``, and where it can
+``_merge``/``_unmerge`` and ``_compose`` (with the methods it supports in
+``COMPOSE_METHODS``).
 
 All public methods hold ``lock`` (the engine passes its model lease).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import math
 import threading
-from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import attrs
 
@@ -42,26 +44,26 @@ from adaptrix.errors import (
     AdapterFormatError,
     AdapterIncompatibleError,
     AdapterNotFoundError,
-    AdapterPickleError,
     BackendError,
 )
-from adaptrix.types import UNSET
+from adaptrix.types import UNSET, Hooks, LoadedModel
+from adaptrix.adapters.contract import AdapterBackend
 from adaptrix.adapters.convert import imported_folder
-from adaptrix.adapters.compositions import AdapterHold, CompositionCache
-from adaptrix.adapters.info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
+from adaptrix.adapters.compositions import (
+    COMBINATIONS,
+    AdapterHold,
+    CompositionCache,
+    check_composition,
+    check_parts,
+)
+from adaptrix.adapters.info import AdapterInfo, load_pickle_state, read_adapter_info
 from adaptrix.adapters.pins import Pins
-from adaptrix.adapters.sources import available_adapters, is_bare_name, resolve_adapter
-from adaptrix.adapters.validate import CompatibilityReport, ModuleIndex, validate
-
-if TYPE_CHECKING:  # pragma: no cover
-    from adaptrix.types import Hooks
+from adaptrix.adapters.residency import Residency, check_residency_limits
+from adaptrix.adapters.sources import adapter_rows, resolve_adapter
+from adaptrix.adapters.validate import CompatibilityReport, ModuleIndex, require_valid, validate_with_state
 
 #: The row name of the base model in a mixed batch.
 BASE = "__base__"
-#: Every composition method adaptrix knows (peft's ``add_weighted_adapter`` combination types).
-COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
-                "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
-_SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 
 
 @attrs.frozen
@@ -74,7 +76,7 @@ class Replacement:
     replaced: bool
 
 
-class AdapterManager(ABC):
+class AdapterManager(AdapterBackend):
     """LoRA adapters on one loaded model (an :class:`~adaptrix.types.LoadedModel`).
 
     ``max_loaded_adapters`` / ``max_adapter_bytes`` bound residency (LRU);
@@ -82,38 +84,27 @@ class AdapterManager(ABC):
     (backends that can merge).
     """
 
-    #: The backend's name, for error messages.
-    backend: ClassVar[str] = "?"
-    #: Composition methods this backend can express.
-    COMPOSE_METHODS: ClassVar[tuple[str, ...]] = ()
-    #: Whether ``merge`` is supported.
-    CAN_MERGE: ClassVar[bool] = False
-    #: The model file adapters files are converted against (a GGUF), when there is one.
-    base_file: Path | None = None
-
     def __init__(
         self,
-        loaded,
+        loaded: LoadedModel,
         adapters_dir: str | Path | None = "adapters",
         *,
         max_loaded_adapters: int | None = None,
         max_adapter_bytes: int | None = None,
         merge: bool = False,
         lock=None,
-        host: "Hooks | None" = None,
+        host: Hooks | None = None,
     ):
-        check_residency_limits(max_loaded_adapters, max_adapter_bytes)
         self.loaded = loaded
         #: The engine's plugin host: names an adapter's base family and converts adapter files (GGUF LoRA).
         self.host = host
         self.adapters_dir = adapters_dir
-        self.max_loaded_adapters = max_loaded_adapters
-        self.max_adapter_bytes = max_adapter_bytes
+        #: The residency limits and the order of use (LRU eviction).
+        self.residency = Residency(max_loaded_adapters, max_adapter_bytes)
         self.merge_mode = merge
         self._lock = lock if lock is not None else threading.RLock()
         self._infos: dict[str, AdapterInfo] = {}  # loaded adapters
         self._known: dict[str, tuple[Path, bool]] = {}  # evicted, reloadable: name -> (folder, allow_pickle)
-        self._lru: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._active: tuple[str, ...] = ()
         self._merged: tuple[str, ...] = ()
         #: Holders per adapter (scopes, running rows, a backend's compositions): pinned ones are never evicted.
@@ -121,50 +112,15 @@ class AdapterManager(ABC):
         self._index: ModuleIndex | None = None
         self._compositions = CompositionCache(self)
 
-    def _host_for(self, file: Path) -> "Hooks":
-        """The plugin host that converts ``file``; a manager built without one cannot."""
-        if self.host is None:
-            raise AdapterError(
-                f"cannot load the adapter file {file}: this adapter manager was built without a plugin host, "
-                "which converts adapter files; load it through an Engine, or convert it first "
-                "(adaptrix adapters convert)"
-            )
-        return self.host
-
-    # -- what a backend implements -------------------------------------------
-    @abstractmethod
-    def _module_index(self) -> ModuleIndex:
-        """The model's module names and shapes, for validation."""
-
-    @abstractmethod
-    def _add(self, info: AdapterInfo, state) -> None:
-        """Make a validated adapter's weights resident (``state``: an allowed pickle's tensors, else None).
-
-        On failure, leave the model as it was and raise :class:`AdapterError`.
-        """
-
-    @abstractmethod
-    def _remove(self, name: str) -> None:
-        """Free the weights of ``name`` (already gone from ``_infos``; ``_active`` is reset after)."""
-
-    @abstractmethod
-    def _apply(self, target: tuple[str, ...]) -> None:
-        """Make exactly ``target`` active (outputs summed); set ``self._active = target``."""
-
-    def _merge(self) -> None:
-        """Merge the single active adapter into the weights (only where ``CAN_MERGE``)."""
-
-    def _unmerge(self) -> None:
-        """Restore the exact base weights (a no-op where nothing merges)."""
-
-    def _compose(self, sources: list[str], weights: dict[str, float], name: str, method: str,
-                 options: dict[str, Any]) -> AdapterInfo:
-        raise self._unsupported(f"compose adapters with method {method!r}")
-
-    def _close(self) -> None:
-        """Release backend state (the engine is dropping its model)."""
-
     # -- queries -----------------------------------------------------------
+    @property
+    def max_loaded_adapters(self) -> int | None:
+        return self.residency.max_loaded_adapters
+
+    @property
+    def max_adapter_bytes(self) -> int | None:
+        return self.residency.max_adapter_bytes
+
     @property
     def index(self) -> ModuleIndex:
         if self._index is None:
@@ -198,21 +154,8 @@ class AdapterManager(ABC):
     def list(self) -> list[dict[str, Any]]:
         """Available (in adapters_dir), loaded and evicted adapters, the active ones marked."""
         with self._lock:
-            rows: dict[str, dict[str, Any]] = {}
-            for name, folder in available_adapters(self.adapters_dir).items():
-                rows[name] = {"name": name, "path": str(folder), "loaded": False, "state": "available"}
-            for name, (folder, _) in self._known.items():
-                rows[name] = {"name": name, "path": str(folder), "loaded": False, "state": "evicted"}
-            for name, info in self._infos.items():
-                rows[name] = {
-                    "name": name, "path": info.path, "loaded": True, "state": "loaded",
-                    "rank": info.rank, "base_model": info.base_model, "family": info.base_family,
-                    "bytes": info.tensor_bytes, "task_type": info.task_type,
-                }
-            for name, row in rows.items():
-                row["active"] = name in self._active
-                row["merged"] = name in self._merged
-            return sorted(rows.values(), key=lambda r: r["name"])
+            return adapter_rows(self.adapters_dir, evicted={n: f for n, (f, _) in self._known.items()},
+                                loaded=self._infos, active=self._active, merged=self._merged)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -232,17 +175,9 @@ class AdapterManager(ABC):
         except AdapterFormatError as exc:
             return CompatibilityReport(adapter=name, model=self.loaded.model_id, errors=(str(exc),))
 
-    def _validate(self, info: AdapterInfo, allow_pickle: bool):
-        state = None
-        tensors = None
-        if info.weights_format == "pickle" and allow_pickle:
-            state = load_pickle_state(Path(info.weights_file), info.name)
-            tensors = [TensorSpec(k, str(v.dtype), tuple(v.shape)) for k, v in state.items()]
-        report = validate(
-            info, self.index, model_family=self.loaded.family, model_id=self.loaded.model_id,
-            allow_pickle=allow_pickle, tensors=tensors, state=state,
-        )
-        return report, state
+    def _validate(self, info: AdapterInfo, allow_pickle: bool) -> tuple[CompatibilityReport, dict | None]:
+        return validate_with_state(info, self.index, model_family=self.loaded.family,
+                                   model_id=self.loaded.model_id, allow_pickle=allow_pickle)
 
     # -- load / unload ---------------------------------------------------------
     def load(
@@ -256,7 +191,7 @@ class AdapterManager(ABC):
                 found = name, folder
             elif Path(str(name_or_path)).expanduser().is_file():  # a converted adapter file (GGUF LoRA, ...)
                 file = Path(str(name_or_path)).expanduser()
-                found = file.stem, imported_folder(file, base=self.base_file, host=self._host_for(file))
+                found = file.stem, imported_folder(file, base=self.base_file, host=self.host)
             else:
                 found = resolve_adapter(name_or_path, self.adapters_dir)
             name = name or found[0]
@@ -275,23 +210,16 @@ class AdapterManager(ABC):
             report, state = self._checked(info, allow_pickle)
             self._unmerge()
             self._add(info, state)
-            self._known.pop(name, None)
-            self._infos[name] = info
-            self._touch([name])
-            self._apply(self._active)
+            self._register(info, self._active)
             if activate:
                 self.switch(name)
             self._make_room()
             return info
 
-    def _checked(self, info: AdapterInfo, allow_pickle: bool):
-        """``(report, state)`` of a valid adapter; raises :class:`AdapterPickleError` for a pickle not allowed,
-        :class:`AdapterIncompatibleError` (with the report) for any other error."""
+    def _checked(self, info: AdapterInfo, allow_pickle: bool) -> tuple[CompatibilityReport, dict | None]:
+        """``(report, state)`` of a valid adapter; raises for an invalid one (:func:`.validate.require_valid`)."""
         report, state = self._validate(info, allow_pickle)
-        if not report.ok:
-            error = AdapterPickleError if info.weights_format == "pickle" and not allow_pickle else \
-                AdapterIncompatibleError
-            raise error(report.message(), report)
+        require_valid(report, info, allow_pickle)
         return report, state
 
     def replace(self, name: str, folder: str | Path, *, allow_pickle: bool = False) -> Replacement:
@@ -325,24 +253,24 @@ class AdapterManager(ABC):
             if old is not None:
                 self._drop(name)
             self._unmerge()
+            target = self._active + (name,) if was_active else self._active
             try:
                 self._add(info, state)
             except BaseException:
                 if old is not None:  # put the old one back, as it was
                     self._add(old, old_state)
-                    self._infos[name] = old
-                    self._touch([name])
-                    self._apply(self._active + (name,) if was_active else self._active)
+                    self._register(old, target)
                 raise
-            self._known.pop(name, None)
-            self._infos[name] = info
-            self._touch([name])
-            self._apply(self._active + (name,) if was_active else self._active)
+            self._register(info, target)
             self._make_room()
             return Replacement(info, report, replaced=old is not None or evicted is not None)
 
-    def _check_removable(self, name: str) -> None:
-        """Raise :class:`AdapterError` when the backend cannot remove ``name`` now (a backend's own rule)."""
+    def _register(self, info: AdapterInfo, target: tuple[str, ...]) -> None:
+        """Record ``info`` as loaded (its weights just added), most recently used, and make ``target`` active."""
+        self._known.pop(info.name, None)
+        self._infos[info.name] = info
+        self._touch([info.name])
+        self._apply(target)
 
     def unload(self, name: str) -> None:
         """Remove an adapter from memory (and forget it for transparent reload).
@@ -367,38 +295,25 @@ class AdapterManager(ABC):
         self._unmerge()
         remaining = tuple(a for a in self._active if a != name)
         del self._infos[name]
-        self._lru.pop(name, None)
+        self.residency.forget(name)
         self._remove(name)
         self._active = ()
         self._apply(remaining)
 
     def _touch(self, names: Iterable[str]) -> None:
-        for n in names:
-            if n in self._lru:
-                self._lru.move_to_end(n)
-            else:
-                self._lru[n] = None
+        self.residency.touch(names)
 
     def _make_room(self) -> None:
-        def over() -> bool:
-            if self.max_loaded_adapters is not None and len(self._infos) > self.max_loaded_adapters:
-                return True
-            if self.max_adapter_bytes is not None:
-                return sum(i.tensor_bytes or 0 for i in self._infos.values()) > self.max_adapter_bytes
-            return False
-
-        while over():
-            victim = next(
-                (n for n in self._lru if n not in self._active and not self._pinned[n]
-                 and not self._infos[n].composed),
-                None,
-            )
-            if victim is None:
-                return  # everything left is in use; stay over budget rather than fail
+        """Evict the least recently used adapters not in use while over a residency limit."""
+        while (victim := self.residency.victim(self._infos, self._in_use)) is not None:
             folder = Path(self._infos[victim].path)
             pickled = self._infos[victim].weights_format == "pickle"
             self._drop(victim)
             self._known[victim] = (folder, pickled)
+
+    def _in_use(self, name: str) -> bool:
+        """Never evicted: active, pinned, or a composition (no folder to reload it from)."""
+        return name in self._active or self._pinned[name] > 0 or self._infos[name].composed
 
     def settle(self) -> None:
         """Evict down to the residency budget again (a mixed batch may exceed it while it runs)."""
@@ -428,7 +343,7 @@ class AdapterManager(ABC):
         if merge and not self.CAN_MERGE:
             raise self._unsupported("merge adapters")
         with self._lock:
-            self.max_loaded_adapters, self.max_adapter_bytes = max_loaded_adapters, max_adapter_bytes
+            self.residency.configure(max_loaded_adapters, max_adapter_bytes)
             if merge is not None:
                 self.merge_mode = merge
                 if not merge:
@@ -526,21 +441,14 @@ class AdapterManager(ABC):
                         if target != previous:
                             self._apply(previous)
 
-    def rows(self, adapters: Sequence[str | None], batch_size: int) -> list[str | None]:
-        """Check a mixed batch's per-row adapters and make them resident (pinned while loading)."""
-        if len(adapters) != batch_size:
-            raise AdapterError(
-                f"adapters has {len(adapters)} entries for a batch of {batch_size} prompts; give one per prompt "
-                "(None for the base model)"
-            )
-        names = [a for a in adapters if a is not None]
-        for a in names:
-            if not isinstance(a, str):
-                raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
+    def rows(self, row_adapters: Sequence[str | None], batch_size: int) -> list[str | None]:
+        """Check a mixed batch's adapter per row (``None``: the base model) and make them resident (pinned
+        while loading); the rows' adapter names (a path is loaded under its folder's name)."""
+        names = _row_names(row_adapters, batch_size)
         with self._pin(names):  # a budget smaller than the batch must not evict one of its rows' adapters
             unique = list(dict.fromkeys(names))
             resolved = dict(zip(unique, self.ensure_loaded(unique)))
-        rows = [None if a is None else resolved[a] for a in adapters]
+        rows = [None if a is None else resolved[a] for a in row_adapters]
         self._touch(n for n in rows if n is not None)
         return rows
 
@@ -575,19 +483,11 @@ class AdapterManager(ABC):
     ) -> AdapterInfo:
         """A new adapter ``name`` from weighted adapters (``method`` among ``COMPOSE_METHODS``)."""
         with self._lock:
-            if method not in COMBINATIONS:
-                raise AdapterError(f"composition method {method!r} is unknown; use one of {', '.join(COMBINATIONS)}")
-            if method not in self.COMPOSE_METHODS:
+            if method in COMBINATIONS and method not in self.COMPOSE_METHODS:
                 raise self._unsupported(
                     f"compose adapters with method {method!r} (it can: {', '.join(self.COMPOSE_METHODS) or 'none'})"
                 )
-            check_composition_weights(weights, f"compose_adapters({name!r})")
-            if not isinstance(name, str) or not is_bare_name(name) or not name.strip():
-                raise AdapterError(f"a composed adapter's name must be a plain name (no path), got {name!r}")
-            for key, value in (("density", density), ("svd_rank", svd_rank)):
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                          or not math.isfinite(value) or value <= 0):
-                    raise AdapterError(f"compose_adapters({name!r}): {key} must be a positive number, got {value!r}")
+            check_composition(method, weights, name, density=density, svd_rank=svd_rank)
             if name in self._infos or name in self._known or name == BASE:
                 raise AdapterError(
                     f"adapter name {name!r} is already in use (loaded or evicted); the old adapter would silently "
@@ -597,21 +497,7 @@ class AdapterManager(ABC):
                 sources = list(self.ensure_loaded(weights))
             weights = dict(zip(sources, weights.values()))
             with self._pin(sources):
-                infos = [self._infos[s] for s in sources]
-                with_save = [i.name for i in infos if i.modules_to_save]
-                if with_save:
-                    raise AdapterError(
-                        f"cannot compose {with_save}: they carry modules_to_save (full copies of layers), which "
-                        "cannot be weighted; compose LoRA-only adapters"
-                    )
-                if method in _SAME_RANK and len(sources) > 1:
-                    ranks = {i.name: _max_rank(i) for i in infos}
-                    if len(set(ranks.values())) > 1:
-                        raise AdapterError(
-                            f"method {method!r} needs adapters of one rank, got ranks "
-                            f"{', '.join(f'{k}={v}' for k, v in ranks.items())}; use method='cat' or 'svd' "
-                            "(or the *_svd variants) to combine different ranks"
-                        )
+                check_parts(method, [self._infos[s] for s in sources])
                 self._unmerge()
                 options = {"density": density, "svd_rank": svd_rank, "majority_sign_method": majority_sign_method}
                 info = self._compose(sources, {s: float(weights[s]) for s in sources}, name, method, options)
@@ -632,66 +518,20 @@ class AdapterManager(ABC):
             self._known.clear()
             self._active = ()
 
-    def _unsupported(self, what: str) -> BackendError:
-        return BackendError(
-            f"the {self.backend} backend cannot {what}; load the model with backend='transformers' "
-            "(CLI: --backend transformers) for every adapter operation"
+
+
+def _row_names(row_adapters: Sequence[str | None], batch_size: int) -> list[str]:
+    """The adapter names of a mixed batch's rows (``None``, the base model, left out), checked."""
+    if len(row_adapters) != batch_size:
+        raise AdapterError(
+            f"adapters has {len(row_adapters)} entries for a batch of {batch_size} prompts; give one per prompt "
+            "(None for the base model)"
         )
-
-
-#: The largest composition weight (in magnitude) accepted. A weight scales its adapter's delta: on SmolLM2 with
-#: math_specialist (llama.cpp, greedy), 1 and 2 answer "25 x 8 = 20 x 8 + 5 x 8 = 160 + ...", 5 garbles the
-#: arithmetic, 10 gives fragments, 20 empty text, 100 and more repeated tokens, 1e6 and 1e308 one token of
-#: nothing. 10 leaves room for adapters trained with a small alpha; beyond it a weight can only be a mistake.
-MAX_COMPOSITION_WEIGHT = 10.0
-
-
-def check_composition_weights(weights, who: str = "compose_adapters") -> dict[str, float]:
-    """``{adapter: weight}`` checked: finite numbers of magnitude at most :data:`MAX_COMPOSITION_WEIGHT`.
-
-    The one owner of this rule: the engine's ``compose_adapters`` and the server's ``adapters`` field both
-    come here. Raises :class:`AdapterError` naming the adapter, the weight and the range.
-    """
-    if not isinstance(weights, dict) or not weights:
-        raise AdapterError(f"{who} needs a dict of adapter name -> weight, got {weights!r}")
-    out = {}
-    for source, weight in weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise AdapterError(f"{who}: the weight of {source!r} must be a finite number, got {weight!r}")
-        if abs(weight) > MAX_COMPOSITION_WEIGHT:
-            raise AdapterError(
-                f"{who}: the weight of {source!r} is {weight!r}; weights lie in [-{MAX_COMPOSITION_WEIGHT:g}, "
-                f"{MAX_COMPOSITION_WEIGHT:g}] (a weight scales the adapter's change to the model: past a few times "
-                "1 the answers are garbage or empty)"
-            )
-        out[source] = float(weight)
-    return out
-
-
-def composed_info(name: str, method: str, weights: dict[str, float], infos: Sequence[AdapterInfo], *,
-                  rank: int | None, alpha: float | None, target_modules, tensor_bytes: int | None) -> AdapterInfo:
-    """The :class:`AdapterInfo` of a composition (no folder: it is never evicted, only unloaded)."""
-    return AdapterInfo(
-        composed=True,
-        name=name,
-        path=f"<composed {method}: " + ", ".join(f"{s}*{w}" for s, w in weights.items()) + ">",
-        peft_type="LORA", rank=rank, alpha=alpha, target_modules=target_modules,
-        modules_to_save=(), base_model=infos[0].base_model, base_family=infos[0].base_family,
-        tensor_count=None, tensor_bytes=tensor_bytes, weights_format=None, weights_file=None,
-        metadata={"composed_from": dict(weights), "method": method},
-    )
-
-
-def check_residency_limits(max_loaded_adapters, max_adapter_bytes) -> None:
-    """Residency limits are positive whole numbers or None; anything else raises :class:`AdapterError`."""
-    for name, value in (("max_loaded_adapters", max_loaded_adapters), ("max_adapter_bytes", max_adapter_bytes)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise AdapterError(f"{name} must be a positive whole number or None, got {value!r}")
-
-
-def _max_rank(info: AdapterInfo) -> int | None:
-    pattern = info.config.get("rank_pattern") or {}
-    return max([info.rank or 0, *pattern.values()]) if pattern else info.rank
+    names = [a for a in row_adapters if a is not None]
+    for a in names:
+        if not isinstance(a, str):
+            raise AdapterError(f"mixed batches take one adapter name (or None) per row, got {a!r}")
+    return names
 
 
 def _as_tuple(names) -> tuple[str, ...]:

@@ -28,7 +28,8 @@ from adaptrix.errors import AdapterError
 from adaptrix.adapters import peft_compat
 from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.inject import inject, plan
-from adaptrix.adapters.manager import BASE, COMBINATIONS, AdapterManager, composed_info
+from adaptrix.adapters.compositions import COMBINATIONS, composed_info
+from adaptrix.adapters.manager import BASE, AdapterManager
 from adaptrix.adapters.validate import ModuleIndex
 
 #: Sets of adapters whose mixed-batch weights stay built (each holds a copy of its adapters' LoRA
@@ -182,19 +183,19 @@ class PeftAdapterManager(AdapterManager):
         self._stash, self._merged = [], ()
 
     # -- mixed batches -------------------------------------------------------------
-    def batch_kwargs(self, adapters: Sequence[str | None] | None, batch_size: int) -> dict:
-        """``generate`` kwargs that give row i the adapter ``adapters[i]`` (None: the base)."""
+    def batch_kwargs(self, row_adapters: Sequence[str | None] | None, batch_size: int) -> dict:
+        """``generate`` kwargs that give row i the adapter ``row_adapters[i]`` (None: the base)."""
         with self._lock:
-            if not adapters:
+            if not row_adapters:
                 return {}
-            adapters = self.rows(adapters, batch_size)
-            names = [a for a in adapters if a is not None]
+            row_adapters = self.rows(row_adapters, batch_size)
+            names = [a for a in row_adapters if a is not None]
             if not names and self.peft is None:
                 return {}
             self._check_mixed_modules_to_save(names)
             self._unmerge()  # before the caller picks generation_model(): adapter_names needs the PeftModel
             self._install_mixed_forward()
-            return {"adapter_names": [a if a is not None else BASE for a in adapters]}
+            return {"adapter_names": [a if a is not None else BASE for a in row_adapters]}
 
     def _check_mixed_modules_to_save(self, names: Sequence[str]) -> None:
         """Refuse a batch peft cannot serve: a ``modules_to_save`` copy missing for another row's adapter.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from adaptrix.errors import AdapterNotFoundError
-from adaptrix.adapters.info import CONFIG_FILE
+from adaptrix.adapters.info import CONFIG_FILE, AdapterInfo
 
 
 def available_adapters(adapters_dir: str | Path | None) -> dict[str, Path]:
@@ -17,6 +18,28 @@ def available_adapters(adapters_dir: str | Path | None) -> dict[str, Path]:
     if not root.is_dir():
         return {}
     return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / CONFIG_FILE).is_file()}
+
+
+def adapter_rows(adapters_dir: str | Path | None, *, evicted: Mapping[str, Path] | None = None,
+                 loaded: Mapping[str, AdapterInfo] | None = None, active: Sequence[str] = (),
+                 merged: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The listing of adapters (``list_adapters``): available in ``adapters_dir``, ``evicted`` (name ->
+    folder) and ``loaded``, by name, the ``active`` and ``merged`` ones marked."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, folder in available_adapters(adapters_dir).items():
+        rows[name] = {"name": name, "path": str(folder), "loaded": False, "state": "available"}
+    for name, folder in (evicted or {}).items():
+        rows[name] = {"name": name, "path": str(folder), "loaded": False, "state": "evicted"}
+    for name, info in (loaded or {}).items():
+        rows[name] = {
+            "name": name, "path": info.path, "loaded": True, "state": "loaded",
+            "rank": info.rank, "base_model": info.base_model, "family": info.base_family,
+            "bytes": info.tensor_bytes, "task_type": info.task_type,
+        }
+    for name, row in rows.items():
+        row["active"] = name in active
+        row["merged"] = name in merged
+    return sorted(rows.values(), key=lambda r: r["name"])
 
 
 def is_bare_name(text: str) -> bool:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import attrs
 
 from adaptrix.adapters.info import AdapterInfo, TensorSpec, load_pickle_state
+from adaptrix.errors import AdapterIncompatibleError, AdapterPickleError
 from adaptrix.adapters.matching import matches, split_key, targeted_modules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -259,6 +260,29 @@ def validate(
             "it diverged: retrain it (a lower learning rate) or restore a good copy"
         )
     return CompatibilityReport(adapter=name, model=model_id, errors=tuple(errors), warnings=tuple(warnings))
+
+
+def validate_with_state(info: AdapterInfo, index: ModuleIndex, *, model_family: str | None, model_id: str | None,
+                        allow_pickle: bool) -> tuple[CompatibilityReport, dict | None]:
+    """``(report, state)``: :func:`validate` for an adapter as read from its folder; ``state`` is an allowed
+    pickle's tensors (read here, checked, and what loading it then uses), else ``None``."""
+    state = None
+    tensors = None
+    if info.weights_format == "pickle" and allow_pickle:
+        state = load_pickle_state(Path(info.weights_file), info.name)
+        tensors = [TensorSpec(k, str(v.dtype), tuple(v.shape)) for k, v in state.items()]
+    report = validate(info, index, model_family=model_family, model_id=model_id, allow_pickle=allow_pickle,
+                      tensors=tensors, state=state)
+    return report, state
+
+
+def require_valid(report: CompatibilityReport, info: AdapterInfo, allow_pickle: bool) -> None:
+    """Raise for a failed ``report``: :class:`AdapterPickleError` for a pickle not allowed,
+    :class:`AdapterIncompatibleError` (with the report) for any other error."""
+    if not report.ok:
+        error = AdapterPickleError if info.weights_format == "pickle" and not allow_pickle else \
+            AdapterIncompatibleError
+        raise error(report.message(), report)
 
 
 #: safetensors float dtypes numpy computes with: ``isfinite`` on a little-endian view.

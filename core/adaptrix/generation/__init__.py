@@ -2,7 +2,8 @@
 
 A call's arguments (:mod:`.request`) and sampling settings (:mod:`.settings`,
 over :mod:`.defaults`); conversations and the prompt they format
-(:mod:`.conversation`, :mod:`.chat_template`); the prepared request and its
+(:mod:`.conversation`, :mod:`.chat_template`); a request resolved and
+formatted for one model (:mod:`.preparer`); the prepared request and its
 result (:mod:`.result`); the text pipeline that turns ids into returned text,
 whole or streamed (:mod:`.text`); what step-level decoders share
 (:mod:`.steps`); and the lease that gives one caller the model at a time

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from adaptrix.errors import ChatTemplateError, ContextOverflowError
+from adaptrix.generation.request import GenerationRequest
 
 DEFAULT_CONVERSATION = "default"
 #: Stop string added automatically when the plain fallback format is used.
@@ -244,6 +245,19 @@ class ConversationStore:
         if name not in self._conversations:
             self._conversations[name] = Conversation(name=name)
         return self._conversations[name]
+
+    def for_request(self, req: GenerationRequest, use_context_by_default: bool = False) -> Conversation | None:
+        """The conversation ``req`` continues and is remembered in: none for a raw prompt; a throw-away one,
+        stored nowhere, for a request's own ``history``; a named one; the default one when the request (or,
+        when it does not say, ``use_context_by_default``) asks to use the context."""
+        if req.raw:
+            return None
+        if req.history:
+            return Conversation(name="request", messages=[dict(m) for m in req.history])
+        if req.conversation is not None:
+            return self.get(req.conversation)
+        use = use_context_by_default if req.use_context is None else req.use_context
+        return self.get() if use else None
 
     def reset(self, name: str | None = None) -> None:
         """Forget one conversation, or all of them when ``name`` is None."""

@@ -8,7 +8,7 @@ on the typed record only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 
@@ -71,6 +71,27 @@ class GenerationRequest:
                 raise GenerationError("history= gives this request's earlier messages; it cannot be combined with "
                                       "conversation= or use_context=True (a stored conversation)")
         return cls(prompt, settings, **{k: v for k, v in options.items() if k in OPTIONS})
+
+
+def build_batch(prompts: Sequence[str], row_adapters: Sequence[str | None] | None,
+                **options: Any) -> tuple[list[GenerationRequest], list[str | None] | None]:
+    """The checked requests of a batch (``generate_batch``) and the adapter of each row (``None``: all rows
+    use the active adapters). Prompts are independent: options that name a conversation or one adapter
+    for the call are refused."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise GenerationError("generate_batch takes a list of prompts; use generate() for a single one")
+    for key in ("adapter", "use_context", "conversation", "history"):
+        if key in options:
+            raise GenerationError(f"generate_batch takes no {key}= (prompts are independent; use adapters=)")
+    if not prompts:
+        return [], None
+    requests = [GenerationRequest.build(p, what=f"prompts[{i}]", use_context=False, **options)
+                for i, p in enumerate(prompts)]
+    if row_adapters is not None and (isinstance(row_adapters, str) or len(row_adapters) != len(prompts)):
+        raise GenerationError(
+            f"adapters has {len(row_adapters)} entries for {len(prompts)} prompts; give one per prompt"
+        )
+    return requests, list(row_adapters) if row_adapters is not None else None
 
 
 def check_history(history) -> None:

@@ -61,3 +61,23 @@ class PreparedRequest:
     def pipeline(self) -> "TextPipeline":
         """A fresh text pipeline (spans, stops, trimming) for this request's output."""
         return TextPipeline(self.spans, self.stops, self.inside)
+
+
+def finished_result(prepared: PreparedRequest, new: list[int], text: str, raw_text: str,
+                    pipeline: TextPipeline) -> GenerationResult:
+    """The result of a generation whose ids ``new`` gave ``text`` through ``pipeline`` (already run)."""
+    if pipeline.stopped:
+        reason = "stop"
+    elif new and new[-1] in prepared.eos_ids:
+        reason = "eos"
+    else:
+        reason = "length"
+    return GenerationResult(
+        text=text,
+        token_ids=tuple(new),
+        prompt_tokens=len(prepared.input_ids),
+        finish_reason=reason,
+        settings=prepared.settings,
+        trimmed_turns=prepared.prompt.trimmed_turns,
+        raw_text=raw_text,
+    )

@@ -22,7 +22,7 @@ from typing import Any, Protocol, Sequence, TypeVar, runtime_checkable
 
 import attrs
 
-from adaptrix.generation.result import GenerationResult, PreparedRequest
+from adaptrix.generation.result import GenerationResult, PreparedRequest, finished_result
 from adaptrix.generation.text import IncrementalDecoder, TextPipeline
 
 #: ``(key, prepared, adapter)``: a request to add to a decoder.
@@ -141,27 +141,7 @@ def finish_row(prepared: PreparedRequest, generated: Sequence[int], tokenizer: A
     raw_text = tokenizer.decode(new, skip_special_tokens=True)
     pipeline = prepared.pipeline()
     text = pipeline.run(raw_text)
-    return result_of(prepared, new, text, raw_text, pipeline)
-
-
-def result_of(prepared: PreparedRequest, new: Sequence[int], text: str, raw_text: str,
-              pipeline: TextPipeline) -> GenerationResult:
-    """The result of a generation whose ids ``new`` gave ``text`` through ``pipeline`` (already run)."""
-    if pipeline.stopped:
-        reason = "stop"
-    elif new and new[-1] in prepared.eos_ids:
-        reason = "eos"
-    else:
-        reason = "length"
-    return GenerationResult(
-        text=text,
-        token_ids=tuple(new),
-        prompt_tokens=len(prepared.input_ids),
-        finish_reason=reason,
-        settings=prepared.settings,
-        trimmed_turns=prepared.prompt.trimmed_turns,
-        raw_text=raw_text,
-    )
+    return finished_result(prepared, new, text, raw_text, pipeline)
 
 
 def add_each(decoder: StepDecoder, items: Sequence[Item]) -> list[tuple[Row, str] | BaseException]:

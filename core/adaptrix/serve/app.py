@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import attrs
 
+from adaptrix.generation.result import GenerationResult
 from adaptrix.serve.errors import ApiError, error_body
 from adaptrix.serve.options import ServeOptions
 from adaptrix.serve.schemas import CompletionRequest, parse_completion, parse_load, parse_name
@@ -174,11 +175,11 @@ class Server:
             available = ", ".join(["base", self.model_id, *sorted(names)])
             raise ApiError(404, f"model {req.model!r} does not exist; available: {available}", param="model",
                            code="model_not_found")
-        if req.adapters:
+        if req.composition:
             if adapter is not None:
                 raise ApiError(400, f"'adapters' composes adapters over the base model, but 'model' names the adapter "
                                f"{req.model!r}; set 'model' to 'base' or leave 'adapters' out", param="adapters")
-            for name, _ in req.adapters:
+            for name, _ in req.composition:
                 if name not in names:
                     raise ApiError(400, f"'adapters' names {name!r}, which does not exist; available: "
                                    f"{', '.join(sorted(names)) or '(none)'}", param="adapters",
@@ -363,19 +364,19 @@ async def _next_event(events: asyncio.Queue, watch: asyncio.Future) -> tuple:
     raise ApiError(499, "the client went away", code="client_disconnected")
 
 
-def _usage(result) -> dict:
+def _usage(result: GenerationResult) -> dict[str, int]:
     """OpenAI's ``usage`` for a :class:`~adaptrix.generation.result.GenerationResult`."""
     completion = len(result.token_ids)
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
             "total_tokens": result.prompt_tokens + completion}
 
 
-def _finish_reason(result) -> str:
+def _finish_reason(result: GenerationResult) -> str:
     """OpenAI's ``finish_reason``: ``length`` when the token budget ran out, else ``stop`` (a stop string, EOS)."""
     return "length" if result.finish_reason == "length" else "stop"
 
 
-def _final(req: CompletionRequest, rid: str, created: int, model_id: str, result) -> dict:
+def _final(req: CompletionRequest, rid: str, created: int, model_id: str, result: GenerationResult) -> dict:
     counts = _usage(result)
     if req.kind == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
@@ -484,7 +485,7 @@ async def load_adapter(server: Server, request):
 
     # Runs once no running request uses the name (they finish with the old weights); requests that need it
     # wait meanwhile and get the new weights; every other request, and a new name, waits for nothing.
-    result = await asyncio.wrap_future(server.scheduler.call(work, adapters={load.name}))
+    result = await asyncio.wrap_future(server.scheduler.call(work, changes={load.name}))
     return _json(result)
 
 
@@ -508,7 +509,7 @@ async def unload_adapter(server: Server, request):
         server.metrics.unloads.inc()
         return {"object": "lora_adapter", "lora_name": name, "unloaded": True}
 
-    return _json(await asyncio.wrap_future(server.scheduler.call(work, adapters={name})))
+    return _json(await asyncio.wrap_future(server.scheduler.call(work, changes={name})))
 
 
 def create_app(make_engine: Callable[[], Any], options: ServeOptions | None = None):

@@ -14,7 +14,7 @@ listings). Two modes:
 - **serial** (any backend): one request at a time through the Engine's
   ``generate_detailed`` / ``stream``.
 
-An adapter call (load, replace, unload: ``call(fn, adapters={name})``) runs
+An adapter call (load, replace, unload: ``call(fn, changes={name})``) runs
 between two decode steps once no running request uses one of its adapters
 (directly or in a composition), so requests in flight finish with the old
 weights; meanwhile queued requests that need one of them wait, and get the new
@@ -45,6 +45,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from adaptrix.adapters.compositions import composition_name
+from adaptrix.generation.result import GenerationResult
 from adaptrix.generation.steps import Row, StepDecoder
 from adaptrix.serve.errors import ApiError
 from adaptrix.serve.schemas import CompletionRequest
@@ -72,14 +73,15 @@ class Job:
     @property
     def label(self) -> str:
         """The metrics label: adapter name, ``base`` or ``composed``."""
-        if self.request.adapters:
+        if self.request.composition:
             return "composed"
         return self.request.adapter or "base"
 
 
 class _Call:
-    def __init__(self, fn, adapters: frozenset[str]):
-        self.fn, self.adapters = fn, adapters
+    def __init__(self, fn, changes: frozenset[str]):
+        #: The adapter names ``fn`` changes (loads, replaces, unloads).
+        self.fn, self.changes = fn, changes
         self.future: concurrent.futures.Future = concurrent.futures.Future()
 
 
@@ -168,13 +170,13 @@ class Scheduler:
             self.metrics.queue_depth.set(len(self._jobs))
             self._cond.notify_all()
 
-    def call(self, fn: Callable[[Any], Any], *, adapters: Iterable[str] = ()) -> concurrent.futures.Future:
+    def call(self, fn: Callable[[Any], Any], *, changes: Iterable[str] = ()) -> concurrent.futures.Future:
         """Run ``fn(engine)`` on the scheduler thread, between two decode steps.
 
-        ``adapters``: the adapters ``fn`` changes (loads, replaces, unloads): it runs once no running request
+        ``changes``: the adapter names ``fn`` changes (loads, replaces, unloads): it runs once no running request
         uses them, and requests that need them are not admitted until it has run.
         """
-        c = _Call(fn, frozenset(adapters))
+        c = _Call(fn, frozenset(changes))
         with self._cond:
             self._calls.append(c)
             self._cond.notify_all()
@@ -224,10 +226,10 @@ class Scheduler:
         busy = set().union(*(_needs(job.request) for job in self._running.values()))
         earlier: set[str] = set()
         for i, call in enumerate(self._calls):
-            if not call.adapters & busy and not call.adapters & earlier:
+            if not call.changes & busy and not call.changes & earlier:
                 del self._calls[i]
                 return call
-            earlier |= call.adapters
+            earlier |= call.changes
         return None
 
     def _admissible(self) -> list[Job]:
@@ -242,7 +244,7 @@ class Scheduler:
         room = limit - len(self._running)
         if room <= 0 or not self._jobs:
             return []
-        held = set().union(*(c.adapters for c in self._calls))
+        held = set().union(*(c.changes for c in self._calls))
         budget = self.engine.adapters.max_loaded_adapters if self.batching else None
         using = self.running_adapters()
         admit: list[Job] = []
@@ -273,7 +275,7 @@ class Scheduler:
 
     def _hold(self, req: CompletionRequest):
         """The adapter manager's hold on what ``req`` decodes with (its composition built or reused)."""
-        return self.engine.adapters.hold(req.adapter, weights=req.adapters)
+        return self.engine.adapters.hold(req.adapter, weights=req.composition)
 
     def _run_call(self, call: _Call) -> None:
         try:
@@ -302,7 +304,7 @@ class Scheduler:
         loaded = set(self.engine.adapters.loaded_names())
         for name in sorted(_needs(req)):
             if name not in loaded and not self._exists(name):
-                param = "adapters" if req.adapters else "model"
+                param = "adapters" if req.composition else "model"
                 return ApiError(404, f"adapter {name!r} was unloaded while this request waited; see GET /v1/models "
                                 "for the models available now", param=param, code="model_not_found")
         return None
@@ -310,7 +312,7 @@ class Scheduler:
     @staticmethod
     def _name_of(req: CompletionRequest) -> str | None:
         """The name of the adapter serving ``req`` (None: base), without building a composition."""
-        return composition_name(req.adapters) if req.adapters else req.adapter
+        return composition_name(req.composition) if req.composition else req.adapter
 
     # -- batched mode -----------------------------------------------------------------
     def _admit(self, jobs: list[Job]) -> list[Job]:
@@ -444,7 +446,7 @@ class Scheduler:
             if hold is not None:
                 hold.release()
             self.metrics.running.set(0)
-            if req.adapter or req.adapters:
+            if req.adapter or req.composition:
                 self.note_residency()
 
     # -- shared --------------------------------------------------------------------------
@@ -460,7 +462,7 @@ class Scheduler:
         if text:
             job.emit(("delta", text))
 
-    def _done(self, job: Job, result) -> None:
+    def _done(self, job: Job, result: GenerationResult) -> None:
         self.metrics.tokens.labels(job.label).inc(len(result.token_ids))
         self.metrics.requests.labels(job.label, job.request.kind, "ok").inc()
         job.emit(("done", result))
@@ -468,6 +470,6 @@ class Scheduler:
 
 def _needs(req: CompletionRequest) -> set[str]:
     """The adapters ``req`` decodes with: its adapter, or the parts of its composition."""
-    if req.adapters:
-        return {name for name, _ in req.adapters}
+    if req.composition:
+        return {name for name, _ in req.composition}
     return {req.adapter} if req.adapter else set()

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from adaptrix.adapters.manager import check_composition_weights
+from adaptrix.adapters.compositions import check_composition_weights
 from adaptrix.errors import AdapterError
 from adaptrix.generation.settings import SEED_LIMIT
 from adaptrix.serve.errors import ApiError
@@ -42,8 +42,9 @@ class CompletionRequest:
     stream: bool = False
     include_usage: bool = False
     task_type: str | None = None
-    #: Weighted composition ``((name, weight), ...)`` or None.
-    adapters: tuple[tuple[str, float], ...] | None = None
+    #: The body's ``adapters``: the weights ``((name, weight), ...)`` of a composition built for this request,
+    #: or None.
+    composition: tuple[tuple[str, float], ...] | None = None
     #: Filled by the server: the adapter serving it (None = base model).
     adapter: str | None = None
 
@@ -168,7 +169,8 @@ def _stop(body: dict) -> list[str] | None:
     return stop
 
 
-def _adapters(body: dict, names: list[str] | None = None) -> tuple[tuple[str, float], ...] | None:
+def _composition(body: dict) -> tuple[tuple[str, float], ...] | None:
+    """The weights of the body's ``adapters`` field, checked and sorted by name (None when absent)."""
     value = body.get("adapters")
     if value is None:
         return None
@@ -250,7 +252,7 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...]) -> Compl
         raise _bad(f"'task_type' must be one of {', '.join(task_types)}, got {_short(task_type)}", "task_type")
     return CompletionRequest(
         kind=kind, model=model, prompt=prompt, history=history, system=system, settings=settings, stream=stream,
-        include_usage=include_usage, task_type=task_type, adapters=_adapters(body),
+        include_usage=include_usage, task_type=task_type, composition=_composition(body),
     )
 
 

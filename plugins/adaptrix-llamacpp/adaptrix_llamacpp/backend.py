@@ -24,7 +24,8 @@ from typing import Any
 
 from adaptrix.plugins import family_chat
 from adaptrix.adapters.info import AdapterInfo
-from adaptrix.adapters.manager import AdapterManager, composed_info
+from adaptrix.adapters.compositions import composed_info
+from adaptrix.adapters.manager import AdapterManager
 from adaptrix.backends.contract import Backend, Runner
 from adaptrix.errors import AdapterError, BackendError
 from adaptrix.storage.files import remove_stale

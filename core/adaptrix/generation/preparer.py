@@ -1,0 +1,164 @@
+"""From a request to the :class:`PreparedRequest` it runs as: settings resolved, prompt formatted.
+
+One :class:`RequestPreparer` per loaded model (the engine builds it in
+``initialize()``): it knows the model's tokenizer, chat settings, context
+window and family defaults, and applies the settings resolution order
+(explicit > task > family > global, the task preset chosen by the request's
+adapter when it declares one), the chat template with a conversation's
+history trimmed to fit, and the text pipeline's stop strings and hidden spans.
+It generates nothing and holds no lock: callers hold the model lease.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence
+
+import attrs
+
+from adaptrix.errors import ContextOverflowError, GenerationError
+from adaptrix.generation.conversation import Conversation, Prompt, build_prompt
+from adaptrix.generation.defaults import TASK_PRESETS
+from adaptrix.generation.request import GenerationRequest
+from adaptrix.generation.result import PreparedRequest
+from adaptrix.generation.settings import resolve_settings
+from adaptrix.generation.text import open_span, stop_check
+from adaptrix.types import UNSET, GenerationConfig, LoadedModel
+
+
+class AdapterTasks(Protocol):
+    """What the preparer needs of the adapter manager: the active adapters and an adapter's declared task."""
+
+    @property
+    def active(self) -> str | tuple[str, ...] | None: ...
+
+    def info(self, name: str) -> Any: ...
+
+
+class RequestPreparer:
+    """Resolves settings and formats prompts for one loaded model (see the module docstring)."""
+
+    def __init__(self, loaded: LoadedModel, *, eos_ids: Sequence[int], pad_id: int | None,
+                 family_defaults: GenerationConfig, context_length: int | None, model_name: str,
+                 manager: AdapterTasks):
+        self.loaded = loaded
+        self.eos_ids = tuple(eos_ids)
+        self.pad_id = pad_id
+        self.family_defaults = family_defaults
+        self.context_length = context_length
+        #: How error messages name the model (its source's id).
+        self.model_name = model_name
+        self.manager = manager
+
+    # -- settings ----------------------------------------------------------------
+    def resolve(self, explicit: GenerationConfig, task: str | None) -> GenerationConfig:
+        """The settings of a call: ``explicit`` over the task preset, the family's defaults and the global ones."""
+        cfg = resolve_settings(explicit, task, self.family_defaults)
+        ctx = self.context_length
+        cfg = attrs.evolve(cfg, context_length=ctx)
+        if ctx is not None:
+            if explicit.max_new_tokens is not None and explicit.max_new_tokens >= ctx:
+                raise GenerationError(
+                    f"max_new_tokens={explicit.max_new_tokens} does not fit in the context of "
+                    f"{self.model_name} ({ctx} tokens); ask for fewer new tokens"
+                )
+            if explicit.max_new_tokens is None and cfg.max_new_tokens >= ctx // 2:
+                # a default larger than half the window would leave almost no room for the prompt
+                cfg = attrs.evolve(cfg, max_new_tokens=max(1, ctx // 2))
+        return cfg
+
+    def adapter_task_type(self, adapter: Any = UNSET) -> str | None:
+        """The task preset declared by the adapter's adaptrix.json, if it names one.
+
+        ``adapter``: a name, :data:`UNSET` for the active one; a list or ``None`` selects nothing. A task
+        type adaptrix has no preset for (an adapter's own label such as "style") selects nothing rather
+        than failing the generation.
+        """
+        if adapter is None:
+            return None
+        if adapter is UNSET:
+            adapter = self.manager.active
+        if not isinstance(adapter, str):
+            return None
+        try:
+            task = self.manager.info(adapter).task_type
+        except Exception:
+            return None
+        return task if task in TASK_PRESETS else None
+
+    # -- prompt formatting ---------------------------------------------------------
+    def prepare(self, req: GenerationRequest, conv: Conversation | None) -> PreparedRequest:
+        """Resolve ``req``'s settings and format its prompt (with ``conv``'s history) as it will run."""
+        loaded = self.loaded
+        task = req.task_type if req.task_type is not None else self.adapter_task_type(req.adapter)
+        cfg = self.resolve(req.settings, task)
+        template_kwargs = dict(loaded.chat_template_kwargs)
+        template_kwargs.update(req.chat_template_kwargs)
+        if req.enable_thinking is not None:
+            template_kwargs["enable_thinking"] = bool(req.enable_thinking)
+        try:
+            formatted = self.format(req.prompt, cfg.max_new_tokens, conv, req.system, template_kwargs, req.raw)
+        except ContextOverflowError:
+            if req.settings.max_new_tokens is not None or self.context_length is None:
+                raise
+            # No max_new_tokens was asked for and the default does not fit beside this prompt: answer with
+            # what the context leaves after the prompt (older turns dropped first, the answer matters more).
+            formatted = self.format(req.prompt, None, conv, req.system, template_kwargs, req.raw)
+            cfg = attrs.evolve(cfg, max_new_tokens=self.context_length - len(formatted.input_ids))
+        spans = () if req.show_thinking else tuple(loaded.hidden_spans)
+        return PreparedRequest(
+            prompt=formatted,
+            settings=cfg,
+            stops=tuple(cfg.stop or ()) + formatted.stops,
+            spans=spans,
+            inside=open_span(formatted.text, spans),
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+        )
+
+    def format(self, prompt: str, max_new_tokens: int | None, conv: Conversation | None, system: str | None,
+               template_kwargs: dict[str, Any], raw: bool) -> Prompt:
+        """The prompt formatted to leave ``max_new_tokens`` of the context; ``None``: at least one token,
+        without history (the overflow error then names the prompt and the context only)."""
+        tokenizer = self.loaded.tokenizer
+        ctx = self.context_length
+        budget = None if ctx is None else ctx - (1 if max_new_tokens is None else max_new_tokens)
+        name = self.model_name
+        if raw:
+            ids = list(tokenizer(prompt)["input_ids"])
+            if budget is not None and len(ids) > budget:
+                raise ContextOverflowError(
+                    f"the prompt is {len(ids)} tokens; the context of {name} is {ctx} tokens and "
+                    + (f"max_new_tokens={max_new_tokens} leaves room for {budget}: shorten the prompt or "
+                       "lower max_new_tokens" if max_new_tokens is not None else
+                       "leaves no room for an answer: shorten the prompt")
+                )
+            return Prompt(prompt, tuple(ids), ({"role": "user", "content": prompt},), 0, False)
+        if conv is not None and system is None:
+            system = conv.system
+        turns = conv.turns() if conv is not None else []
+        formatted = build_prompt(
+            tokenizer,
+            prompt,
+            history=turns if max_new_tokens is not None else [],
+            system=system,
+            template_kwargs=template_kwargs,
+            budget=budget,
+            model_name=name,
+            max_new_tokens=max_new_tokens,
+            context_length=ctx,
+        )
+        return formatted if max_new_tokens is not None else attrs.evolve(formatted, trimmed_turns=len(turns))
+
+    def stop_check(self, prepared: Sequence[PreparedRequest]) -> Callable[[int, Sequence[int]], bool] | None:
+        """``stop(row, new_ids)`` for the runner: True once a row's visible text holds one of its stop strings."""
+        if not any(p.stops for p in prepared):
+            return None
+        return stop_check(self.loaded.tokenizer, [(p.spans, p.stops, p.inside) for p in prepared])
+
+
+def remember(conv: Conversation | None, req: GenerationRequest, text: str) -> None:
+    """Record ``req``'s turn (and its system prompt, when it set one) in ``conv``, if there is one."""
+    if conv is not None:
+        if req.system is not None:
+            conv.system = req.system
+        conv.add_turn(req.prompt, text)
