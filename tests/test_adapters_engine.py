@@ -138,9 +138,8 @@ def test_switch_per_call_and_list(engine, setup):
 
 def test_direct_injection_matches_peft_load_adapter(engine, setup, tmp_path):
     """Adapters after the first skip peft's load_adapter (see adaptrix.adapters.inject): same model as peft's."""
-    from support.adapters import make_adapter
-
     from adaptrix.adapters.inject import plan
+    from support.adapters import make_adapter
 
     model_dir, adir = setup
     odd = make_adapter(

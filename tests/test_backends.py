@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptrix.backends.contract import Backend
 from adaptrix.backends.choice import backend_records, choose_backend
+from adaptrix.backends.contract import Backend
 from adaptrix.errors import BackendError, PluginError
 from adaptrix.plugins.host import PluginHost
 

@@ -26,9 +26,8 @@ def _rewrite_header(path, change):
 
 @pytest.fixture(scope="module")
 def setup(tiny_model, tmp_path_factory, one_thread):
-    from support.adapters import edit_config, make_adapter
-
     from adaptrix import Engine
+    from support.adapters import edit_config, make_adapter
 
     model_dir = tiny_model("qwen3")
     root = tmp_path_factory.mktemp("bad")

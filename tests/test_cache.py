@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from support.gguf import FakeConverter, write_gguf
-
-from adaptrix.storage import caches
 from adaptrix.cli.main import main
 from adaptrix.errors import PluginError, StorageError
 from adaptrix.plugins.host import PluginHost
+from adaptrix.storage import caches
 from adaptrix.storage.files import STALE_TMP_SECONDS
+from support.gguf import FakeConverter, write_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 PIRATE = REPO / "examples" / "adapters" / "pirate_style"

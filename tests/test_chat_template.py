@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from adaptrix.generation.chat_template import ChatTemplate, render_chat_template
 from adaptrix.errors import ChatTemplateError
+from adaptrix.generation.chat_template import ChatTemplate, render_chat_template
 
 SYSTEM = {"role": "system", "content": "You are terse. Answer in one line."}
 CONVERSATIONS = {

@@ -15,8 +15,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "adapters"
 
 @pytest.fixture(scope="module")
 def default_model():
-    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
+    from adaptrix.models.default_model import default_model_path
 
     try:
         return default_model_path()

@@ -10,7 +10,6 @@ import pytest
 
 from adaptrix.cli.main import main
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adaptrix.generation.conversation import ConversationStore, Conversation, build_prompt, plain_format
 from adaptrix.errors import ChatTemplateError, ContextOverflowError
+from adaptrix.generation.conversation import Conversation, ConversationStore, build_prompt, plain_format
 
 RAISES_ON_SYSTEM = (
     "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from adaptrix.plugins.detection import detect
 from adaptrix.errors import FamilyNotDetectedError, ModelConfigError, NotACausalLMError
+from adaptrix.plugins.detection import detect
 from adaptrix.plugins.host import PluginHost
 
 #: Real config file -> the family a person would expect (None: must be refused).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adaptrix.models import devices
 from adaptrix.errors import DeviceError
+from adaptrix.models import devices
 
 
 def test_auto_is_float32_on_the_cpu_unless_bfloat16_is_asked_for(monkeypatch):

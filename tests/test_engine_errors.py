@@ -17,7 +17,6 @@ from adaptrix.errors import (
     RemoteCodeError,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

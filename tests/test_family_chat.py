@@ -16,7 +16,6 @@ import pytest
 from adaptrix import ChatBehaviour
 from adaptrix.errors import PluginError
 from adaptrix.plugins.host import PluginHost, get_host
-
 from support.forced import engines_per_backend, force_output
 from support.tiny_gguf import build_tiny_gguf
 
@@ -161,8 +160,8 @@ class _Tok:
 
 
 def test_a_plugin_answer_that_is_not_a_chat_behaviour_names_the_plugin():
-    from adaptrix.plugins import family_chat
     from adaptrix import hookimpl
+    from adaptrix.plugins import family_chat
 
     class Broken:
         @hookimpl
@@ -182,8 +181,8 @@ def test_a_plugin_answer_that_is_not_a_chat_behaviour_names_the_plugin():
 
 
 def test_end_of_turn_tokens_outside_the_vocabulary_are_dropped():
-    from adaptrix.plugins import family_chat
     from adaptrix import hookimpl
+    from adaptrix.plugins import family_chat
 
     class Chat:
         @hookimpl

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from adaptrix.adapters.targets import ALL_LINEAR, linear_leaf_names, resolve_target_modules
 from adaptrix.plugins.detection import detect
 from adaptrix.plugins.host import get_host
-from adaptrix.adapters.targets import ALL_LINEAR, linear_leaf_names, resolve_target_modules
 from adaptrix.types import LoadOptions
 from support.tiny import ARCH_EXTRAS, EXPECTED_FAMILY, NEWER_FAMILY, VL_EXTRAS
 

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
-from adaptrix.errors import GenerationError
-from adaptrix.types import GenerationConfig
 from adaptrix.backends.transformers.runner import transformers_kwargs
+from adaptrix.errors import GenerationError
 from adaptrix.generation.settings import explicit_settings, resolve_settings
 from adaptrix.generation.text import IncrementalDecoder, TextPipeline, visible_text
+from adaptrix.types import GenerationConfig
 
 THINK = (("<think>", "</think>"),)
 

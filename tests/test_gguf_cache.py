@@ -9,11 +9,10 @@ import shutil
 
 import pytest
 
-from support.gguf import FakeConverter, write_gguf
-
-from adaptrix.models import gguf_cache
 from adaptrix.errors import ModelLoadError
+from adaptrix.models import gguf_cache
 from adaptrix.storage.files import STALE_TMP_SECONDS
+from support.gguf import FakeConverter, write_gguf
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptrix.models import gguf_hub as hub
 from adaptrix.errors import ModelConfigError, ModelLoadError
+from adaptrix.models import gguf_hub as hub
 
 REPO = "someone/SmolLM2-135M-Instruct-GGUF"
 SHA = "0123456789abcdef0123456789abcdef01234567"

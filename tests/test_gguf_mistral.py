@@ -14,10 +14,9 @@ import json
 import numpy as np
 import pytest
 
-from support.gguf import write_gguf
-
-from adaptrix.plugins.host import get_host
 from adaptrix.models.source import resolve_source
+from adaptrix.plugins.host import get_host
+from support.gguf import write_gguf
 
 TOKENS = [5, 40, 77, 120, 300, 12, 99, 3]
 

@@ -21,12 +21,11 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("adaptrix_llamacpp")
 
-from support.adapters import build_variant, make_adapter  # noqa: E402
-from support.tiny_gguf import build_tiny_gguf  # noqa: E402
-
-from adaptrix.errors import AdapterIncompatibleError, AdapterFormatError  # noqa: E402
+from adaptrix.errors import AdapterFormatError, AdapterIncompatibleError  # noqa: E402
 from adaptrix_llamacpp.convert import gguf_lora_to_peft, peft_to_gguf_lora  # noqa: E402
 from adaptrix_llamacpp.gguf_arch import SUPPORTED_ARCHITECTURES  # noqa: E402
+from support.adapters import build_variant, make_adapter  # noqa: E402
+from support.tiny_gguf import build_tiny_gguf  # noqa: E402
 
 #: The converter's architectures, as the transformers model types the tiny models are built from.
 ARCHS = ["llama", "qwen2", "qwen3"]
@@ -366,8 +365,8 @@ def test_conversion_imports_no_torch(tiny_gguf, tiny_adapter, tmp_path):
 
 
 def test_math_specialist_on_llama_cpp_answers_like_transformers(raw_llama, tmp_path):
-    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
+    from adaptrix.models.default_model import default_model_path
 
     try:
         gguf_path = default_model_path()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from support import schedules
 
 pytestmark = pytest.mark.real_weights

@@ -6,7 +6,6 @@ import importlib.util
 import json
 
 import pytest
-
 from conftest import REPO
 
 EVALUATE = REPO / "examples" / "math" / "evaluate.py"

@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from adaptrix.models import memory
 from adaptrix.errors import ModelTooLargeError
+from adaptrix.models import memory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,9 +115,8 @@ def test_a_model_that_fits_keeps_float32_and_says_why(tiny_model, monkeypatch):
 
 
 def test_a_model_too_big_for_any_dtype_is_refused_before_any_weight_is_read(tiny_model, tmp_path, monkeypatch):
-    from support.opens import OpenWatch
-
     from adaptrix import Engine
+    from support.opens import OpenWatch
 
     if not OpenWatch.available():
         pytest.skip("watching file opens needs Linux inotify")

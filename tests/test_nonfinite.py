@@ -123,10 +123,9 @@ def test_server_refuses_both_with_400_and_keeps_serving(tmp_path, embedded_gguf,
     pytest.importorskip("adaptrix_llamacpp")
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("uvicorn")
-    from support.server import LiveServer
-
     from adaptrix import Engine
     from adaptrix.serve.app import ServeOptions, create_app
+    from support.server import LiveServer
 
     ads = tmp_path / "adapters"
     shutil.copytree(EXAMPLES / "math_specialist", ads / "math_specialist")

@@ -19,8 +19,9 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from support.server import LiveServer  # noqa: E402
 from test_serve import PROMPTS, _app, _scheduler_held, _wait_for, world  # noqa: E402,F401  (world: a fixture)
+
+from support.server import LiveServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,8 @@ def one_cpu():
 def oracle(one_cpu):
     """llama.cpp's own answers: a separate ``Engine(backend="llamacpp")`` on the same GGUF."""
     from adaptrix.backends.choice import backend_records
-    from adaptrix.models.default_model import default_model_path
     from adaptrix.errors import ModelConfigError
+    from adaptrix.models.default_model import default_model_path
     from adaptrix.plugins.host import get_host
 
     try:

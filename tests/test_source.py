@@ -8,12 +8,11 @@ import sys
 
 import pytest
 
-from support.gguf import FakeConverter, write_gguf
-
-from adaptrix.models import gguf_cache
 from adaptrix.errors import ModelConfigError, PluginUnavailableError
-from adaptrix.plugins.host import get_host
+from adaptrix.models import gguf_cache
 from adaptrix.models.source import resolve_source
+from adaptrix.plugins.host import get_host
+from support.gguf import FakeConverter, write_gguf
 
 
 @pytest.fixture
@@ -118,9 +117,8 @@ def test_engine_reads_config_json_once(tiny_model, monkeypatch):
 
 def test_adapter_validation_on_a_gguf(gguf_of_tiny_llama, tiny_model, tmp_path, capsys):
     """`adapters validate/list --model x.gguf` answer from the GGUF's cached config, as for its folder."""
-    from support.adapters import make_adapter
-
     from adaptrix.cli.main import main
+    from support.adapters import make_adapter
 
     f, conv = gguf_of_tiny_llama
     resolve_source(str(f), host=get_host()).ensure_folder(progress=False)

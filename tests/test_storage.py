@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from support.gguf import FakeConverter, write_gguf
-
-from adaptrix.models import gguf_cache
-from adaptrix.storage import files as storage
 from adaptrix.cli.main import main
 from adaptrix.errors import StorageError
+from adaptrix.models import gguf_cache
+from adaptrix.storage import files as storage
+from support.gguf import FakeConverter, write_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 MATH = REPO / "examples" / "adapters" / "math_specialist"
@@ -225,10 +224,9 @@ def test_server_answers_507_and_503_and_keeps_serving(tmp_path, embedded_gguf, m
     pytest.importorskip("adaptrix_llamacpp")
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("uvicorn")
-    from support.server import LiveServer
-
     from adaptrix import Engine
     from adaptrix.serve.app import ServeOptions, create_app
+    from support.server import LiveServer
 
     ads = tmp_path / "adapters"
     shutil.copytree(PIRATE, ads / "pirate")

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from support.tiny import EXPECTED_FAMILY
-
 from adaptrix.errors import TrainingError
+from support.tiny import EXPECTED_FAMILY
 
 QA = [
     ("What is 25 times 8?", "25 times 8 is 200."),
@@ -48,8 +47,8 @@ def test_train_each_family(model_type, tiny_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adaptrix.plugins.host import get_host
     from adaptrix.adapters.targets import resolve_target_modules
+    from adaptrix.plugins.host import get_host
     from adaptrix.training import train
 
     model = tiny_model(model_type)
@@ -333,10 +332,9 @@ def test_resume_runs_no_pickle_and_checks_the_base_model(tiny_model, tmp_path):
 
 
 def test_train_on_gguf_converts_once(tiny_model, tmp_path, monkeypatch):
-    from support.gguf import FakeConverter, write_gguf
-
     from adaptrix.models import gguf_cache
     from adaptrix.training import train
+    from support.gguf import FakeConverter, write_gguf
 
     monkeypatch.setenv("ADAPTRIX_CACHE", str(tmp_path / "cache"))
     conv = FakeConverter(source=tiny_model("llama"))

@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from adaptrix.plugins.detection import detect
     from adaptrix.engine import Engine, ModularAdaptrixEngine
+    from adaptrix.plugins.detection import detect
 
 
 def __getattr__(name: str):

@@ -33,8 +33,8 @@ from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.preparer import remember
 from adaptrix.generation.request import GenerationRequest, build_batch
 from adaptrix.generation.result import GenerationResult, PreparedRequest
-from adaptrix.generation.steps import StepDecoder, finish_row
 from adaptrix.generation.settings import explicit_settings
+from adaptrix.generation.steps import StepDecoder, finish_row
 from adaptrix.models.modelconfig import check_model_id
 from adaptrix.plugins import family_options as fo
 from adaptrix.plugins.host import get_host

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 @contextlib.contextmanager
 def no_extra_buffers():
     """Load models as LlamaRuntime does: without CPU repacking buffers (AMX kernels die with SIGILL in this VM)."""

@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
-from adaptrix.errors import AdapterError, AdapterFormatError, AdapterNotFoundError, PluginError
-from adaptrix.storage.files import guard, overlap, remove_stale, replace_files
 from adaptrix.adapters.info import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
+from adaptrix.errors import AdapterError, AdapterFormatError, AdapterNotFoundError, PluginError
+from adaptrix.models.default_model import default_model_path
+from adaptrix.storage.caches import IMPORTED, cache_dir, cache_writing, touch
+from adaptrix.storage.files import guard, new_folder, overlap, remove_stale, replace_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from adaptrix.types import Hooks
@@ -219,8 +221,6 @@ def _check_dtype(conv: AdapterConverter, dtype: str | None) -> str:
 
 def _base_path(base: str | os.PathLike | None) -> Path:
     if base is None:
-        from adaptrix.models.default_model import default_model_path
-
         return default_model_path()
     path = Path(base).expanduser()
     if not path.is_file():
@@ -281,8 +281,6 @@ def imported_folder(path: str | os.PathLike, *, base: str | os.PathLike | None =
     """
     import hashlib
 
-    from adaptrix.storage.caches import IMPORTED, cache_dir, cache_writing, touch
-    from adaptrix.storage.files import new_folder
 
     src = Path(path).expanduser()
     if host is None:

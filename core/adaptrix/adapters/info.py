@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from adaptrix.models import modelconfig
 from adaptrix.errors import AdapterFormatError, AdapterNotFoundError
+from adaptrix.models import modelconfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from adaptrix.types import Hooks

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters import peft_compat
+from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.matching import split_key, targeted_modules
 from adaptrix.adapters.validate import ModuleIndex
 

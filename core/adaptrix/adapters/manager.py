@@ -39,6 +39,20 @@ from typing import Any, Iterable, Sequence
 
 import attrs
 
+from adaptrix.adapters.compositions import (
+    COMBINATIONS,
+    AdapterHold,
+    CompositionCache,
+    check_composition,
+    check_parts,
+)
+from adaptrix.adapters.contract import AdapterBackend
+from adaptrix.adapters.convert import imported_folder
+from adaptrix.adapters.info import AdapterInfo, load_pickle_state, read_adapter_info
+from adaptrix.adapters.pins import Pins
+from adaptrix.adapters.residency import Residency, check_residency_limits
+from adaptrix.adapters.sources import adapter_rows, resolve_adapter
+from adaptrix.adapters.validate import CompatibilityReport, ModuleIndex, require_valid, validate_with_state
 from adaptrix.errors import (
     AdapterError,
     AdapterFormatError,
@@ -47,20 +61,6 @@ from adaptrix.errors import (
     BackendError,
 )
 from adaptrix.types import UNSET, Hooks, LoadedModel
-from adaptrix.adapters.contract import AdapterBackend
-from adaptrix.adapters.convert import imported_folder
-from adaptrix.adapters.compositions import (
-    COMBINATIONS,
-    AdapterHold,
-    CompositionCache,
-    check_composition,
-    check_parts,
-)
-from adaptrix.adapters.info import AdapterInfo, load_pickle_state, read_adapter_info
-from adaptrix.adapters.pins import Pins
-from adaptrix.adapters.residency import Residency, check_residency_limits
-from adaptrix.adapters.sources import adapter_rows, resolve_adapter
-from adaptrix.adapters.validate import CompatibilityReport, ModuleIndex, require_valid, validate_with_state
 
 #: The row name of the base model in a mixed batch.
 BASE = "__base__"

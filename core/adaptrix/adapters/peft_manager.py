@@ -24,13 +24,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from adaptrix.errors import AdapterError
 from adaptrix.adapters import peft_compat
+from adaptrix.adapters.compositions import COMBINATIONS, composed_info
 from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.inject import inject, plan
-from adaptrix.adapters.compositions import COMBINATIONS, composed_info
 from adaptrix.adapters.manager import BASE, AdapterManager
 from adaptrix.adapters.validate import ModuleIndex
+from adaptrix.errors import AdapterError
+from adaptrix.storage.files import guard
 
 #: Sets of adapters whose mixed-batch weights stay built (each holds a copy of its adapters' LoRA
 #: weights, concatenated): a server's batch goes back and forth between a few sets as rows come and go.
@@ -74,7 +75,6 @@ class PeftAdapterManager(AdapterManager):
             if state is not None:  # a pickle the user allowed: hand peft a safetensors copy
                 from safetensors.torch import save_file
 
-                from adaptrix.storage.files import guard
 
                 with guard(tempfile.gettempdir(), f"write a safetensors copy of adapter {info.name!r} into",
                            "set TMPDIR to a writable folder", "free some space, or set TMPDIR to a disk with room"):

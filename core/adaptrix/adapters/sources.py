@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from adaptrix.errors import AdapterNotFoundError
 from adaptrix.adapters.info import CONFIG_FILE, AdapterInfo
+from adaptrix.errors import AdapterNotFoundError
 
 
 def available_adapters(adapters_dir: str | Path | None) -> dict[str, Path]:

@@ -22,9 +22,12 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import attrs
 
-from adaptrix.adapters.info import AdapterInfo, TensorSpec, load_pickle_state
-from adaptrix.errors import AdapterIncompatibleError, AdapterPickleError
+from adaptrix.adapters.info import AdapterInfo, TensorSpec, load_pickle_state, read_adapter_info
 from adaptrix.adapters.matching import matches, split_key, targeted_modules
+from adaptrix.adapters.sources import resolve_adapter
+from adaptrix.adapters.targets import linear_features
+from adaptrix.errors import AdapterFormatError, AdapterIncompatibleError, AdapterPickleError
+from adaptrix.models.source import ModelSource, resolve_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from adaptrix.types import Hooks
@@ -91,7 +94,6 @@ class ModuleIndex:
         """Index a transformers model, a PeftModel around one, or one built on the meta device."""
         import torch
 
-        from adaptrix.adapters.targets import linear_features
 
         try:
             from peft.tuners.tuners_utils import BaseTunerLayer
@@ -482,7 +484,6 @@ def index_for_model(model, *, host: "Hooks", trust_remote_code: bool = False) ->
     import torch
     from transformers import AutoModelForCausalLM
 
-    from adaptrix.models.source import ModelSource, resolve_source
 
     src = model if isinstance(model, ModelSource) else resolve_source(model, progress=False, host=host)
     hf_config = src.hf_config(trust_remote_code=trust_remote_code)
@@ -495,10 +496,6 @@ def validate_for_model(
     name_or_path: str, model_id: str, *, host: "Hooks", adapters_dir=None, allow_pickle: bool = False, index=None
 ) -> CompatibilityReport:
     """Validate an adapter against a model that is not loaded (its config only; ``host``: the plugin host)."""
-    from adaptrix.errors import AdapterFormatError
-    from adaptrix.adapters.info import read_adapter_info
-    from adaptrix.adapters.sources import resolve_adapter
-
     name, folder = resolve_adapter(name_or_path, adapters_dir)
     if index is None:
         index = index_for_model(model_id, host=host)

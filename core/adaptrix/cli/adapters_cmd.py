@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from adaptrix.adapters.convert import convert_adapter
+from adaptrix.adapters.info import read_adapter_info
+from adaptrix.adapters.sources import available_adapters, resolve_adapter
+from adaptrix.adapters.validate import CompatibilityReport, index_for_model, validate_for_model
+from adaptrix.backends.choice import choose_backend
+from adaptrix.cli.generate_cmd import add_backend_arg
+from adaptrix.cli.output import print_json, print_pairs, print_table
+from adaptrix.errors import AdapterNotFoundError, AdaptrixError
+from adaptrix.models.source import resolve_source
 from adaptrix.plugins.host import get_host
+from adaptrix.storage.files import human_bytes
 
 LIST_COLUMNS = [
     ("name", "NAME"),
@@ -20,8 +30,6 @@ VALIDATE_BACKEND_HELP = ("the execution backend the model will run on (default: 
 
 
 def register(sub) -> None:
-    from adaptrix.cli.generate_cmd import add_backend_arg
-
     p = sub.add_parser("adapters", help="list, inspect and validate LoRA adapters (no weights loaded)")
     asub = p.add_subparsers(dest="adapters_command", metavar="SUBCOMMAND")
 
@@ -67,8 +75,6 @@ def register(sub) -> None:
 
 
 def _row(info) -> dict:
-    from adaptrix.storage.files import human_bytes
-
     return {
         "name": info.name,
         "base_model": info.base_model,
@@ -82,10 +88,6 @@ def _row(info) -> dict:
 def _model_index(model: str | None, backend: str | None = None):
     """``(ModelSource, (ModuleIndex, family), Choice)``: the model resolved once, its modules from the config
     alone, and the backend that would run it (a backend that cannot is an error here, before any validation)."""
-    from adaptrix.adapters.validate import index_for_model
-    from adaptrix.backends.choice import choose_backend
-    from adaptrix.models.source import resolve_source
-
     host = get_host()
     src = resolve_source(model, progress=False, host=host)
     choice = choose_backend(src, backend, host)
@@ -99,7 +101,6 @@ def _backend_fields(choice) -> dict:
 def _adapters_root(adapters_dir: str):
     from pathlib import Path
 
-    from adaptrix.errors import AdapterNotFoundError
 
     root = Path(adapters_dir).expanduser()
     if not root.is_dir():
@@ -111,11 +112,6 @@ def _adapters_root(adapters_dir: str):
 
 
 def run_list(args) -> int:
-    from adaptrix.adapters.info import read_adapter_info
-    from adaptrix.adapters.sources import available_adapters
-    from adaptrix.adapters.validate import CompatibilityReport, validate_for_model
-    from adaptrix.errors import AdaptrixError
-
     found = available_adapters(_adapters_root(args.adapters_dir))
     src, index, choice = _model_index(args.model, args.backend) if args.model else (None, None, None)
     rows, full = [], []
@@ -140,14 +136,11 @@ def run_list(args) -> int:
         rows.append(row)
         full.append({**(info.as_dict() if info is not None else {}), **row})
     if args.json:
-        from adaptrix.cli.output import print_json
-
         print_json(full)
         return 0
     if not rows:
         print(f"no adapters in {args.adapters_dir} (each is a folder holding adapter_config.json)")
         return 0
-    from adaptrix.cli.output import print_table
 
     columns = LIST_COLUMNS if index is not None else LIST_COLUMNS[:-1]
     print_table([{**r, "size": r.get("size", "unreadable")} for r in rows], columns)
@@ -160,20 +153,13 @@ def run_list(args) -> int:
 
 
 def run_inspect(args) -> int:
-    from adaptrix.adapters.info import read_adapter_info
-    from adaptrix.storage.files import human_bytes
-    from adaptrix.adapters.sources import resolve_adapter
-
     name, folder = resolve_adapter(args.path, args.adapters_dir)
     info = read_adapter_info(folder, name, host=get_host())
     if args.json:
-        from adaptrix.cli.output import print_json
-
         d = info.as_dict()
         d["tensor_shapes"] = {t.name: list(t.shape) for t in info.tensors}
         print_json(d)
         return 0
-    from adaptrix.cli.output import print_pairs
 
     if info.tensor_count is None and info.weights_format is None:
         tensors = "absent (config only: no adapter_model.safetensors)"
@@ -202,9 +188,6 @@ def run_inspect(args) -> int:
 
 
 def run_validate(args) -> int:
-    from adaptrix.adapters.sources import resolve_adapter
-    from adaptrix.adapters.validate import validate_for_model
-
     resolve_adapter(args.path, args.adapters_dir)  # a missing adapter fails before the model is read
     src, index, choice = _model_index(args.model, args.backend)
     report = validate_for_model(
@@ -212,8 +195,6 @@ def run_validate(args) -> int:
         host=get_host(),
     )
     if args.json:
-        from adaptrix.cli.output import print_json
-
         print_json({**report.as_dict(), **_backend_fields(choice)})
     else:
         print(f"{report.adapter}: {report.summary()} with {src.model_id} (backend {choice.name}: {choice.reason})")
@@ -227,15 +208,12 @@ def run_validate(args) -> int:
 def run_convert(args) -> int:
     import sys
 
-    from adaptrix.adapters.convert import convert_adapter
 
     done = convert_adapter(
         args.src, args.dst, base=args.base, dtype=args.dtype, overwrite=args.overwrite,
         progress=sys.stderr.isatty() and not args.json, host=get_host(),
     )
     if args.json:
-        from adaptrix.cli.output import print_json
-
         print_json(done.as_dict())
     else:
         against = f" for {done.base}" if done.base else ""

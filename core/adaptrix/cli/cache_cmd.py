@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from adaptrix.cli.output import print_json, print_table
+from adaptrix.errors import AdaptrixError
+from adaptrix.plugins.host import get_host
+from adaptrix.storage.caches import cache_kinds, cache_root, clear, entries
+from adaptrix.storage.files import human_bytes
+
 COLUMNS = [("kind", "KIND"), ("name", "ENTRY"), ("size", "SIZE"), ("last_used", "LAST USED")]
 
 
@@ -20,10 +26,6 @@ def register(sub) -> None:
 
 
 def _kinds(names: list[str]):
-    from adaptrix.plugins.host import get_host
-    from adaptrix.storage.caches import cache_kinds
-    from adaptrix.errors import AdaptrixError
-
     kinds = cache_kinds(get_host())
     unknown = [n for n in names if n not in kinds]
     if unknown:
@@ -48,17 +50,11 @@ def _summary(kind, entries) -> dict:
 
 
 def run_show(args) -> int:
-    from adaptrix.storage.files import human_bytes
-    from adaptrix.storage.caches import cache_root, entries
-
     kinds = [_summary(k, entries(k)) for k in _kinds(args.kinds)]
     total = sum(k["total_bytes"] for k in kinds)
     if args.json:
-        from adaptrix.cli.output import print_json
-
         print_json({"root": str(cache_root()), "kinds": kinds, "total_bytes": total})
         return 0
-    from adaptrix.cli.output import print_table
 
     rows = [{**e, "size": human_bytes(e["bytes"])} for k in kinds for e in k["entries"]]
     print(f"adaptrix cache: {cache_root()} (ADAPTRIX_CACHE to move it)")
@@ -76,16 +72,11 @@ def run_show(args) -> int:
 
 
 def run_clear(args) -> int:
-    from adaptrix.storage.files import human_bytes
-    from adaptrix.storage.caches import clear
-
     done = []
     for kind in _kinds(args.kinds):
         removed = clear(kind)
         done.append({"kind": kind.name, "removed": len(removed), "bytes": sum(e.bytes for e in removed)})
     if args.json:
-        from adaptrix.cli.output import print_json
-
         print_json(done)
         return 0
     for d in done:

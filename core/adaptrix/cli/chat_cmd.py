@@ -15,6 +15,11 @@ import contextlib
 import sys
 from typing import Any, Callable, Iterator
 
+from adaptrix.cli.generate_cmd import add_model_args, make_engine, settings_from
+from adaptrix.cli.info_cmd import print_info
+from adaptrix.cli.output import finite_float
+from adaptrix.errors import AdaptrixError
+
 PROMPT = "you> "
 ANSWER = "assistant> "
 #: ``(command, what it does)``, as ``/help`` lists them.
@@ -31,10 +36,6 @@ AGAIN = "(Ctrl-C again or Ctrl-D to leave; /help lists the commands)"
 
 
 def register(sub) -> None:
-    from adaptrix.cli.output import finite_float
-
-    from adaptrix.cli.generate_cmd import add_model_args
-
     p = sub.add_parser(
         "chat",
         help="chat with a model interactively (context kept between turns)",
@@ -127,8 +128,6 @@ def _help(out) -> None:
 
 def _command(engine, line: str, out) -> bool:
     """Handle a /command; return False when the chat should end."""
-    from adaptrix.errors import AdaptrixError
-
     cmd, _, arg = line.partition(" ")
     arg = arg.strip()
     if cmd in ("/exit", "/quit"):
@@ -139,7 +138,6 @@ def _command(engine, line: str, out) -> bool:
         engine.reset_context()
         print("(conversation forgotten)", file=out)
     elif cmd == "/info":
-        from adaptrix.cli.info_cmd import print_info
 
         print_info(engine.get_model_info())
     elif cmd == "/adapter":
@@ -158,8 +156,6 @@ def _command(engine, line: str, out) -> bool:
 
 def _answer(engine, line: str, out, options: dict[str, Any]) -> None:
     """Stream one answer to ``out``; Ctrl-C stops it (the engine then forgets the turn), errors are printed."""
-    from adaptrix.errors import AdaptrixError
-
     with first_interrupt_only():
         stream = None
         try:
@@ -214,8 +210,6 @@ def chat(engine, *, read: Callable[[str], str], out, options: dict[str, Any] | N
 
 
 def run(args) -> int:
-    from adaptrix.cli.generate_cmd import make_engine, settings_from
-
     engine = make_engine(args)
     try:
         engine.use_context_by_default = True

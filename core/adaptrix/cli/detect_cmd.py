@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from adaptrix.cli.output import print_json, print_pairs
+from adaptrix.models.source import resolve_source
+from adaptrix.plugins.detection import detect
+from adaptrix.plugins.host import get_host
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -17,19 +22,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from adaptrix.plugins.detection import detect
-    from adaptrix.plugins.host import get_host
-    from adaptrix.models.source import resolve_source
-
     host = get_host()
     src = resolve_source(args.model, revision=args.revision, progress=False, host=host)
     d = detect(src.model_id, config=src.config, source=src.config_source, host=host)
     if args.json:
-        from adaptrix.cli.output import print_json
-
         print_json(d.as_dict())
         return 0
-    from adaptrix.cli.output import print_pairs
 
     gen = ", ".join(f"{k}={v}" for k, v in d.generation.as_dict().items() if k != "context_length")
     print_pairs(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from adaptrix.cli.output import finite_float, print_json
+from adaptrix.engine import Engine
+
 
 def add_model_args(p) -> None:
     """Options every command that loads a model shares."""
@@ -80,16 +83,12 @@ def engine_options(args, **extra) -> dict:
 
 
 def make_engine(args):
-    from adaptrix.engine import Engine
-
     engine = Engine(**engine_options(args, progress=sys.stderr.isatty()))
     engine.initialize()
     return engine
 
 
 def register(sub) -> None:
-    from adaptrix.cli.output import finite_float
-
     p = sub.add_parser(
         "generate",
         help="generate an answer to a prompt (streamed)",
@@ -135,8 +134,6 @@ def run(args) -> int:
             task_type=args.task, system=args.system, show_thinking=args.show_thinking, **settings_from(args)
         )
         if args.json:
-            from adaptrix.cli.output import print_json
-
             result = engine.generate_detailed(prompt, **kwargs)
             data = result.as_dict()
             data.update(model=engine.get_model_info()["model_id"], family=engine.family, adapter=args.adapter)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from adaptrix.cli.generate_cmd import add_model_args, make_engine
+from adaptrix.cli.output import print_json, print_pairs
+
 
 def register(sub) -> None:
-    from adaptrix.cli.generate_cmd import add_model_args
-
     p = sub.add_parser(
         "info",
         help="load a model and show family, size, dtype, device, context and defaults",
@@ -25,8 +26,6 @@ def _backend_text(info: dict) -> str | None:
 
 
 def print_info(info: dict) -> None:
-    from adaptrix.cli.output import print_pairs
-
     gen = info.get("generation_defaults") or {}
     params = info.get("parameters")
     pairs = [
@@ -51,16 +50,12 @@ def print_info(info: dict) -> None:
 
 
 def run(args) -> int:
-    from adaptrix.cli.generate_cmd import make_engine
-
     engine = make_engine(args)
     try:
         info = engine.get_model_info()
     finally:
         engine.cleanup()
     if args.json:
-        from adaptrix.cli.output import print_json
-
         print_json(info)
     else:
         print_info(info)

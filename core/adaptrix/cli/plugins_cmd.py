@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from adaptrix.backends.choice import backend_records
+from adaptrix.cli.output import print_json, print_table
+from adaptrix.plugins.host import PluginHost, PluginWarning
+
 COLUMNS = [
     ("name", "PLUGIN"),
     ("distribution", "DISTRIBUTION"),
@@ -39,7 +43,6 @@ def register(sub) -> None:
 def run_list(args) -> int:
     import warnings
 
-    from adaptrix.plugins.host import PluginHost, PluginWarning
 
     host = PluginHost()
     with warnings.catch_warnings():
@@ -47,15 +50,11 @@ def run_list(args) -> int:
         warnings.simplefilter("ignore", PluginWarning)
         host.load_entry_points()
     records = host.records()
-    from adaptrix.backends.choice import backend_records
 
     backends = [b.as_dict() for b in backend_records(host)]
     if args.json:
-        from adaptrix.cli.output import print_json
-
         print_json({"plugins": [r.as_dict() for r in records], "families": host.families(), "backends": backends})
         return 0
-    from adaptrix.cli.output import print_table
 
     if not records:
         print("no adaptrix plugins installed; try: pip install adaptrix-generic")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 
+from adaptrix.cli.generate_cmd import add_model_args, engine_options
+from adaptrix.engine import Engine
+from adaptrix.errors import AdaptrixError
+from adaptrix.serve.app import ServeOptions, create_app
+from adaptrix.serve.http import base_url, is_loopback, uvicorn_config
+from adaptrix.serve.options import flag_type
+
 
 def register(sub) -> None:
-    from adaptrix.serve.options import flag_type
-    from adaptrix.cli.generate_cmd import add_model_args
-
     p = sub.add_parser(
         "serve",
         help="serve the model and its adapters over an OpenAI-compatible HTTP API, with a playground page",
@@ -75,13 +79,8 @@ def adapter_budget(text: str) -> int:
 
 
 def run(args) -> int:
-    from adaptrix.errors import AdaptrixError
-
     try:
         import uvicorn
-
-        from adaptrix.serve.app import ServeOptions, create_app
-        from adaptrix.serve.http import base_url, is_loopback, uvicorn_config
     except ImportError as exc:
         raise AdaptrixError(f"adaptrix serve needs the serve extra ({exc}); pip install 'adaptrix[serve]'") from exc
     if not is_loopback(args.host) and args.api_key is None:
@@ -97,9 +96,6 @@ def run(args) -> int:
     )
 
     def make_engine():
-        from adaptrix.engine import Engine
-        from adaptrix.cli.generate_cmd import engine_options
-
         print(f"adaptrix serve: loading {args.model or 'the embedded default model'} ...", file=sys.stderr,
               flush=True)
         engine = Engine(**engine_options(args, progress=True, max_loaded_adapters=args.max_loaded_adapters))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from adaptrix.backends.contract import REFERENCE
+from adaptrix.cli.generate_cmd import add_backend_arg, backend_option
+from adaptrix.cli.output import finite_float
+from adaptrix.errors import BackendError
+from adaptrix.training import TrainConfig, train
+
 
 def register(sub) -> None:
-    from adaptrix.cli.generate_cmd import add_backend_arg
-    from adaptrix.cli.output import finite_float
-
     p = sub.add_parser(
         "train",
         help="train a LoRA adapter on chat or prompt/completion JSONL",
@@ -44,10 +47,6 @@ def register(sub) -> None:
 
 def check_backend(args) -> None:
     """Training runs on the reference backend; any other ``--backend`` is refused, saying what to do."""
-    from adaptrix.backends.contract import REFERENCE
-    from adaptrix.errors import BackendError
-    from adaptrix.cli.generate_cmd import backend_option
-
     name = backend_option(args).get("backend", REFERENCE)
     if name != REFERENCE:
         raise BackendError(
@@ -59,8 +58,6 @@ def check_backend(args) -> None:
 
 
 def run(args) -> int:
-    from adaptrix.training import TrainConfig, train
-
     check_backend(args)
 
     cfg = TrainConfig(

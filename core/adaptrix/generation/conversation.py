@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from adaptrix.errors import ChatTemplateError, ContextOverflowError
+from adaptrix.generation.chat_template import ChatTemplate
 from adaptrix.generation.request import GenerationRequest
 
 DEFAULT_CONVERSATION = "default"
@@ -59,7 +60,6 @@ class Conversation:
 @attrs.frozen
 class Prompt:
     """A formatted prompt ready for the model."""
-
     text: str
     input_ids: tuple[int, ...]
     messages: tuple[dict[str, str], ...]
@@ -111,8 +111,6 @@ def template_source(tokenizer, model_name: str = "this model") -> str | None:
 
 def chat_template(tokenizer, model_name: str = "this model"):
     """The tokenizer's chat template bound to its special tokens (a :class:`ChatTemplate`), or ``None``."""
-    from adaptrix.generation.chat_template import ChatTemplate
-
     source = template_source(tokenizer, model_name)
     if source is None:
         return None
@@ -236,7 +234,6 @@ def build_prompt(
 
 class ConversationStore:
     """Several named conversations at once."""
-
     def __init__(self):
         self._conversations: dict[str, Conversation] = {}
 

@@ -18,6 +18,8 @@ import contextlib
 import threading
 from typing import Any, Callable, Hashable, Iterator
 
+from adaptrix.errors import EngineStateError
+
 
 class ModelLease:
     """A re-entrant, thread-agnostic lock: a Condition and the current holder."""
@@ -73,8 +75,6 @@ class ModelLease:
         me = self._me() if owner is None else owner
         with self._cond:
             if self._holder != me:
-                from adaptrix.errors import EngineStateError
-
                 raise EngineStateError(f"model lease released by {me!r}, which does not hold it (held by {self._holder!r})")
             self._depth -= 1
             if self._depth == 0:
@@ -113,7 +113,6 @@ class LeasedTokens:
     waits for the stream's generation and never changes it, and a stream whose
     reader stopped reading cannot keep the model forever.
     """
-
     def __init__(self, lease: ModelLease, owner: Hashable, tokens: Iterator[int], on_end: Callable[[], None]):
         self._lease, self._owner, self._tokens, self._on_end = lease, owner, tokens, on_end
         self._step = threading.Lock()  # one puller at a time

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import attrs
 
 from adaptrix.errors import GenerationError
-from adaptrix.types import UNSET, GenerationConfig
 from adaptrix.generation.settings import SETTING_NAMES, explicit_settings
+from adaptrix.types import UNSET, GenerationConfig
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",

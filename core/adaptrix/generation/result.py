@@ -9,6 +9,7 @@ import attrs
 from adaptrix.generation.text import TextPipeline
 from adaptrix.types import GenerationConfig
 
+
 @attrs.frozen
 class GenerationResult:
     """What one generation produced (``Engine.generate_detailed``)."""

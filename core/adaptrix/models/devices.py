@@ -7,6 +7,7 @@ import os
 import attrs
 
 from adaptrix.errors import DeviceError, ModelTooLargeError
+from adaptrix.models import memory
 
 DTYPE_NAMES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -44,7 +45,6 @@ def resolve_device(name: str | None):
 @attrs.frozen
 class DtypeChoice:
     """The dtype a model loads in (a torch dtype name) and why, as ``info`` shows it."""
-
     dtype: str
     reason: str
 
@@ -86,7 +86,6 @@ def choose_dtype(name: str | None, device, source=None) -> DtypeChoice:
         return DtypeChoice("float16", "auto on a CUDA GPU without bfloat16")
     if device.type == "mps":
         return DtypeChoice("float16", "auto on Apple MPS")
-    from adaptrix.models import memory
 
     preferred = "bfloat16" if cpu_prefers_bf16() else "float32"
     why = "ADAPTRIX_CPU_BF16=1" if preferred == "bfloat16" else "the CPU default"
@@ -122,14 +121,10 @@ def _half_why(half: str, stored: str | None) -> str:
 
 
 def _computes_bf16() -> bool:
-    from adaptrix.models import memory
-
     return memory.cpu_computes_bf16()
 
 
 def _too_large(model: str, size, available) -> "ModelTooLargeError":
-    from adaptrix.models import memory
-
     quants = ", ".join(f"{q} about {memory.gib(size.parameters * b)}" for q, b in memory.GGUF_BYTES.items())
     return ModelTooLargeError(
         f"{model} does not fit in memory in any dtype: {size.describe('float32')} in float32, "

@@ -42,8 +42,9 @@ from typing import Callable
 
 import attrs
 
-from adaptrix.storage.caches import GGUF, cache_dir, cache_root, cache_writing  # noqa: F401  (cache_root: re-exported)
 from adaptrix.errors import ModelConfigError, ModelLoadError, StorageError
+from adaptrix.models.modelconfig import gguf_config, read_json_object, retype_converted_config
+from adaptrix.storage.caches import GGUF, cache_dir, cache_root, cache_writing  # noqa: F401  (cache_root: re-exported)
 from adaptrix.storage.files import atomic_file, new_folder, remove_stale
 
 MARKER = "adaptrix-gguf.json"
@@ -186,7 +187,6 @@ def check_gguf_file(path: Path) -> None:
             f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); the file is corrupt or "
             "truncated: re-download it"
         )
-    from adaptrix.models.modelconfig import gguf_config
 
     try:
         gguf_config(path)  # the key/value header only: cheap, and catches truncation early
@@ -285,7 +285,6 @@ def convert_with_transformers(path: Path, out_dir: Path, progress: bool = True) 
         _drop_gguf_quantizer(model)
         model.save_pretrained(str(out_dir), safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
-        from adaptrix.models.modelconfig import gguf_config
 
         _retype(out_dir / "config.json", gguf_config(path)["model_type"])
         steps.update(1)
@@ -293,8 +292,6 @@ def convert_with_transformers(path: Path, out_dir: Path, progress: bool = True) 
 
 def _retype(cfg_file: Path, header_type: str) -> None:
     """Save the converted folder under the header's model type (a Mistral GGUF reads as llama in transformers)."""
-    from adaptrix.models.modelconfig import read_json_object, retype_converted_config
-
     config = read_json_object(cfg_file)
     retyped = retype_converted_config(config, header_type)
     if retyped is not config:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from adaptrix.errors import ModelLoadError, RemoteCodeError
 from adaptrix.models import modelconfig
 from adaptrix.models.devices import resolve_device, resolve_dtype
-from adaptrix.errors import ModelLoadError, RemoteCodeError
 from adaptrix.types import LoadedModel, LoadOptions
 
 TokenizerFix = Callable[[Any, dict], "list[str] | None"]

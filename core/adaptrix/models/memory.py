@@ -24,6 +24,8 @@ from typing import Any
 
 import attrs
 
+from adaptrix.models.modelconfig import read_gguf_header
+
 #: Bytes per parameter of the dtypes a model loads in.
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 #: The margin :func:`fits` keeps free beyond the weights.
@@ -59,7 +61,6 @@ class WeightSize:
 @attrs.frozen
 class Available:
     """Memory free for new allocations, in bytes, and what said so."""
-
     bytes: int
     origin: str
 
@@ -130,8 +131,6 @@ def _weight_size(source) -> WeightSize | None:
 
 
 def _gguf_size(path: Path) -> WeightSize | None:
-    from adaptrix.models.modelconfig import read_gguf_header
-
     try:
         _, tensors = read_gguf_header(path)
     except (OSError, ValueError):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptrix.errors import ModelConfigError, NotACausalLMError
+from adaptrix.models import lm_classes as registry
 
 #: Architecture suffixes of models that generate text token by token.
 GENERATIVE_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -328,8 +329,6 @@ def text_model_type(config: dict[str, Any] | None) -> str | None:
     has no such class, for remote-code models, and for configs that are not
     vision-language.
     """
-    from adaptrix.models import lm_classes as registry
-
     if not is_vision_language(config) or needs_remote_code(config):
         return None
     own = model_type(config)

@@ -17,8 +17,11 @@ from typing import Any
 
 import attrs
 
-from adaptrix.models import gguf_hub, modelconfig
 from adaptrix.errors import ModelConfigError
+from adaptrix.models import gguf_cache, gguf_hub, modelconfig
+from adaptrix.models.default_model import HUB_ID, default_model_path, is_default_model
+from adaptrix.models.gguf_cache import check_gguf_file
+from adaptrix.plugins.detection import detect_family
 from adaptrix.plugins.host import PluginHost
 
 
@@ -65,7 +68,6 @@ class ModelSource:
         """
         if self.path is not None:
             return self
-        from adaptrix.models import gguf_cache
 
         cached = gguf_cache.cached_folder(self.gguf_file, progress=progress, converter=converter)
         cfg_file = cached.folder / "config.json"
@@ -85,8 +87,6 @@ class ModelSource:
 
         config = self.config
         if self.path is None:
-            from adaptrix.models import gguf_cache
-
             folder = gguf_cache.lookup(self.gguf_file)
             if folder is None:
                 try:
@@ -134,9 +134,6 @@ def resolve_source(
     explicit conversion step; reading a source never converts anything. ``host`` is the plugin host
     that detects (or provides) the family.
     """
-    from adaptrix.models.default_model import HUB_ID, default_model_path, is_default_model
-    from adaptrix.plugins.detection import detect_family
-
     del progress  # resolving reads headers only; conversion is ensure_folder's (and shows its own bar)
     requested = None if model_id is None else modelconfig.check_model_id(model_id)
     resolved = str(default_model_path()) if requested is None else requested
@@ -147,7 +144,6 @@ def resolve_source(
         gguf = modelconfig.gguf_file_of(resolved)
     if gguf is not None:
         gguf = gguf.expanduser()
-        from adaptrix.models.gguf_cache import check_gguf_file
 
         check_gguf_file(gguf)  # missing, not GGUF or truncated: a clear error before anything else
     config, config_source = modelconfig.load_config(str(gguf) if gguf is not None else resolved, revision)

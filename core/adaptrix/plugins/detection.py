@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptrix.models import modelconfig
 from adaptrix.errors import FamilyNotDetectedError, NotACausalLMError
 from adaptrix.generation.defaults import GLOBAL_DEFAULTS
+from adaptrix.models import modelconfig
 from adaptrix.plugins.host import PluginHost, get_host
 from adaptrix.types import Detection, GenerationConfig
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptrix.plugins.family import think_spans
-from adaptrix.models.modelconfig import context_length
 from adaptrix.adapters.targets import ALL_LINEAR
+from adaptrix.models.loading import load_causal_lm
+from adaptrix.models.modelconfig import context_length
+from adaptrix.plugins.family import think_spans
 from adaptrix.types import ChatBehaviour, GenerationConfig, LoadedModel, LoadOptions
 
 
 def load_model(family: str, model_id: str, options: LoadOptions) -> LoadedModel:
     """The shared loader, :func:`adaptrix.models.loading.load_causal_lm`, with no family extras."""
-    from adaptrix.models.loading import load_causal_lm
-
     return load_causal_lm(family, model_id, options)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import attrs
 
-from adaptrix.generation.conversation import template_source
 from adaptrix.errors import ChatTemplateError, PluginError
+from adaptrix.generation.conversation import template_source
 from adaptrix.types import ChatBehaviour
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-from adaptrix.errors import UnknownOptionError
+from adaptrix.errors import PluginError, UnknownOptionError
 
 
 def declared(host, family: str) -> dict[str, str]:
@@ -19,8 +19,6 @@ def declared(host, family: str) -> dict[str, str]:
     if answer is None:
         return {}
     if not isinstance(answer, dict) or not all(isinstance(k, str) and k for k in answer):
-        from adaptrix.errors import PluginError
-
         raise PluginError(
             f"plugin {plugin!r}: hook family_options({family!r}) must return a dict of option name -> "
             f"description, got {answer!r}"

@@ -48,8 +48,8 @@ from typing import Any, Iterable, Iterator
 import attrs
 import pluggy
 
-from adaptrix.plugins import hookspecs
 from adaptrix.errors import AdaptrixError, PluginConfigError, PluginError, PluginUnavailableError
+from adaptrix.plugins import fallbacks, hookspecs
 
 ENTRY_POINT_GROUP = "adaptrix"
 STATUSES = ("ok", "failed", "blocked", "disabled")
@@ -388,8 +388,6 @@ class PluginHost:
         ``None``, the core's standard behaviour (:mod:`adaptrix.plugins.fallbacks`)
         answers instead.
         """
-        from adaptrix.plugins import fallbacks
-
         if hook not in FAMILY_HOOKS:
             raise PluginError(f"{hook!r} is not a family hook; family hooks are: {', '.join(FAMILY_HOOKS)}")
         owner = self.owner(family)
@@ -407,7 +405,6 @@ class PluginHost:
 @attrs.define
 class _Call:
     """What the guards saw during one host call: who answered what, and (when isolating) who failed."""
-
     isolate: bool
     answers: list[tuple[str, Any]] = attrs.Factory(list)
     failures: list[PluginError] = attrs.Factory(list)

@@ -20,9 +20,15 @@ from typing import Any, Callable
 
 import attrs
 
+from adaptrix.adapters.info import PICKLE_FILE, read_adapter_info
+from adaptrix.adapters.sources import available_adapters
+from adaptrix.errors import AdapterIncompatibleError, AdapterNotFoundError, AdapterPickleError
+from adaptrix.generation.defaults import TASK_PRESETS
 from adaptrix.generation.result import GenerationResult
 from adaptrix.serve.errors import ApiError, error_body
+from adaptrix.serve.metrics import Metrics
 from adaptrix.serve.options import ServeOptions
+from adaptrix.serve.scheduler import Job, Scheduler, api_error
 from adaptrix.serve.schemas import CompletionRequest, parse_completion, parse_load, parse_name
 
 __all__ = ["ServeOptions", "Server", "create_app"]
@@ -35,8 +41,6 @@ class Server:
     """State shared by the routes: the engine (once loaded), scheduler, metrics, adapter catalog."""
 
     def __init__(self, make_engine: Callable[[], Any], options: ServeOptions):
-        from adaptrix.serve.metrics import Metrics
-
         self.options = options
         self.make_engine = make_engine
         self.metrics = Metrics()
@@ -51,8 +55,6 @@ class Server:
 
     # -- start-up ------------------------------------------------------------------
     def load(self) -> None:
-        from adaptrix.serve.scheduler import Scheduler
-
         start = time.perf_counter()
         try:
             engine = self.make_engine()
@@ -155,8 +157,6 @@ class Server:
     # -- catalog -----------------------------------------------------------------------
     def adapter_folders(self) -> dict[str, Path]:
         """Every adapter a request may name: the adapters folder, then those loaded at run time."""
-        from adaptrix.adapters.sources import available_adapters
-
         found = dict(available_adapters(self.options.adapters_dir))
         found.update(self.runtime)
         return found
@@ -243,7 +243,6 @@ def _error(err: ApiError):
 
 def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
     """Wrap a handler: API key, readiness, OpenAI-shaped errors, one log line per request."""
-
     async def endpoint(request):
         start = time.perf_counter()
         try:
@@ -255,7 +254,6 @@ def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
         except ApiError as err:
             response = _error(server.public(err))
         except Exception as exc:  # a bug: answer in shape, keep serving
-            from adaptrix.serve.scheduler import api_error
 
             response = _error(server.public(api_error(exc)))
         log.info("%s %s %s %.0f ms%s", request.method, request.url.path, response.status_code,
@@ -286,8 +284,6 @@ async def playground(server: Server, request):
 
 
 async def list_models(server: Server, request):
-    from adaptrix.adapters.info import read_adapter_info
-
     rows = await asyncio.wrap_future(server.scheduler.call(lambda e: e.list_adapters()))
     resident = {r["name"] for r in rows if r.get("loaded")}
     data = [{"id": server.model_id, "object": "model", "created": server.created, "owned_by": "adaptrix",
@@ -310,9 +306,6 @@ async def list_models(server: Server, request):
 
 
 async def completions(server: Server, request, kind: str):
-    from adaptrix.generation.defaults import TASK_PRESETS
-    from adaptrix.serve.scheduler import Job
-
     body = await server.read_json(request)
     req = server.resolve_model(parse_completion(body, kind, tuple(TASK_PRESETS)))
     loop = asyncio.get_running_loop()
@@ -464,9 +457,6 @@ async def load_adapter(server: Server, request):
     folder = server.allowed_path(load.path)
 
     def work(engine):
-        from adaptrix.adapters.info import PICKLE_FILE
-        from adaptrix.errors import AdapterIncompatibleError, AdapterPickleError
-
         try:  # atomic: on any failure the old adapter of that name stays loaded and serving
             done = engine.adapters.replace(load.name, folder)
         except AdapterPickleError:
@@ -496,8 +486,6 @@ async def unload_adapter(server: Server, request):
     name = parse_name(await server.read_json(request))
 
     def work(engine):
-        from adaptrix.errors import AdapterNotFoundError
-
         try:  # compositions built from it go with it
             engine.unload_adapter(name)
         except AdapterNotFoundError:

@@ -45,6 +45,15 @@ import time
 from typing import Any, Callable, Iterable
 
 from adaptrix.adapters.compositions import composition_name
+from adaptrix.errors import (
+    AdapterError,
+    AdapterIncompatibleError,
+    AdaptrixError,
+    BatchFullError,
+    EngineStateError,
+    GenerationError,
+    StorageError,
+)
 from adaptrix.generation.result import GenerationResult
 from adaptrix.generation.steps import Row, StepDecoder
 from adaptrix.serve.errors import ApiError
@@ -87,15 +96,6 @@ class _Call:
 
 def api_error(exc: BaseException) -> ApiError:
     """The HTTP answer for an exception raised by the engine."""
-    from adaptrix.errors import (
-        AdapterError,
-        AdapterIncompatibleError,
-        AdaptrixError,
-        EngineStateError,
-        GenerationError,
-        StorageError,
-    )
-
     if isinstance(exc, ApiError):
         return exc
     message = str(exc)
@@ -318,8 +318,6 @@ class Scheduler:
     def _admit(self, jobs: list[Job]) -> list[Job]:
         """Start ``jobs`` in the batch, prefilled together (or answer them); returns those the decoder
         has no room for yet, to queue again."""
-        from adaptrix.errors import BatchFullError
-
         ready: list[tuple[Job, Any, str | None]] = []
         holds: list[Any] = []
         for job in jobs:

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from adaptrix.errors import TrainingError
+from adaptrix.generation.conversation import has_template, split_answer, tokenize
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -126,15 +127,12 @@ def _parse(obj: Any, path: Path, line: int) -> Sample:
 def render(tokenizer, sample: Sample, chat_template_kwargs: dict | None = None) -> tuple[str, str]:
     """Return ``(prompt text, answer text)``: the prompt exactly as the engine serves it (one formatter,
     :func:`adaptrix.generation.conversation.split_answer`, with or without a chat template)."""
-    from adaptrix.generation.conversation import split_answer
-
     return split_answer(tokenizer, sample.as_messages(), chat_template_kwargs)
 
 
 def encode(tokenizer, sample: Sample, max_length: int | None, source: str = "data",
            chat_template_kwargs: dict | None = None) -> Encoded:
     """Tokenize one sample; labels are ``-100`` on every prompt token (tokenized as the engine tokenizes it)."""
-    from adaptrix.generation.conversation import has_template, tokenize
 
     prompt, answer = render(tokenizer, sample, chat_template_kwargs)
     p_ids = tokenize(tokenizer, prompt, has_template(tokenizer))

@@ -30,9 +30,18 @@ from typing import Any
 
 import attrs
 
+from adaptrix import __version__
+from adaptrix.adapters.targets import resolve_target_modules
+from adaptrix.errors import AdapterError, TrainingError
+from adaptrix.generation.defaults import TASK_PRESETS
+from adaptrix.models.modelconfig import read_json_object
+from adaptrix.models.source import resolve_source
 from adaptrix.plugins import family_chat
-from adaptrix.errors import TrainingError
+from adaptrix.plugins.detection import detect
+from adaptrix.plugins.host import get_host
 from adaptrix.storage.files import remove_stale, replace_files, replace_folder
+from adaptrix.training.data import collate, encode_all, file_sha256, load_jsonl
+from adaptrix.types import LoadOptions
 
 CHECKPOINT = "checkpoint"
 #: Step, losses, options, optimizer hyper-parameters and Python RNG state (JSON).
@@ -152,7 +161,6 @@ def _check_config(cfg: TrainConfig) -> None:
                 f"option {name}={value!r} is invalid; it must be positive (dropout in [0, 1), threads a whole "
                 "number of CPU threads)"
             )
-    from adaptrix.generation.defaults import TASK_PRESETS
 
     if cfg.task_type not in TASK_PRESETS:
         raise TrainingError(
@@ -196,11 +204,6 @@ def load_for_training(cfg: TrainConfig):
 
     Returns ``(source, context_length, loaded)``.
     """
-    from adaptrix.plugins.detection import detect
-    from adaptrix.plugins.host import get_host
-    from adaptrix.models.source import resolve_source
-    from adaptrix.types import LoadOptions
-
     host = get_host()
     src = resolve_source(cfg.model, host=host).ensure_folder(progress=cfg.progress)
     detection = detect(src.model_id, config=src.config, source=src.config_source, host=host)
@@ -218,10 +221,6 @@ def load_for_training(cfg: TrainConfig):
 
 def resolve_targets(model, family: str, config: dict | None, asked: tuple[str, ...] | None) -> list[str]:
     """Targets asked for, else the family plugin's hook; ``all-linear`` expanded to leaf names."""
-    from adaptrix.errors import AdapterError
-    from adaptrix.plugins.host import get_host
-    from adaptrix.adapters.targets import resolve_target_modules
-
     targets = list(asked) if asked else None
     if targets is None:
         targets, _ = get_host().call_family("target_modules", family, config=config)
@@ -272,7 +271,6 @@ def _train(cfg: TrainConfig) -> TrainResult:
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
-    from adaptrix.training.data import collate, encode_all, file_sha256, load_jsonl
 
     ckpt = Path(cfg.output).expanduser() / CHECKPOINT
     remove_stale(ckpt.parent.parent, name=ckpt.parent.name)  # what a killed run left: beside output,
@@ -493,7 +491,6 @@ def load_checkpoint_state(ckpt: Path) -> dict[str, Any]:
             f"{ckpt} is a checkpoint of an older adaptrix ({LEGACY_STATE_FILE}, a pickle that can run code, so "
             "it is not loaded); delete it (or pass --overwrite) to start over"
         )
-    from adaptrix.models.modelconfig import read_json_object
 
     fix = "delete the checkpoint folder (or pass --overwrite) to start over"
     state = read_json_object(ckpt / STATE_FILE, error=TrainingError, fix=fix)
@@ -531,7 +528,6 @@ def write_metadata(output: Path, cfg: TrainConfig, result: TrainResult, source: 
     import torch
     import transformers
 
-    from adaptrix import __version__
 
     meta = {
         "name": output.name,

@@ -10,8 +10,9 @@ dense layers and shared experts keep gate/up/down Linear layers. DeepSeek-R1
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.plugins.family import GATED_MLP, claims, text_config, think_spans
+from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
+from adaptrix.plugins.family import GATED_MLP, claims, text_config, think_spans
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "deepseek"
@@ -51,8 +52,6 @@ def target_modules(config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.models.loading import load_causal_lm
-
     return load_causal_lm(family, model_id, options)
 
 

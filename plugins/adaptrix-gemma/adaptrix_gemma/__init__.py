@@ -7,8 +7,9 @@ clear error, or folds the system prompt into the first user turn when asked.
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
+from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
+from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "gemma"
@@ -48,8 +49,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.models.loading import load_causal_lm
-
     return load_causal_lm(family, model_id, options)
 
 

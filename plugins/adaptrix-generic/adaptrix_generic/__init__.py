@@ -9,6 +9,7 @@ every Linear layer but the output head, expanded against the loaded model by
 from __future__ import annotations
 
 from adaptrix import hookimpl
+from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length, is_causal_lm
 from adaptrix.types import GenerationConfig
 
@@ -37,6 +38,4 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.models.loading import load_causal_lm
-
     return load_causal_lm(family, model_id, options)

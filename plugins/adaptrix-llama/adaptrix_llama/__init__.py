@@ -9,8 +9,9 @@ InternLM3, and vision-language checkpoints whose language model is a Llama
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
+from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
+from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "llama"
@@ -47,8 +48,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.models.loading import load_causal_lm
-
     return load_causal_lm(family, model_id, options)
 
 

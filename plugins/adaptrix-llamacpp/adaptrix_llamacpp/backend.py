@@ -22,15 +22,15 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from adaptrix.plugins import family_chat
-from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.compositions import composed_info
+from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.manager import AdapterManager
 from adaptrix.backends.contract import Backend, Runner
 from adaptrix.errors import AdapterError, BackendError
+from adaptrix.generation.settings import is_greedy
+from adaptrix.plugins import family_chat
 from adaptrix.storage.files import remove_stale
 from adaptrix.types import LoadedModel
-from adaptrix.generation.settings import is_greedy
 
 from .codec import LlamaTextCodec
 from .gguf_index import module_index, read_gguf_model

@@ -15,8 +15,8 @@ import codecs
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adaptrix.generation.chat_template import ChatTemplate
 from adaptrix.errors import ChatTemplateError
+from adaptrix.generation.chat_template import ChatTemplate
 
 from .runtime import LlamaRuntime
 

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from adaptrix.adapters.info import CONFIG_FILE, WEIGHTS_FILE, read_adapter_info
-from adaptrix.plugins.host import get_host
 from adaptrix.adapters.validate import CompatibilityReport, validate
-from adaptrix.plugins.detection import detect_family
 from adaptrix.errors import AdapterFormatError, AdapterIncompatibleError, ModelConfigError
 from adaptrix.models.modelconfig import gguf_config
+from adaptrix.plugins.detection import detect_family
+from adaptrix.plugins.host import get_host
 from adaptrix.storage.files import atomic_file
 
 from .gguf_arch import SUPPORTED_ARCHITECTURES, arch_names, permute_rows, permuted_heads, unpermute_rows

@@ -31,8 +31,8 @@ import os
 from pathlib import Path
 
 from adaptrix.adapters.info import CONFIG_FILE, WEIGHTS_FILE
-from adaptrix.storage.caches import CacheKind, cache_dir, cache_writing, enforce_budget, touch
 from adaptrix.errors import AdapterFormatError
+from adaptrix.storage.caches import CacheKind, cache_dir, cache_writing, enforce_budget, touch
 from adaptrix.storage.files import remove_stale
 
 from .gguf_index import read_gguf_model

@@ -53,10 +53,10 @@ from typing import Any
 import attrs
 
 from adaptrix.errors import BatchFullError, GenerationError
-
-from .runtime import MAX_SEQUENCES
 from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.steps import Row, add_each, finish_row, row_tail
+
+from .runtime import MAX_SEQUENCES
 from .sampling import sampling
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, is_moe
+from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
+from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, is_moe
 from adaptrix.types import GenerationConfig
 
 FAMILY = "mistral"
@@ -36,6 +37,4 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.models.loading import load_causal_lm
-
     return load_causal_lm(family, model_id, options)

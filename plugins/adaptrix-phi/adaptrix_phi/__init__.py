@@ -7,8 +7,9 @@ Phi-3 fuses them into ``qkv_proj`` and ``gate_up_proj``.
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.plugins.family import ATTENTION, claims, think_spans
+from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length, text_model_type
+from adaptrix.plugins.family import ATTENTION, claims, think_spans
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "phi"
@@ -44,8 +45,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.models.loading import load_causal_lm
-
     return load_causal_lm(family, model_id, options)
 
 

@@ -10,8 +10,9 @@ template mentions.
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.plugins.family import ATTENTION, GATED_MLP, THINK, claims, is_moe, text_config, think_spans
+from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
+from adaptrix.plugins.family import ATTENTION, GATED_MLP, THINK, claims, is_moe, text_config, think_spans
 from adaptrix.types import THINKING_SWITCH, ChatBehaviour, GenerationConfig
 
 FAMILY = "qwen"
@@ -53,8 +54,6 @@ def target_modules(family, config):
 
 @hookimpl
 def load_model(family, model_id, options):
-    from adaptrix.models.loading import load_causal_lm
-
     return load_causal_lm(family, model_id, options, fix_tokenizer=_fix_tokenizer)
 
 

@@ -41,6 +41,7 @@ import contextlib
 from typing import Any, Callable, ContextManager, Sequence
 
 import attrs
+
 from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.settings import is_greedy

@@ -18,10 +18,13 @@ from typing import Any, Callable, Sequence
 
 import attrs
 
-from adaptrix.plugins import family_chat
-from adaptrix.errors import ModelLoadError
+from adaptrix.adapters.peft_manager import PeftAdapterManager
 from adaptrix.backends.contract import Backend, Runner
+from adaptrix.backends.transformers import batching
+from adaptrix.errors import ModelLoadError
 from adaptrix.generation.settings import is_greedy
+from adaptrix.models.devices import choose_dtype, resolve_device
+from adaptrix.plugins import family_chat
 from adaptrix.types import GenerationConfig
 
 
@@ -33,8 +36,6 @@ class TransformersBackend(Backend):
     install_hint = "pip install torch==2.13.0 transformers peft (or the torch build for your GPU)"
 
     def load(self, source, options, host) -> "TransformersRunner":
-        from adaptrix.models.devices import choose_dtype, resolve_device
-
         device = resolve_device(options.device)  # a device that is not there fails before any conversion
         # The dtype is decided once, here, before any weight is read (or a GGUF converted): the plugin's
         # loader gets its name, and a model that fits in no dtype is refused now.
@@ -69,8 +70,6 @@ class TransformersRunner(Runner):
     capabilities = frozenset({"step_decode", "batch_invariant"})
 
     def __init__(self, source, loaded, options, dtype_reason: str | None = None):
-        from adaptrix.models.devices import resolve_device
-
         self.source = source
         self.loaded = loaded
         self.device = resolve_device(options.device)
@@ -85,8 +84,6 @@ class TransformersRunner(Runner):
 
     # -- adapters ---------------------------------------------------------------------
     def adapter_manager(self, adapters_dir, **options):
-        from adaptrix.adapters.peft_manager import PeftAdapterManager
-
         self.manager = PeftAdapterManager(self.loaded, adapters_dir, **options)
         self.manager.base_file = self.source.gguf_file
         return self.manager
@@ -96,8 +93,6 @@ class TransformersRunner(Runner):
         be merged row by row (else ``None``), built from this runner's model, tokenizer and adapter manager
         (``batch_invariant``: each row computed alone, as ``generate`` computes it). Rows are not limited
         here: the caller admits at most ``max_rows``."""
-        from adaptrix.backends.transformers import batching
-
         config = self.loaded.model.config
         if not batching.supported(config):
             return None
@@ -207,7 +202,6 @@ def _criteria(prompt_len: int, stop: Callable[[int, Sequence[int]], bool] | None
 
 class _Streamer:
     """A transformers streamer handing each step's new ids to a callback (the prompt is skipped)."""
-
     def __init__(self, on_tokens: Callable[[list[int]], None]):
         self.on_tokens = on_tokens
         self._skipped_prompt = False

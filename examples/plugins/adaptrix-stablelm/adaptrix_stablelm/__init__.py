@@ -8,8 +8,8 @@ own family, defaults and LoRA targets, with no change to the core.
 from __future__ import annotations
 
 from adaptrix import hookimpl
-from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
 from adaptrix.models.modelconfig import context_length
+from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "stablelm"
