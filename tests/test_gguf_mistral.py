@@ -47,7 +47,7 @@ def cache(tmp_path, monkeypatch):
     ],
 )
 def test_gguf_header_name_decides_mistral(tmp_path, cache, arch, name, family, model_type):
-    src = resolve_source(str(write_gguf(tmp_path / "m.gguf", arch=arch, name=name)))
+    src = resolve_source(str(write_gguf(tmp_path / "m.gguf", arch=arch, name=name)), host=get_host())
     assert (src.family, src.config["model_type"], src.config["gguf_architecture"]) == (family, model_type, arch)
 
 

@@ -41,7 +41,7 @@ def wheels(tmp_path_factory):
 def test_core_wheel_holds_only_the_core(wheels):
     core = next(w for w in wheels if w.name.startswith("adaptrix-"))
     names = zipfile.ZipFile(core).namelist()
-    assert "adaptrix/hookspecs.py" in names and "adaptrix/cli/main.py" in names
+    assert "adaptrix/plugins/hookspecs.py" in names and "adaptrix/cli/main.py" in names
     assert not [n for n in names if n.startswith(("adaptrix_", "tests/", "plugins/"))]
     qwen = next(w for w in wheels if w.name.startswith("adaptrix_qwen-"))
     entry_points = zipfile.ZipFile(qwen).read("adaptrix_qwen-0.1.0.dist-info/entry_points.txt").decode()

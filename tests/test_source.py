@@ -90,7 +90,7 @@ def test_bad_sources(tmp_path):
     with pytest.raises(ModelConfigError, match="does not exist"):
         resolve_source(str(tmp_path / "nope.gguf"), host=get_host())
     with pytest.raises(PluginUnavailableError, match="no installed plugin provides family 'nofamily'"):
-        resolve_source(str(write_gguf(tmp_path / "m.gguf")), family="nofamily")
+        resolve_source(str(write_gguf(tmp_path / "m.gguf")), family="nofamily", host=get_host())
 
 
 def test_engine_reads_config_json_once(tiny_model, monkeypatch):
