@@ -201,3 +201,31 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(engine, call, message
     assert message in str(err.value)
     assert engine.active_adapter is None
     assert engine.score(*ITEMS[0]) == before
+
+
+def test_one_row_of_logits_scores_alike_from_torch_and_numpy():
+    """``row_logprob`` (what step decoders call) gives the same TokenLogprob from a torch row or a numpy one."""
+    from adaptrix.generation.scoring import row_logprob
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, generator=gen) * 3
+    piece = str
+    want = torch.log_softmax(logits.double(), dim=-1)
+    best = int(want.argmax())
+    for row in (logits, logits.numpy()):
+        got = row_logprob(row, 7, top=5, piece=piece)
+        assert got.token_id == 7 and got.text == "7" and not got.greedy
+        assert got.logprob == pytest.approx(float(want[7]), abs=1e-5)
+        assert [a for a, _, _ in got.top] == want.topk(5).indices.tolist()
+        assert row_logprob(row, best, piece=piece).greedy
+
+
+def test_batches_are_longest_first_and_bounded():
+    from adaptrix.generation.scoring import plan_batches
+
+    lengths = [5, 300, 40, 41, 5000, 7]
+    batches = plan_batches(lengths, max_rows=2, max_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [4]  # longer than the token budget: alone
+    assert all(len(b) <= 2 and lengths[b[0]] * len(b) <= 1000 for b in batches[1:])
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)

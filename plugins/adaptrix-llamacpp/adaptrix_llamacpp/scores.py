@@ -34,7 +34,9 @@ def token_logprobs(runner, rows: Sequence[Sequence[int]], starts: Sequence[int],
                 first = max(start, 1)
                 scored: list[scoring.TokenLogprob] = []
                 if first < len(row):
-                    logits = runner.runtime.logits(row, all_positions=True)
+                    # the last position scores nothing: dropped only where the whole row would fill the context
+                    seq = row if len(row) < runner.runtime.n_ctx else row[:-1]
+                    logits = runner.runtime.logits(seq, all_positions=True)
                     scored = scoring.logprob_rows(logits[first - 1 : len(row) - 1], row[first:], top=top, piece=piece)
                 out[i] = ([scoring.first_token(row[0], piece)] if start == 0 else []) + scored
     return out
