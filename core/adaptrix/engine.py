@@ -526,22 +526,14 @@ class Engine:
         with self._lock:
             session = self._require_loaded()
             with scoring.adapter_scope(session.adapters, adapter):
-                return self._score([(context, continuation)], None, top)[0]
+                return scoring.score_batch(session, [(context, continuation)], top=top)[0]
 
     def score_batch(self, items: Sequence[tuple[str | Sequence[int], str | Sequence[int]]], *,
                     adapters: Sequence[str | dict | None] | None = None, top: int = 0) -> list[Score]:
         """A :class:`~adaptrix.generation.scoring.Score` per ``(context, continuation)``; ``adapters``: one per
         item (mixed in one batch where the backend can), ``None``: the active adapters."""
         with self._lock:
-            try:
-                return self._score(items, adapters, top)
-            finally:
-                self._require_loaded().adapters.settle()
-
-    def _score(self, items, adapters, top) -> list[Score]:
-        session = self._require_loaded()
-        return scoring.score_batch(session.runner, session.adapters, session.runner.loaded.tokenizer, items,
-                                   adapters=adapters, top=top, context_length=session.context_length)
+            return scoring.score_batch(self._require_loaded(), items, adapters=adapters, top=top)
 
     def token_logprobs(self, ids: Sequence[int], *, start: int = 1, adapter=UNSET, top: int = 0) -> list[TokenLogprob]:
         """``ids[start:]``, each scored given the ids before it (``start=0``: ``ids[0]`` has logprob ``None``)."""

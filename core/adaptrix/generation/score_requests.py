@@ -44,13 +44,21 @@ def hold(manager, weights: dict, what: str) -> Iterator[str | None]:
         composed.release()
 
 
-def score_batch(runner: "Runner", manager, tokenizer, items: Sequence, *, adapters: Sequence | None = None,
-                top: int = 0, context_length: int | None = None) -> list[Score]:
-    """A :class:`Score` per ``(context, continuation)`` item (the caller holds the model).
+def score_batch(session, items: Sequence, *, adapters: Sequence | None = None, top: int = 0) -> list[Score]:
+    """A :class:`Score` per ``(context, continuation)`` item, on the engine's loaded ``session`` (its
+    ``runner``, ``adapters`` manager and ``context_length``; the caller holds the model).
 
     ``adapters``: one per item (``None``: the base model, a name, or a
     ``{name: weight}`` composition); ``None``: the active adapters for all.
     """
+    runner, manager, context_length = session.runner, session.adapters, session.context_length
+    try:
+        return _score_batch(runner, manager, runner.loaded.tokenizer, items, adapters, top, context_length)
+    finally:
+        manager.settle()  # mixed rows may keep more adapters resident than the budget
+
+
+def _score_batch(runner: "Runner", manager, tokenizer, items, adapters, top, context_length) -> list[Score]:
     check_top(top)
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise GenerationError(f"items must be a list of (context, continuation) pairs, got {type(items).__name__}")
