@@ -95,3 +95,14 @@ def test_token_logprobs_from_the_first_token(engine, raw):
     assert tokens[0].logprob is None and [t.token_id for t in tokens] == ids
     lp = _oracle(raw, ids, None)
     assert max(abs(t.logprob - lp[i, ids[i + 1]]) for i, t in enumerate(tokens[1:])) < TOL
+
+
+def test_a_weighted_composition_scores_as_the_lora_at_that_scale(engine, raw):
+    tok = engine.tokenizer
+    context, continuation = ITEMS[0]
+    ctx, whole = tok(context)["input_ids"], tok(context + continuation)["input_ids"]
+    score = engine.score(context, continuation, adapter={"math_specialist": 0.5})
+    raw.set_adapters([(raw.math, 0.5)])
+    lp = raw.logprobs(whole)
+    assert max(abs(t.logprob - lp[len(ctx) + k - 1, t.token_id]) for k, t in enumerate(score.tokens)) < TOL
+    assert engine.active_adapter is None
