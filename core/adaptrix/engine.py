@@ -33,7 +33,9 @@ from adaptrix.errors import BackendError, ContextOverflowError, EngineStateError
 from adaptrix.generation.lease import LeasedTokens, ModelLease
 from adaptrix.generation.request import GenerationRequest
 from adaptrix.types import UNSET, GenerationConfig, LoadOptions
+from adaptrix.generation import score_requests as scoring
 from adaptrix.generation.result import GenerationResult, PreparedRequest
+from adaptrix.generation.scoring import Score, TokenLogprob
 from adaptrix.generation.settings import explicit_settings, resolve_settings
 from adaptrix.generation.steps import StepDecoder, finish_row, result_of
 from adaptrix.generation.text import IncrementalDecoder, open_span, stop_check
@@ -389,7 +391,8 @@ class Engine:
                 prepared = self._prepare(req, conv)
                 new = session.runner.generate([prepared.input_ids], prepared.settings,
                                               stop=self._stop_check([prepared]))[0]
-                result = finish_row(prepared, new, self.tokenizer)
+                result = scoring.rescored(session.runner, [prepared], [finish_row(prepared, new, self.tokenizer)],
+                                          req.logprobs)[0]
                 self._remember(conv, req, result.text)
                 return result
 
@@ -432,6 +435,7 @@ class Engine:
             with lease.acting_as(owner), contextlib.ExitStack() as held:
                 session = self._require_loaded()
                 held.enter_context(session.adapters.scope(req.adapter))
+                active = session.adapters.active  # what the logprobs are scored with, once generated
                 conv = self._conversation_for(req)
                 prepared = self._prepare(req, conv)
                 decoder = IncrementalDecoder(session.runner.loaded.tokenizer)
@@ -460,7 +464,11 @@ class Engine:
                     self._remember(conv, req, text)
         finally:
             generation.close()  # closed, dropped or done: stop the generation and free the model
-        return result_of(prepared, decoder.ids, text, decoder.text, pipeline)
+        result = result_of(prepared, decoder.ids, text, decoder.text, pipeline)
+        if req.logprobs is not None:
+            with lease, session.adapters.scope(active):
+                result = scoring.rescored(session.runner, [prepared], [result], req.logprobs)[0]
+        return result
 
     # -- batches ----------------------------------------------------------------------
     def generate_batch(self, prompts: Sequence[str], *, adapters: Sequence[str | None] | None = None,
@@ -499,9 +507,34 @@ class Engine:
                     [p.input_ids for p in prepared], prepared[0].settings,
                     adapters=list(adapters) if adapters is not None else None, stop=self._stop_check(prepared),
                 )
+                return scoring.rescored(session.runner, prepared, [finish_row(p, new, self.tokenizer) for p, new in
+                                                                   zip(prepared, rows)], requests[0].logprobs, adapters)
             finally:
                 session.adapters.settle()  # a batch may keep more adapters resident than the budget
-            return [finish_row(p, new, self.tokenizer) for p, new in zip(prepared, rows)]
+
+    # -- scores (adaptrix.generation.scoring) ---------------------------------------------
+    def score(self, context: str | Sequence[int], continuation: str | Sequence[int], *, adapter=UNSET,
+              top: int = 0) -> Score:
+        """The :class:`~adaptrix.generation.scoring.Score` of ``continuation`` after ``context`` (text split as
+        lm-eval splits it, or token ids); ``adapter``: a name, ``None``, a ``{name: weight}`` composition."""
+        with self._lock:
+            session = self._require_loaded()
+            with scoring.adapter_scope(session.adapters, adapter):
+                return scoring.score_batch(session, [(context, continuation)], top=top)[0]
+
+    def score_batch(self, items: Sequence[tuple[str | Sequence[int], str | Sequence[int]]], *,
+                    adapters: Sequence[str | dict | None] | None = None, top: int = 0) -> list[Score]:
+        """A :class:`~adaptrix.generation.scoring.Score` per ``(context, continuation)``; ``adapters``: one per
+        item (mixed in one batch where the backend can), ``None``: the active adapters."""
+        with self._lock:
+            return scoring.score_batch(self._require_loaded(), items, adapters=adapters, top=top)
+
+    def token_logprobs(self, ids: Sequence[int], *, start: int = 1, adapter=UNSET, top: int = 0) -> list[TokenLogprob]:
+        """``ids[start:]``, each scored given the ids before it (``start=0``: ``ids[0]`` has logprob ``None``)."""
+        with self._lock:
+            session = self._require_loaded()
+            with scoring.adapter_scope(session.adapters, adapter):
+                return scoring.token_logprobs(session.runner, ids, start=start, top=top)
 
     # -- conversations -------------------------------------------------------------
     def reset_context(self, conversation: str | None = None) -> None:

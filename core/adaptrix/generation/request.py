@@ -14,11 +14,12 @@ import attrs
 
 from adaptrix.errors import GenerationError
 from adaptrix.types import UNSET, GenerationConfig
+from adaptrix.generation.scoring import check_top
 from adaptrix.generation.settings import SETTING_NAMES, explicit_settings
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
-           "chat_template_kwargs", "raw", "history")
+           "chat_template_kwargs", "raw", "history", "logprobs")
 
 
 @attrs.frozen
@@ -45,6 +46,8 @@ class GenerationRequest:
     chat_template_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=lambda v: dict(v or {}))
     raw: bool = False
     history: tuple[dict[str, str], ...] = attrs.field(default=(), converter=lambda v: tuple(dict(m) for m in v or ()))
+    #: Report each generated token's logprob with this many alternatives (0..20); ``None``: no logprobs.
+    logprobs: int | None = None
 
     @classmethod
     def build(cls, prompt: str, *, what: str = "prompt", **options: Any) -> "GenerationRequest":
@@ -70,6 +73,8 @@ class GenerationRequest:
             if conversation is not None or options.get("use_context"):
                 raise GenerationError("history= gives this request's earlier messages; it cannot be combined with "
                                       "conversation= or use_context=True (a stored conversation)")
+        if options.get("logprobs") is not None:
+            check_top(options["logprobs"], "logprobs")
         return cls(prompt, settings, **{k: v for k, v in options.items() if k in OPTIONS})
 
 

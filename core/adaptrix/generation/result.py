@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from adaptrix.generation.scoring import TokenLogprob
 from adaptrix.generation.text import TextPipeline
 from adaptrix.types import GenerationConfig
 
@@ -23,6 +24,9 @@ class GenerationResult:
     #: History turns dropped to fit the context window.
     trimmed_turns: int = 0
     raw_text: str = ""
+    #: With ``logprobs=K``: a :class:`~adaptrix.generation.scoring.TokenLogprob` per generated token (raw
+    #: model logits, K alternatives each); ``None`` when not asked for.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

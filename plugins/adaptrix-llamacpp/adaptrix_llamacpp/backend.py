@@ -124,6 +124,12 @@ class LlamaCppRunner(Runner):
             results.append(new)
         return results
 
+    def token_logprobs(self, rows, starts, *, adapters=None, top=0):
+        """Each row one pass over its whole sequence, rows grouped by adapter (:mod:`.scores`)."""
+        from .scores import token_logprobs
+
+        return token_logprobs(self, rows, starts, adapters=adapters, top=top)
+
     def stream_tokens(self, ids, cfg, *, stop=None):
         """Generated in the pulling thread, one ``llama_decode`` per ``next()``: no thread in between."""
         return self._row(ids, cfg, None if stop is None else (lambda new_ids: stop(0, new_ids)), None)
