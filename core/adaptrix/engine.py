@@ -39,6 +39,7 @@ from adaptrix.generation.scoring import Score, TokenLogprob
 from adaptrix.generation.settings import explicit_settings, resolve_settings
 from adaptrix.generation.steps import StepDecoder, finish_row, result_of
 from adaptrix.generation.text import IncrementalDecoder, open_span, stop_check
+from adaptrix.generation.token_ids import check_token_ids
 
 #: The keyword arguments of ``Engine()`` itself (anything else must be a declared family option).
 _ENGINE_ARGUMENTS = (
@@ -317,6 +318,7 @@ class Engine:
             inside=open_span(formatted.text, spans),
             eos_ids=tuple(session.runner.eos_ids),
             pad_id=session.runner.pad_id,
+            trim=req.trim,
         )
 
     def _format(self, prompt, max_new_tokens, conv, system, template_kwargs, raw) -> Prompt:
@@ -328,7 +330,11 @@ class Engine:
         budget = None if ctx is None else ctx - (1 if max_new_tokens is None else max_new_tokens)
         name = session.source.model_id
         if raw:
-            ids = list(tokenizer(prompt)["input_ids"])
+            if isinstance(prompt, str):
+                ids = list(tokenizer(prompt)["input_ids"])
+            else:  # token ids: fed as they are; the text is what they read as (nothing is re-encoded)
+                ids = list(check_token_ids(prompt, tokenizer))
+                prompt = tokenizer.decode(ids, skip_special_tokens=False)
             if budget is not None and len(ids) > budget:
                 raise ContextOverflowError(
                     f"the prompt is {len(ids)} tokens; the context of {name} is {ctx} tokens and "

@@ -8,7 +8,7 @@ on the typed record only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 
@@ -16,10 +16,11 @@ from adaptrix.errors import GenerationError
 from adaptrix.types import UNSET, GenerationConfig
 from adaptrix.generation.scoring import check_top
 from adaptrix.generation.settings import SETTING_NAMES, explicit_settings
+from adaptrix.generation.token_ids import is_token_ids
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
-           "chat_template_kwargs", "raw", "history", "logprobs")
+           "chat_template_kwargs", "raw", "history", "logprobs", "trim")
 
 
 @attrs.frozen
@@ -34,7 +35,8 @@ class GenerationRequest:
     place of a stored conversation and remembered nowhere.
     """
 
-    prompt: str
+    #: Text; with ``raw=True`` also a tuple of token ids, fed to the model as they are.
+    prompt: str | tuple[int, ...]
     settings: GenerationConfig = GenerationConfig()
     task_type: str | None = None
     adapter: Any = UNSET
@@ -48,11 +50,20 @@ class GenerationRequest:
     history: tuple[dict[str, str], ...] = attrs.field(default=(), converter=lambda v: tuple(dict(m) for m in v or ()))
     #: Report each generated token's logprob with this many alternatives (0..20); ``None``: no logprobs.
     logprobs: int | None = None
+    #: Strip the returned text's leading and trailing whitespace (``False``: the text exactly as generated).
+    trim: bool = True
 
     @classmethod
-    def build(cls, prompt: str, *, what: str = "prompt", **options: Any) -> "GenerationRequest":
-        """A checked request from ``generate``-style keyword arguments; a bad one raises :class:`GenerationError`."""
-        check_text(prompt, what, required=True)
+    def build(cls, prompt: str | Sequence[int], *, what: str = "prompt", **options: Any) -> "GenerationRequest":
+        """A checked request from ``generate``-style keyword arguments; a bad one raises :class:`GenerationError`.
+
+        ``prompt`` may be a list of token ids with ``raw=True`` (checked against the vocabulary when formatted)."""
+        if options.get("raw") and is_token_ids(prompt):
+            if not prompt:
+                raise GenerationError(f"{what} is an empty list of token ids; give at least one")
+            prompt = tuple(int(i) for i in prompt)
+        else:
+            check_text(prompt, what, required=True)
         check_text(options.get("system"), "system")
         unknown = sorted(set(options) - set(OPTIONS) - set(SETTING_NAMES) - {"max_length"})
         if unknown:

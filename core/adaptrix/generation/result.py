@@ -57,6 +57,8 @@ class PreparedRequest:
     inside: str | None
     eos_ids: tuple[int, ...]
     pad_id: int | None
+    #: Strip the output's leading and trailing whitespace (``False``: raw completions, text as generated).
+    trim: bool = True
 
     @property
     def input_ids(self) -> tuple[int, ...]:
@@ -64,4 +66,4 @@ class PreparedRequest:
 
     def pipeline(self) -> "TextPipeline":
         """A fresh text pipeline (spans, stops, trimming) for this request's output."""
-        return TextPipeline(self.spans, self.stops, self.inside)
+        return TextPipeline(self.spans, self.stops, self.inside, trim=self.trim)

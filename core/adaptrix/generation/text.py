@@ -3,7 +3,8 @@
 Returned text goes through one pipeline, in this order: hidden spans removed
 (``<think>...</think>``, unless ``show_thinking``), cut at the first stop
 string (the stop string itself is not returned), leading and trailing
-whitespace trimmed. Streaming runs the very same pipeline piece by piece, so
+whitespace trimmed (unless the request asks for the text as generated:
+``trim=False``, raw completions). Streaming runs the very same pipeline piece by piece, so
 the concatenated stream equals the generated text.
 """
 
@@ -118,16 +119,18 @@ class WhitespaceTrimmer:
 
 
 class TextPipeline:
-    """Hidden spans -> stop strings -> whitespace trim, incrementally."""
+    """Hidden spans -> stop strings -> whitespace trim (``trim=True``), incrementally."""
 
-    def __init__(self, spans: Sequence[tuple[str, str]] = (), stops: Sequence[str] = (), inside: str | None = None):
+    def __init__(self, spans: Sequence[tuple[str, str]] = (), stops: Sequence[str] = (), inside: str | None = None,
+                 *, trim: bool = True):
         self.stages: list = []
         if spans:
             self.stages.append(SpanHider(spans, inside))
         self.cutter = StopCutter(stops) if stops else None
         if self.cutter:
             self.stages.append(self.cutter)
-        self.stages.append(WhitespaceTrimmer())
+        if trim:
+            self.stages.append(WhitespaceTrimmer())
 
     @property
     def stopped(self) -> bool:
