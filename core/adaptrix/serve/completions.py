@@ -15,6 +15,8 @@ import time
 import uuid
 from typing import Any
 
+from adaptrix.errors import GenerationError
+from adaptrix.generation.token_ids import check_token_ids
 from adaptrix.serve.errors import ApiError
 from adaptrix.serve.logprobs import chat_logprobs, completion_logprobs
 from adaptrix.serve.scheduler import Job
@@ -37,6 +39,12 @@ def parse_requests(server, body: Any, kind: str) -> list[CompletionRequest]:
     parts = split_prompts(body)
     reqs = [server.resolve_model(parse_completion({**body, "prompt": prompt}, kind, presets, param))
             for param, prompt in parts]
+    for (param, _), req in zip(parts, reqs):
+        if not isinstance(req.prompt, str):
+            try:  # the vocabulary's size is read-only: no need to wait for the scheduler
+                check_token_ids(req.prompt, server.engine.tokenizer, param)
+            except GenerationError as exc:
+                raise ApiError(400, str(exc), param=param, code="invalid_value") from None
     if reqs[0].stream and len(reqs) > 1:
         raise ApiError(400, f"'stream' takes one prompt; this request has {len(reqs)}: send them as separate "
                        "streamed requests, or without 'stream'", param="stream")
