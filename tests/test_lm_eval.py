@@ -84,12 +84,13 @@ def tasks(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def engine(smollm2_engine):
-    """The session's SmolLM2 with the example adapter ``math_specialist`` loaded (unloaded after)."""
-    smollm2_engine.load_adapter(str(EXAMPLES / "math_specialist"), activate=False)
-    yield smollm2_engine
-    smollm2_engine.unload_adapter("math_specialist")
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def engine(request):
+    """The session's SmolLM2 on each backend, the example adapter ``math_specialist`` loaded (unloaded after)."""
+    engine = request.getfixturevalue("smollm2_engine" if request.param == "transformers" else "smollm2_llamacpp")
+    engine.load_adapter(str(EXAMPLES / "math_specialist"), activate=False)
+    yield engine
+    engine.unload_adapter("math_specialist")
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +137,9 @@ def test_adaptrix_lm_eval_command_registers_the_model(engine, tasks, tmp_path, c
     from adaptrix.cli.main import main
     from adaptrix.evaluation.lm_eval_model import AdaptrixLM
 
+    backend = engine.get_model_info()["backend"]
     code = main(["lm-eval", "--model", "adaptrix", "--model_args",
-                 f"backend=transformers,adapter=math_specialist,adapters_dir={EXAMPLES},dtype=float32",
+                 f"backend={backend},adapter=math_specialist,adapters_dir={EXAMPLES}",
                  "--tasks", "adx_mc", "--include_path", str(tasks), "--batch_size", "4",
                  "--output_path", str(tmp_path)])
     assert code == 0
