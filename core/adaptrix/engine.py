@@ -363,7 +363,8 @@ class Engine:
         """``stop(row, new_ids)`` for the runner: True once a row's visible text holds one of its stop strings."""
         if not any(p.stops for p in prepared):
             return None
-        return stop_check(self.tokenizer, [(p.spans, p.stops, p.inside) for p in prepared])
+        return stop_check(self.tokenizer, [(p.spans, p.stops, p.inside) for p in prepared],
+                          [p.decode_context for p in prepared])
 
     def _remember(self, conv: Conversation | None, req: GenerationRequest, text: str) -> None:
         if conv is not None:
@@ -444,7 +445,7 @@ class Engine:
                 active = session.adapters.active  # what the logprobs are scored with, once generated
                 conv = self._conversation_for(req)
                 prepared = self._prepare(req, conv)
-                decoder = IncrementalDecoder(session.runner.loaded.tokenizer)
+                decoder = IncrementalDecoder(session.runner.loaded.tokenizer, prepared.decode_context)
                 tokens = session.runner.stream_tokens(prepared.input_ids, prepared.settings,
                                                       stop=self._stop_check([prepared]))
                 scope = held.pop_all()  # from here on the generation's end restores the adapters

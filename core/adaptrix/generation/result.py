@@ -39,6 +39,11 @@ class GenerationResult:
         }
 
 
+#: Prompt tokens decoded before a raw output's first token (one is enough for SentencePiece's leading space;
+#: a few cover a special token or a character split across tokens at the prompt's end).
+DECODE_CONTEXT = 4
+
+
 @attrs.frozen
 class PreparedRequest:
     """A request formatted as ``generate`` would run it, not yet generated (``Engine.prepare_request``).
@@ -63,6 +68,13 @@ class PreparedRequest:
     @property
     def input_ids(self) -> tuple[int, ...]:
         return self.prompt.input_ids
+
+    @property
+    def decode_context(self) -> tuple[int, ...]:
+        """The prompt ids the output is decoded after (:func:`~adaptrix.generation.text.decode_after`): the last
+        few when the text is returned as generated (``trim=False``), so a first token's leading space stays;
+        none otherwise (trimmed text never starts with a space)."""
+        return () if self.trim else tuple(self.input_ids[-DECODE_CONTEXT:])
 
     def pipeline(self) -> "TextPipeline":
         """A fresh text pipeline (spans, stops, trimming) for this request's output."""

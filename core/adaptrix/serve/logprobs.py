@@ -55,7 +55,7 @@ def score_only(engine, prepared: PreparedRequest) -> GenerationResult:
 def replay(prepared: PreparedRequest, token_ids: Sequence[int], tokenizer) -> list[str]:
     """Per generated token, the text it released through ``prepared``'s pipeline (as the row streamed it; the
     pipeline's held-back tail goes with the last token)."""
-    decoder = IncrementalDecoder(tokenizer)
+    decoder = IncrementalDecoder(tokenizer, prepared.decode_context)
     pipeline = prepared.pipeline()
     out = [pipeline.feed(decoder.add([t])) for t in token_ids]
     tail = pipeline.feed(decoder.finish()) + pipeline.flush()
