@@ -36,6 +36,7 @@ UNSERVED = {
     "logit_bias": (None, {}, "biasing logits is not supported"),
     "tools": (None, [], "tool calling is not supported"),
     "response_format": (None, {"type": "text"}, "structured output is not supported"),
+    "prompt_logprobs": (None, "prompt logprobs come with 'echo': true and 'logprobs' (OpenAI's way)"),
 }
 
 
