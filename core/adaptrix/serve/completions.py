@@ -23,7 +23,8 @@ from adaptrix.serve.scheduler import Job
 from adaptrix.serve.schemas import CompletionRequest, parse_completion, split_prompts
 
 
-def _json(data: Any, status: int = 200):
+def json_response(data: Any, status: int = 200):
+    """A JSON answer."""
     from starlette.responses import JSONResponse
 
     return JSONResponse(data, status_code=status)
@@ -90,7 +91,7 @@ async def completions(server, request, kind: str):
                 if event[0] == "done":
                     results.append(event[1])
                     break
-        return _json(_final(reqs, jobs, rid, created, results))
+        return json_response(_final(reqs, jobs, rid, created, results))
     except BaseException:
         for job in jobs:
             job.cancelled.set()  # the others need not run for an answer that will not come

@@ -18,7 +18,7 @@ import asyncio
 from typing import Any
 
 from adaptrix.generation.token_ids import check_token_ids, vocabulary_size
-from adaptrix.serve.completions import _json
+from adaptrix.serve.completions import json_response
 from adaptrix.serve.errors import ApiError
 from adaptrix.serve.scheduler import api_error
 from adaptrix.serve.schemas import parse_completion
@@ -106,7 +106,7 @@ async def tokenize(server, request):
         return {"count": len(tokens), "max_model_len": info.get("context_length"), "tokens": tokens,
                 "token_strs": pieces}
 
-    return _json(await _on_engine(server, work))
+    return json_response(await _on_engine(server, work))
 
 
 async def detokenize(server, request):
@@ -122,7 +122,7 @@ async def detokenize(server, request):
             raise _bad(str(exc), "tokens") from None
         return {"prompt": engine.tokenizer.decode(list(ids), skip_special_tokens=False) if ids else ""}
 
-    return _json(await _on_engine(server, work))
+    return json_response(await _on_engine(server, work))
 
 
 def _safe(value: Any) -> Any:
@@ -161,4 +161,4 @@ def tokenizer_info_of(engine) -> dict[str, Any]:
 
 
 async def tokenizer_info(server, request):
-    return _json(await _on_engine(server, tokenizer_info_of))
+    return json_response(await _on_engine(server, tokenizer_info_of))
