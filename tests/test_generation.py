@@ -148,3 +148,29 @@ def test_incremental_decoder_windows_equal_one_decode_on_real_tokenizers(fixture
     assert dec.finish() == ""
     assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
     assert not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.parametrize("name", ["llama2-ortgenai", "mistral-v3", "phi2-codegen", "qwen3-4b-composite"])
+def test_raw_output_keeps_its_leading_space_on_real_tokenizers(fixtures_dir, name):
+    """A raw completion (``trim=False``) is decoded after the prompt's last tokens: ``prompt + text`` is the
+    decoded prompt + generation, also where decoding the new ids alone drops a leading space (SentencePiece:
+    ``"▁Paris"`` alone reads ``"Paris"``). Streamed (the row's decoder) and whole (``finish_row``) alike."""
+    from transformers import AutoTokenizer
+
+    from adaptrix.generation.conversation import Prompt
+    from adaptrix.generation.result import PreparedRequest
+    from adaptrix.generation.steps import Row, finish_row
+    from adaptrix.types import GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(fixtures_dir / "tokenizers" / name)
+    prompt = "The capital of France is"
+    ids = tok(prompt)["input_ids"]
+    new = tok(prompt + " Paris.\n\n  It is big")["input_ids"][len(ids):]
+    want = tok.decode(ids + new, skip_special_tokens=True)
+    assert want.startswith(prompt + " ")
+    prepared = PreparedRequest(prompt=Prompt(prompt, tuple(ids), (), 0, False), settings=GenerationConfig(
+        max_new_tokens=50), stops=(), spans=(), inside=None, eos_ids=(), pad_id=None, trim=False)
+    assert prompt + finish_row(prepared, new, tok).text == want
+    row = Row.open(0, prepared, None, tok)
+    streamed = "".join(row.accept(t) for t in new) + row.pipeline.feed(row.decoder.finish()) + row.pipeline.flush()
+    assert prompt + streamed == want

@@ -249,3 +249,27 @@ def test_playground_in_headless_chromium(smol_server, oracle, tmp_path):
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+@pytest.mark.real_weights
+def test_llamacpp_raw_completions_and_logprobs_equal_raw_llama_cpp(smol_server, embedded_gguf):
+    """On llama.cpp, ``/v1/completions`` returns exactly what raw llama.cpp generates (``prompt + text`` is the
+    decoded prompt + greedy continuation, nothing trimmed) and ``echo`` + ``logprobs`` + ``max_tokens: 0``
+    scores the prompt as raw llama.cpp's logits do (token ids sent as they are)."""
+    from support.llamacpp import RawLlama
+
+    url = smol_server.url + "/v1/completions"
+    with RawLlama(embedded_gguf, n_ctx=512) as raw:
+        for prompt in ("The capital of France is", "def add(a, b):\n    "):
+            ids = raw.tokenize(prompt)
+            want = raw.detokenize(ids + raw.greedy(ids, 8))
+            got = httpx.post(url, json={"prompt": prompt, "max_tokens": 8, "temperature": 0}, timeout=120).json()
+            assert prompt + got["choices"][0]["text"] == want
+        ids = raw.tokenize("The capital of France is Paris")
+        lp = raw.logprobs(ids)
+        out = httpx.post(url, json={"prompt": ids, "echo": True, "logprobs": 1, "max_tokens": 0,
+                                    "model": "base"}, timeout=120).json()["choices"][0]
+    assert out["text"] == "The capital of France is Paris"
+    got = out["logprobs"]["token_logprobs"]
+    assert got[0] is None and len(got) == len(ids)
+    assert max(abs(got[i] - lp[i - 1, ids[i]]) for i in range(1, len(ids))) < 1e-4

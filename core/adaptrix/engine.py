@@ -27,12 +27,14 @@ from adaptrix.adapters.manager import AdapterManager
 from adaptrix.adapters.residency import check_residency_limits
 from adaptrix.adapters.sources import adapter_rows
 from adaptrix.backends.contract import Runner
-from adaptrix.errors import BackendError, EngineStateError, GenerationError
+from adaptrix.errors import BackendError, EngineStateError
+from adaptrix.generation import score_requests as scoring
 from adaptrix.generation.conversation import Conversation, ConversationStore
 from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.preparer import remember
 from adaptrix.generation.request import GenerationRequest, build_batch
 from adaptrix.generation.result import GenerationResult, PreparedRequest
+from adaptrix.generation.scoring import Score, TokenLogprob
 from adaptrix.generation.settings import explicit_settings
 from adaptrix.generation.steps import StepDecoder, finish_row
 from adaptrix.models.modelconfig import check_model_id
@@ -214,7 +216,8 @@ class Engine:
                 prepared = session.preparer.prepare(req, conv)
                 new = session.runner.generate([prepared.input_ids], prepared.settings,
                                               stop=session.preparer.stop_check([prepared]))[0]
-                result = finish_row(prepared, new, self.tokenizer)
+                result = scoring.rescored(session.runner, [prepared], [finish_row(prepared, new, self.tokenizer)],
+                                          req.logprobs)[0]
                 remember(conv, req, result.text)
                 return result
 
@@ -272,9 +275,34 @@ class Engine:
                     [p.input_ids for p in prepared], prepared[0].settings,
                     adapters=row_adapters, stop=session.preparer.stop_check(prepared),
                 )
+                return scoring.rescored(session.runner, prepared, [finish_row(p, new, self.tokenizer) for p, new in
+                                                                   zip(prepared, rows)], requests[0].logprobs, row_adapters)
             finally:
                 session.manager.settle()  # a batch may keep more adapters resident than the budget
-            return [finish_row(p, new, self.tokenizer) for p, new in zip(prepared, rows)]
+
+    # -- scores (adaptrix.generation.scoring) ---------------------------------------------
+    def score(self, context: str | Sequence[int], continuation: str | Sequence[int], *, adapter=UNSET,
+              top: int = 0) -> Score:
+        """The :class:`~adaptrix.generation.scoring.Score` of ``continuation`` after ``context`` (text split as
+        lm-eval splits it, or token ids); ``adapter``: a name, ``None``, a ``{name: weight}`` composition."""
+        with self._lock:
+            session = self._require_loaded()
+            with scoring.adapter_scope(session.manager, adapter):
+                return scoring.score_batch(session, [(context, continuation)], top=top)[0]
+
+    def score_batch(self, items: Sequence[tuple[str | Sequence[int], str | Sequence[int]]], *,
+                    adapters: Sequence[str | dict | None] | None = None, top: int = 0) -> list[Score]:
+        """A :class:`~adaptrix.generation.scoring.Score` per ``(context, continuation)``; ``adapters``: one per
+        item (mixed in one batch where the backend can), ``None``: the active adapters."""
+        with self._lock:
+            return scoring.score_batch(self._require_loaded(), items, adapters=adapters, top=top)
+
+    def token_logprobs(self, ids: Sequence[int], *, start: int = 1, adapter=UNSET, top: int = 0) -> list[TokenLogprob]:
+        """``ids[start:]``, each scored given the ids before it (``start=0``: ``ids[0]`` has logprob ``None``)."""
+        with self._lock:
+            session = self._require_loaded()
+            with scoring.adapter_scope(session.manager, adapter):
+                return scoring.token_logprobs(session.runner, ids, start=start, top=top)
 
     # -- conversations -------------------------------------------------------------
     def reset_context(self, conversation: str | None = None) -> None:

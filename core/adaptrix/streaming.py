@@ -16,6 +16,7 @@ from adaptrix.generation.lease import LeasedTokens, ModelLease
 from adaptrix.generation.preparer import remember
 from adaptrix.generation.request import GenerationRequest
 from adaptrix.generation.result import GenerationResult, finished_result
+from adaptrix.generation.score_requests import rescored
 from adaptrix.generation.text import IncrementalDecoder
 from adaptrix.session import Session
 
@@ -41,9 +42,10 @@ def stream_pieces(
         with lease.acting_as(owner), contextlib.ExitStack() as held:
             loaded = session()
             held.enter_context(loaded.manager.scope(req.adapter))
+            active = loaded.manager.active  # what the logprobs are scored with, once generated
             conv = conversation_for(req)
             prepared = loaded.preparer.prepare(req, conv)
-            decoder = IncrementalDecoder(loaded.runner.loaded.tokenizer)
+            decoder = IncrementalDecoder(loaded.runner.loaded.tokenizer, prepared.decode_context)
             tokens = loaded.runner.stream_tokens(prepared.input_ids, prepared.settings,
                                                  stop=loaded.preparer.stop_check([prepared]))
             scope = held.pop_all()  # from here on the generation's end restores the adapters
@@ -69,7 +71,11 @@ def stream_pieces(
                 remember(conv, req, text)
     finally:
         generation.close()  # closed, dropped or done: stop the generation and free the model
-    return finished_result(prepared, decoder.ids, text, decoder.text, pipeline)
+    result = finished_result(prepared, decoder.ids, text, decoder.text, pipeline)
+    if req.logprobs is not None:
+        with lease, loaded.manager.scope(active):
+            result = rescored(loaded.runner, [prepared], [result], req.logprobs)[0]
+    return result
 
 
 class DetailedStream:

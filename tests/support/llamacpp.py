@@ -2,8 +2,8 @@
 
 - :class:`RawLlama`: the independent oracle for GGUF tests, llama.cpp through
   llama-cpp-python's raw low-level API (a model, a context, a batch, the
-  logits; LoRA adapters set with ``llama_set_adapters_lora``). Nothing of
-  adaptrix.
+  logits and their log-probabilities; LoRA adapters set with
+  ``llama_set_adapters_lora``). Nothing of adaptrix.
 - :func:`raw_llama`: llama-cpp-python's high-level ``Llama``, loaded as
   adaptrix's LlamaRuntime loads a model: the baseline the benchmarks time
   (``bench/*.py``), and :func:`no_extra_buffers` for ``llama_cpp.server``.
@@ -167,6 +167,13 @@ class RawLlama:
             return out
         finally:
             L.llama_batch_free(batch)
+
+    def logprobs(self, tokens: list[int]) -> np.ndarray:
+        """``(len(tokens), n_vocab)`` log-probabilities (float64 ``log_softmax`` of :meth:`logits`): row i scores
+        ``tokens[i + 1]``."""
+        x = self.logits(tokens).astype(np.float64)
+        x -= x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
     def greedy(self, tokens: list[int], max_new: int, stop: set[int] | None = None) -> list[int]:
         """Greedy continuation of ``tokens`` (argmax each step), up to ``max_new`` tokens or a stop id.

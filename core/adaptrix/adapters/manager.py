@@ -58,7 +58,6 @@ from adaptrix.errors import (
     AdapterFormatError,
     AdapterIncompatibleError,
     AdapterNotFoundError,
-    BackendError,
 )
 from adaptrix.types import UNSET, Hooks, LoadedModel
 

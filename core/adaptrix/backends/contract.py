@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import threading
 
     from adaptrix.generation.lease import ModelLease
+    from adaptrix.generation.scoring import TokenLogprob
     from adaptrix.generation.steps import StepDecoder
     from adaptrix.types import GenerationConfig, LoadedModel, LoadOptions
 
@@ -117,6 +118,28 @@ class Runner(ABC):
         finally:
             cancel.set()
             worker.join()  # within one step: the model is free when this returns
+
+    def token_logprobs(
+        self,
+        rows: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        *,
+        adapters: Sequence[str | None] | None = None,
+        top: int = 0,
+    ) -> list[list["TokenLogprob"]]:
+        """Per row, a :class:`~adaptrix.generation.scoring.TokenLogprob` for each of ``row[start:]`` given
+        the ids before it (``row[0]``, when ``start`` is 0, has no logprob).
+
+        Raw model logits (no temperature or penalty), ``top`` alternatives per
+        token, built with :func:`adaptrix.generation.scoring.logprob_rows`.
+        ``adapters`` names an adapter per row (``None``: the base model); when
+        not given, the active adapters apply. One forward pass per batch where
+        the backend can.
+        """
+        raise BackendError(
+            f"the {self.backend} backend cannot score tokens (logprobs); use a backend that can, e.g. "
+            f"backend={REFERENCE!r}"
+        )
 
     def step_decoder(self, *, lease: "ModelLease", max_rows: int = 8,
                      batch_invariant: bool = False) -> "StepDecoder | None":

@@ -16,8 +16,12 @@ from adaptrix.errors import AdaptrixError
 #: Command modules, in the order ``--help`` lists them.
 COMMANDS = (
     "generate_cmd", "chat_cmd", "serve_cmd", "info_cmd", "adapters_cmd", "train_cmd", "cache_cmd", "detect_cmd",
-    "plugins_cmd",
+    "plugins_cmd", "lm_eval_cmd",
 )
+
+
+#: Commands whose arguments all belong to another program, passed on untouched (options included), by module.
+PASS_THROUGH = {"lm-eval": "lm_eval_cmd"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASS_THROUGH:  # `adaptrix lm-eval --help` is lm-eval's help
+        module = importlib.import_module(f"{__package__}.{PASS_THROUGH[argv[0]]}")
+        return _run(lambda: module.run_args(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    return _run(lambda: args.func(args))
+
+
+def _run(command) -> int:
+    """Run a command: its exit status; adaptrix errors, Ctrl-C and a closed pipe as one line each."""
     try:
-        return int(args.func(args) or 0)
+        return int(command() or 0)
     except AdaptrixError as exc:
         print(f"adaptrix: error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from adaptrix.generation.request import GenerationRequest
 from adaptrix.generation.result import PreparedRequest
 from adaptrix.generation.settings import resolve_settings
 from adaptrix.generation.text import open_span, stop_check
+from adaptrix.generation.token_ids import check_token_ids
 from adaptrix.types import UNSET, GenerationConfig, LoadedModel
 
 
@@ -113,9 +114,10 @@ class RequestPreparer:
             inside=open_span(formatted.text, spans),
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
+            trim=req.trim,
         )
 
-    def format(self, prompt: str, max_new_tokens: int | None, conv: Conversation | None, system: str | None,
+    def format(self, prompt: str | Sequence[int], max_new_tokens: int | None, conv: Conversation | None, system: str | None,
                template_kwargs: dict[str, Any], raw: bool) -> Prompt:
         """The prompt formatted to leave ``max_new_tokens`` of the context; ``None``: at least one token,
         without history (the overflow error then names the prompt and the context only)."""
@@ -124,7 +126,11 @@ class RequestPreparer:
         budget = None if ctx is None else ctx - (1 if max_new_tokens is None else max_new_tokens)
         name = self.model_name
         if raw:
-            ids = list(tokenizer(prompt)["input_ids"])
+            if isinstance(prompt, str):
+                ids = list(tokenizer(prompt)["input_ids"])
+            else:  # token ids: fed as they are; the text is what they read as (nothing is re-encoded)
+                ids = list(check_token_ids(prompt, tokenizer))
+                prompt = tokenizer.decode(ids, skip_special_tokens=False)
             if budget is not None and len(ids) > budget:
                 raise ContextOverflowError(
                     f"the prompt is {len(ids)} tokens; the context of {name} is {ctx} tokens and "
@@ -153,7 +159,8 @@ class RequestPreparer:
         """``stop(row, new_ids)`` for the runner: True once a row's visible text holds one of its stop strings."""
         if not any(p.stops for p in prepared):
             return None
-        return stop_check(self.loaded.tokenizer, [(p.spans, p.stops, p.inside) for p in prepared])
+        return stop_check(self.loaded.tokenizer, [(p.spans, p.stops, p.inside) for p in prepared],
+                          [p.decode_context for p in prepared])
 
 
 def remember(conv: Conversation | None, req: GenerationRequest, text: str) -> None:

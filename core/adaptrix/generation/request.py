@@ -13,12 +13,14 @@ from typing import Any, Sequence
 import attrs
 
 from adaptrix.errors import GenerationError
+from adaptrix.generation.scoring import check_top
 from adaptrix.generation.settings import SETTING_NAMES, explicit_settings
+from adaptrix.generation.token_ids import is_token_ids
 from adaptrix.types import UNSET, GenerationConfig
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
-           "chat_template_kwargs", "raw", "history")
+           "chat_template_kwargs", "raw", "history", "logprobs", "trim")
 
 
 @attrs.frozen
@@ -33,7 +35,8 @@ class GenerationRequest:
     place of a stored conversation and remembered nowhere.
     """
 
-    prompt: str
+    #: Text; with ``raw=True`` also a tuple of token ids, fed to the model as they are.
+    prompt: str | tuple[int, ...]
     settings: GenerationConfig = GenerationConfig()
     task_type: str | None = None
     adapter: Any = UNSET
@@ -45,11 +48,22 @@ class GenerationRequest:
     chat_template_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=lambda v: dict(v or {}))
     raw: bool = False
     history: tuple[dict[str, str], ...] = attrs.field(default=(), converter=lambda v: tuple(dict(m) for m in v or ()))
+    #: Report each generated token's logprob with this many alternatives (0..20); ``None``: no logprobs.
+    logprobs: int | None = None
+    #: Strip the returned text's leading and trailing whitespace (``False``: the text exactly as generated).
+    trim: bool = True
 
     @classmethod
-    def build(cls, prompt: str, *, what: str = "prompt", **options: Any) -> "GenerationRequest":
-        """A checked request from ``generate``-style keyword arguments; a bad one raises :class:`GenerationError`."""
-        check_text(prompt, what, required=True)
+    def build(cls, prompt: str | Sequence[int], *, what: str = "prompt", **options: Any) -> "GenerationRequest":
+        """A checked request from ``generate``-style keyword arguments; a bad one raises :class:`GenerationError`.
+
+        ``prompt`` may be a list of token ids with ``raw=True`` (checked against the vocabulary when formatted)."""
+        if options.get("raw") and is_token_ids(prompt):
+            if not prompt:
+                raise GenerationError(f"{what} is an empty list of token ids; give at least one")
+            prompt = tuple(int(i) for i in prompt)
+        else:
+            check_text(prompt, what, required=True)
         check_text(options.get("system"), "system")
         unknown = sorted(set(options) - set(OPTIONS) - set(SETTING_NAMES) - {"max_length"})
         if unknown:
@@ -70,6 +84,8 @@ class GenerationRequest:
             if conversation is not None or options.get("use_context"):
                 raise GenerationError("history= gives this request's earlier messages; it cannot be combined with "
                                       "conversation= or use_context=True (a stored conversation)")
+        if options.get("logprobs") is not None:
+            check_top(options["logprobs"], "logprobs")
         return cls(prompt, settings, **{k: v for k, v in options.items() if k in OPTIONS})
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from adaptrix.generation.scoring import TokenLogprob
 from adaptrix.generation.text import TextPipeline
 from adaptrix.types import GenerationConfig
 
@@ -24,6 +25,9 @@ class GenerationResult:
     #: History turns dropped to fit the context window.
     trimmed_turns: int = 0
     raw_text: str = ""
+    #: With ``logprobs=K``: a :class:`~adaptrix.generation.scoring.TokenLogprob` per generated token (raw
+    #: model logits, K alternatives each); ``None`` when not asked for.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +38,11 @@ class GenerationResult:
             "trimmed_turns": self.trimmed_turns,
             "settings": self.settings.as_dict(),
         }
+
+
+#: Prompt tokens decoded before a raw output's first token (one is enough for SentencePiece's leading space;
+#: a few cover a special token or a character split across tokens at the prompt's end).
+DECODE_CONTEXT = 4
 
 
 @attrs.frozen
@@ -54,14 +63,23 @@ class PreparedRequest:
     inside: str | None
     eos_ids: tuple[int, ...]
     pad_id: int | None
+    #: Strip the output's leading and trailing whitespace (``False``: raw completions, text as generated).
+    trim: bool = True
 
     @property
     def input_ids(self) -> tuple[int, ...]:
         return self.prompt.input_ids
 
+    @property
+    def decode_context(self) -> tuple[int, ...]:
+        """The prompt ids the output is decoded after (:func:`~adaptrix.generation.text.decode_after`): the last
+        few when the text is returned as generated (``trim=False``), so a first token's leading space stays;
+        none otherwise (trimmed text never starts with a space)."""
+        return () if self.trim else tuple(self.input_ids[-DECODE_CONTEXT:])
+
     def pipeline(self) -> "TextPipeline":
         """A fresh text pipeline (spans, stops, trimming) for this request's output."""
-        return TextPipeline(self.spans, self.stops, self.inside)
+        return TextPipeline(self.spans, self.stops, self.inside, trim=self.trim)
 
 
 def finished_result(prepared: PreparedRequest, new: list[int], text: str, raw_text: str,

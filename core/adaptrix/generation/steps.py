@@ -23,7 +23,7 @@ from typing import Any, Protocol, Sequence, TypeVar, runtime_checkable
 import attrs
 
 from adaptrix.generation.result import GenerationResult, PreparedRequest, finished_result
-from adaptrix.generation.text import IncrementalDecoder, TextPipeline
+from adaptrix.generation.text import IncrementalDecoder, TextPipeline, decode_after
 
 #: ``(key, prepared, adapter)``: a request to add to a decoder.
 Item = tuple[Any, PreparedRequest, str | None]
@@ -54,7 +54,8 @@ class Row:
     def open(cls: type[R], key: Any, prepared: PreparedRequest, adapter: str | None, tokenizer: Any,
              **state: Any) -> R:
         """A new row of ``prepared``, with a fresh text decoder and pipeline; ``state``: the subclass's fields."""
-        return cls(key=key, prepared=prepared, adapter=adapter, decoder=IncrementalDecoder(tokenizer),
+        return cls(key=key, prepared=prepared, adapter=adapter,
+                   decoder=IncrementalDecoder(tokenizer, prepared.decode_context),
                    pipeline=prepared.pipeline(), **state)
 
     def accept(self, token: int) -> str:
@@ -138,7 +139,7 @@ def finish_row(prepared: PreparedRequest, generated: Sequence[int], tokenizer: A
     """The :class:`GenerationResult` of a request whose generated ids are ``generated``: what
     ``Engine.generate_detailed`` returns and every step decoder's ``finish``."""
     new = list(generated)
-    raw_text = tokenizer.decode(new, skip_special_tokens=True)
+    raw_text = decode_after(tokenizer, prepared.decode_context, new)
     pipeline = prepared.pipeline()
     text = pipeline.run(raw_text)
     return finished_result(prepared, new, text, raw_text, pipeline)

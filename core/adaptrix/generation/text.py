@@ -3,7 +3,8 @@
 Returned text goes through one pipeline, in this order: hidden spans removed
 (``<think>...</think>``, unless ``show_thinking``), cut at the first stop
 string (the stop string itself is not returned), leading and trailing
-whitespace trimmed. Streaming runs the very same pipeline piece by piece, so
+whitespace trimmed (unless the request asks for the text as generated:
+``trim=False``, raw completions). Streaming runs the very same pipeline piece by piece, so
 the concatenated stream equals the generated text.
 """
 
@@ -118,16 +119,18 @@ class WhitespaceTrimmer:
 
 
 class TextPipeline:
-    """Hidden spans -> stop strings -> whitespace trim, incrementally."""
+    """Hidden spans -> stop strings -> whitespace trim (``trim=True``), incrementally."""
 
-    def __init__(self, spans: Sequence[tuple[str, str]] = (), stops: Sequence[str] = (), inside: str | None = None):
+    def __init__(self, spans: Sequence[tuple[str, str]] = (), stops: Sequence[str] = (), inside: str | None = None,
+                 *, trim: bool = True):
         self.stages: list = []
         if spans:
             self.stages.append(SpanHider(spans, inside))
         self.cutter = StopCutter(stops) if stops else None
         if self.cutter:
             self.stages.append(self.cutter)
-        self.stages.append(WhitespaceTrimmer())
+        if trim:
+            self.stages.append(WhitespaceTrimmer())
 
     @property
     def stopped(self) -> bool:
@@ -183,35 +186,42 @@ class IncrementalDecoder:
     tokens (the context a tokenizer needs for spaces and merges) plus the new
     ones, and emits what the new ones add. :meth:`finish` checks the result
     against one decode of every id, so the joined deltas always equal
-    ``decode(ids)``.
+    ``decode(ids)`` (:func:`decode_after` with ``context``).
+
+    ``context``: the prompt's last ids, decoded before the first new token and
+    never emitted, so a tokenizer that drops the leading space of a sequence's
+    first token (SentencePiece: ``"▁Paris"`` alone reads ``"Paris"``) keeps it
+    (raw completions: ``prompt + text`` is the decoded prompt and generation).
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, context: Sequence[int] = ()):
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
+        self.context = [int(i) for i in context]
+        self.ids: list[int] = []  # the generated ids (the context excluded)
         self.text = ""  # what was emitted so far
-        self._prefix = 0  # the window starts here (context tokens, already emitted)
-        self._read = 0  # tokens before this one are emitted
+        self._prefix = 0  # the window starts here, in context + ids (context tokens, already emitted)
+        self._read = len(self.context)  # tokens of context + ids before this one are emitted
 
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def add(self, ids: Iterable[int]) -> str:
         self.ids.extend(int(i) for i in ids)
-        window = self._decode(self.ids[self._prefix:])
+        every = self.context + self.ids
+        window = self._decode(every[self._prefix:])
         if window.endswith("\ufffd"):
             return ""  # a multi-byte character is not complete yet
-        before = self._decode(self.ids[self._prefix:self._read]) if self._read > self._prefix else ""
+        before = self._decode(every[self._prefix:self._read]) if self._read > self._prefix else ""
         if not window.startswith(before):  # the new tokens rewrote their context: take the whole text
-            delta = self._advance(self._decode(self.ids))
+            delta = self._advance(decode_after(self.tokenizer, self.context, self.ids))
         else:
             delta = window[len(before):]
             self.text += delta
-        self._prefix, self._read = self._read, len(self.ids)
+        self._prefix, self._read = self._read, len(every)
         return delta
 
     def finish(self) -> str:
-        return self._advance(self._decode(self.ids))
+        return self._advance(decode_after(self.tokenizer, self.context, self.ids))
 
     def _advance(self, full: str) -> str:
         if full.startswith(self.text):
@@ -227,19 +237,36 @@ class IncrementalDecoder:
         return delta
 
 
-def stop_check(tokenizer, rows: Sequence[tuple[Sequence[tuple[str, str]], Sequence[str], str | None]]):
+def decode_after(tokenizer, context: Sequence[int], ids: Sequence[int]) -> str:
+    """The text ``ids`` add after ``context`` (special tokens skipped): ``decode(context + ids)`` less
+    ``decode(context)``; ``decode(ids)`` alone when there is no context, or when the context's text is not a
+    prefix of the whole (a character split between the two)."""
+    alone = tokenizer.decode(list(ids), skip_special_tokens=True)
+    if not context:
+        return alone
+    head = tokenizer.decode(list(context), skip_special_tokens=True)
+    whole = tokenizer.decode(list(context) + list(ids), skip_special_tokens=True)
+    if head.endswith("\ufffd") or not whole.startswith(head):
+        return alone
+    return whole[len(head):]
+
+
+def stop_check(tokenizer, rows: Sequence[tuple[Sequence[tuple[str, str]], Sequence[str], str | None]],
+               contexts: Sequence[Sequence[int]] | None = None):
     """``stop(row, new_ids) -> bool`` for a backend: True once row ``row``'s visible text holds a stop string.
 
     ``rows[i]`` is row i's ``(hidden spans, stop strings, inside)``; the text is
-    decoded and its hidden spans removed first, as the returned text will be.
+    decoded (after ``contexts[i]``, see :func:`decode_after`) and its hidden spans
+    removed first, as the returned text will be.
     """
     rows = [(tuple(spans), tuple(stops), inside) for spans, stops, inside in rows]
+    contexts = [tuple(c) for c in contexts] if contexts is not None else [()] * len(rows)
 
     def stop(row: int, new_ids: Sequence[int]) -> bool:
         spans, stops, inside = rows[row]
         if not stops:
             return False
-        text = hide_spans(tokenizer.decode(list(new_ids), skip_special_tokens=True), spans, inside)
+        text = hide_spans(decode_after(tokenizer, contexts[row], new_ids), spans, inside)
         # only the tail can hold a stop string that just completed
         longest = max(len(s) for s in stops)
         tail = text[-(longest + 64):] if not spans else text

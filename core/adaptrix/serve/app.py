@@ -14,7 +14,6 @@ import logging
 import secrets
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,13 +22,13 @@ import attrs
 from adaptrix.adapters.info import PICKLE_FILE, read_adapter_info
 from adaptrix.adapters.sources import available_adapters
 from adaptrix.errors import AdapterIncompatibleError, AdapterNotFoundError, AdapterPickleError
-from adaptrix.generation.defaults import TASK_PRESETS
-from adaptrix.generation.result import GenerationResult
+from adaptrix.serve import tokenizer_routes
+from adaptrix.serve.completions import completions
 from adaptrix.serve.errors import ApiError, error_body
 from adaptrix.serve.metrics import Metrics
 from adaptrix.serve.options import ServeOptions
-from adaptrix.serve.scheduler import Job, Scheduler, api_error
-from adaptrix.serve.schemas import CompletionRequest, parse_completion, parse_load, parse_name
+from adaptrix.serve.scheduler import Scheduler, api_error
+from adaptrix.serve.schemas import CompletionRequest, parse_load, parse_name
 
 __all__ = ["ServeOptions", "Server", "create_app"]
 
@@ -305,140 +304,6 @@ async def list_models(server: Server, request):
     return _json({"object": "list", "data": data})
 
 
-async def completions(server: Server, request, kind: str):
-    body = await server.read_json(request)
-    req = server.resolve_model(parse_completion(body, kind, tuple(TASK_PRESETS)))
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-
-    def emit(event):
-        loop.call_soon_threadsafe(events.put_nowait, event)
-
-    job = Job(req, emit)
-    server.scheduler.submit(job)
-    # The body is read: the next ASGI message is the client's disconnect. Waiting for it cancels the job at
-    # once, whether it is queued (never prefilled), running, or streaming (it stops between two steps).
-    watch = asyncio.ensure_future(_cancel_on_disconnect(request, job))
-    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-    created = int(time.time())
-    streaming = False
-    try:
-        if req.stream:
-            response = await _stream(server, request, req, job, events, rid, created, watch)
-            streaming = True  # from here on the response's body owns the watch
-            return response
-        while True:
-            kind_, value = await _next_event(events, watch)
-            if kind_ == "error":
-                raise value
-            if kind_ == "done":
-                return _json(_final(req, rid, created, server.model_id, value))
-    finally:
-        if not streaming:
-            watch.cancel()
-
-
-async def _cancel_on_disconnect(request, job) -> None:
-    """Set ``job.cancelled`` when the client goes away (call once the body is read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            job.cancelled.set()  # the scheduler drops it (queued) or stops it (running) and frees its slot
-            return
-
-
-async def _next_event(events: asyncio.Queue, watch: asyncio.Future) -> tuple:
-    """The job's next event; a 499 once its client has gone away (``watch`` is done)."""
-    get = asyncio.ensure_future(events.get())
-    await asyncio.wait({get, watch}, return_when=asyncio.FIRST_COMPLETED)
-    if get.done():
-        return get.result()
-    get.cancel()
-    raise ApiError(499, "the client went away", code="client_disconnected")
-
-
-def _usage(result: GenerationResult) -> dict[str, int]:
-    """OpenAI's ``usage`` for a :class:`~adaptrix.generation.result.GenerationResult`."""
-    completion = len(result.token_ids)
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": result.prompt_tokens + completion}
-
-
-def _finish_reason(result: GenerationResult) -> str:
-    """OpenAI's ``finish_reason``: ``length`` when the token budget ran out, else ``stop`` (a stop string, EOS)."""
-    return "length" if result.finish_reason == "length" else "stop"
-
-
-def _final(req: CompletionRequest, rid: str, created: int, model_id: str, result: GenerationResult) -> dict:
-    counts = _usage(result)
-    if req.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
-                  "finish_reason": _finish_reason(result)}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": _finish_reason(result)}
-        obj = "text_completion"
-    return {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice], "usage": counts}
-
-
-async def _stream(server, request, req, job, events, rid, created, watch):
-    from starlette.responses import StreamingResponse
-
-    obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
-
-    def chunk(delta: str | None, finish: str | None, usage=None, first=False) -> str:
-        if req.kind == "chat":
-            d: dict[str, Any] = {}
-            if first:
-                d["role"] = "assistant"
-            if delta is not None:
-                d["content"] = delta
-            choices = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
-        else:
-            choices = [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]
-        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": choices}
-        if req.include_usage:
-            data["usage"] = usage
-        return "data: " + json.dumps(data) + "\n\n"
-
-    # The first event decides the status: an error before any token is a plain error answer. A client that
-    # goes away while its request is queued is dropped before its prefill.
-    first = await _next_event(events, watch)
-    if first[0] == "error":
-        raise first[1]
-
-    async def body():
-        event = first
-        sent_role = False
-        try:
-            while True:
-                if event[0] == "delta":
-                    yield chunk(event[1], None, first=not sent_role)
-                    sent_role = True
-                elif event[0] == "error":
-                    err = server.public(event[1])
-                    yield "data: " + json.dumps(err.body()) + "\n\n"
-                    break
-                else:
-                    result = event[1]
-                    if not sent_role and req.kind == "chat":
-                        yield chunk("", None, first=True)
-                    yield chunk(None if req.kind == "chat" else "", _finish_reason(result))
-                    if req.include_usage:
-                        counts = _usage(result)
-                        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
-                                "usage": counts}
-                        yield "data: " + json.dumps(data) + "\n\n"
-                    break
-                event = await events.get()
-            yield "data: [DONE]\n\n"
-        finally:
-            job.cancelled.set()  # a client gone mid-stream stops its generation; harmless once finished
-            watch.cancel()
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
 async def chat_completions(server, request):
     return await completions(server, request, "chat")
 
@@ -520,6 +385,9 @@ def create_app(make_engine: Callable[[], Any], options: ServeOptions | None = No
         r("/v1/models", list_models, ["GET"]),
         r("/v1/chat/completions", chat_completions, ["POST"]),
         r("/v1/completions", text_completions, ["POST"]),
+        r("/tokenize", tokenizer_routes.tokenize, ["POST"]),
+        r("/detokenize", tokenizer_routes.detokenize, ["POST"]),
+        r("/tokenizer_info", tokenizer_routes.tokenizer_info, ["GET"]),
         r("/v1/load_lora_adapter", load_adapter, ["POST"]),
         r("/v1/unload_lora_adapter", unload_adapter, ["POST"]),
     ]

@@ -57,6 +57,7 @@ from adaptrix.errors import (
 from adaptrix.generation.result import GenerationResult
 from adaptrix.generation.steps import Row, StepDecoder
 from adaptrix.serve.errors import ApiError
+from adaptrix.serve.logprobs import echo_job, replay, score_job, score_only
 from adaptrix.serve.schemas import CompletionRequest
 
 log = logging.getLogger("adaptrix.serve")
@@ -67,7 +68,10 @@ class Job:
 
     Events: ``("delta", text)``, ``("done", result)`` with ``result`` the generation's
     :class:`~adaptrix.generation.result.GenerationResult` (text, token counts and finish reason as the
-    generation itself counted them), and ``("error", ApiError)``.
+    generation itself counted them; ``logprobs`` filled when the request asks), and ``("error", ApiError)``.
+    A streamed request with logprobs gets ``("delta", text, TokenLogprob)``, one per generated token, once
+    its generation has ended (they are scored then). With ``echo``, ``echo_text`` (and ``prompt_logprobs``)
+    are set before ``done``.
     """
 
     def __init__(self, request: CompletionRequest, emit: Callable[[tuple], None]):
@@ -78,6 +82,13 @@ class Job:
         self.first_token: float | None = None
         self.last_token: float | None = None
         self.tokens = 0
+        self.echo_text: str | None = None
+        self.prompt_logprobs: tuple = ()
+
+    @property
+    def buffered(self) -> bool:
+        """Its deltas wait for the end of the generation: a stream with logprobs (one token per chunk)."""
+        return self.request.stream and self.request.logprobs is not None
 
     @property
     def label(self) -> str:
@@ -332,10 +343,12 @@ class Scheduler:
             hold = None
             try:
                 hold = self._hold(req)
-                prepared = self.engine.prepare_request(
-                    req.prompt, history=req.history, system=req.system, task_type=req.task_type, adapter=hold.name,
-                    raw=req.kind == "completion", **req.settings,
-                )
+                if req.score_only:
+                    self._score_only(job, hold.name)
+                    hold.release()
+                    continue
+                prepared = self._prepare(req, hold.name)
+                echo_job(self.engine, job, hold.name, prepared)
             except Exception as exc:
                 if hold is not None:
                     hold.release()
@@ -384,13 +397,20 @@ class Scheduler:
 
     def _finish(self, row: Row) -> None:
         job = self._running.pop(row)
-        self._holds.pop(row).release()
+        hold = self._holds.pop(row)
         tail = self._decoder.tail(row)
-        if tail:
+        if tail and not job.buffered:
             job.emit(("delta", tail))
         self._decoder.remove(row)
-        result = self._decoder.finish(row)
-        self._done(job, result)
+        try:
+            result = self._decoder.finish(row)
+            result = score_job(self.engine, job, row.adapter, row.prepared, result)
+        except Exception as exc:
+            job.emit(("error", api_error(exc)))
+            return
+        finally:
+            hold.release()
+        self._done(job, result, row.prepared)
 
     def _reset_batch(self) -> None:
         self._running.clear()
@@ -417,14 +437,21 @@ class Scheduler:
         hold = None
         try:
             hold = self._hold(req)
-            kwargs: dict[str, Any] = dict(
-                adapter=hold.name, task_type=req.task_type, system=req.system, raw=req.kind == "completion",
-                use_context=False, history=req.history, **req.settings,
-            )
-            if not req.stream:
+            if req.score_only:
+                self._score_only(job, hold.name)
+                return
+            kwargs: dict[str, Any] = dict(adapter=hold.name, task_type=req.task_type, system=req.system,
+                                          use_context=False, history=req.history, **_options(req), **req.settings)
+            prepared = None
+            if req.logprobs is not None or req.echo:
+                prepared = self._prepare(req, hold.name)
+                echo_job(self.engine, job, hold.name, prepared)
+            if not req.stream or job.buffered:
                 result = self.engine.generate_detailed(req.prompt, **kwargs)
+                if prepared is not None:
+                    result = score_job(self.engine, job, hold.name, prepared, result)
                 self._token(job, result.text, count=len(result.token_ids))
-                self._done(job, result)
+                self._done(job, result, prepared)
                 return
             stream = self.engine.stream_detailed(req.prompt, **kwargs)
             try:
@@ -457,13 +484,41 @@ class Scheduler:
             self.metrics.itl.labels(job.label).observe(now - job.last_token)
         job.last_token = now
         job.tokens += count
-        if text:
+        if text and not job.buffered:
             job.emit(("delta", text))
 
-    def _done(self, job: Job, result: GenerationResult) -> None:
+    def _done(self, job: Job, result: GenerationResult, prepared=None) -> None:
+        """Answer ``job``; a buffered stream first gets its tokens, one per delta, with their logprobs."""
         self.metrics.tokens.labels(job.label).inc(len(result.token_ids))
         self.metrics.requests.labels(job.label, job.request.kind, "ok").inc()
+        if job.buffered and prepared is not None:
+            pieces = replay(prepared, result.token_ids, self.engine.tokenizer)
+            for text, scored in zip(pieces, result.logprobs or ()):
+                job.emit(("delta", text, scored))
         job.emit(("done", result))
+
+    def _prepare(self, req: CompletionRequest, adapter: str | None):
+        """``req`` formatted as the engine runs it (``max_tokens: 0``: with the default budget)."""
+        settings = {k: v for k, v in req.settings.items() if not (k == "max_new_tokens" and v == 0)}
+        return self.engine.prepare_request(req.prompt, history=req.history, system=req.system,
+                                           task_type=req.task_type, adapter=adapter, **_options(req), **settings)
+
+    def _score_only(self, job: Job, adapter: str | None) -> None:
+        """``max_tokens: 0``: generate nothing; with ``echo`` (and ``logprobs``) the prompt is returned (scored)."""
+        prepared = self._prepare(job.request, adapter)
+        echo_job(self.engine, job, adapter, prepared)
+        result = score_job(self.engine, job, adapter, prepared, score_only(self.engine, prepared))
+        self.metrics.prompt_tokens.labels(job.label).inc(len(prepared.input_ids))
+        self._token(job, "")
+        self._done(job, result)
+
+
+def _options(req: CompletionRequest) -> dict[str, Any]:
+    """The engine options of a request's kind: completions are raw (no chat template) and return exactly what
+    the model produced (no whitespace trimmed, no hidden span removed)."""
+    if req.kind == "completion":
+        return {"raw": True, "trim": False, "show_thinking": True}
+    return {}
 
 
 def _needs(req: CompletionRequest) -> set[str]:

@@ -20,10 +20,24 @@ import attrs
 
 from adaptrix.adapters.compositions import check_composition_weights
 from adaptrix.errors import AdapterError
+from adaptrix.generation.scoring import MAX_TOP
 from adaptrix.generation.settings import SEED_LIMIT
+from adaptrix.generation.token_ids import is_token_ids
 from adaptrix.serve.errors import ApiError
 
 ROLES = ("system", "developer", "user", "assistant")
+#: The most stop strings one request may give (lm-eval sends a task's ``until`` strings plus EOS).
+MAX_STOPS = 32
+#: Fields of OpenAI's APIs adaptrix cannot serve: a request that sets one (to anything but its neutral value)
+#: is answered 400 naming it, never silently served without it.
+UNSERVED = {
+    "suffix": (None, "", "text after the insertion point (fill-in-the-middle) is not supported"),
+    "best_of": (None, 1, "adaptrix returns one completion per prompt"),
+    "logit_bias": (None, {}, "biasing logits is not supported"),
+    "tools": (None, [], "tool calling is not supported"),
+    "response_format": (None, {"type": "text"}, "structured output is not supported"),
+    "prompt_logprobs": (None, "prompt logprobs come with 'echo': true and 'logprobs' (OpenAI's way)"),
+}
 
 
 @attrs.frozen
@@ -32,8 +46,9 @@ class CompletionRequest:
 
     kind: str  # "chat" or "completion"
     model: str
-    #: The text the model answers: the last user message (chat) or the prompt (completion).
-    prompt: str
+    #: The text the model answers: the last user message (chat) or the prompt (completion: text, or token ids
+    #: fed as they are).
+    prompt: str | tuple[int, ...]
     #: Earlier chat messages, ``{"role", "content"}`` with roles user/assistant.
     history: tuple[dict[str, str], ...] = ()
     system: str | None = None
@@ -47,6 +62,16 @@ class CompletionRequest:
     composition: tuple[tuple[str, float], ...] | None = None
     #: Filled by the server: the adapter serving it (None = base model).
     adapter: str | None = None
+    #: Log-probabilities of the generated tokens with this many alternatives each (0..20); None: none.
+    #: Completions' ``logprobs: K``; chat's ``logprobs: true`` with ``top_logprobs: K``.
+    logprobs: int | None = None
+    #: Completions: the prompt is returned before the generated text (and scored, with ``logprobs``).
+    echo: bool = False
+
+    @property
+    def score_only(self) -> bool:
+        """``max_tokens: 0``: nothing is generated (with ``echo``, the prompt alone is returned and scored)."""
+        return self.settings.get("max_new_tokens") == 0
 
 
 def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
@@ -143,19 +168,37 @@ def _messages(body: dict) -> tuple[str, tuple[dict[str, str], ...], str | None]:
     return prompt, tuple(turns[:-1]), "\n\n".join(system_parts) if system_parts else None
 
 
-def _prompt(body: dict) -> str:
+def _prompt(body: dict, param: str = "prompt") -> str | tuple[int, ...]:
+    """One prompt: a string, or a non-empty list of token ids (several prompts: :func:`split_prompts`)."""
     if "prompt" not in body:
-        raise _bad("'prompt' is required: a string", "prompt", "missing_field")
+        raise _bad("'prompt' is required: a string, a list of strings, a list of token ids or a list of lists of "
+                   "token ids", "prompt", "missing_field")
     value = body["prompt"]
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
         value = value[0]
+    if is_token_ids(value):
+        if not value:
+            raise _bad(f"'{param}' is an empty list of token ids; give at least one", param)
+        if any(i < 0 for i in value):
+            raise _bad(f"'{param}' holds a negative token id, {min(value)}", param)
+        return tuple(value)
     if not isinstance(value, str):
-        raise _bad(f"'prompt' must be one string, got {_short(value)}; send several prompts as separate requests",
-                   "prompt")
-    text = _text(value, "prompt")
+        raise _bad(f"'{param}' must be a string or a list of token ids, got {_short(value)}", param)
+    text = _text(value, param)
     if not text.strip():
-        raise _bad("'prompt' is empty; give the model some text to continue", "prompt")
+        raise _bad(f"'{param}' is empty; give the model some text to continue", param)
     return text
+
+
+def split_prompts(body: Any) -> list[tuple[str, Any]]:
+    """OpenAI's four prompt forms as ``[(param, one prompt)]``: a string, a list of strings, a list of token ids,
+    a list of lists of token ids (one choice per prompt, in order)."""
+    if not isinstance(body, dict) or "prompt" not in body:
+        return [("prompt", body.get("prompt") if isinstance(body, dict) else None)]
+    value = body["prompt"]
+    if isinstance(value, list) and value and all(isinstance(p, (str, list)) for p in value):
+        return [(f"prompt[{i}]", p) for i, p in enumerate(value)]
+    return [("prompt", value)]
 
 
 def _stop(body: dict) -> list[str] | None:
@@ -164,9 +207,35 @@ def _stop(body: dict) -> list[str] | None:
         return None
     if isinstance(stop, str):
         stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
-        raise _bad(f"'stop' must be a non-empty string or a list of at most 4 of them, got {_short(stop)}", "stop")
-    return stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > MAX_STOPS:
+        raise _bad(f"'stop' must be a non-empty string or a list of at most {MAX_STOPS} of them, got "
+                   f"{_short(stop)}", "stop")
+    return list(dict.fromkeys(stop))  # the same string twice stops no differently
+
+
+def _unserved(body: dict) -> None:
+    for name, (*neutral, why) in UNSERVED.items():
+        if name in body and body[name] not in neutral:
+            raise _bad(f"'{name}' cannot be served: {why}; leave it out", name, "unsupported_field")
+
+
+def _logprobs(body: dict, kind: str) -> int | None:
+    """Completions' ``logprobs: K``, chat's ``logprobs: true`` + ``top_logprobs: K``, as K (None: not asked)."""
+    if kind == "completion":
+        if body.get("top_logprobs") is not None:
+            raise _bad("'top_logprobs' is a chat field; on /v1/completions 'logprobs' is the number of "
+                       "alternatives (0-20)", "top_logprobs")
+        if isinstance(body.get("logprobs"), bool):
+            raise _bad(f"'logprobs' on /v1/completions is the number of alternatives per token (0-{MAX_TOP}), "
+                       f"got {body['logprobs']}", "logprobs")
+        return _integer(body, "logprobs", low=0, high=MAX_TOP)
+    asked = body.get("logprobs")
+    if asked is not None and not isinstance(asked, bool):
+        raise _bad(f"'logprobs' must be true or false, got {_short(asked)}", "logprobs")
+    top = _integer(body, "top_logprobs", low=0, high=MAX_TOP)
+    if top is not None and not asked:
+        raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if asked else None
 
 
 def _composition(body: dict) -> tuple[tuple[str, float], ...] | None:
@@ -198,18 +267,20 @@ def _composition(body: dict) -> tuple[tuple[str, float], ...] | None:
     return tuple(sorted((name, float(weight)) for name, weight in pairs))
 
 
-def parse_completion(body: Any, kind: str, task_types: tuple[str, ...]) -> CompletionRequest:
-    """Validate a request body (already JSON-decoded); ``kind`` is ``chat`` or ``completion``."""
+def parse_completion(body: Any, kind: str, task_types: tuple[str, ...], prompt_param: str = "prompt") -> CompletionRequest:
+    """Validate a request body (already JSON-decoded); ``kind`` is ``chat`` or ``completion`` (one prompt:
+    :func:`split_prompts` gives each of several, named ``prompt_param`` in errors)."""
     if not isinstance(body, dict):
         raise _bad(f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_body")
     model = body.get("model", "base")
     if not isinstance(model, str) or not model:
         raise _bad(f"'model' must be a non-empty string (the base model or an adapter name), got {_short(model)}",
                    "model")
+    _unserved(body)
     if kind == "chat":
         prompt, history, system = _messages(body)
     else:
-        prompt, history, system = _prompt(body), (), None
+        prompt, history, system = _prompt(body, prompt_param), (), None
     n = _integer(body, "n")
     if n is not None and n != 1:
         raise _bad(f"'n' must be 1 (one answer per request), got {n}; send several requests instead", "n")
@@ -221,8 +292,8 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...]) -> Compl
     if top_p is not None:
         settings["top_p"] = top_p
     max_tokens = _integer(body, "max_completion_tokens", low=1)
-    if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", low=1)
+    if max_tokens is None:  # completions: 0 generates nothing (with echo: the prompt is scored alone)
+        max_tokens = _integer(body, "max_tokens", low=1 if kind == "chat" else 0)
     if max_tokens is not None:
         settings["max_new_tokens"] = max_tokens
     stop = _stop(body)
@@ -247,12 +318,20 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...]) -> Compl
         if not isinstance(include_usage, bool):
             raise _bad(f"'stream_options.include_usage' must be true or false, got {_short(include_usage)}",
                        "stream_options.include_usage")
+    echo = body.get("echo", False)
+    if kind == "chat" and "echo" in body and echo not in (None, False):
+        raise _bad("'echo' is a /v1/completions field; chat answers do not repeat the messages", "echo")
+    if echo is None:
+        echo = False
+    if not isinstance(echo, bool):
+        raise _bad(f"'echo' must be true or false, got {_short(echo)}", "echo")
     task_type = body.get("task_type")
     if task_type is not None and task_type not in task_types:
         raise _bad(f"'task_type' must be one of {', '.join(task_types)}, got {_short(task_type)}", "task_type")
     return CompletionRequest(
         kind=kind, model=model, prompt=prompt, history=history, system=system, settings=settings, stream=stream,
-        include_usage=include_usage, task_type=task_type, composition=_composition(body),
+        include_usage=include_usage, task_type=task_type, composition=_composition(body), logprobs=_logprobs(body, kind),
+        echo=echo,
     )
 
 

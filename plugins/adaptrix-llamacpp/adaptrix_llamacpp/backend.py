@@ -27,7 +27,6 @@ from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.manager import AdapterManager
 from adaptrix.backends.contract import Backend, Runner
 from adaptrix.errors import AdapterError, BackendError
-from adaptrix.generation.settings import is_greedy
 from adaptrix.plugins import family_chat
 from adaptrix.storage.files import remove_stale
 from adaptrix.types import LoadedModel
@@ -129,6 +128,12 @@ class LlamaCppRunner(Runner):
                     tokens.close()
             results.append(new)
         return results
+
+    def token_logprobs(self, rows, starts, *, adapters=None, top=0):
+        """Each row one pass over its whole sequence, rows grouped by adapter (:mod:`.scores`)."""
+        from .scores import token_logprobs
+
+        return token_logprobs(self, rows, starts, adapters=adapters, top=top)
 
     def stream_tokens(self, ids, cfg, *, stop=None):
         """Generated in the pulling thread, one ``llama_decode`` per ``next()``: no thread in between."""

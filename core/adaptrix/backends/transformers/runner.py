@@ -147,6 +147,12 @@ class TransformersRunner(Runner):
             results.append(new)
         return results
 
+    def token_logprobs(self, rows, starts, *, adapters=None, top=0):
+        """One forward pass over the left-padded rows, mixed adapters through peft (:mod:`.scores`)."""
+        from adaptrix.backends.transformers import scores
+
+        return scores.token_logprobs(self, rows, starts, adapters=adapters, top=top)
+
     @contextlib.contextmanager
     def _seeded(self, cfg):
         pass

@@ -1,0 +1,216 @@
+"""``/v1/completions`` and ``/v1/chat/completions``: requests to jobs, jobs' events to OpenAI's answers.
+
+A completions request may hold several prompts (OpenAI's four forms: a string, a list of strings, a list of
+token ids, a list of lists of token ids): each becomes its own scheduler job (they decode together where the
+backend batches) and its own choice, ``index`` in prompt order. ``echo`` returns the prompt before the
+generated text; ``logprobs`` (completions: ``K``; chat: ``true`` with ``top_logprobs: K``) is answered in
+OpenAI's shapes (:mod:`adaptrix.serve.logprobs`); ``max_tokens: 0`` with ``echo`` scores the prompt alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from adaptrix.errors import GenerationError
+from adaptrix.generation.token_ids import check_token_ids
+from adaptrix.serve.errors import ApiError
+from adaptrix.serve.logprobs import chat_logprobs, completion_logprobs
+from adaptrix.serve.scheduler import Job
+from adaptrix.serve.schemas import CompletionRequest, parse_completion, split_prompts
+
+
+def json_response(data: Any, status: int = 200):
+    """A JSON answer."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(data, status_code=status)
+
+
+def parse_requests(server, body: Any, kind: str) -> list[CompletionRequest]:
+    """The request's prompts as validated requests, their model resolved; 400 for what cannot be served."""
+    from adaptrix.generation.defaults import TASK_PRESETS
+
+    presets = tuple(TASK_PRESETS)
+    if kind == "chat":
+        return [server.resolve_model(parse_completion(body, kind, presets))]
+    parts = split_prompts(body)
+    reqs = [server.resolve_model(parse_completion({**body, "prompt": prompt}, kind, presets, param))
+            for param, prompt in parts]
+    for (param, _), req in zip(parts, reqs):
+        if not isinstance(req.prompt, str):
+            try:  # the vocabulary's size is read-only: no need to wait for the scheduler
+                check_token_ids(req.prompt, server.engine.tokenizer, param)
+            except GenerationError as exc:
+                raise ApiError(400, str(exc), param=param, code="invalid_value") from None
+    if reqs[0].stream and len(reqs) > 1:
+        raise ApiError(400, f"'stream' takes one prompt; this request has {len(reqs)}: send them as separate "
+                       "streamed requests, or without 'stream'", param="stream")
+    if reqs[0].stream and reqs[0].score_only:
+        raise ApiError(400, "'max_tokens': 0 generates nothing to stream; send it without 'stream'",
+                       param="max_tokens")
+    return reqs
+
+
+async def completions(server, request, kind: str):
+    reqs = parse_requests(server, await server.read_json(request), kind)
+    loop = asyncio.get_running_loop()
+    jobs: list[Job] = []
+    queues: list[asyncio.Queue] = []
+    try:
+        for req in reqs:
+            events: asyncio.Queue = asyncio.Queue()
+            job = Job(req, lambda event, q=events: loop.call_soon_threadsafe(q.put_nowait, event))
+            server.scheduler.submit(job)
+            jobs.append(job)
+            queues.append(events)
+    except BaseException:
+        for job in jobs:
+            job.cancelled.set()
+        raise
+    # The body is read: the next ASGI message is the client's disconnect. Waiting for it cancels the jobs at
+    # once, whether queued (never prefilled), running, or streaming (they stop between two steps).
+    watch = asyncio.ensure_future(_cancel_on_disconnect(request, jobs))
+    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    streaming = False
+    try:
+        if reqs[0].stream:
+            response = await _stream(server, reqs[0], jobs[0], queues[0], rid, created, watch)
+            streaming = True  # from here on the response's body owns the watch
+            return response
+        results = []
+        for events in queues:
+            while True:
+                event = await _next_event(events, watch)
+                if event[0] == "error":
+                    raise event[1]
+                if event[0] == "done":
+                    results.append(event[1])
+                    break
+        return json_response(_final(reqs, jobs, rid, created, results))
+    except BaseException:
+        for job in jobs:
+            job.cancelled.set()  # the others need not run for an answer that will not come
+        raise
+    finally:
+        if not streaming:
+            watch.cancel()
+
+
+async def _cancel_on_disconnect(request, jobs) -> None:
+    """Set each job's ``cancelled`` when the client goes away (call once the body is read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            for job in jobs:  # the scheduler drops it (queued) or stops it (running) and frees its slot
+                job.cancelled.set()
+            return
+
+
+async def _next_event(events: asyncio.Queue, watch: asyncio.Future) -> tuple:
+    """The job's next event; a 499 once its client has gone away (``watch`` is done)."""
+    get = asyncio.ensure_future(events.get())
+    await asyncio.wait({get, watch}, return_when=asyncio.FIRST_COMPLETED)
+    if get.done():
+        return get.result()
+    get.cancel()
+    raise ApiError(499, "the client went away", code="client_disconnected")
+
+
+def _usage(results) -> dict:
+    """OpenAI's ``usage`` for :class:`~adaptrix.generation.result.GenerationResult` s (summed)."""
+    prompt = sum(r.prompt_tokens for r in results)
+    completion = sum(len(r.token_ids) for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _finish_reason(result) -> str:
+    """OpenAI's ``finish_reason``: ``length`` when the token budget ran out, else ``stop`` (a stop string, EOS)."""
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _choice(req: CompletionRequest, job, result, index: int) -> dict:
+    if req.kind == "chat":
+        logprobs = chat_logprobs(result.logprobs or ()) if req.logprobs is not None else None
+        return {"index": index, "message": {"role": "assistant", "content": result.text}, "logprobs": logprobs,
+                "finish_reason": _finish_reason(result)}
+    text = (job.echo_text or "") + result.text if req.echo else result.text
+    logprobs = None
+    if req.logprobs is not None:
+        logprobs = completion_logprobs(list(job.prompt_logprobs) + list(result.logprobs or ()))
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": _finish_reason(result)}
+
+
+def _final(reqs: list[CompletionRequest], jobs: list, rid: str, created: int, results: list) -> dict:
+    choices = [_choice(req, job, result, i) for i, (req, job, result) in enumerate(zip(reqs, jobs, results))]
+    obj = "chat.completion" if reqs[0].kind == "chat" else "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": reqs[0].model, "choices": choices,
+            "usage": _usage(results)}
+
+
+async def _stream(server, req, job, events, rid, created, watch):
+    from starlette.responses import StreamingResponse
+
+    obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
+    offset = 0  # completions' text_offset: characters of the answer streamed so far
+
+    def chunk(delta: str | None, finish: str | None, usage=None, first=False, tokens=None) -> str:
+        nonlocal offset
+        if req.kind == "chat":
+            d: dict[str, Any] = {}
+            if first:
+                d["role"] = "assistant"
+            if delta is not None:
+                d["content"] = delta
+            logprobs = chat_logprobs(tokens) if tokens else None
+            choices = [{"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}]
+        else:
+            logprobs = completion_logprobs(tokens, offset) if tokens else None
+            offset += len(delta or "")
+            choices = [{"index": 0, "text": delta or "", "logprobs": logprobs, "finish_reason": finish}]
+        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": choices}
+        if req.include_usage:
+            data["usage"] = usage
+        return "data: " + json.dumps(data) + "\n\n"
+
+    # The first event decides the status: an error before any token is a plain error answer. A client that
+    # goes away while its request is queued is dropped before its prefill.
+    first = await _next_event(events, watch)
+    if first[0] == "error":
+        raise first[1]
+
+    async def body():
+        event = first
+        sent_role = False
+        try:
+            if req.echo:
+                yield chunk(job.echo_text or "", None, tokens=list(job.prompt_logprobs) or None)
+            while True:
+                if event[0] == "delta":
+                    yield chunk(event[1], None, first=not sent_role, tokens=[event[2]] if len(event) > 2 else None)
+                    sent_role = True
+                elif event[0] == "error":
+                    err = server.public(event[1])
+                    yield "data: " + json.dumps(err.body()) + "\n\n"
+                    break
+                else:
+                    result = event[1]
+                    if not sent_role and req.kind == "chat":
+                        yield chunk("", None, first=True)
+                    yield chunk(None if req.kind == "chat" else "", _finish_reason(result))
+                    if req.include_usage:
+                        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
+                                "usage": _usage([result])}
+                        yield "data: " + json.dumps(data) + "\n\n"
+                    break
+                event = await events.get()
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled.set()  # a client gone mid-stream stops its generation; harmless once finished
+            watch.cancel()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
