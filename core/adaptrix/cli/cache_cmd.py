@@ -48,7 +48,7 @@ def _summary(kind, entries) -> dict:
 
 
 def run_show(args) -> int:
-    from adaptrix.adapters.info import human_bytes
+    from adaptrix.storage.files import human_bytes
     from adaptrix.storage.caches import cache_root, entries
 
     kinds = [_summary(k, entries(k)) for k in _kinds(args.kinds)]
@@ -76,7 +76,7 @@ def run_show(args) -> int:
 
 
 def run_clear(args) -> int:
-    from adaptrix.adapters.info import human_bytes
+    from adaptrix.storage.files import human_bytes
     from adaptrix.storage.caches import clear
 
     done = []
