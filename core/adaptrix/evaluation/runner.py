@@ -106,15 +106,28 @@ def adapter_digest(spec: AdapterSpec, adapters_dir) -> str:
     return text_digest(parts)
 
 
-def load_specs(engine, specs: Sequence[AdapterSpec]) -> dict[str, str | None]:
-    """``{label: adapter name for generate_batch}``: loads each adapter, composes each composition (once)."""
+def load_specs(engine, specs: Sequence[AdapterSpec], adapters_dir=None) -> dict[str, str | None]:
+    """``{label: adapter name for generate_batch}``: loads each adapter, composes each composition (once).
+
+    Names are found in ``adapters_dir`` (the run's, whatever the engine's own is), as :func:`adapter_digest` does.
+    """
+    from adaptrix.adapters.sources import resolve_adapter
+
+    def where(name: str) -> str:
+        if adapters_dir is None:
+            return name
+        try:
+            return str(resolve_adapter(name, adapters_dir)[1])
+        except Exception:  # the engine's own lookup says what is wrong
+            return name
+
     names: dict[str, str | None] = {}
     known = {a["name"] for a in engine.list_adapters()}
     for spec in specs:
         if spec.is_base:
             names[spec.label] = None
             continue
-        resolved = list(engine.adapters.ensure_loaded([n for n, _ in spec.parts]))
+        resolved = list(engine.adapters.ensure_loaded([where(n) for n, _ in spec.parts]))
         if not spec.is_composition:
             names[spec.label] = resolved[0]
             continue
@@ -268,7 +281,7 @@ def run_matrix(models: Sequence[str | None], specs: Sequence[AdapterSpec], backe
 
                 def names() -> dict[str, str | None]:
                     if "names" not in state:
-                        state["names"] = load_specs(engine_for(), specs)
+                        state["names"] = load_specs(engine_for(), specs, adapters_dir)
                     return state["names"]
 
                 for task in tasks:
