@@ -2,9 +2,10 @@
 
 ``--adapters`` lists what runs on each model, comma-separated: ``base`` (no
 adapter), an adapter (a name in ``--adapters-dir``, a folder or a Hub id), or a
-weighted composition ``a=0.5+b=0.5`` (peft's linear combination, built once
-per model with :meth:`Engine.compose_adapters`; a single ``a=0.7`` scales one
-adapter).
+weighted composition ``a=0.5+b=0.5``: built once per model with
+:meth:`Engine.compose_adapters`, method ``cat`` where the backend has it (the
+weighted sum of the adapters' updates, whatever their ranks), else ``linear``;
+a single ``a=0.7`` scales one adapter.
 """
 
 from __future__ import annotations

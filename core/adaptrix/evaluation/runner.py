@@ -133,7 +133,9 @@ def load_specs(engine, specs: Sequence[AdapterSpec], adapters_dir=None) -> dict[
             continue
         name = "mix-" + text_digest([(r, w) for r, (_, w) in zip(resolved, spec.parts)])[:12]
         if name not in known:
-            engine.compose_adapters({r: w for r, (_, w) in zip(resolved, spec.parts)}, name)
+            methods = getattr(engine.adapters, "COMPOSE_METHODS", ())
+            method = "cat" if "cat" in methods else "linear"  # cat: the weighted sum of the updates, any ranks
+            engine.compose_adapters({r: w for r, (_, w) in zip(resolved, spec.parts)}, name, method)
         names[spec.label] = name
     return names
 
