@@ -123,7 +123,7 @@ def _options(args):
 
 
 def _run(args, models, specs, backends) -> int:
-    from adaptrix.cli.output import print_json
+    from adaptrix.cli.output import format_table, print_json
     from adaptrix.evaluation import report
     from adaptrix.evaluation.cache import ResultCache
     from adaptrix.evaluation.runner import run_matrix
@@ -137,7 +137,7 @@ def _run(args, models, specs, backends) -> int:
     if args.json:
         print_json(report.as_json(cells))
     else:
-        print(report.format_cells(cells))
+        print(format_table(report.table_rows(cells), report.columns(cells)))
         if cache.hits:
             print(f"\n{cache.hits} item results from the cache (--no-cache computes them again)")
     return 0

@@ -45,13 +45,12 @@ COLUMNS = (("model", "model"), ("adapter", "adapter"), ("backend", "backend"), (
            ("score", "score"), ("ci", "95% CI"), ("n", "n"), ("tps", "tokens/s"), ("time", "time"))
 
 
-def format_cells(cells: Sequence[Cell]) -> str:
-    from adaptrix.cli.output import format_table
-
-    columns = list(COLUMNS)
+def columns(cells: Sequence[Cell]) -> list[tuple[str, str]]:
+    """The table's ``(key, header)`` columns (``acc_norm`` when a cell has it)."""
+    out = list(COLUMNS)
     if any(c.extra_scores() for c in cells):
-        columns.insert(6, ("acc_norm", "acc_norm"))
-    return format_table(table_rows(cells), columns)
+        out.insert(6, ("acc_norm", "acc_norm"))
+    return out
 
 
 def as_json(cells: Sequence[Cell], items: bool = True) -> dict[str, Any]:
@@ -144,8 +143,9 @@ def _esc(value: Any) -> str:
 def render_html(cells: Sequence[Cell], png: bytes | None) -> str:
     """The self-contained report (no external file, script or style)."""
     rows = table_rows(cells)
-    head = "".join(f"<th>{_esc(h)}</th>" for _, h in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(r.get(k))}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
+    cols = columns(cells)
+    head = "".join(f"<th>{_esc(h)}</th>" for _, h in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(r.get(k))}</td>" for k, _ in cols) + "</tr>" for r in rows)
     plot = (f'<img alt="scores per task" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else
             "<p><em>No plot: matplotlib is not installed (pip install matplotlib).</em></p>")
     comps = comparisons(cells)

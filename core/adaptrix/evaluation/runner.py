@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 
+from adaptrix.adapters.sources import resolve_adapter
+from adaptrix.backends.choice import choose_backend
+from adaptrix.engine import Engine
 from adaptrix.errors import EvaluationError
 from adaptrix.evaluation.cache import ResultCache, path_digest, text_digest
 from adaptrix.evaluation.matrix import AdapterSpec, Cell, ItemResult
 from adaptrix.evaluation.metrics import METRICS, choose, is_correct
 from adaptrix.evaluation.sandbox import run_program
 from adaptrix.evaluation.tasks import Item, Task
+from adaptrix.models.source import resolve_source
+from adaptrix.plugins.host import get_host
 
 
 @attrs.frozen
@@ -61,8 +67,6 @@ class EvalOptions:
 @contextlib.contextmanager
 def open_engine(model: str | None, backend: str, options: EvalOptions) -> Iterator[Any]:
     """An initialized :class:`~adaptrix.Engine` for ``model`` on ``backend``, cleaned up afterwards."""
-    from adaptrix.engine import Engine
-
     engine = Engine(model, backend=backend, progress=options.progress, **options.engine_options)
     engine.initialize()
     try:
@@ -73,12 +77,6 @@ def open_engine(model: str | None, backend: str, options: EvalOptions) -> Iterat
 
 def model_identity(model: str | None, backend: str, options: EvalOptions) -> tuple[str, str]:
     """``(digest, backend name)`` of a model source, without loading it (``auto`` resolved as the engine would)."""
-    from pathlib import Path
-
-    from adaptrix.backends.choice import choose_backend
-    from adaptrix.models.source import resolve_source
-    from adaptrix.plugins.host import get_host
-
     host = get_host()
     revision = options.engine_options.get("revision")
     src = resolve_source(model, revision=revision, progress=options.progress, host=host)
@@ -91,8 +89,6 @@ def model_identity(model: str | None, backend: str, options: EvalOptions) -> tup
 
 def adapter_digest(spec: AdapterSpec, adapters_dir) -> str:
     """A digest of what an adapter spec loads (its folders' files; a Hub id by name)."""
-    from adaptrix.adapters.sources import resolve_adapter
-
     if spec.is_base:
         return "base"
     parts = []
@@ -111,8 +107,6 @@ def load_specs(engine, specs: Sequence[AdapterSpec], adapters_dir=None) -> dict[
 
     Names are found in ``adapters_dir`` (the run's, whatever the engine's own is), as :func:`adapter_digest` does.
     """
-    from adaptrix.adapters.sources import resolve_adapter
-
     def where(name: str) -> str:
         if adapters_dir is None:
             return name

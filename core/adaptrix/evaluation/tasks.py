@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import attrs
 
 from adaptrix.errors import EvaluationError
+from adaptrix.evaluation.metrics import METRICS, check_items
 
 
 @attrs.frozen
@@ -193,8 +194,6 @@ def with_shots(items: Sequence[Item], shots: int) -> tuple[Item, ...]:
 def load_task(path: str | Path, *, metric: str | None = None, shots: int = 0, limit: int | None = None,
               max_new_tokens: int | None = None, name: str | None = None) -> Task:
     """A :class:`Task` from a JSONL file: ``limit`` first items, ``shots`` examples each (from the whole file)."""
-    from adaptrix.evaluation.metrics import METRICS, check_items
-
     path = Path(path)
     rows = read_jsonl(path)
     items = [parse_item(row, i, f"{path}, item {i + 1}") for i, row in enumerate(rows)]
