@@ -106,3 +106,47 @@ def test_a_network_call_is_refused():
 def test_memory_is_limited():
     r = run_program("x = bytearray(3 * 1024 ** 3)\n", memory_mb=256)
     assert not r.passed and "MemoryError" in r.output
+
+
+def test_code_cells_score_contained_answers_as_failures(tmp_path, monkeypatch):
+    """Through the runner: answers that loop, fork, write outside or call the network count as wrong."""
+    import contextlib
+    import json
+    from types import SimpleNamespace
+
+    from adaptrix.evaluation import runner
+    from adaptrix.evaluation.matrix import parse_adapters
+    from adaptrix.evaluation.runner import EvalOptions, run_matrix
+    from adaptrix.evaluation.tasks import load_task
+
+    outside = tmp_path / "outside.txt"
+    bodies = {
+        "good": "    return a + b",
+        "loop": "    while True:\n        pass",
+        "fork": "    import os\n    while True:\n        os.fork()\n    return a + b",
+        "write": f"    open({str(outside)!r}, 'w').write('x')\n    return a + b",
+        "network": "    import urllib.request\n    urllib.request.urlopen('http://example.com', timeout=2)\n    return a + b",
+    }
+    task_file = tmp_path / "code.jsonl"
+    task_file.write_text("\n".join(json.dumps({"prompt": f"Write add(a, b) ({k}).", "tests": "assert add(2, 3) == 5",
+                                               "entry_point": "add"}) for k in bodies))
+    answers = {f"Write add(a, b) ({k}).": f"Here it is:\n```python\ndef add(a, b):\n{b}\n```\n" for k, b in bodies.items()}
+
+    class Answers:  # the model's answers, fixed: the sandbox and the counting are under test
+        def list_adapters(self):
+            return []
+
+        def generate_batch_detailed(self, prompts, adapters=None, **settings):
+            return [SimpleNamespace(text=answers[p], token_ids=(1, 2)) for p in prompts]
+
+    @contextlib.contextmanager
+    def fake(model, backend, options):
+        yield Answers()
+
+    monkeypatch.setattr(runner, "open_engine", fake)
+    monkeypatch.setattr(runner, "model_identity", lambda model, backend, options: ("digest", "transformers"))
+    (cell,) = run_matrix(["m"], parse_adapters("base"), ["transformers"], [load_task(task_file)],
+                         EvalOptions(sandbox_timeout=2.0))
+    assert [r.correct for r in cell.items] == [True, False, False, False, False]
+    assert cell.items[1].extra["sandbox"] == "timeout"
+    assert cell.correct == 1 and not outside.exists()
