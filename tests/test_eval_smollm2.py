@@ -57,3 +57,35 @@ def test_compare_math_on_both_backends(fixture, request, monkeypatch, tmp_path, 
     base, adapter = cells
     assert adapter["correct"] >= 2 and adapter["correct"] > base["correct"]
     assert adapter["items"][0]["output"].startswith("48 × 4 = ")
+
+
+@pytest.mark.parametrize("fixture", ["smollm2_engine", "smollm2_llamacpp"])
+def test_choice_on_both_backends(fixture, request, monkeypatch, tmp_path, one_thread):
+    engine = request.getfixturevalue(fixture)
+    if not hasattr(engine, "score_batch"):
+        pytest.skip("this adaptrix has no Engine.score_batch yet")
+    backend = engine.get_model_info()["backend"]
+
+    @contextlib.contextmanager
+    def shared(model, name, options):
+        yield engine
+
+    monkeypatch.setattr(runner, "open_engine", shared)
+    from adaptrix.evaluation.matrix import parse_adapters
+    from adaptrix.evaluation.runner import EvalOptions, run_matrix
+    from adaptrix.evaluation.tasks import load_task
+
+    rows = [{"prompt": "The capital of France is", "choices": ["Paris", "London", "Berlin"], "answer": 0},
+            {"prompt": "Two plus two equals", "choices": ["seven", "four", "nine"], "answer": 1},
+            {"prompt": "The opposite of hot is", "choices": ["cold", "loud", "green"], "answer": 0}]
+    path = tmp_path / "mc.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    options = EvalOptions(engine_options={"adapters_dir": str(REPO / "examples/adapters")})
+    cells = run_matrix([None], parse_adapters("base,math_specialist"), [backend], [load_task(path)], options)
+    for cell, adapter in zip(cells, (None, "math_specialist")):
+        for row, item in zip(rows, cell.items):
+            # the oracle: each choice scored alone through Engine.score, in the same split as lm-eval
+            alone = [engine.score(row["prompt"], " " + c, adapter=adapter).logprob for c in row["choices"]]
+            assert item.extra["logprobs"] == pytest.approx(alone, abs=2e-3)
+            assert item.extracted == alone.index(max(alone))
+    assert cells[0].items[0].correct  # Paris
