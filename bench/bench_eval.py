@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--with-loading", action="store_true",
+                    help="also time what a user runs: four `adaptrix eval` runs (each loads the model and its "
+                    "adapter) vs one `adaptrix compare` (one load)")
     args = ap.parse_args(argv)
 
     import torch
@@ -60,6 +63,7 @@ def main(argv=None) -> int:
     def loaded(model, backend, options):
         yield engine
 
+    original_open = runner.open_engine
     runner.open_engine = loaded  # both modes share the loaded model: only the evaluation itself is timed
     specs = parse_adapters("base,math_specialist,pirate_style,math_specialist=0.5+pirate_style=0.5")
     task = load_suite("math", limit=args.limit, max_new_tokens=args.max_new_tokens)
@@ -87,12 +91,35 @@ def main(argv=None) -> int:
         all_same &= same
         t, s = statistics.median(times["together"]), statistics.median(times["one after another"])
         print(f"| {size} | {size} / {4 * size} | {s:.1f} | {t:.1f} | {s / t:.2f}x | {same} |", flush=True)
+        if args.with_loading:
+            runner.open_engine = original_open  # each run loads the model itself, as the CLI does
+            try:
+                loaded_t, loaded_s = with_loading(size, specs, task, engine_options)
+            finally:
+                runner.open_engine = loaded
+            print(f"| {size} (with loading) | {size} / {4 * size} | {loaded_s:.1f} (4 runs) | {loaded_t:.1f} (1 run) | "
+                  f"{loaded_s / loaded_t:.2f}x | - |", flush=True)
         results.append({"batch_size": size, "together_s": times["together"],
                         "sequential_s": times["one after another"], "ratio": s / t, "same_answers": same})
     print(f"\nload {os.getloadavg()[0]:.1f} at end; scores: " + ", ".join(f"{c.adapter} {c.correct}/{c.n}" for c in cells))
     print(json.dumps(results))
     engine.cleanup()
     return 0 if all_same else 1
+
+
+def with_loading(size, specs, task, engine_options) -> tuple[float, float]:
+    """Seconds of one compare run (loads the model once, adapters together) and of four eval runs (one per
+    cell, each loading the model and its adapter)."""
+    from adaptrix.evaluation.runner import EvalOptions, run_matrix
+
+    timed = {}
+    options = EvalOptions(batch_size=size, together=True, engine_options=engine_options)
+    for mode, groups in (("together", [specs]), ("separate", [[s] for s in specs])):
+        start = time.perf_counter()
+        for group in groups:
+            run_matrix([None], group, ["transformers"], [task], options)
+        timed[mode] = time.perf_counter() - start
+    return timed["together"], timed["separate"]
 
 
 if __name__ == "__main__":
