@@ -5,8 +5,9 @@ the model's digest, the adapter's digest, the backend, the settings (metric,
 token limit, sampling, sandbox limits) and the item itself (prompt, history,
 choices, tests, gold answer). Each result is its own file, written atomically
 (:func:`adaptrix.storage.files.atomic_file`), so a Ctrl-C or a crash leaves
-every finished item readable and no half-written one. The folder is
-``<adaptrix cache>/eval`` (``ADAPTRIX_CACHE``; see ``adaptrix cache``).
+every finished item readable and no half-written one. The files of one
+(model, adapter, backend, settings) share a folder under ``<adaptrix
+cache>/eval`` (``ADAPTRIX_CACHE``): ``adaptrix cache`` lists those folders.
 
 Digests (:func:`path_digest`) cover the files' names, sizes and modification
 times, not their bytes: a changed file changes the digest without reading
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +63,19 @@ class ResultCache:
         return self._folder
 
     @staticmethod
-    def key(model: str, adapter: str, backend: str, settings: dict[str, Any], item: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps([VERSION, model, adapter, backend, settings, item], sort_keys=True,
-                                         default=str).encode()).hexdigest()
+    def key(model: str, adapter: str, backend: str, settings: dict[str, Any], item: dict[str, Any],
+            label: str = "") -> str:
+        """``cell/item``: a folder per (model, adapter, backend, settings), named after ``label`` for people
+        (``adaptrix cache`` lists these folders), and a file per item."""
+        cell = json.dumps([VERSION, model, adapter, backend, settings], sort_keys=True, default=str)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._")[:60]
+        folder = f"{slug}-{hashlib.sha256(cell.encode()).hexdigest()[:16]}" if slug else \
+            hashlib.sha256(cell.encode()).hexdigest()[:16]
+        item_key = hashlib.sha256(json.dumps([cell, item], sort_keys=True, default=str).encode()).hexdigest()
+        return f"{folder}/{item_key}"
 
     def _path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}.json"
+        return self.folder / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored result, or ``None`` (absent, disabled, or unreadable: then it is computed again)."""

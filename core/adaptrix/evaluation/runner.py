@@ -292,7 +292,8 @@ def _run_task(model, backend, digest, specs, adapter_digests, task, options, cac
     rows: list[_Row] = []
     for spec in specs:
         for item in task.items:
-            key = cache.key(digest, adapter_digests[spec.label], backend, settings, item.fingerprint())
+            key = cache.key(digest, adapter_digests[spec.label], backend, settings, item.fingerprint(),
+                            label=f"{Path(_label(model)).name}-{spec.label}-{backend}-{task.name}")
             hit = cache.get(key)
             if hit is not None:
                 try:

@@ -151,7 +151,7 @@ IMPORTED = CacheKind(
     is_entry=lambda p: _visible(p) and p.is_dir(),
 )
 EVAL = CacheKind(
-    "eval", "eval", "evaluation results, one per (model, adapter, backend, settings, item): adaptrix eval/compare",
+    "eval", "eval", "adaptrix eval/compare results: a folder per (model, adapter, backend, task), a file per item",
     is_entry=lambda p: _visible(p) and p.is_dir(),
 )
 CORE_KINDS = (GGUF, IMPORTED, EVAL)
