@@ -89,8 +89,14 @@ def test_metrics():
     assert is_correct(exact, exact.extract("  paris. ", It), It) and not is_correct(exact, exact.extract("Paris!", It), It)
     contains = METRICS["contains"]
     assert is_correct(contains, contains.extract("It is  PARIS, France", It), It)
-    assert extract_code("Sure:\n```python\ndef f():\n    return 1\n```\nDone", It) == "def f():\n    return 1\n"
+    class Chat:
+        prompt, raw = "Write f.", False
+
+    assert extract_code("Sure:\n```python\ndef f():\n    return 1\n```\nDone", Chat) == "def f():\n    return 1\n"
+    assert extract_code("```python\ndef f():\n    return 2\n```", It) == "def f():\n    return 2\n"
     assert extract_code("    return 1\n", It) == "def f():\n    return 1\n"
+    # a raw completion that closes a markdown block: the code ends at the fence
+    assert extract_code("    return 1\n```\n\nThis returns 1.", It) == "def f():\n    return 1\n"
     assert choose([-3.0, -2.0, -10.0], ["a", "bb", "cccccccccccccccccccc"]) == (1, 2)
 
 

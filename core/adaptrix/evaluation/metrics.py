@@ -9,8 +9,8 @@
 - ``choice``: the choice with the highest log-likelihood given the prompt is
   the right one (``acc``); ``acc_norm`` divides each choice's log-likelihood
   by its length in characters first (lm-eval's ``acc`` and ``acc_norm``);
-- ``code``: the answer's code followed by the item's ``tests`` runs without
-  error in the sandbox (:mod:`adaptrix.evaluation.sandbox`).
+- ``code``: the answer's code (:func:`extract_code`) followed by the item's
+  ``tests`` runs without error in the sandbox (:mod:`adaptrix.evaluation.sandbox`).
 """
 
 from __future__ import annotations
@@ -57,11 +57,18 @@ def final_number(text: str) -> float | None:
 
 
 def extract_code(output: str, item: Any) -> str:
-    """The program an answer gives: its first fenced code block, else (a raw completion) prompt + output."""
+    """The program an answer gives.
+
+    A raw completion (``item.raw``) continues the prompt's code: prompt + output up to its first code fence
+    (a model that writes markdown closes the block with one), unless the output opens a fenced block itself.
+    A chat answer: its first fenced code block, else the whole answer.
+    """
+    if item.raw and not re.match(r"\s*```[ \t]*(?:python|py|Python)?[ \t]*\n", output):
+        return item.prompt + output.split("```", 1)[0]
     fenced = _FENCE.search(output)
     if fenced:
         return fenced.group(1)
-    return (item.prompt + output) if item.raw else output
+    return output
 
 
 def is_correct(metric: Metric, extracted: Any, item: Any) -> bool:

@@ -23,8 +23,9 @@ from adaptrix.errors import EvaluationError
 from adaptrix.evaluation.tasks import Task, load_task, parse_item
 
 DATA = Path(__file__).resolve().parent / "data"
-#: HumanEval's stop strings for plain completions (a new top-level statement ends the function).
-HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+#: HumanEval's stop strings for plain completions (a new top-level statement ends the function), and a code
+#: fence (a model writing markdown closes its block with one), as bigcode's harness adds.
+HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "```")
 
 
 def _math(shots: int, limit: int | None, max_new_tokens: int | None) -> Task:
