@@ -43,11 +43,18 @@ def test_compare_math_on_both_backends(fixture, request, monkeypatch, tmp_path, 
     from adaptrix.cli.main import main
 
     assert main(["compare", "--models", "default", "--adapters", "base,math_specialist", "--adapters-dir",
-                 str(REPO / "examples/adapters"), "--backends", backend, "--tasks", "math", "--limit", "3",
+                 str(REPO / "examples/adapters"), "--backends", backend, "--tasks", "math,chat", "--limit", "3",
                  "--max-new-tokens", "48", "--json"]) == 0
     cells = json.loads(capsys.readouterr().out)["cells"]
     assert [(c["adapter"], c["backend"], c["task"], c["n"]) for c in cells] == [
-        ("base", backend, "math", 3), ("math_specialist", backend, "math", 3)]
+        ("base", backend, "math", 3), ("math_specialist", backend, "math", 3),
+        ("base", backend, "chat", 3), ("math_specialist", backend, "chat", 3)]
+    from adaptrix.evaluation.suites import chat_items
+
+    facts = [row["answer"] for row in chat_items()[:3]]
+    for c in cells[2:]:  # chat: an independent count of the facts recalled
+        assert c["correct"] == sum(f.lower() in i["output"].lower() for f, i in zip(facts, c["items"]))
+    cells = cells[:2]
     final_integer = _examples_final_integer()
     rows = [json.loads(line) for line in (REPO / "examples/math/heldout.jsonl").read_text().splitlines()[:3]]
     gold = [final_integer(r["messages"][-1]["content"]) for r in rows]
