@@ -183,3 +183,56 @@ def test_generate_between_steps_uses_the_engines_own_adapters(engine):
     assert e.generate_detailed(question, temperature=0, max_new_tokens=N).token_ids == math.token_ids
     e.switch_adapter(None)
     d.close()
+
+
+def test_the_runners_decoder_holds_the_lease_it_is_given_and_never_reaches_into_the_engine(engine, monkeypatch):
+    """``LlamaCppRunner.step_decoder`` gets the model lease and nothing of the engine: it waits for that lease
+    (not for a lock of its own finding), and with every attribute of every Engine made to fail, its rows
+    still decode to ``generate``'s answers alone."""
+    import threading
+
+    from adaptrix import Engine
+    from adaptrix.generation.lease import ModelLease
+    from adaptrix.generation.steps import StepDecoder
+
+    e = engine
+    requests = {"base": ("Name three colors.", None), "math": ("What is 25 times 8?", MATH)}
+    want = {k: _alone(e, p, a) for k, (p, a) in requests.items()}
+    prepared = {k: e.prepare_request(p, adapter=a, temperature=0, max_new_tokens=N) for k, (p, a) in requests.items()}
+    runner, lease = e.runner, ModelLease()
+    held, free = threading.Event(), threading.Event()
+
+    def hold():
+        with lease:
+            held.set()
+            free.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    built: list = []
+    builder = threading.Thread(target=lambda: built.append(runner.step_decoder(lease=lease, max_rows=2)))
+    builder.start()
+    builder.join(0.5)
+    assert not built  # it waits for the lease it was given
+    free.set()
+    builder.join(30)
+    holder.join(30)
+    (d,) = built
+    assert isinstance(d, StepDecoder)
+
+    def reached(self, name):
+        raise AssertionError(f"the step decoder reached into the engine: Engine.{name}")
+
+    monkeypatch.setattr(Engine, "__getattribute__", reached)
+    texts, done = {}, {}
+    try:
+        for key, (_, adapter) in requests.items():
+            _, texts[key] = d.add(key, prepared[key], adapter)
+        while d.rows:
+            _step(d, texts, done)
+    finally:
+        d.close()
+        monkeypatch.undo()
+    for key in requests:
+        assert done[key].token_ids == want[key].token_ids and texts[key] == want[key].text, key

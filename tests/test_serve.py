@@ -413,7 +413,7 @@ def test_adapter_budget_holds_for_a_running_batch(world):
     def make():
         e = Engine(str(world["model"]), adapters_dir=str(world["ads"]), progress=False, max_loaded_adapters=2)
         e.initialize()
-        original = e.decoding_model
+        original = e.runner.decoding_model
 
         def watched(adapters):
             out = original(adapters)
@@ -424,7 +424,7 @@ def test_adapter_budget_holds_for_a_running_batch(world):
             seen["evicted_in_use"].append(sorted(running - resident))
             return out
 
-        e.decoding_model = watched
+        e.runner.decoding_model = watched  # what the runner builds its step decoder with
         return e
 
     app = create_app(make, ServeOptions(adapters_dir=str(world["ads"]), max_batch=8))

@@ -114,7 +114,7 @@ def test_a_bad_item_fails_alone(engine):
 def test_a_row_keeps_its_answer_while_other_adapters_come_and_go(tiny_model, tmp_path, one_thread, start_wrapped):
     """A server loads and unloads adapters between two steps while rows that use others keep running. The
     first adapter wraps the model in peft and unloading the last one unwraps it: the module and kwargs the
-    decoder holds still give the row its answer alone (``Engine.decoding_model``'s promise)."""
+    decoder holds still give the row its answer alone (``TransformersRunner.decoding_model``'s promise)."""
     from adaptrix import Engine
 
     model = tiny_model("llama")
@@ -141,13 +141,17 @@ def test_a_row_keeps_its_answer_while_other_adapters_come_and_go(tiny_model, tmp
 
 
 def test_a_backend_without_batch_invariant_decoding_is_refused_by_name(engine, monkeypatch):
-    """A third-party step decoder that cannot decode rows apart gets a clear error, not a TypeError."""
+    """A backend whose runner does not declare ``"batch_invariant"`` gets a clear error for it, and one that
+    does not declare ``"step_decode"`` is served one request at a time (no decoder)."""
     from adaptrix.errors import BackendError
 
-    monkeypatch.setattr(engine.runner, "step_decoder", lambda engine, *, max_rows=8: None)
-    assert engine.step_decoder(max_rows=2) is None
+    monkeypatch.setattr(engine.runner, "capabilities", frozenset({"step_decode"}))
+    assert engine.step_decoder(max_rows=2) is not None
     with pytest.raises(BackendError, match="cannot compute rows as if alone.*--no-batching"):
         engine.step_decoder(max_rows=2, batch_invariant=True)
+    monkeypatch.setattr(engine.runner, "capabilities", frozenset())
+    assert engine.step_decoder(max_rows=2) is None
+    assert engine.step_decoder(max_rows=2, batch_invariant=True) is None  # served alone: invariant already
 
 
 # -- batch invariance on the real SmolLM2 ------------------------------------------------------------------
@@ -210,3 +214,28 @@ def test_batch_invariant_rows_get_the_logits_generate_computes_alone(smol, batch
         assert all(same)
     else:
         assert not all(same)
+
+
+def test_the_runners_decoder_works_with_the_lease_alone_and_never_reaches_into_the_engine(engine, monkeypatch):
+    """``Runner.step_decoder`` gets the model lease and nothing of the engine: with every attribute of every
+    Engine made to fail, rows still decode to ``generate``'s answers alone."""
+    from adaptrix import Engine
+    from adaptrix.generation.lease import ModelLease
+    from adaptrix.generation.steps import StepDecoder
+
+    requests = {i: (p, a) for i, (p, a) in enumerate(zip(PROMPTS, [None, "a1", "a2", None]))}
+    want = {i: _alone(engine, p, a) for i, (p, a) in requests.items()}
+    prepared = {i: _prepared(engine, p, a) for i, (p, a) in requests.items()}
+    runner, lease = engine.runner, ModelLease()
+
+    def reached(self, name):
+        raise AssertionError(f"the step decoder reached into the engine: Engine.{name}")
+
+    monkeypatch.setattr(Engine, "__getattribute__", reached)
+    for batch_invariant in (False, True):
+        decoder = runner.step_decoder(lease=lease, max_rows=4, batch_invariant=batch_invariant)
+        assert isinstance(decoder, StepDecoder)
+        outcomes = decoder.add_many([(i, prepared[i], a) for i, (_, a) in requests.items()])
+        assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+        assert _drain(decoder) == want, batch_invariant
+        assert lease.holder is None  # held only while the decoder ran

@@ -35,7 +35,8 @@ from adaptrix.generation.request import GenerationRequest
 from adaptrix.types import UNSET, GenerationConfig, LoadOptions
 from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.settings import explicit_settings, resolve_settings
-from adaptrix.generation.text import IncrementalDecoder, TextPipeline, open_span, stop_check
+from adaptrix.generation.steps import StepDecoder, finish_row, result_of
+from adaptrix.generation.text import IncrementalDecoder, open_span, stop_check
 
 #: The keyword arguments of ``Engine()`` itself (anything else must be a declared family option).
 _ENGINE_ARGUMENTS = (
@@ -388,17 +389,9 @@ class Engine:
                 prepared = self._prepare(req, conv)
                 new = session.runner.generate([prepared.input_ids], prepared.settings,
                                               stop=self._stop_check([prepared]))[0]
-                result = self.result_for(prepared, new)
+                result = finish_row(prepared, new, self.tokenizer)
                 self._remember(conv, req, result.text)
                 return result
-
-    def result_for(self, prepared: PreparedRequest, new_ids: Sequence[int]) -> GenerationResult:
-        """The :class:`~adaptrix.generation.result.GenerationResult` ``generate`` returns for these generated ids."""
-        new = list(new_ids)
-        raw_text = self.tokenizer.decode(new, skip_special_tokens=True)
-        pipeline = prepared.pipeline()
-        text = pipeline.run(raw_text)
-        return _result(prepared, new, text, raw_text, pipeline)
 
     # -- streaming ------------------------------------------------------------------
     def stream(self, prompt: str | GenerationRequest, **options) -> Iterator[str]:
@@ -467,7 +460,7 @@ class Engine:
                     self._remember(conv, req, text)
         finally:
             generation.close()  # closed, dropped or done: stop the generation and free the model
-        return _result(prepared, decoder.ids, text, decoder.text, pipeline)
+        return result_of(prepared, decoder.ids, text, decoder.text, pipeline)
 
     # -- batches ----------------------------------------------------------------------
     def generate_batch(self, prompts: Sequence[str], *, adapters: Sequence[str | None] | None = None,
@@ -508,7 +501,7 @@ class Engine:
                 )
             finally:
                 session.adapters.settle()  # a batch may keep more adapters resident than the budget
-            return [self.result_for(p, new) for p, new in zip(prepared, rows)]
+            return [finish_row(p, new, self.tokenizer) for p, new in zip(prepared, rows)]
 
     # -- conversations -------------------------------------------------------------
     def reset_context(self, conversation: str | None = None) -> None:
@@ -638,13 +631,11 @@ class Engine:
         info.update(session.adapters.status())
         return info
 
-    # -- serving seam (adaptrix serve, adaptrix.backends.transformers.batching) ----------------------------
-    # For step-level decoders that run the model themselves (iteration-level
-    # batching; step_decoder gives the backend's own, or None): format a request
-    # exactly as generate() would (prepare_request),
-    # give the module and forward kwargs for a batch of per-row adapters
-    # (decoding_model, backends that can), and turn generated ids into the result
-    # generate() would return (result_for, above).
+    # -- serving seam (adaptrix serve) ----------------------------------------------------------------
+    # A step-level decoder (iteration-level batching) runs the model itself: prepare_request formats a
+    # request exactly as generate() would; step_decoder gives the backend's decoder
+    # (adaptrix.generation.steps.StepDecoder), built by the runner from its own model and adapter manager,
+    # holding this engine's model lease, and ending rows with generate()'s own result (finish_row).
     def prepare_request(
         self, prompt: str, *, history: Sequence[dict[str, str]] = (), **options
     ) -> PreparedRequest:
@@ -660,68 +651,37 @@ class Engine:
             self._require_loaded()
             return self._prepare(req, self._conversation_for(req))
 
-    def step_decoder(self, max_rows: int = 8, *, batch_invariant: bool = False):
-        """The backend's step-level decoder for up to ``max_rows`` rows (see
-        :meth:`adaptrix.backends.contract.Runner.step_decoder`), or ``None``: serve one request at a time.
+    def step_decoder(self, max_rows: int = 8, *, batch_invariant: bool = False) -> StepDecoder | None:
+        """The backend's step-level decoder for up to ``max_rows`` rows
+        (:class:`~adaptrix.generation.steps.StepDecoder`), or ``None``: serve one request at a time.
 
-        ``batch_invariant=True``: every row is computed exactly as the request alone (one forward or
-        ``llama_decode`` per row), so each greedy answer equals ``generate``'s, whatever decodes beside
-        it; batched rows (the default) are faster but may round differently and, rarely, change a
-        greedy answer. See docs/serve.md."""
+        A backend has one when its runner declares ``"step_decode"`` in ``capabilities`` (and the model
+        allows it). ``batch_invariant=True``: every row is computed exactly as the request alone (one
+        forward or ``llama_decode`` per row), so each greedy answer equals ``generate``'s, whatever decodes
+        beside it; only runners that declare ``"batch_invariant"`` can. Batched rows (the default) are
+        faster but may round differently and, rarely, change a greedy answer. See docs/serve.md."""
         with self._lock:
             runner = self.runner
-            if not batch_invariant:
-                return runner.step_decoder(self, max_rows=max_rows)
-            import inspect
-
-            if "batch_invariant" not in inspect.signature(runner.step_decoder).parameters:
+            if "step_decode" not in runner.capabilities:
+                return None
+            if batch_invariant and "batch_invariant" not in runner.capabilities:
                 raise BackendError(
                     f"the {runner.backend} backend's step decoder cannot compute rows as if alone "
                     "(batch_invariant); serve one request at a time (adaptrix serve --no-batching) for answers that "
                     "never depend on the batch"
                 )
-            return runner.step_decoder(self, max_rows=max_rows, batch_invariant=True)
-
-    def decoding_model(self, adapters: Sequence[str | None]):
-        """``(module, forward_kwargs)``: calling ``module(..., **forward_kwargs)`` gives row i ``adapters[i]``.
-
-        ``None`` rows use the base model; adapters are loaded when needed. The
-        pair stays valid while these adapters stay loaded, whatever other adapters
-        are loaded or unloaded meanwhile (a server changes adapters between two
-        decode steps of rows that use others).
-        Backends without step-level decoding raise :class:`BackendError`.
-        """
-        with self._lock:
-            runner = self.runner
-            if not hasattr(runner, "decoding_model"):
+            decoder = runner.step_decoder(lease=self._lock, max_rows=max_rows, batch_invariant=bool(batch_invariant))
+            if decoder is not None and not isinstance(decoder, StepDecoder):
                 raise BackendError(
-                    f"the {runner.backend} backend has no step-level decoding; serve it one request at a time"
+                    f"the {runner.backend} backend's step_decoder returned a {type(decoder).__name__}, which lacks "
+                    "what adaptrix.generation.steps.StepDecoder requires (rows, add, add_many, step, remove, tail, "
+                    "finish, close); fix the backend or remove 'step_decode' from its runner's capabilities"
                 )
-            return runner.decoding_model(list(adapters))
+            return decoder
 
 
 #: The seed design's name for the engine.
 ModularAdaptrixEngine = Engine
-
-
-def _result(prepared: PreparedRequest, new: list[int], text: str, raw_text: str,
-            pipeline: TextPipeline) -> GenerationResult:
-    """The result of a generation whose ids ``new`` gave ``text`` through ``pipeline`` (already run)."""
-    if pipeline.stopped:
-        reason = "stop"
-    elif new and new[-1] in prepared.eos_ids:
-        reason = "eos"
-    else:
-        reason = "length"
-    return GenerationResult(
-        text=text,
-        token_ids=tuple(new),
-        prompt_tokens=len(prepared.input_ids),
-        finish_reason=reason,
-        settings=prepared.settings,
-        trimmed_turns=prepared.prompt.trimmed_turns,
-        raw_text=raw_text,
-    )
 
 
 class DetailedStream:

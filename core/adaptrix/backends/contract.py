@@ -21,6 +21,8 @@ from adaptrix.errors import BackendError
 if TYPE_CHECKING:  # pragma: no cover
     import threading
 
+    from adaptrix.generation.lease import ModelLease
+    from adaptrix.generation.steps import StepDecoder
     from adaptrix.types import GenerationConfig, LoadedModel, LoadOptions
 
 REFERENCE = "transformers"
@@ -47,8 +49,11 @@ class Runner(ABC):
     pad_id: int | None = None
     #: The context window when the backend knows it better than the config (``None``: the config's).
     context_length: int | None = None
-    #: Operations this backend supports beyond generation ("train", "compose", "merge", "mixed_batch",
-    #: "step_decode": :meth:`step_decoder` returns a decoder).
+    #: What the engine asks of this backend beyond generation, read by :meth:`adaptrix.Engine.step_decoder`:
+    #: ``"step_decode"``: :meth:`step_decoder` returns a decoder (``adaptrix serve`` batches requests; without
+    #: it the server runs one request at a time); ``"batch_invariant"``: that decoder can compute each row
+    #: exactly as alone (``adaptrix serve --batch-invariant``; refused by name without it). Adapter
+    #: operations are the adapter manager's to declare (``COMPOSE_METHODS``, ``CAN_MERGE``).
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
@@ -113,28 +118,21 @@ class Runner(ABC):
             cancel.set()
             worker.join()  # within one step: the model is free when this returns
 
-    def step_decoder(self, engine, *, max_rows: int = 8, batch_invariant: bool = False):
+    def step_decoder(self, *, lease: "ModelLease", max_rows: int = 8,
+                     batch_invariant: bool = False) -> "StepDecoder | None":
         """A step-level decoder for iteration-level batching (``adaptrix serve``), or ``None`` when this
-        backend or model has none (requests are then served one at a time).
+        model has none (requests are then served one at a time). Called only when ``capabilities`` holds
+        ``"step_decode"`` (and ``"batch_invariant"`` when ``batch_invariant`` is asked).
 
-        The decoder runs rows of up to ``max_rows`` requests, each with its own
-        adapter, one token per row per step: ``add(key, prepared, adapter) ->
-        (row, text)`` prefills a :class:`~adaptrix.generation.result.PreparedRequest`
-        (from ``engine.prepare_request``) and may raise
-        :class:`~adaptrix.errors.BatchFullError` to be retried later;
-        ``add_many([(key, prepared, adapter), ...])`` adds several at once
-        (prefilled together where the backend can), returning per item
-        ``(row, text)`` or the exception it raised
-        (:func:`adaptrix.generation.steps.add_each` adds them one by one); ``step()
-        -> [(row, text)]``; ``remove(row)``; ``tail(row)`` (text held back
-        until the end); ``finish(row)`` (the
-        :class:`~adaptrix.generation.result.GenerationResult` ``generate`` returns).
-        Rows have ``adapter`` and ``finish_reason`` (``eos``, ``stop``,
-        ``length``). Greedy rows get what ``generate`` gives them alone, up to
-        floating-point effects of computing rows together; with
-        ``batch_invariant=True`` each row must be computed exactly as
-        ``generate`` computes the request alone (the engine passes it only when
-        asked), so its greedy tokens are ``generate``'s whatever runs beside it.
+        The runner builds it from what it owns (its model, tokenizer, adapter manager); ``lease`` is the
+        engine's model lease (the ``lock`` its adapter manager was given), which the decoder holds while it
+        touches the model. The decoder satisfies :class:`adaptrix.generation.steps.StepDecoder`: rows of up
+        to ``max_rows`` requests, each with its own adapter, one token per row per step, its rows
+        :class:`adaptrix.generation.steps.Row`, ended by the shared ``row_finish``, ``row_tail`` and
+        ``finish_row``. Greedy rows get what ``generate`` gives them alone, up to floating-point effects of
+        computing rows together; with ``batch_invariant=True`` each row must be computed exactly as
+        ``generate`` computes the request alone, so its greedy tokens are ``generate``'s whatever runs
+        beside it.
         """
         return None
 

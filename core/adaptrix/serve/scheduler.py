@@ -5,9 +5,10 @@ Request handlers never touch the engine: they :meth:`Scheduler.submit` a
 thread) or :meth:`Scheduler.call` a function on the engine (adapter loads,
 listings). Two modes:
 
-- **batched** (backends whose runner has a step decoder, see
+- **batched** (backends whose runner declares ``"step_decode"``, see
   :meth:`adaptrix.Engine.step_decoder`: transformers, llama.cpp): an
-  iteration-level loop around that decoder; queued requests join the running
+  iteration-level loop around that decoder, driven only through the
+  :class:`~adaptrix.generation.steps.StepDecoder` protocol; queued requests join the running
   batch between decode steps, whatever their adapter (a decoder that is full
   for now, :class:`~adaptrix.errors.BatchFullError`, leaves them queued);
 - **serial** (any backend): one request at a time through the Engine's
@@ -44,6 +45,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from adaptrix.adapters.compositions import composition_name
+from adaptrix.generation.steps import Row, StepDecoder
 from adaptrix.serve.errors import ApiError
 from adaptrix.serve.schemas import CompletionRequest
 
@@ -136,10 +138,10 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._decoder = None
-        self._running: dict[Any, Job] = {}  # row -> job (batched mode)
+        self._decoder: StepDecoder | None = None
+        self._running: dict[Row, Job] = {}  # row -> job (batched mode)
         self._resident: set[str] = set()
-        self._holds: dict[Any, Any] = {}  # row -> the AdapterHold on what it decodes with (batched mode)
+        self._holds: dict[Row, Any] = {}  # row -> the AdapterHold on what it decodes with (batched mode)
 
     # -- client side ------------------------------------------------------------
     def start(self) -> None:
@@ -267,7 +269,7 @@ class Scheduler:
 
     def running_adapters(self) -> set[str]:
         """The adapters the running batch's rows decode with."""
-        return {row.adapter for row in list(self._running) if getattr(row, "adapter", None)}
+        return {row.adapter for row in list(self._running) if row.adapter}
 
     def _hold(self, req: CompletionRequest):
         """The adapter manager's hold on what ``req`` decodes with (its composition built or reused)."""
@@ -380,7 +382,7 @@ class Scheduler:
                 self._finish(row)
         self.metrics.running.set(len(self._running))
 
-    def _finish(self, row) -> None:
+    def _finish(self, row: Row) -> None:
         job = self._running.pop(row)
         self._holds.pop(row).release()
         tail = self._decoder.tail(row)
@@ -398,7 +400,7 @@ class Scheduler:
         self.metrics.running.set(0)
         if self.batching:
             with contextlib.suppress(Exception):  # frees what the old decoder holds (sequences, pins)
-                getattr(self._decoder, "close", lambda: None)()
+                self._decoder.close()
             self._decoder = self.engine.step_decoder(max_rows=self.max_batch, batch_invariant=self.batch_invariant)
 
     # -- serial mode ----------------------------------------------------------------------

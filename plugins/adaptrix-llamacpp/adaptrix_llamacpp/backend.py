@@ -27,8 +27,16 @@ from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.manager import AdapterManager, composed_info
 from adaptrix.backends.contract import Backend, Runner
 from adaptrix.errors import AdapterError, BackendError
+from adaptrix.storage.files import remove_stale
 from adaptrix.types import LoadedModel
 from adaptrix.generation.settings import is_greedy
+
+from .codec import LlamaTextCodec
+from .gguf_index import module_index, read_gguf_model
+from .lora_cache import cached_lora, lora_root
+from .runtime import LlamaRuntime
+from .sampling import sampling
+from .steps import LlamaStepDecoder
 
 
 class LlamaCppBackend(Backend):
@@ -51,9 +59,6 @@ class LlamaCppBackend(Backend):
         return None
 
     def load(self, source, options, host) -> "LlamaCppRunner":
-        from .codec import LlamaTextCodec
-        from .runtime import LlamaRuntime
-
         device = (options.device or "auto").strip().lower()
         if device not in ("cpu", "auto"):
             raise BackendError(
@@ -86,7 +91,7 @@ class LlamaCppBackend(Backend):
 
 class LlamaCppRunner(Runner):
     backend = "llamacpp"
-    capabilities = frozenset({"compose", "step_decode"})
+    capabilities = frozenset({"step_decode", "batch_invariant"})
 
     def __init__(self, source, loaded, runtime, *, progress: bool = True):
         self.source = source
@@ -128,12 +133,10 @@ class LlamaCppRunner(Runner):
         """Generated in the pulling thread, one ``llama_decode`` per ``next()``: no thread in between."""
         return self._row(ids, cfg, None if stop is None else (lambda new_ids: stop(0, new_ids)), None)
 
-    def step_decoder(self, engine, *, max_rows: int = 8, batch_invariant: bool = False):
-        """Rows as parallel sequences of the one context (:mod:`.steps`); ``batch_invariant``: one
-        ``llama_decode`` per row instead of per adapter."""
-        from .steps import LlamaStepDecoder
-
-        return LlamaStepDecoder(engine, self, max_rows=max_rows, batch_invariant=batch_invariant)
+    def step_decoder(self, *, lease, max_rows: int = 8, batch_invariant: bool = False):
+        """Rows as parallel sequences of the one context (:mod:`.steps`), holding ``lease`` (the engine's model
+        lease); ``batch_invariant``: one ``llama_decode`` per row instead of per adapter."""
+        return LlamaStepDecoder(self, lease=lease, max_rows=max_rows, batch_invariant=batch_invariant)
 
     def _row(self, ids, cfg, stop, cancel):
         """One prompt's new tokens; the end-of-generation token that ends a row is kept, as transformers keeps EOS."""
@@ -172,19 +175,6 @@ class LlamaCppRunner(Runner):
         self.runtime.close()
 
 
-def sampling(cfg) -> dict[str, Any]:
-    """The runtime's sampling arguments for a resolved :class:`~adaptrix.types.GenerationConfig`."""
-
-    greedy = is_greedy(cfg)
-    return dict(
-        temperature=0.0 if greedy else float(cfg.temperature),
-        top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
-        top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
-        repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
-        seed=cfg.seed,
-    )
-
-
 class LlamaCppAdapterManager(AdapterManager):
     """PEFT adapters applied as GGUF LoRAs with per-adapter scales on the llama.cpp context."""
 
@@ -201,25 +191,18 @@ class LlamaCppAdapterManager(AdapterManager):
         super().__init__(loaded, adapters_dir, **options)
         self.runner = runner
         self.base_file = runner.source.gguf_file
-        from adaptrix.storage.files import remove_stale
-
-        from .lora_cache import lora_root
-
         remove_stale(lora_root())  # what conversions killed before this start left (one listing of the folder)
         self._handles: dict[str, Any] = {}  # adapter name -> runtime LoraAdapter
         self._composed: dict[str, dict[str, float]] = {}  # a cat composition: source -> weight
 
     def _module_index(self):
-        from .gguf_index import module_index, read_gguf_model
-        from .convert import check_architecture
+        from .convert import check_architecture  # numpy: not at discovery, which imports this module
 
         model = read_gguf_model(self.runner.source.gguf_file)
         check_architecture(model, f"adapters on {model.path.name}")
         return module_index(model)
 
     def _add(self, info: AdapterInfo, state) -> None:
-        from .lora_cache import cached_lora
-
         if state is not None:
             raise AdapterError(
                 f"adapter {info.name!r}: {info.weights_file} is a pickle; the llamacpp backend converts "

@@ -1,7 +1,7 @@
 """The text side of a llama.cpp model: the subset of a tokenizer the engine uses.
 
 :class:`LlamaTextCodec` encodes and decodes with the GGUF's own vocabulary
-(through :class:`~adaptrix_llamacpp.runtime.LlamaRuntime`), names the special
+(a runtime's :class:`~adaptrix_llamacpp.vocab.Vocabulary`), names the special
 tokens and renders the GGUF's chat template with :mod:`adaptrix.generation.chat_template`,
 so the llama.cpp path never loads a transformers tokenizer. Its answers equal
 those of the transformers tokenizer built from the same GGUF (tests hold it to
@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adaptrix.generation.chat_template import ChatTemplate
+from adaptrix.errors import ChatTemplateError
 
 from .runtime import LlamaRuntime
 
@@ -26,7 +27,7 @@ class LlamaTextCodec:
     padding_side = "left"
 
     def __init__(self, runtime: LlamaRuntime, *, name: str | None = None):
-        self._rt = runtime
+        self._vocab = runtime.vocab
         self.name = name or runtime.path.name
         sp = runtime.special
         self.bos_token_id, self.eos_token_id, self.unk_token_id = sp.bos, sp.eos, sp.unk
@@ -39,7 +40,7 @@ class LlamaTextCodec:
         self._special_ids: frozenset[int] | None = None
 
     def _text(self, token_id: int | None) -> str | None:
-        return None if token_id is None else self._rt.token_text(token_id)
+        return None if token_id is None else self._vocab.token_text(token_id)
 
     @property
     def special_tokens_map(self) -> dict[str, str]:
@@ -52,18 +53,18 @@ class LlamaTextCodec:
     def all_special_ids(self) -> frozenset[int]:
         """Control tokens and the named special tokens: what ``skip_special_tokens`` drops."""
         if self._special_ids is None:
-            rt = self._rt
+            vocab = self._vocab
             named = {self.bos_token_id, self.eos_token_id, self.unk_token_id, self.pad_token_id} - {None}
-            self._special_ids = frozenset(named | {t for t in range(rt.n_vocab) if rt.is_control(t)})
+            self._special_ids = frozenset(named | {t for t in range(vocab.n_vocab) if vocab.is_control(t)})
         return self._special_ids
 
     @property
     def vocab_size(self) -> int:
-        return self._rt.n_vocab
+        return self._vocab.n_vocab
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; markup such as ``<|im_start|>`` becomes its special token."""
-        return self._rt.tokenize(text, add_special=add_special_tokens, parse_special=True)
+        return self._vocab.tokenize(text, add_special=add_special_tokens, parse_special=True)
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         return {"input_ids": self.encode(text, add_special_tokens=add_special_tokens)}
@@ -74,15 +75,15 @@ class LlamaTextCodec:
         if skip_special_tokens:
             special = self.all_special_ids
             ids = [t for t in ids if t not in special]
-        return self._rt.detokenize(ids, special=True) if ids else ""
+        return self._vocab.detokenize(ids, special=True) if ids else ""
 
     def convert_tokens_to_ids(self, token: str) -> int | None:
         """The id of a vocabulary entry; the UNK id (None when there is no UNK) for an unknown one."""
-        found = self._rt.token_id(token)
+        found = self._vocab.token_id(token)
         return self.unk_token_id if found is None else found
 
     def convert_ids_to_tokens(self, token_id: int) -> str:
-        return self._rt.token_text(token_id)
+        return self._vocab.token_text(token_id)
 
     def template(self) -> ChatTemplate | None:
         """The GGUF's chat template bound to this model's special tokens, or None when it has none."""
@@ -102,8 +103,6 @@ class LlamaTextCodec:
         """As transformers' ``apply_chat_template`` (text with ``tokenize=False``, else ids without added BOS)."""
         source = chat_template or self.chat_template
         if not source:
-            from adaptrix.errors import ChatTemplateError
-
             raise ChatTemplateError(
                 f"{self.name} has no chat template in its GGUF metadata (tokenizer.chat_template): "
                 "pass chat_template= or use the plain prompt format"
@@ -122,14 +121,14 @@ class StreamDecoder:
     """Token ids in, text out as soon as it forms whole UTF-8 characters (built from per-token pieces)."""
 
     def __init__(self, codec: LlamaTextCodec, skip_special_tokens: bool):
-        self._rt = codec._rt
+        self._vocab = codec._vocab
         self._skip = codec.all_special_ids if skip_special_tokens else frozenset()
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id: int) -> str:
         if token_id in self._skip:
             return ""
-        return self._utf8.decode(self._rt.token_piece(token_id, special=True))
+        return self._utf8.decode(self._vocab.token_piece(token_id, special=True))
 
     def flush(self) -> str:
         """Whatever bytes were left incomplete, with replacement characters."""

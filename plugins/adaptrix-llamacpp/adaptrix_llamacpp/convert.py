@@ -26,7 +26,10 @@ import numpy as np
 from adaptrix.adapters.info import CONFIG_FILE, WEIGHTS_FILE, read_adapter_info
 from adaptrix.plugins.host import get_host
 from adaptrix.adapters.validate import CompatibilityReport, validate
-from adaptrix.errors import AdapterFormatError, AdapterIncompatibleError
+from adaptrix.plugins.detection import detect_family
+from adaptrix.errors import AdapterFormatError, AdapterIncompatibleError, ModelConfigError
+from adaptrix.models.modelconfig import gguf_config
+from adaptrix.storage.files import atomic_file
 
 from .gguf_arch import SUPPORTED_ARCHITECTURES, arch_names, permute_rows, permuted_heads, unpermute_rows
 from .gguf_index import GGUFModel, module_index, read_gguf_model
@@ -103,10 +106,6 @@ def check_adapter(adapter_dir: str | os.PathLike, model: GGUFModel, *, name: str
 
 def _family(model: GGUFModel) -> str | None:
     """The adaptrix family of a GGUF model, through the same detection as everywhere else."""
-    from adaptrix.plugins.detection import detect_family
-    from adaptrix.errors import ModelConfigError
-    from adaptrix.models.modelconfig import gguf_config
-
     try:
         return detect_family(str(model.path), gguf_config(model.path), source=str(model.path))[0]
     except ModelConfigError:
@@ -207,8 +206,6 @@ def peft_to_gguf_lora(
 def _write_lora(out: Path, arch: str, name: str, alpha: float, tensors, meta: dict, dtype: str,
                 writing: dict | None = None) -> Path:
     import gguf
-
-    from adaptrix.storage.files import atomic_file
 
     out = out.expanduser()
     with atomic_file(out, **(writing or {})) as tmp:

@@ -4,15 +4,19 @@ The one place that knows, per GGUF ``general.architecture``: the transformers
 module names of a decoder layer, their GGUF tensor names (from the ``gguf``
 package's own tensor-name map, so they match llama.cpp), and which weights
 llama.cpp's converter stores with their rows permuted (q/k of ``llama``-style
-rotary embeddings). No torch; numpy only.
+rotary embeddings). No torch; importing it imports neither numpy nor gguf
+(the permutations take numpy arrays; ``gguf`` is read on first use).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import attrs
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: transformers module names (under ``model.layers.{i}.``) of one decoder layer.
 _LLAMA_LAYER = (

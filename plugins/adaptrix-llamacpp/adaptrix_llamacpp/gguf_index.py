@@ -10,12 +10,14 @@ checked against a transformers model, without torch.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import attrs
 
 from adaptrix.adapters.validate import ModuleIndex, ModuleSpec
 from adaptrix.errors import ModelLoadError
+from adaptrix.models.modelconfig import read_gguf_header
 
 from .gguf_arch import arch_names
 
@@ -41,10 +43,6 @@ class GGUFModel:
 
 def read_gguf_model(path: str | os.PathLike) -> GGUFModel:
     """Read a GGUF model's header: architecture, head counts, tensor names and shapes (no data, no numpy)."""
-    import struct
-
-    from adaptrix.models.modelconfig import read_gguf_header
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelLoadError(f"GGUF file {path} does not exist")

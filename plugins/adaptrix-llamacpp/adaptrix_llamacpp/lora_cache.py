@@ -35,6 +35,8 @@ from adaptrix.storage.caches import CacheKind, cache_dir, cache_writing, enforce
 from adaptrix.errors import AdapterFormatError
 from adaptrix.storage.files import remove_stale
 
+from .gguf_index import read_gguf_model
+
 #: Bump when the converter's output changes for the same input.
 FORMAT_VERSION = 1
 #: The budget when ADAPTRIX_LORA_CACHE_SIZE is unset: about 200 SmolLM2-135M adapters (rank 8, all linear
@@ -57,8 +59,6 @@ def lora_root() -> Path:
 
 def lora_key(adapter_dir: str | os.PathLike, base_gguf: str | os.PathLike, dtype: str = "f32") -> str:
     """The cache key of converting ``adapter_dir`` for ``base_gguf``."""
-    from .gguf_index import read_gguf_model
-
     folder = Path(adapter_dir).expanduser()
     h = hashlib.sha256(f"adaptrix-lora|{FORMAT_VERSION}|{dtype}\n".encode())
     for fname in (CONFIG_FILE, WEIGHTS_FILE):
@@ -90,7 +90,7 @@ def cached_lora(
     Raises :class:`~adaptrix.errors.StorageError` when the cache cannot take the file (full disk,
     read-only, ``ADAPTRIX_CACHE`` not a folder), naming the folder and what to do.
     """
-    from .convert import peft_to_gguf_lora
+    from .convert import peft_to_gguf_lora  # numpy: not when the cache is only listed or cleared
 
     path = lora_root() / f"{lora_key(adapter_dir, base_gguf, dtype)}.gguf"
     if path.is_file():

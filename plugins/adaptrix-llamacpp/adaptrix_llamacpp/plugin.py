@@ -11,6 +11,10 @@ from pathlib import Path
 
 from adaptrix import hookimpl
 from adaptrix.adapters.convert import AdapterConverter
+from adaptrix.models.modelconfig import read_gguf_metadata
+
+from .backend import LlamaCppBackend
+from .lora_cache import LORA_CACHE
 
 GGUF_MAGIC = b"GGUF"
 
@@ -26,8 +30,6 @@ def _is_gguf(path: Path) -> bool:
 
 def _is_gguf_lora(path: Path) -> bool:
     """Whether ``path`` is a GGUF LoRA (``general.type`` "adapter"), not a GGUF model; header only."""
-    from adaptrix.models.modelconfig import read_gguf_metadata
-
     try:
         return read_gguf_metadata(path, wanted=("general.type",)).get("general.type") == "adapter"
     except (OSError, ValueError):
@@ -35,13 +37,13 @@ def _is_gguf_lora(path: Path) -> bool:
 
 
 def _peft_to_gguf(adapter_dir, out_path, *, base, dtype, progress):
-    from .convert import peft_to_gguf_lora
+    from .convert import peft_to_gguf_lora  # numpy: never at discovery
 
     return peft_to_gguf_lora(adapter_dir, base, out_path, progress=progress, dtype=dtype)
 
 
 def _gguf_to_peft(path, out_dir, *, base, progress):
-    from .convert import gguf_lora_to_peft
+    from .convert import gguf_lora_to_peft  # numpy: never at discovery
 
     return gguf_lora_to_peft(path, out_dir, base_gguf=base, progress=progress)
 
@@ -64,13 +66,9 @@ def adapter_converters():
 
 @hookimpl
 def caches():
-    from .lora_cache import LORA_CACHE
-
     return [LORA_CACHE]
 
 
 @hookimpl
 def backends():
-    from .backend import LlamaCppBackend
-
     return [LlamaCppBackend()]

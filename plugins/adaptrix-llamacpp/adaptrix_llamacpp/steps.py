@@ -1,8 +1,8 @@
 """Step-level decoding on llama.cpp: a server's requests as parallel sequences of one context.
 
-:class:`LlamaStepDecoder` has the interface of :class:`adaptrix.backends.transformers.batching.StepDecoder`
-(``add``, ``step``, ``remove``, ``tail``, ``finish``; rows with ``adapter`` and
-``finish_reason``), so ``adaptrix serve`` schedules it the same way:
+:class:`LlamaStepDecoder` is an :class:`adaptrix.generation.steps.StepDecoder`
+(``add``, ``step``, ``remove``, ``tail``, ``finish``; rows are
+:class:`adaptrix.generation.steps.Row`), so ``adaptrix serve`` schedules it the same way:
 
 - each row is a sequence of the runtime's context (ids ``1 .. max_rows``; 0 is
   the single-sequence path's), each with the whole context in its own KV
@@ -37,7 +37,8 @@ that many times). :meth:`~LlamaStepDecoder.add` raises
 :class:`~adaptrix.errors.BatchFullError` while every sequence is taken (the
 scheduler queues the request until a row finishes).
 
-The decoder holds the engine's model lease while it touches the context. It
+The decoder holds the engine's model lease (given by the engine through
+``LlamaCppRunner.step_decoder``) while it touches the context. It
 leaves the last group's LoRAs set after a step (a change costs llama.cpp a
 graph rebuild); ``generate`` and ``stream`` set the engine's own active
 adapters before they run (``LlamaCppRunner._row``), so they keep working
@@ -55,37 +56,27 @@ from adaptrix.errors import BatchFullError, GenerationError
 
 from .runtime import MAX_SEQUENCES
 from adaptrix.generation.result import GenerationResult, PreparedRequest
-from adaptrix.generation.steps import add_each, row_finish
-from adaptrix.generation.text import IncrementalDecoder
+from adaptrix.generation.steps import Row, add_each, finish_row, row_tail
+from .sampling import sampling
 
 
 @attrs.define(eq=False)
-class Row:
-    """One request being decoded on its own sequence."""
+class LlamaRow(Row):
+    """A :class:`~adaptrix.generation.steps.Row` decoded on its own sequence."""
 
-    key: Any
-    prepared: PreparedRequest
-    #: The adapter as the caller named it (None: the base model).
-    adapter: str | None
-    seq: int
-    generated: list[int] = attrs.field(factory=list)
-    #: ``eos``, ``stop`` or ``length`` once finished.
-    finish_reason: str | None = None
+    seq: int = attrs.field(kw_only=True)
     name: str | None = None  # the loaded adapter's name
-    decoder: Any = None
-    pipeline: Any = None
     chain: Any = None
     pin: Any = None
-    position: int = 0  # position of the next token fed to the model
 
 
 class LlamaStepDecoder:
     """Decode up to ``max_rows`` rows together, one token per row per :meth:`step`."""
 
-    def __init__(self, engine, runner, *, max_rows: int = 8, batch_invariant: bool = False):
+    def __init__(self, runner, *, lease, max_rows: int = 8, batch_invariant: bool = False):
+        """``lease``: the engine's model lease (the ``lock`` of the runner's adapter manager)."""
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise GenerationError(f"max_rows must be a positive whole number, got {max_rows!r}")
-        self.engine = engine
         #: Each row decoded in a ``llama_decode`` of its own (see the module docstring).
         self.batch_invariant = bool(batch_invariant)
         self.runner = runner
@@ -93,8 +84,8 @@ class LlamaStepDecoder:
         self.manager = runner.manager
         self.tokenizer = runner.loaded.tokenizer
         self.max_rows = min(max_rows, self.runtime.n_batch, MAX_SEQUENCES - 1)  # sequence 0 is generate's
-        self.rows: list[Row] = []
-        self._lock = self.manager._lock  # the engine's model lease
+        self.rows: list[LlamaRow] = []
+        self._lock = lease
         with self._lock:
             if self.runtime.n_seq_max < self.max_rows + 1:
                 self.runtime.set_max_sequences(self.max_rows + 1)
@@ -103,7 +94,7 @@ class LlamaStepDecoder:
                 self.runtime.forget_sequence(seq)
 
     # -- rows -------------------------------------------------------------------
-    def add(self, key: Any, prepared: PreparedRequest, adapter: str | None) -> tuple[Row, str]:
+    def add(self, key: Any, prepared: PreparedRequest, adapter: str | None) -> tuple[LlamaRow, str]:
         """Prefill a new row on its own sequence and pick its first token.
 
         Returns the row and the text its first token releases (may be empty).
@@ -116,17 +107,13 @@ class LlamaStepDecoder:
                 f"all {self.max_rows} sequences of the llama.cpp step decoder are running; retry when a row "
                 "finishes (or make the decoder with a larger max_rows)"
             )
-        row = Row(key=key, prepared=prepared, adapter=adapter, seq=self._free[0])
-        row.decoder = IncrementalDecoder(self.tokenizer)
-        row.pipeline = prepared.pipeline()
+        row = LlamaRow.open(key, prepared, adapter, self.tokenizer, seq=self._free[0])
         with self._lock:
             pins = contextlib.ExitStack()
             try:
                 if adapter is not None:
                     row.name = self.manager.rows([adapter], 1)[0]  # resident (loaded when needed)
                     pins.enter_context(self.manager.pinned([row.name]))
-                from .backend import sampling
-
                 row.chain = runtime.sampler(ids, **sampling(prepared.settings))
                 runtime.forget_sequence(row.seq)
                 self._use(self._scales(row.name))
@@ -156,7 +143,7 @@ class LlamaStepDecoder:
         """
         return add_each(self, items)
 
-    def remove(self, row: Row) -> None:
+    def remove(self, row: LlamaRow) -> None:
         """Take a row out (finished or cancelled) and free its sequence's KV cells."""
         self.rows.remove(row)
         with self._lock:
@@ -167,7 +154,7 @@ class LlamaStepDecoder:
         self._free.append(row.seq)
 
     # -- decoding -----------------------------------------------------------------
-    def step(self) -> list[tuple[Row, str]]:
+    def step(self) -> list[tuple[LlamaRow, str]]:
         """One token for every unfinished row; returns ``(row, text released)`` per row.
 
         Rows that finish get ``finish_reason`` set; the caller removes them.
@@ -176,7 +163,7 @@ class LlamaStepDecoder:
         if not rows:
             return []
         assert len(rows) == len(self.rows), "remove finished rows before the next step"
-        groups: dict[str | None, list[Row]] = {}  # one llama_decode per group (per row when batch-invariant)
+        groups: dict[str | None, list[LlamaRow]] = {}  # one llama_decode per group (per row when batch-invariant)
         for row in rows:
             groups.setdefault(row.name, []).append(row)
         picked: dict[int, int] = {}
@@ -201,13 +188,13 @@ class LlamaStepDecoder:
             events.append((row, self._accept(row, picked[id(row)])))
         return events
 
-    def finish(self, row: Row) -> GenerationResult:
+    def finish(self, row: LlamaRow) -> GenerationResult:
         """The result ``generate`` would return for this row's tokens."""
-        return self.engine.result_for(row.prepared, row.generated)
+        return finish_row(row.prepared, row.generated, self.tokenizer)
 
-    def tail(self, row: Row) -> str:
+    def tail(self, row: LlamaRow) -> str:
         """Text still held back by the row's pipeline, released at its end."""
-        return row.pipeline.feed(row.decoder.finish()) + row.pipeline.flush()
+        return row_tail(row)
 
     def close(self) -> None:
         """Remove every row."""
@@ -224,11 +211,9 @@ class LlamaStepDecoder:
         outside the decoder sets the engine's own active adapters first (``LlamaCppRunner._row``)."""
         self.runtime.set_loras(scales)
 
-    def _accept(self, row: Row, token: int) -> str:
+    def _accept(self, row: LlamaRow, token: int) -> str:
         """Take the row's next token; it ends by :func:`adaptrix.generation.steps.row_finish`, or at the context's end."""
-        row.generated.append(token)
-        text = row.pipeline.feed(row.decoder.add([token]))
-        row.finish_reason = row_finish(row.prepared, row.generated, row.pipeline)
+        text = row.accept(token)
         if row.finish_reason is None and row.position + 1 >= self.runtime.n_ctx:  # as generate_tokens ends
             row.finish_reason = "length"
         return text

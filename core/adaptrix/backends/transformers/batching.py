@@ -1,6 +1,6 @@
 """Iteration-level (continuous) batching on the transformers backend.
 
-:class:`StepDecoder` runs one decode step at a time for a set of rows that may
+:class:`TransformersStepDecoder` runs one decode step at a time for a set of rows that may
 each use a different adapter. New rows are prefilled (those that arrive together
 in one padded forward pass), then their KV caches are merged into the running
 batch (left padding); finished or cancelled rows leave between steps. Greedy
@@ -12,18 +12,24 @@ alone, which can, rarely, change a greedy answer.
 ``batch_invariant=True`` computes each row exactly as ``generate`` computes the
 request alone: every row keeps its own KV cache, is prefilled alone and steps in
 a forward pass of its own through the module ``generate`` uses, with its
-adapter made active by the engine's adapter scope (one scope per adapter per
+adapter made active by the adapter manager's scope (one scope per adapter per
 step). Greedy answers then equal ``generate``'s whatever runs beside them, at
 the cost of one forward pass per row (``bench/bench_batch_invariance.py``).
 
-The decoder reaches the engine through its public interface only:
+The runner builds the decoder (:meth:`TransformersRunner.step_decoder
+<adaptrix.backends.transformers.runner.TransformersRunner.step_decoder>`) from
+what it owns, and the decoder reaches nothing else:
 
-- :meth:`Engine.prepare_request` -> :class:`~adaptrix.generation.result.PreparedRequest`
-  (prompt ids, settings, stop strings, hidden spans, EOS and pad ids);
-- :meth:`Engine.decoding_model` -> the module and the per-row adapter kwargs
-  (peft ``adapter_names`` through the engine's mixed-adapter forward);
-- :meth:`Engine.result_for` -> the final :class:`~adaptrix.generation.result.GenerationResult`;
-- batch-invariant mode: ``Engine.adapters.scope(adapter)``, the scope ``generate`` runs a request in.
+- the model's config (the KV cache's layout) and the tokenizer;
+- ``decoding_model(adapters)`` -> the module and the per-row adapter kwargs
+  (peft ``adapter_names`` through the adapter manager's mixed-adapter forward);
+- ``scope(adapter)`` -> the adapter manager's scope, the one ``generate`` runs a
+  request in (batch-invariant mode);
+- ``lease``: the engine's model lease, held while the decoder runs the model.
+
+Rows are :class:`adaptrix.generation.steps.Row` with this backend's state
+(:class:`TransformersRow`); they end, release their tail and become a result
+through the shared :mod:`adaptrix.generation.steps`.
 
 Caches of sliding-window or recurrent layers are not merged: :func:`supported`
 says whether a model can be batched this way.
@@ -32,76 +38,73 @@ says whether a model can be batched this way.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import attrs
+from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.settings import is_greedy
-from adaptrix.generation.steps import add_each, row_finish
-from adaptrix.generation.text import IncrementalDecoder
-
-
+from adaptrix.generation.steps import Item, Row, add_each, finish_row, row_tail
 
 #: Most padded prompt tokens prefilled in one forward pass by :meth:`StepDecoder.add_many`
 #: (bounds the activations and attention scores of a group).
 PREFILL_TOKENS = 2048
 
 
-def supported(engine) -> bool:
-    """Whether ``engine``'s model can be decoded by :class:`StepDecoder` (plain KV cache per layer)."""
+def supported(config) -> bool:
+    """Whether a model of this ``config`` can be decoded by :class:`TransformersStepDecoder` (plain KV cache per layer)."""
     try:
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        model = engine.model
-        cache = DynamicCache(config=model.config)
+        cache = DynamicCache(config=config)
         return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
     except Exception:
         return False
 
 
 @attrs.define(eq=False)
-class Row:
-    """One request being decoded."""
+class TransformersRow(Row):
+    """A :class:`~adaptrix.generation.steps.Row` with this backend's state."""
 
-    key: Any
-    prepared: PreparedRequest
-    adapter: str | None
-    generated: list[int] = attrs.field(factory=list)
-    #: ``eos``, ``stop`` or ``length`` once finished.
-    finish_reason: str | None = None
-    decoder: Any = None
-    pipeline: Any = None
     processors: Any = None
     generator: Any = None
     history: Any = None  # prompt + generated ids (tensor), for repetition penalty
-    position: int = 0  # position of the next token fed to the model
     cache: Any = None  # batch-invariant mode: the row's own DynamicCache and [1, T] mask
     mask: Any = None
 
 
-class StepDecoder:
-    """Decode many rows together, one token per row per :meth:`step`."""
+class TransformersStepDecoder:
+    """Decode many rows together, one token per row per :meth:`step`
+    (an :class:`adaptrix.generation.steps.StepDecoder`)."""
 
-    def __init__(self, engine, *, batch_invariant: bool = False):
-        self.engine = engine
+    def __init__(self, *, config: Any, tokenizer: Any,
+                 decoding_model: Callable[[list[str | None]], tuple[Any, dict]],
+                 scope: Callable[[str | None], ContextManager], lease: ModelLease, batch_invariant: bool = False):
+        """``decoding_model(adapters) -> (module, kwargs)`` serving row i with ``adapters[i]`` (the pair stays
+        valid while those adapters stay loaded); ``scope(adapter)``: that adapter active for the body."""
+        self.config = config
+        self.tokenizer = tokenizer
+        self._decoding_model = decoding_model
+        self._scope = scope
+        self._lease = lease
         #: Each row computed alone, as ``generate`` computes it (see the module docstring).
         self.batch_invariant = bool(batch_invariant)
-        self.tokenizer = engine.tokenizer
-        self.rows: list[Row] = []
+        self.rows: list[TransformersRow] = []
         self._cache = None  # DynamicCache of the batch, [B, H, T, D] per layer
         self._mask = None  # [B, T] long
         self._forward = None  # (adapters tuple, module, kwargs)
 
     # -- rows -------------------------------------------------------------------
-    def add(self, key: Any, prepared: PreparedRequest, adapter: str | None) -> tuple[Row, str]:
+    def add(self, key: Any, prepared: PreparedRequest, adapter: str | None) -> tuple[TransformersRow, str]:
         """Prefill a new row, pick its first token and merge it into the batch.
 
         Returns the row and the text its first token releases (may be empty).
         """
-        return self._prefill([(key, prepared, adapter)])[0]
+        with self._lease:
+            return self._prefill([(key, prepared, adapter)])[0]
 
-    def add_many(self, items: Sequence[tuple[Any, PreparedRequest, str | None]]) -> list:
+    def add_many(self, items: Sequence[Item]) -> list:
         """:meth:`add` for several ``(key, prepared, adapter)``, prompts of similar length prefilled together.
 
         One padded forward pass per group (adapters mixed per row) instead of
@@ -112,6 +115,10 @@ class StepDecoder:
         """
         if self.batch_invariant:
             return add_each(self, items)
+        with self._lease:
+            return self._add_groups(items)
+
+    def _add_groups(self, items: Sequence[Item]) -> list:
         out: list = [None] * len(items)
         for group in _groups([len(p.input_ids) for _, p, _ in items]):
             try:
@@ -123,18 +130,16 @@ class StepDecoder:
                     out[i] = result
         return out
 
-    def _prefill(self, items) -> list[tuple[Row, str]]:
+    def _prefill(self, items) -> list[tuple[TransformersRow, str]]:
         """One forward pass over left-padded prompts; merges the rows into the batch only if it succeeds
         (batch-invariant: one prompt, its row keeps its own cache)."""
         import torch
 
         rows = []
         for key, prepared, adapter in items:
-            row = Row(key=key, prepared=prepared, adapter=adapter)
-            row.decoder = IncrementalDecoder(self.tokenizer)
-            row.pipeline = prepared.pipeline()
-            row.processors, row.generator = _sampling(prepared.settings)
-            rows.append(row)
+            processors, generator = _sampling(prepared.settings)
+            rows.append(TransformersRow.open(key, prepared, adapter, self.tokenizer, processors=processors,
+                                             generator=generator))
         with self._forward_for(rows) as (module, kwargs):
             out, mask = self._prefill_forward(rows, module, kwargs)
         tokens = []
@@ -163,7 +168,7 @@ class StepDecoder:
                            device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0).to(device)
-        cache = DynamicCache(config=self.engine.model.config)
+        cache = DynamicCache(config=self.config)
         with torch.inference_mode():
             out = module(
                 input_ids=ids, attention_mask=mask.to(device), position_ids=positions, past_key_values=cache,
@@ -171,8 +176,17 @@ class StepDecoder:
             )
         return out, mask
 
-    def remove(self, row: Row) -> None:
+    def remove(self, row: TransformersRow) -> None:
         """Take a row out of the batch (finished or cancelled)."""
+        with self._lease:
+            self._remove(row)
+
+    def close(self) -> None:
+        """Remove every row."""
+        for row in list(self.rows):
+            self.remove(row)
+
+    def _remove(self, row: TransformersRow) -> None:
         if self.batch_invariant:
             self.rows.remove(row)
             row.cache = row.mask = None
@@ -196,19 +210,22 @@ class StepDecoder:
                 layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
 
     # -- decoding -----------------------------------------------------------------
-    def step(self) -> list[tuple[Row, str]]:
+    def step(self) -> list[tuple[TransformersRow, str]]:
         """One forward pass for every unfinished row; returns ``(row, text released)`` per row.
 
         Rows that finish get ``finish_reason`` set; the caller removes them.
         """
-        import torch
-
         rows = [r for r in self.rows if r.finish_reason is None]
         if not rows:
             return []
         assert len(rows) == len(self.rows), "remove finished rows before the next step"
-        if self.batch_invariant:
-            return self._step_apart()
+        with self._lease:
+            return self._step_apart() if self.batch_invariant else self._step_together()
+
+    def _step_together(self) -> list[tuple[TransformersRow, str]]:
+        """:meth:`step` for the batch: one forward pass, adapters mixed per row."""
+        import torch
+
         module, kwargs = self._module(tuple(r.adapter for r in self.rows))
         device = _device(module)
         last = torch.tensor([[r.generated[-1]] for r in self.rows], dtype=torch.long, device=device)
@@ -227,19 +244,19 @@ class StepDecoder:
             events.append((row, self._accept(row, token)))
         return events
 
-    def finish(self, row: Row) -> GenerationResult:
+    def finish(self, row: TransformersRow) -> GenerationResult:
         """The result ``generate`` would return for this row's tokens."""
-        return self.engine.result_for(row.prepared, row.generated)
+        return finish_row(row.prepared, row.generated, self.tokenizer)
 
-    def tail(self, row: Row) -> str:
+    def tail(self, row: TransformersRow) -> str:
         """Text still held back by the row's pipeline, released at its end."""
-        return row.pipeline.feed(row.decoder.finish()) + row.pipeline.flush()
+        return row_tail(row)
 
-    def _step_apart(self) -> list[tuple[Row, str]]:
+    def _step_apart(self) -> list[tuple[TransformersRow, str]]:
         """:meth:`step` in batch-invariant mode: a forward pass per row, rows of one adapter under one scope."""
         import torch
 
-        groups: dict[Any, list[Row]] = {}
+        groups: dict[Any, list[TransformersRow]] = {}
         for row in self.rows:
             groups.setdefault(row.adapter, []).append(row)
         picked: dict[int, int] = {}
@@ -264,25 +281,25 @@ class StepDecoder:
 
     # -- internals ------------------------------------------------------------------
     @contextlib.contextmanager
-    def _forward_for(self, rows: Sequence[Row]):
-        """``(module, kwargs)`` serving ``rows`` for the body. Batched: the engine's mixed-adapter forward for
-        the rows' adapters. Batch-invariant (rows of one adapter): the module ``generate`` calls, with that
-        adapter active through the engine's adapter scope, exactly as ``generate`` runs the request alone."""
+    def _forward_for(self, rows: Sequence[TransformersRow]):
+        """``(module, kwargs)`` serving ``rows`` for the body. Batched: the mixed-adapter forward for the rows'
+        adapters. Batch-invariant (rows of one adapter): the module ``generate`` calls, with that adapter
+        active through the adapter manager's scope, exactly as ``generate`` runs the request alone."""
         if not self.batch_invariant:
             yield self._module(tuple(r.adapter for r in rows))
             return
         (adapter,) = {r.adapter for r in rows}
-        with self.engine.adapters.scope(adapter):
-            module, kwargs = self.engine.decoding_model([])  # no per-row adapters: the active ones apply
+        with self._scope(adapter):
+            module, kwargs = self._decoding_model([])  # no per-row adapters: the active ones apply
             yield module, kwargs
 
     def _module(self, adapters: tuple):
         if self._forward is None or self._forward[0] != adapters:
-            module, kwargs = self.engine.decoding_model(list(adapters))
+            module, kwargs = self._decoding_model(list(adapters))
             self._forward = (adapters, module, kwargs)
         return self._forward[1], self._forward[2]
 
-    def _pick(self, row: Row, logits) -> int:
+    def _pick(self, row: TransformersRow, logits) -> int:
         import torch
 
         scores = logits.float()
@@ -293,16 +310,13 @@ class StepDecoder:
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=row.generator))
 
-    def _accept(self, row: Row, token: int) -> str:
+    def _accept(self, row: TransformersRow, token: int) -> str:
         import torch
 
-        row.generated.append(token)
         row.history = torch.cat([row.history, torch.tensor([[token]], device=row.history.device)], dim=1)
-        text = row.pipeline.feed(row.decoder.add([token]))
-        row.finish_reason = row_finish(row.prepared, row.generated, row.pipeline)
-        return text
+        return row.accept(token)
 
-    def _merge(self, rows: list[Row], cache, mask) -> None:
+    def _merge(self, rows: list[TransformersRow], cache, mask) -> None:
         """Append ``rows`` (their prefill ``cache`` and ``[n, T]`` ``mask``) to the batch, left-padding the narrower."""
         import torch
 

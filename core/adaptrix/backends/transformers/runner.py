@@ -66,7 +66,7 @@ class TransformersBackend(Backend):
 
 class TransformersRunner(Runner):
     backend = "transformers"
-    capabilities = frozenset({"train", "compose", "merge", "mixed_batch", "step_decode"})
+    capabilities = frozenset({"step_decode", "batch_invariant"})
 
     def __init__(self, source, loaded, options, dtype_reason: str | None = None):
         from adaptrix.models.devices import resolve_device
@@ -91,15 +91,28 @@ class TransformersRunner(Runner):
         self.manager.base_file = self.source.gguf_file
         return self.manager
 
-    def step_decoder(self, engine, *, max_rows: int = 8, batch_invariant: bool = False):
-        """:class:`adaptrix.backends.transformers.batching.StepDecoder` where the model's KV cache can be merged row by row
-        (``batch_invariant``: each row computed alone, as ``generate`` computes it)."""
+    def step_decoder(self, *, lease, max_rows: int = 8, batch_invariant: bool = False):
+        """:class:`~adaptrix.backends.transformers.batching.TransformersStepDecoder` where the model's KV cache can
+        be merged row by row (else ``None``), built from this runner's model, tokenizer and adapter manager
+        (``batch_invariant``: each row computed alone, as ``generate`` computes it). Rows are not limited
+        here: the caller admits at most ``max_rows``."""
         from adaptrix.backends.transformers import batching
 
-        return batching.StepDecoder(engine, batch_invariant=batch_invariant) if batching.supported(engine) else None
+        config = self.loaded.model.config
+        if not batching.supported(config):
+            return None
+        return batching.TransformersStepDecoder(
+            config=config, tokenizer=self.loaded.tokenizer, decoding_model=self.decoding_model,
+            scope=self.manager.scope, lease=lease, batch_invariant=batch_invariant,
+        )
 
     def decoding_model(self, adapters: Sequence[str | None]):
-        """``(module, forward_kwargs)`` serving row i with ``adapters[i]`` (for step-level decoders)."""
+        """``(module, forward_kwargs)``: calling ``module(..., **forward_kwargs)`` gives row i ``adapters[i]``.
+
+        ``None`` rows use the base model; adapters are loaded when needed. The pair stays valid while these
+        adapters stay loaded, whatever other adapters are loaded or unloaded meanwhile (a server changes
+        adapters between two decode steps of rows that use others).
+        """
         extra = self.manager.batch_kwargs(list(adapters), len(adapters)) if adapters else {}
         return self.manager.generation_model(), extra
 

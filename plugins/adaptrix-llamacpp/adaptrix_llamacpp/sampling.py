@@ -1,0 +1,97 @@
+"""Sampling on llama.cpp: a request's settings -> a sampler chain -> the next token.
+
+Semantics follow transformers': ``temperature=0`` is greedy; else the chain is
+repetition penalty (over the prompt and the generated tokens, ``logit / p``
+when positive, ``logit * p`` when negative) -> temperature -> top-k -> top-p ->
+a seeded draw, so one seed repeats one answer.
+
+- :func:`sampling`: the runtime's sampling arguments for a resolved
+  :class:`~adaptrix.types.GenerationConfig` (what the runner and the step
+  decoder pass to :meth:`~.runtime.LlamaRuntime.generate_tokens` and
+  :meth:`~.runtime.LlamaRuntime.sampler`);
+- :func:`check_sampling`, :func:`new_chain`: those arguments checked, and built
+  into a chain of llama.cpp samplers;
+- :class:`SamplerChain`: one chain, drawing from a decoded position's logits.
+
+Stages that change the logits (a token mask, logit bias) join the chain in
+:func:`new_chain`. Nothing here imports llama_cpp: the runtime hands it in.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from adaptrix.errors import GenerationError
+from adaptrix.generation.settings import is_greedy
+
+
+def sampling(cfg) -> dict[str, Any]:
+    """The runtime's sampling arguments for a resolved :class:`~adaptrix.types.GenerationConfig`."""
+    greedy = is_greedy(cfg)
+    return dict(
+        temperature=0.0 if greedy else float(cfg.temperature),
+        top_p=1.0 if greedy or cfg.top_p is None else float(cfg.top_p),
+        top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
+        repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
+        seed=cfg.seed,
+    )
+
+
+def check_sampling(*, temperature: float, top_p: float, top_k: int, repetition_penalty: float) -> None:
+    """Raise :class:`GenerationError` for a sampling argument out of its range."""
+    if temperature < 0:
+        raise GenerationError(f"temperature={temperature} must be 0 (greedy) or more")
+    if not 0 < top_p <= 1:
+        raise GenerationError(f"top_p={top_p} must be in (0, 1]")
+    if top_k < 0:
+        raise GenerationError(f"top_k={top_k} must be 0 (off) or more")
+    if repetition_penalty <= 0:
+        raise GenerationError(f"repetition_penalty={repetition_penalty} must be above 0 (1.0 is off)")
+
+
+def new_chain(ll, prompt: Sequence[int], *, n_vocab: int, n_ctx: int, temperature: float, top_p: float,
+              top_k: int, repetition_penalty: float, seed: int | None):
+    """A llama.cpp sampler chain (a pointer: the caller frees it) that has seen ``prompt`` for the penalty."""
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    try:
+        if repetition_penalty != 1.0:
+            stage = ll.llama_sampler_init_penalties(n_vocab, n_ctx, repetition_penalty, 0.0, 0.0)
+            ll.llama_sampler_chain_add(chain, stage)
+            for t in prompt:  # transformers penalises the prompt's tokens too
+                ll.llama_sampler_accept(chain, t)
+        if temperature == 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(temperature))
+        if top_k:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(top_p, 1))
+        draw_seed = ll.LLAMA_DEFAULT_SEED if seed is None else int(seed) & 0xFFFFFFFF
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(draw_seed))
+        return chain
+    except BaseException:
+        ll.llama_sampler_free(chain)
+        raise
+
+
+class SamplerChain:
+    """A llama.cpp sampler chain (freed by :meth:`close` or garbage collection).
+
+    ``context`` returns the context whose logits it samples (and raises once the runtime is closed).
+    """
+
+    def __init__(self, ll, ptr, context: Callable[[], Any]):
+        self._ll = ll
+        self._ptr = ptr
+        self._context = context
+        self._finalizer = weakref.finalize(self, ll.llama_sampler_free, ptr)
+
+    def sample(self, index: int = -1) -> int:
+        """The token drawn from the logits of the last decode's ``index``-th token (and accepted by the chain)."""
+        return int(self._ll.llama_sampler_sample(self._ptr, self._context(), index))
+
+    def close(self) -> None:
+        self._finalizer()
