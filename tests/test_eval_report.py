@@ -70,3 +70,14 @@ def test_without_matplotlib_the_rest_is_written(cells, tmp_path, monkeypatch, ca
     written = report.write_out(cells, tmp_path)
     assert "png" not in written and written["html"].exists()
     assert "pip install matplotlib" in capsys.readouterr().err
+
+
+def test_backends_are_compared_with_the_first_backend():
+    base = [True, True, False, True]
+    cells = [cell("m", "base", base, backend="transformers"),
+             cell("m", "base", [True, False, False, False], backend="llamacpp")]
+    (comp,) = report.comparisons(cells)
+    assert comp["kind"] == "backend vs first backend"
+    assert (comp["a"]["backend"], comp["b"]["backend"], comp["only_a"], comp["only_b"]) == ("llamacpp", "transformers", 0, 2)
+    page = report.render_html(cells, None)
+    assert "m | base | llamacpp vs m | base | transformers — 2 items disagree" in page

@@ -58,10 +58,12 @@ def as_json(cells: Sequence[Cell], items: bool = True) -> dict[str, Any]:
 
 
 def comparisons(cells: Sequence[Cell]) -> list[dict[str, Any]]:
-    """Each adapter against the base (same model, backend, task) and each model against the first (same
-    adapter, backend, task): score difference, discordant counts and the exact McNemar p-value."""
+    """Each adapter against the base (same model, backend, task), each model against the first (same adapter,
+    backend, task) and each backend against the first (same model, adapter, task): score difference,
+    discordant counts and the exact McNemar p-value."""
     by_key = {(c.model, c.adapter, c.backend, c.task): c for c in cells}
     models = list(dict.fromkeys(c.model for c in cells))
+    backends = list(dict.fromkeys(c.backend for c in cells))
     out = []
     for c in cells:
         refs = []
@@ -69,12 +71,15 @@ def comparisons(cells: Sequence[Cell]) -> list[dict[str, Any]]:
             refs.append(("adapter vs base", by_key[(c.model, BASE, c.backend, c.task)]))
         if c.model != models[0] and (models[0], c.adapter, c.backend, c.task) in by_key:
             refs.append(("model vs first model", by_key[(models[0], c.adapter, c.backend, c.task)]))
+        if c.backend != backends[0] and (c.model, c.adapter, backends[0], c.task) in by_key:
+            refs.append(("backend vs first backend", by_key[(c.model, c.adapter, backends[0], c.task)]))
         for kind, ref in refs:
             if [r.index for r in ref.items] != [r.index for r in c.items]:
                 continue  # not the same items (different --limit): no paired test
             only_c, only_ref = paired_counts([r.correct for r in c.items], [r.correct for r in ref.items])
             out.append({"kind": kind, "task": c.task, "backend": c.backend,
-                        "a": {"model": c.model, "adapter": c.adapter}, "b": {"model": ref.model, "adapter": ref.adapter},
+                        "a": {"model": c.model, "adapter": c.adapter, "backend": c.backend},
+                        "b": {"model": ref.model, "adapter": ref.adapter, "backend": ref.backend},
                         "difference": c.score - ref.score, "only_a": only_c, "only_b": only_ref,
                         "p_value": mcnemar_exact(only_c, only_ref), "n": c.n})
     return out
@@ -151,17 +156,18 @@ def render_html(cells: Sequence[Cell], png: bytes | None) -> str:
     comps = comparisons(cells)
     crow = "".join(
         f"<tr><td>{_esc(c['kind'])}</td><td>{_esc(c['task'])}</td><td>{_esc(c['backend'])}</td>"
-        f"<td>{_esc(c['a']['model'])} | {_esc(c['a']['adapter'])}</td><td>{_esc(c['b']['model'])} | "
-        f"{_esc(c['b']['adapter'])}</td><td>{100 * c['difference']:+.1f} pts</td><td>{c['only_a']} / {c['only_b']}</td>"
+        f"<td>{_esc(c['a']['model'])} | {_esc(c['a']['adapter'])} | {_esc(c['a']['backend'])}</td>"
+        f"<td>{_esc(c['b']['model'])} | {_esc(c['b']['adapter'])} | {_esc(c['b']['backend'])}</td><td>{100 * c['difference']:+.1f} pts</td><td>{c['only_a']} / {c['only_b']}</td>"
         f"<td>{c['p_value']:.4g}</td></tr>" for c in comps)
     by_key = {(c.model, c.adapter, c.backend, c.task): c for c in cells}
     sections = []
     for comp in comps:
-        a = by_key[(comp["a"]["model"], comp["a"]["adapter"], comp["backend"], comp["task"])]
-        b = by_key[(comp["b"]["model"], comp["b"]["adapter"], comp["backend"], comp["task"])]
+        a = by_key[(comp["a"]["model"], comp["a"]["adapter"], comp["a"]["backend"], comp["task"])]
+        b = by_key[(comp["b"]["model"], comp["b"]["adapter"], comp["b"]["backend"], comp["task"])]
         differ = [(x, y) for x, y in zip(a.items, b.items) if x.correct != y.correct]
         if not differ:
             continue
+        name_a, name_b = (f"{x.model} | {x.adapter} | {x.backend}" for x in (a, b))
         trs = "".join(
             f"<tr><td>{x.index}</td><td><pre>{_esc(x.prompt)}</pre></td>"
             f"<td class='{'ok' if x.correct else 'bad'}'><pre>{_esc(x.output)}</pre>extracted: {_esc(x.extracted)}</td>"
@@ -169,10 +175,9 @@ def render_html(cells: Sequence[Cell], png: bytes | None) -> str:
             for x, y in differ[:MAX_DISAGREEMENTS])
         more = f"<p>{len(differ) - MAX_DISAGREEMENTS} more not shown.</p>" if len(differ) > MAX_DISAGREEMENTS else ""
         sections.append(
-            f"<h3>{_esc(comp['task'])} ({_esc(comp['backend'])}): {_esc(a.model)} | {_esc(a.adapter)} vs "
-            f"{_esc(b.model)} | {_esc(b.adapter)} — {len(differ)} items disagree</h3>"
-            f"<table class='items'><tr><th>#</th><th>prompt</th><th>{_esc(a.model)} | {_esc(a.adapter)}</th>"
-            f"<th>{_esc(b.model)} | {_esc(b.adapter)}</th></tr>{trs}</table>{more}")
+            f"<h3>{_esc(comp['task'])}: {_esc(name_a)} vs {_esc(name_b)} — {len(differ)} items disagree</h3>"
+            f"<table class='items'><tr><th>#</th><th>prompt</th><th>{_esc(name_a)}</th>"
+            f"<th>{_esc(name_b)}</th></tr>{trs}</table>{more}")
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}"
              "pre{white-space:pre-wrap;margin:0;max-width:520px;font-size:12px}.ok{background:#e8f6e8}"
