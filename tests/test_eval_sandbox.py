@@ -38,14 +38,26 @@ def test_a_fork_loop_is_contained(tmp_path):
     assert not sub.passed and "not allowed" in sub.output
 
 
-def test_no_process_outlives_the_program(tmp_path):
-    # even a program that gets a child past the guard (os.fork in a C extension is out of reach here,
-    # so: a program that sleeps) is killed with its whole group at the time limit
-    r = run_program("import time\ntime.sleep(60)\n", timeout=1.0)
-    assert r.reason in ("timeout", "killed")
-    # nothing named after the sandbox is left running
-    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).find("adaptrix-sandbox-") >= 0]
+def test_no_process_outlives_the_program():
+    # a child forked past the audit hook (through libc, as the module docstring warns) outlives its parent,
+    # which exits at once: the whole process group is killed when the program ends
+    # (the child lets go of the output pipes, so the parent's end is the program's end)
+    prog = ("import ctypes, os, time\npid = ctypes.CDLL(None).fork()\n"
+            "if pid == 0:\n    os.close(1)\n    os.close(2)\n    time.sleep(60)\n")
+    r = run_program(prog, timeout=5.0)
+    assert r.reason == "passed" and r.seconds < 5
+    time.sleep(0.2)
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and "adaptrix-sandbox-" in _cmdline(p)
+                 and _state(p) != "Z"]
     assert leftovers == []
+
+
+def _state(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 def _cmdline(pid: str) -> str:
