@@ -91,10 +91,10 @@ def test_a_network_call_is_refused():
     server.settimeout(0.2)
     port = server.getsockname()[1]
     accepted = []
+    finished = threading.Event()
 
     def accept():
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline and not accepted:
+        while not finished.is_set() and not accepted:
             try:
                 conn, _ = server.accept()
                 accepted.append(conn)
@@ -109,6 +109,7 @@ def test_a_network_call_is_refused():
         raw = run_program(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
                           "s.sendall(b'hello')\n", timeout=5.0)
     finally:
+        finished.set()
         t.join()
         server.close()
     assert not r.passed and not raw.passed
