@@ -57,7 +57,7 @@ def test_plugins_add_cache_kinds_through_the_hook():
     answers = host.call_all("caches")
     assert [(plugin, [k.name for k in kinds]) for plugin, kinds in answers] == [("llamacpp", ["lora"])]
     kinds = caches.cache_kinds(host)
-    assert list(kinds) == ["gguf", "imported", "lora"]
+    assert list(kinds) == ["gguf", "imported", "eval", "lora"]
     assert kinds["lora"].budget_env == "ADAPTRIX_LORA_CACHE_SIZE" and kinds["lora"].default_budget == 2 << 30
 
     class Bad:
@@ -135,7 +135,7 @@ def test_cache_cli_shows_and_clears(root, tmp_path, capsys, embedded_gguf):
     shown = json.loads(capsys.readouterr().out)
     assert shown["root"] == str(root)
     kinds = {k["kind"]: k for k in shown["kinds"]}
-    assert {k: v["count"] for k, v in kinds.items()} == {"gguf": 1, "imported": 0, "lora": 1}
+    assert {k: v["count"] for k, v in kinds.items()} == {"gguf": 1, "imported": 0, "eval": 0, "lora": 1}
     assert kinds["lora"]["entries"][0]["name"] == lora.name and kinds["lora"]["total_bytes"] == lora.stat().st_size
     assert kinds["lora"]["budget_bytes"] == 2 << 30 and kinds["gguf"]["budget_bytes"] is None
     assert shown["total_bytes"] == sum(k["total_bytes"] for k in kinds.values())
@@ -149,9 +149,9 @@ def test_cache_cli_shows_and_clears(root, tmp_path, capsys, embedded_gguf):
     assert not lora.exists() and any((root / "gguf").iterdir())
     assert main(["cache", "clear", "--json"]) == 0
     assert {d["kind"]: d["removed"] for d in json.loads(capsys.readouterr().out)} == {
-        "gguf": 1, "imported": 0, "lora": 0}
+        "gguf": 1, "imported": 0, "eval": 0, "lora": 0}
     assert main(["cache", "clear", "models"]) == 2
-    assert "unknown cache kind(s) models; the kinds are: gguf, imported, lora" in capsys.readouterr().err
+    assert "unknown cache kind(s) models; the kinds are: gguf, imported, eval, lora" in capsys.readouterr().err
 
 
 # -- kill -9 leftovers ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ COMMANDS = {
     "adapters list": ["adapters", "list"],
     "adapters validate": ["adapters", "validate", "some-adapter"],
     "train": ["train", "--data", "d.jsonl", "--output", "out"],
+    "eval": ["eval", "--tasks", "math"],
 }
 
 

@@ -8,9 +8,7 @@ same choice log-likelihoods (within float noise) and the same generated text.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,9 +19,6 @@ pytest.importorskip("starlette")
 pytest.importorskip("torch")
 
 from support.server import LiveServer  # noqa: E402
-
-if importlib.util.find_spec("tenacity") is None:  # lm-eval[api] brings it; see support/no_tenacity
-    sys.path.append(str(Path(__file__).parent / "support" / "no_tenacity"))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "adapters"

@@ -126,3 +126,7 @@ class StorageError(AdaptrixError):
 
 class BackendError(AdaptrixError):
     """The asked-for execution backend is not installed, cannot run here, or cannot run this model."""
+
+
+class EvaluationError(AdaptrixError):
+    """An evaluation task, suite or option is unusable (the message names the file, line, field and value)."""

@@ -16,7 +16,7 @@ from adaptrix.errors import AdaptrixError
 #: Command modules, in the order ``--help`` lists them.
 COMMANDS = (
     "generate_cmd", "chat_cmd", "serve_cmd", "info_cmd", "adapters_cmd", "train_cmd", "cache_cmd", "detect_cmd",
-    "plugins_cmd", "lm_eval_cmd",
+    "eval_cmd", "lm_eval_cmd", "plugins_cmd",
 )
 
 

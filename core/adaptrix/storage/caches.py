@@ -3,7 +3,8 @@
 The root is ``$ADAPTRIX_CACHE``, else ``$XDG_CACHE_HOME/adaptrix``, else
 ``~/.cache/adaptrix``. Each kind of cached thing is a :class:`CacheKind` with
 its own sub-folder: the core's ``gguf`` (GGUF models converted for
-transformers) and ``imported`` (adapter files converted to PEFT folders), and
+transformers), ``imported`` (adapter files converted to PEFT folders) and
+``eval`` (evaluation results), and
 those plugins list through the ``caches`` hook (the llama.cpp backend's
 ``lora``). ``adaptrix cache`` shows and clears them (:func:`cache_kinds`).
 
@@ -149,7 +150,11 @@ IMPORTED = CacheKind(
     "imported", "imported", "adapter files (GGUF LoRA) converted to PEFT folders by load_adapter",
     is_entry=lambda p: _visible(p) and p.is_dir(),
 )
-CORE_KINDS = (GGUF, IMPORTED)
+EVAL = CacheKind(
+    "eval", "eval", "adaptrix eval/compare results: a folder per (model, adapter, backend, task), a file per item",
+    is_entry=lambda p: _visible(p) and p.is_dir(),
+)
+CORE_KINDS = (GGUF, IMPORTED, EVAL)
 
 
 def cache_kinds(host: "Hooks") -> dict[str, CacheKind]:
