@@ -5,14 +5,20 @@ from __future__ import annotations
 import sys
 
 from adaptrix.cli.generate_cmd import AUTO, thread_count
+from adaptrix.cli.output import finite_float, format_table, print_json
+from adaptrix.errors import EvaluationError
+from adaptrix.evaluation import report
+from adaptrix.evaluation.cache import ResultCache
+from adaptrix.evaluation.matrix import parse_adapters
+from adaptrix.evaluation.runner import EvalOptions, run_matrix
+from adaptrix.evaluation.suites import load_suite
+from adaptrix.evaluation.tasks import load_task
 
 #: ``--models`` entry for the embedded SmolLM2-135M-Instruct.
 DEFAULT_MODEL = "default"
 
 
 def _shared(p) -> None:
-    from adaptrix.cli.output import finite_float
-
     t = p.add_argument_group("tasks")
     t.add_argument("--task", action="append", default=[], metavar="FILE",
                    help="a JSONL task file (repeatable): prompt or messages + answer; choices + answer (index); "
@@ -83,10 +89,6 @@ def _split(values) -> list[str]:
 
 
 def _tasks(args) -> list:
-    from adaptrix.errors import EvaluationError
-    from adaptrix.evaluation.suites import load_suite
-    from adaptrix.evaluation.tasks import load_task
-
     if args.shots < 0:
         raise EvaluationError(f"--shots must be 0 or more, got {args.shots}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -105,9 +107,6 @@ def _tasks(args) -> list:
 
 
 def _options(args):
-    from adaptrix.errors import EvaluationError
-    from adaptrix.evaluation.runner import EvalOptions
-
     if args.batch_size < 1:
         raise EvaluationError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.sandbox_timeout <= 0 or args.sandbox_memory < 64:
@@ -123,11 +122,6 @@ def _options(args):
 
 
 def _run(args, models, specs, backends) -> int:
-    from adaptrix.cli.output import format_table, print_json
-    from adaptrix.evaluation import report
-    from adaptrix.evaluation.cache import ResultCache
-    from adaptrix.evaluation.runner import run_matrix
-
     tasks = _tasks(args)
     cache = ResultCache(enabled=not args.no_cache)
     cells = run_matrix(models, specs, backends, tasks, _options(args), cache)
@@ -144,22 +138,17 @@ def _run(args, models, specs, backends) -> int:
 
 
 def run_eval(args) -> int:
-    from adaptrix.evaluation.matrix import parse_adapters
-
     specs = parse_adapters(args.adapter or ["base"])
     return _run(args, [args.model], specs, [args.backend.strip().lower() or AUTO])
 
 
 def run_compare(args) -> int:
-    from adaptrix.evaluation.matrix import parse_adapters
-
     models = [None if m.lower() == DEFAULT_MODEL else m for m in _split(args.models or [DEFAULT_MODEL])]
     specs = parse_adapters(args.adapters or ["base"])
     backends = [b.lower() for b in _split([args.backends])] or [AUTO]
     for kind, values in (("--models", [str(m) for m in models]), ("--backends", backends)):
         for v in values:
             if values.count(v) > 1:
-                from adaptrix.errors import EvaluationError
 
                 raise EvaluationError(f"{kind} lists {v!r} twice")
     return _run(args, models, specs, backends)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from adaptrix.errors import AdaptrixError
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -30,8 +32,6 @@ def register(sub) -> None:
 
 def run_args(argv: list[str]) -> int:
     """lm-eval's command line on ``argv``, the model ``adaptrix`` registered: its exit status."""
-    from adaptrix.errors import AdaptrixError
-
     try:
         from lm_eval.__main__ import cli_evaluate
     except ImportError:

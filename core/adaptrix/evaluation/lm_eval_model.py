@@ -28,6 +28,8 @@ import json
 import logging
 from typing import Any
 
+from adaptrix.adapters.compositions import check_composition_weights
+from adaptrix.engine import Engine
 from adaptrix.errors import AdaptrixError
 
 try:
@@ -91,7 +93,6 @@ def _device(asked: str | None) -> str:
 @register_model("adaptrix")
 class AdaptrixLM(TemplateLM):
     """An adaptrix :class:`~adaptrix.Engine` (one model, one adapter or composition) as an lm-eval model."""
-
     def __init__(self, model: str | None = None, adapter: str | None = None, adapters_dir: str = "adapters",
                  backend: str = "auto", dtype: str = "auto", device: str | None = None,
                  batch_size: Any = 16, max_batch_size: Any = None, max_length: int = MAX_LENGTH,
@@ -101,7 +102,6 @@ class AdaptrixLM(TemplateLM):
             raise AdaptrixError(f"unknown model_args for --model adaptrix: {', '.join(sorted(unused))}; known: "
                                 "model, adapter, adapters_dir, backend, dtype, device, max_length, max_gen_toks")
         if engine is None:
-            from adaptrix import Engine
 
             engine = Engine(model or None, device=_device(device), dtype=dtype, adapters_dir=adapters_dir,
                             backend=backend, progress=False)
@@ -110,7 +110,6 @@ class AdaptrixLM(TemplateLM):
         self.adapter = parse_adapter(adapter)
         self._held = None
         if isinstance(self.adapter, dict):  # built once (cached by the engine), held while this model lives
-            from adaptrix.adapters.compositions import check_composition_weights
 
             weights = check_composition_weights(self.adapter, "adapter")
             self._held = engine.adapters.hold(weights=list(weights.items()))

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from adaptrix.errors import GenerationError
+from adaptrix.generation.defaults import TASK_PRESETS
 from adaptrix.generation.token_ids import check_token_ids
 from adaptrix.serve.errors import ApiError
 from adaptrix.serve.logprobs import chat_logprobs, completion_logprobs
@@ -32,8 +33,6 @@ def json_response(data: Any, status: int = 200):
 
 def parse_requests(server, body: Any, kind: str) -> list[CompletionRequest]:
     """The request's prompts as validated requests, their model resolved; 400 for what cannot be served."""
-    from adaptrix.generation.defaults import TASK_PRESETS
-
     presets = tuple(TASK_PRESETS)
     if kind == "chat":
         return [server.resolve_model(parse_completion(body, kind, presets))]

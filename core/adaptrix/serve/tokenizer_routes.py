@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from adaptrix.errors import GenerationError
 from adaptrix.generation.token_ids import check_token_ids, vocabulary_size
 from adaptrix.serve.completions import json_response
 from adaptrix.serve.errors import ApiError
@@ -110,7 +111,6 @@ async def tokenize(server, request):
 
 
 async def detokenize(server, request):
-    from adaptrix.errors import GenerationError
     body = _body(await server.read_json(request))
     _model(server, body)
     tokens = body.get("tokens")

@@ -30,6 +30,7 @@ from adaptrix.errors import AdapterError, BackendError
 from adaptrix.plugins import family_chat
 from adaptrix.storage.files import remove_stale
 from adaptrix.types import LoadedModel
+from adaptrix_llamacpp.scores import token_logprobs
 
 from .codec import LlamaTextCodec
 from .gguf_index import module_index, read_gguf_model
@@ -131,8 +132,6 @@ class LlamaCppRunner(Runner):
 
     def token_logprobs(self, rows, starts, *, adapters=None, top=0):
         """Each row one pass over its whole sequence, rows grouped by adapter (:mod:`.scores`)."""
-        from .scores import token_logprobs
-
         return token_logprobs(self, rows, starts, adapters=adapters, top=top)
 
     def stream_tokens(self, ids, cfg, *, stop=None):
@@ -183,7 +182,6 @@ class LlamaCppRunner(Runner):
 
 class LlamaCppAdapterManager(AdapterManager):
     """PEFT adapters applied as GGUF LoRAs with per-adapter scales on the llama.cpp context."""
-
     backend = "llamacpp"
     COMPOSE_METHODS = ("cat",)
     CAN_MERGE = False

@@ -20,7 +20,7 @@ import attrs
 
 from adaptrix.adapters.peft_manager import PeftAdapterManager
 from adaptrix.backends.contract import Backend, Runner
-from adaptrix.backends.transformers import batching
+from adaptrix.backends.transformers import batching, scores
 from adaptrix.errors import ModelLoadError
 from adaptrix.generation.settings import is_greedy
 from adaptrix.models.devices import choose_dtype, resolve_device
@@ -149,8 +149,6 @@ class TransformersRunner(Runner):
 
     def token_logprobs(self, rows, starts, *, adapters=None, top=0):
         """One forward pass over the left-padded rows, mixed adapters through peft (:mod:`.scores`)."""
-        from adaptrix.backends.transformers import scores
-
         return scores.token_logprobs(self, rows, starts, adapters=adapters, top=top)
 
     @contextlib.contextmanager
