@@ -28,7 +28,7 @@ from adaptrix.adapters.residency import check_residency_limits
 from adaptrix.adapters.sources import adapter_rows
 from adaptrix.backends.contract import Runner
 from adaptrix.errors import BackendError, EngineStateError
-from adaptrix.generation import score_requests as scoring
+from adaptrix import score_requests as scoring
 from adaptrix.generation.conversation import Conversation, ConversationStore
 from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.preparer import remember

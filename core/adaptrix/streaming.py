@@ -16,7 +16,7 @@ from adaptrix.generation.lease import LeasedTokens, ModelLease
 from adaptrix.generation.preparer import remember
 from adaptrix.generation.request import GenerationRequest
 from adaptrix.generation.result import GenerationResult, finished_result
-from adaptrix.generation.score_requests import rescored
+from adaptrix.score_requests import rescored
 from adaptrix.generation.text import IncrementalDecoder
 from adaptrix.session import Session
 

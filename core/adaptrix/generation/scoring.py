@@ -7,7 +7,7 @@ lm-evaluation-harness does (:func:`split_item`), planning batches
 top-k alternatives (:func:`logprob_rows`, and :func:`row_logprob` for one
 row, which step decoders call). A backend computes the logits of its rows in
 :meth:`adaptrix.backends.contract.Runner.token_logprobs`; the engine's scoring
-calls are in :mod:`adaptrix.generation.score_requests`.
+calls are in :mod:`adaptrix.score_requests`.
 
 Logprobs are always those of the model's raw logits (``log_softmax`` in
 float32, before temperature, top-p/top-k or repetition penalty), as vLLM's
