@@ -115,6 +115,7 @@ class RequestPreparer:
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
             trim=req.trim,
+            grammar=req.grammar,
         )
 
     def format(self, prompt: str | Sequence[int], max_new_tokens: int | None, conv: Conversation | None, system: str | None,

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import attrs
 
 from adaptrix.errors import GenerationError
+from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.scoring import check_top
 from adaptrix.generation.settings import SETTING_NAMES, explicit_settings
 from adaptrix.generation.token_ids import is_token_ids
@@ -20,7 +21,7 @@ from adaptrix.types import UNSET, GenerationConfig
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
-           "chat_template_kwargs", "raw", "history", "logprobs", "trim")
+           "chat_template_kwargs", "raw", "history", "logprobs", "trim", "grammar")
 
 
 @attrs.frozen
@@ -52,6 +53,8 @@ class GenerationRequest:
     logprobs: int | None = None
     #: Strip the returned text's leading and trailing whitespace (``False``: the text exactly as generated).
     trim: bool = True
+    #: Constrain the output (:class:`~adaptrix.generation.grammar.Grammar`); ``None``: free text.
+    grammar: Grammar | None = None
 
     @classmethod
     def build(cls, prompt: str | Sequence[int], *, what: str = "prompt", **options: Any) -> "GenerationRequest":
@@ -86,6 +89,9 @@ class GenerationRequest:
                                       "conversation= or use_context=True (a stored conversation)")
         if options.get("logprobs") is not None:
             check_top(options["logprobs"], "logprobs")
+        if options.get("grammar") is not None and not isinstance(options["grammar"], Grammar):
+            raise GenerationError(f"grammar must be an adaptrix Grammar (Grammar.json_schema(...), ...), got "
+                                  f"{options['grammar']!r}")
         return cls(prompt, settings, **{k: v for k, v in options.items() if k in OPTIONS})
 
 

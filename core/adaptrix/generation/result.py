@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.scoring import TokenLogprob
 from adaptrix.generation.text import TextPipeline
 from adaptrix.types import GenerationConfig
@@ -65,6 +66,8 @@ class PreparedRequest:
     pad_id: int | None
     #: Strip the output's leading and trailing whitespace (``False``: raw completions, text as generated).
     trim: bool = True
+    #: The output's constraint (:class:`~adaptrix.generation.grammar.Grammar`); ``None``: free text.
+    grammar: Grammar | None = None
 
     @property
     def input_ids(self) -> tuple[int, ...]:
