@@ -275,7 +275,7 @@ def test_cli_errors_are_clear(setup, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "answer": "b"}\n{oops\n')
     assert main(["eval", "--task", str(bad)]) == 2
-    assert f"{bad}, line 2: not valid JSON" in capsys.readouterr().err
+    assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
     assert main(["eval", "--tasks", "maths"]) == 2
     assert "no built-in task 'maths'" in capsys.readouterr().err
     assert main(["compare", "--adapters", "base,a=x"]) == 2

@@ -41,7 +41,7 @@ def test_items_from_prompts_messages_choices_and_tests(tmp_path):
 
 
 @pytest.mark.parametrize("rows, message", [
-    (['{"prompt": "a", "answer": "b"}', "{not json"], "t.jsonl, line 2: not valid JSON"),
+    (['{"prompt": "a", "answer": "b"}', "{not json"], "t.jsonl:2: not valid JSON"),
     ([{"question": "a"}], "item 1: an item needs 'prompt' or 'messages'"),
     ([{"prompt": "a"}], "item 1: no answer"),
     ([{"prompt": "a", "choices": ["x", "y"], "answer": 2}], "answer must be the index of the right choice (0 to 1), got 2"),

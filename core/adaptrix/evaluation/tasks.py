@@ -16,7 +16,6 @@ A line holds, besides optional ``id``:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ import attrs
 
 from adaptrix.errors import EvaluationError
 from adaptrix.evaluation.metrics import METRICS, check_items
+from adaptrix.storage.jsonl import jsonl_objects
 
 
 @attrs.frozen
@@ -69,28 +69,8 @@ class Task:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file; a bad line raises :class:`EvaluationError` naming the file and line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EvaluationError(f"task file {path} does not exist; give a JSONL file (one JSON object a line)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"task file {path} cannot be read ({exc}); give a UTF-8 JSONL file") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvaluationError(f"{path}, line {number}: not valid JSON ({exc.msg}); one JSON object a line") from None
-        if not isinstance(row, dict):
-            raise EvaluationError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    if not rows:
-        raise EvaluationError(f"task file {path} has no items; one JSON object a line")
-    return rows
+    """The JSON objects of a task file; a bad line raises :class:`EvaluationError` naming the file and line."""
+    return [row for _, row in jsonl_objects(path, EvaluationError, "task file", '"prompt" and "answer" per line')]
 
 
 def parse_item(row: dict[str, Any], index: int, where: str) -> Item:

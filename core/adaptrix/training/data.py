@@ -14,7 +14,6 @@ everything before it, system prompt included, is labelled ``-100``.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import attrs
 
 from adaptrix.errors import TrainingError
 from adaptrix.generation.conversation import has_template, split_answer, tokenize
+from adaptrix.storage.jsonl import jsonl_objects
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -58,30 +58,8 @@ def file_sha256(path: str | Path) -> str:
 def load_jsonl(path: str | Path) -> list[Sample]:
     """Read and validate a JSONL file; raise :class:`TrainingError` naming the line at fault."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrainingError(f"training data {path} does not exist; pass --data FILE.jsonl") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingError(f"cannot read training data {path}: {exc}; it must be UTF-8 JSONL") from exc
-    samples = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise TrainingError(
-                f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                "each line must be one JSON object"
-            ) from None
-        samples.append(_parse(obj, path, number))
-    if not samples:
-        raise TrainingError(
-            f"{path} has no training samples (the file is empty); add one JSON object per line with "
-            '"messages" or "prompt"/"completion"'
-        )
-    return samples
+    hint = '"messages" or "prompt"/"completion" per line; pass --data FILE.jsonl'
+    return [_parse(obj, path, number) for number, obj in jsonl_objects(path, TrainingError, "training data", hint)]
 
 
 def _parse(obj: Any, path: Path, line: int) -> Sample:
