@@ -99,10 +99,10 @@ class FakeExecutor:
     def tokenizer(self):
         return None
 
-    def health(self):
+    async def health(self):
         return {"replicas": [{"id": "r7", "state": "RUNNING"}]}
 
-    def render_metrics(self):
+    async def render_metrics(self):
         return b"remote_metric 1\n", "text/plain"
 
 
@@ -113,7 +113,7 @@ def remote_app():
     from adaptrix.serve.app import ServeOptions, create_app
 
     executor = FakeExecutor()
-    app = create_app(None, ServeOptions(api_key="k3y"), make_executor=lambda options, metrics: executor)
+    app = create_app(None, ServeOptions(api_key="k3y"), make_executor=lambda server: executor)
     with TestClient(app) as client:
         deadline = time.monotonic() + 10
         while client.get("/health").status_code != 200 and time.monotonic() < deadline:

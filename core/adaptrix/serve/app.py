@@ -48,7 +48,7 @@ class Server:
     ``engine`` is the local engine (``None`` when ``make_executor`` built the executor)."""
 
     def __init__(self, make_engine: Callable[[], Any] | None, options: ServeOptions,
-                 make_executor: Callable[[ServeOptions, Any], Executor] | None = None):
+                 make_executor: Callable[["Server"], Executor] | None = None):
         self.options = options
         self.make_engine = make_engine
         self.make_executor = make_executor
@@ -68,7 +68,7 @@ class Server:
         engine = None
         try:
             if self.make_executor is not None:
-                scheduler = self.make_executor(self.options, self.metrics)
+                scheduler = self.make_executor(self)
             else:
                 engine = self.make_engine()
                 scheduler = Scheduler(engine, self.metrics, max_batch=self.options.max_batch,
@@ -282,14 +282,16 @@ async def health(server: Server, request):
     if server.scheduler is None:
         return _json({"status": "failed" if server.failure else "loading", "error": server.failure}, 503)
     return _json({"status": "ok", "model": server.model_id, "backend": server.backend,
-                  "batching": server.batching_mode(), **server.scheduler.health()})
+                  "batching": server.batching_mode(), **await server.scheduler.health()})
 
 
 async def metrics(server: Server, request):
     from starlette.responses import Response
 
-    # before the model is loaded: this process's own (empty) metrics
-    body, content_type = server.metrics.render() if server.scheduler is None else server.scheduler.render_metrics()
+    if server.scheduler is None:  # still loading: this process's own metrics
+        body, content_type = server.metrics.render()
+    else:
+        body, content_type = await server.scheduler.render_metrics()
     return Response(body, media_type=content_type)
 
 
@@ -401,12 +403,13 @@ def unload_adapter_from(name: str, known: bool, engine) -> dict[str, Any]:
 
 
 def create_app(make_engine: Callable[[], Any] | None, options: ServeOptions | None = None, *,
-               make_executor: Callable[[ServeOptions, Any], Executor] | None = None):
+               make_executor: Callable[[Server], Executor] | None = None):
     """The ASGI app; ``make_engine()`` returns an initialized Engine and runs on a background thread.
 
-    ``make_executor(options, metrics)``, when given, replaces the engine and its local scheduler: it returns
-    the :class:`~adaptrix.serve.executor.Executor` (not yet started) the routes run requests through, built on
-    the same background thread (``make_engine`` is then unused)."""
+    ``make_executor(server)``, when given, replaces the engine and its local scheduler: it returns the
+    :class:`~adaptrix.serve.executor.Executor` (not yet started) the routes run requests through, built on the
+    same background thread (``make_engine`` is then unused). ``server`` is the :class:`Server`: its options,
+    metrics and adapter catalog (:meth:`Server.adapter_folders`: which folder a requested adapter is in)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware

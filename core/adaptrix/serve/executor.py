@@ -59,10 +59,10 @@ class Executor(Protocol):
         """The engine's tokenizer, for checks the app makes before queueing; ``None`` when the engines are
         elsewhere (they check then)."""
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         """Extra fields of ``GET /health`` (a remote executor lists its replicas and their state)."""
 
-    def render_metrics(self) -> tuple[bytes, str]:
+    async def render_metrics(self) -> tuple[bytes, str]:
         """``GET /metrics``: the Prometheus text and its content type."""
 
 

@@ -206,10 +206,10 @@ class Scheduler:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         return {}
 
-    def render_metrics(self) -> tuple[bytes, str]:
+    async def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()
 
     # -- scheduler thread ----------------------------------------------------------
