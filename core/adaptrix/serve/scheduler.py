@@ -209,6 +209,11 @@ class Scheduler:
     async def health(self) -> dict[str, Any]:
         return {}
 
+    def occupancy(self) -> dict[str, int]:
+        """Requests waiting and decoding right now."""
+        with self._cond:
+            return {"queued": len(self._jobs), "running": len(self._running)}
+
     async def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()
 

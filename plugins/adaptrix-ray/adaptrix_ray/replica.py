@@ -184,10 +184,13 @@ class EngineReplica:
 
     async def health(self) -> dict[str, Any]:
         """This replica as ``/health`` lists it."""
+        import ray
+
         wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
-        return {"id": self.replica_id, "state": "RUNNING", "pid": os.getpid(),
-                "adapters": sorted(getattr(wrapper, "models", {}) or {}),
-                "queued": len(self.scheduler._jobs), "running": len(self.scheduler._running)}
+        loaded = sorted(r["name"] for r in self.engine.list_adapters() if r.get("loaded"))
+        return {"id": self.replica_id, "state": "RUNNING", "node": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(), "adapters": sorted(getattr(wrapper, "models", {}) or {}), "loaded": loaded,
+                **self.scheduler.occupancy()}
 
     async def metrics_text(self) -> tuple[str, str]:
         """``(replica id, this replica's adaptrix metrics in Prometheus text)``."""
