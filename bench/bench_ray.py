@@ -85,6 +85,8 @@ def deploy(replicas: int, threads: int, port: int) -> str:
 
     config = from_args({"backend": "llamacpp", "threads": threads, "num_replicas": replicas, "num_cpus": threads,
                         "adapters_dir": str(EXAMPLES), "max_adapters_per_replica": 3})
+    # the old application goes first: on two CPUs a rolling update has no room for new replicas beside it
+    serve.delete("adaptrix")
     serve.run(build(config), name="adaptrix", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
@@ -137,6 +139,7 @@ def main() -> int:
         for _ in range(args.rounds):
             runs["plain"].append(load(plain_url, args.clients, args.requests, args.tokens))
             runs["ray1"].append(load(one, args.clients, args.requests, args.tokens))
+            print(f"  plain: {runs['plain'][-1]}\n  ray1: {runs['ray1'][-1]}", flush=True)
         plain.terminate()
         plain.wait(timeout=60)
         for _ in range(args.rounds):
@@ -144,6 +147,7 @@ def main() -> int:
                 url = deploy(replicas, threads, ray_port)
                 load(url, args.clients, 6, args.tokens)
                 runs[name].append(load(url, args.clients, args.requests, args.tokens))
+                print(f"  {name}: {runs[name][-1]}", flush=True)
         print(f"{'':<34} {'tok/s':>8} {'ratio':>8} {'TTFT ms':>9} {'replicas':>9}")
         print(row("adaptrix serve --threads 1", runs["plain"]))
         print(row("Ray, 1 replica x 1 thread", runs["ray1"], runs["plain"]))
