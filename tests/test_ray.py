@@ -312,6 +312,26 @@ def test_metrics_keep_adaptrix_names_labelled_by_replica(server):
     assert text.count("# TYPE adaptrix_requests_total counter") == 1
 
 
+def _cancelled(url: str) -> float:
+    text = httpx.get(url + "/metrics", headers=AUTH, timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("adaptrix_cancelled_requests_total{"))
+
+
+@pytest.mark.real_weights
+def test_a_client_gone_mid_stream_stops_its_generation_on_the_replica(server):
+    before = _cancelled(server)
+    body = {"model": "base", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server + "/v1/completions", headers=AUTH, json=body, timeout=60) as answer:
+        chunks = answer.iter_lines()
+        assert next(chunks).startswith("data: ")  # it runs; then the client goes away
+    deadline = time.monotonic() + 30
+    while _cancelled(server) <= before:
+        assert time.monotonic() < deadline, "the replica kept generating for a client that had gone"
+        time.sleep(0.2)
+    assert all(r["running"] == 0 for r in _replicas(server))
+
+
 @pytest.mark.real_weights
 def test_a_replica_killed_under_load_is_survived(server):
     """kill -9 of the replica running a request: that request gets an OpenAI-shaped 503, others succeed, Ray
