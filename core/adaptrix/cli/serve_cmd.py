@@ -9,6 +9,7 @@ from adaptrix.engine import Engine
 from adaptrix.errors import AdaptrixError
 from adaptrix.serve.app import ServeOptions, create_app
 from adaptrix.serve.http import base_url, is_loopback, uvicorn_config
+from adaptrix.serve.modes import KNOWN_MODE_FLAGS, ServeMode
 from adaptrix.serve.options import flag_type
 
 
@@ -48,7 +49,47 @@ def register(sub) -> None:
                    help="decode each batched request as if alone, so a temperature-0 answer never depends on what "
                    "runs beside it (slower: one forward pass per request per step; see docs/serve.md)")
     p.add_argument("--served-model-name", metavar="NAME", help="the base model's id in /v1/models")
-    p.set_defaults(func=run)
+    modes = add_mode_arguments(p)
+    p.set_defaults(func=run, serve_modes=modes)
+
+
+def installed_modes() -> list[tuple[str, ServeMode]]:
+    """``(plugin, mode)`` for every serving mode the installed plugins provide (the ``serve_modes`` hook)."""
+    from adaptrix.plugins.host import get_host
+
+    return [(plugin, mode) for plugin, modes in get_host().call_all("serve_modes") for mode in modes or ()]
+
+
+def add_mode_arguments(parser) -> list[ServeMode]:
+    """Add each installed mode's options to ``adaptrix serve`` (a group per mode); options of modes not
+    installed (:data:`~adaptrix.serve.modes.KNOWN_MODE_FLAGS`) answer which package to install."""
+    import argparse
+
+    modes = []
+    for plugin, mode in installed_modes():
+        group = parser.add_argument_group(f"{mode.name} (from the {plugin} plugin)", mode.summary)
+        try:
+            mode.add_arguments(group)
+        except argparse.ArgumentError as exc:  # an option another mode (or the core) has: the first keeps it
+            print(f"adaptrix serve: warning: the {plugin} plugin's serving mode {mode.name!r} is skipped: {exc}",
+                  file=sys.stderr)
+            continue
+        modes.append(mode)
+    for flag, dist in KNOWN_MODE_FLAGS.items():
+        if flag not in parser._option_string_actions:
+            parser.add_argument(flag, nargs="?", action=_needs_plugin(dist), help=argparse.SUPPRESS)
+    return modes
+
+
+def _needs_plugin(dist: str):
+    import argparse
+
+    class NeedsPlugin(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{option_string} needs the {dist} plugin, which is not installed: pip install {dist} "
+                         "(see docs/scale-out.md)")
+
+    return NeedsPlugin
 
 
 def port_number(text: str) -> int:
@@ -94,6 +135,9 @@ def run(args) -> int:
         model_name=args.served_model_name, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
         cors_origins=tuple(args.cors_origin), batch_invariant=args.batch_invariant,
     )
+    for mode in getattr(args, "serve_modes", ()):
+        if mode.selected(args):
+            return int(mode.run(args, options) or 0)
 
     def make_engine():
         print(f"adaptrix serve: loading {args.model or 'the embedded default model'} ...", file=sys.stderr,

@@ -32,6 +32,7 @@ import pluggy
 if TYPE_CHECKING:
     from adaptrix.adapters.convert import AdapterConverter
     from adaptrix.backends.contract import Backend
+    from adaptrix.serve.modes import ServeMode
     from adaptrix.storage.caches import CacheKind
     from adaptrix.types import ChatBehaviour, GenerationConfig, LoadedModel, LoadOptions
 
@@ -185,4 +186,17 @@ def chat_behaviour(
     a model chats the same on each. Called on the family's owner only;
     ``firstresult``; left out (or ``None``), the core's generic behaviour
     answers (:func:`adaptrix.plugins.fallbacks.chat_behaviour`).
+    """
+
+
+@hookspec
+def serve_modes() -> "list[ServeMode]":
+    """List the other ways of running ``adaptrix serve`` this plugin provides (see :mod:`adaptrix.serve.modes`).
+
+    Receives nothing. Returns a list of :class:`~adaptrix.serve.modes.ServeMode`: each adds its options to
+    ``adaptrix serve`` (``--replicas N``) and, when a command line uses them, serves in its own way (replicas
+    on a Ray cluster) with the server settings the core parsed, through the same app
+    (:func:`adaptrix.serve.app.create_app` with ``make_executor``). Not ``firstresult``: every plugin's list is
+    gathered; an option two modes both add goes to the first. Keep the import light: import what the mode
+    runs on (``ray``) inside ``run``, never at module import, so ``adaptrix --help`` stays fast.
     """

@@ -2,13 +2,17 @@
 
 ``create_app(make_engine, options)`` returns an ASGI app. The engine is built
 by ``make_engine()`` on a background thread when the app starts; until it is
-ready ``/health`` answers 503 and so does every API route.
+ready ``/health`` answers 503 and so does every API route. The routes run
+requests through an :class:`~adaptrix.serve.executor.Executor`: the local
+:class:`~adaptrix.serve.scheduler.Scheduler` around that engine, or what
+``create_app(make_executor=...)`` builds (a plugin's remote engines).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -25,6 +29,7 @@ from adaptrix.errors import AdapterIncompatibleError, AdapterNotFoundError, Adap
 from adaptrix.serve import tokenizer_routes
 from adaptrix.serve.completions import completions
 from adaptrix.serve.errors import ApiError, error_body
+from adaptrix.serve.executor import Executor, new_response_headers
 from adaptrix.serve.metrics import Metrics
 from adaptrix.serve.options import ServeOptions
 from adaptrix.serve.scheduler import Scheduler, api_error
@@ -37,11 +42,16 @@ STATIC = Path(__file__).with_name("static")
 
 
 class Server:
-    """State shared by the routes: the engine (once loaded), scheduler, metrics, adapter catalog."""
+    """State shared by the routes: the executor (once loaded), metrics, adapter catalog.
 
-    def __init__(self, make_engine: Callable[[], Any], options: ServeOptions):
+    ``scheduler`` is the :class:`~adaptrix.serve.executor.Executor` the routes run requests through;
+    ``engine`` is the local engine (``None`` when ``make_executor`` built the executor)."""
+
+    def __init__(self, make_engine: Callable[[], Any] | None, options: ServeOptions,
+                 make_executor: Callable[["Server"], Executor] | None = None):
         self.options = options
         self.make_engine = make_engine
+        self.make_executor = make_executor
         self.metrics = Metrics()
         self.engine = None
         self.scheduler = None
@@ -55,13 +65,17 @@ class Server:
     # -- start-up ------------------------------------------------------------------
     def load(self) -> None:
         start = time.perf_counter()
+        engine = None
         try:
-            engine = self.make_engine()
-            info = engine.get_model_info()
-            scheduler = Scheduler(engine, self.metrics, max_batch=self.options.max_batch,
-                                  max_queue=self.options.max_queue, batching=self.options.batching != "off",
-                                  exists=self.adapter_exists, batch_invariant=self.options.batch_invariant)
+            if self.make_executor is not None:
+                scheduler = self.make_executor(self)
+            else:
+                engine = self.make_engine()
+                scheduler = Scheduler(engine, self.metrics, max_batch=self.options.max_batch,
+                                      max_queue=self.options.max_queue, batching=self.options.batching != "off",
+                                      exists=self.adapter_exists, batch_invariant=self.options.batch_invariant)
             scheduler.start()  # batches when the engine's backend has a step decoder for this model
+            info = scheduler.model_info()
             batching = scheduler.batching
         except Exception as exc:  # reported by /health and the log; the process stays up
             self.failure = f"{type(exc).__name__}: {exc}"
@@ -241,9 +255,10 @@ def _error(err: ApiError):
 
 
 def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
-    """Wrap a handler: API key, readiness, OpenAI-shaped errors, one log line per request."""
+    """Wrap a handler: API key, readiness, OpenAI-shaped errors, the executor's headers, one log line."""
     async def endpoint(request):
         start = time.perf_counter()
+        headers = new_response_headers()
         try:
             if auth:
                 server.check_key(request)
@@ -255,6 +270,7 @@ def _route(server: Server, handler, *, auth: bool = True, ready: bool = True):
         except Exception as exc:  # a bug: answer in shape, keep serving
 
             response = _error(server.public(api_error(exc)))
+        response.headers.update(headers)
         log.info("%s %s %s %.0f ms%s", request.method, request.url.path, response.status_code,
                  (time.perf_counter() - start) * 1000, " (the client went away)" if response.status_code == 499 else "")
         return response
@@ -266,13 +282,16 @@ async def health(server: Server, request):
     if server.scheduler is None:
         return _json({"status": "failed" if server.failure else "loading", "error": server.failure}, 503)
     return _json({"status": "ok", "model": server.model_id, "backend": server.backend,
-                  "batching": server.batching_mode()})
+                  "batching": server.batching_mode(), **await server.scheduler.health()})
 
 
 async def metrics(server: Server, request):
     from starlette.responses import Response
 
-    body, content_type = server.metrics.render()
+    if server.scheduler is None:  # still loading: this process's own metrics
+        body, content_type = server.metrics.render()
+    else:
+        body, content_type = await server.scheduler.render_metrics()
     return Response(body, media_type=content_type)
 
 
@@ -320,28 +339,36 @@ async def load_adapter(server: Server, request):
     if load.name in ("base", server.model_id):
         raise ApiError(400, f"'lora_name' {load.name!r} is the base model's name; pick another", param="lora_name")
     folder = server.allowed_path(load.path)
-
-    def work(engine):
-        try:  # atomic: on any failure the old adapter of that name stays loaded and serving
-            done = engine.adapters.replace(load.name, folder)
-        except AdapterPickleError:
-            server.metrics.validation_failures.inc()
-            raise ApiError(400, f"'lora_path' {load.path!r} holds {PICKLE_FILE}, a pickle, which can run code when "
-                           "loaded; convert it to adapter_model.safetensors", param="lora_path",
-                           code="pickle_refused") from None
-        except AdapterIncompatibleError as exc:
-            server.metrics.validation_failures.inc()
-            raise ApiError(400, f"adapter {load.name!r} at {folder} failed validation: {exc.report.message()}",
-                           param="lora_path", code="adapter_invalid", extra={"report": exc.report.as_dict()}) from None
-        server.runtime[load.name] = folder
-        server.metrics.loads.inc()
-        return {"object": "lora_adapter", "lora_name": load.name, "lora_path": str(folder),
-                "replaced": done.replaced, "rank": done.info.rank, "warnings": list(done.report.warnings)}
-
     # Runs once no running request uses the name (they finish with the old weights); requests that need it
     # wait meanwhile and get the new weights; every other request, and a new name, waits for nothing.
-    result = await asyncio.wrap_future(server.scheduler.call(work, changes={load.name}))
+    # On every engine the executor runs (one here; each replica of a remote executor).
+    try:
+        result = await asyncio.wrap_future(server.scheduler.call_all(
+            functools.partial(replace_adapter, load.name, str(folder), load.path), changes={load.name}))
+    except ApiError as err:
+        if err.code in ("pickle_refused", "adapter_invalid"):
+            server.metrics.validation_failures.inc()
+        raise
+    server.runtime[load.name] = folder
+    server.metrics.loads.inc()
     return _json(result)
+
+
+def replace_adapter(name: str, folder: str, given: str, engine) -> dict[str, Any]:
+    """Load (or atomically replace) adapter ``name`` from ``folder`` on ``engine``: the answer of
+    ``/v1/load_lora_adapter``; a 400 when validation refuses it (the old adapter of that name keeps serving).
+    ``given``: the ``lora_path`` as the client sent it. Module-level, so a remote executor can send it."""
+    try:
+        done = engine.adapters.replace(name, folder)
+    except AdapterPickleError:
+        raise ApiError(400, f"'lora_path' {given!r} holds {PICKLE_FILE}, a pickle, which can run code when "
+                       "loaded; convert it to adapter_model.safetensors", param="lora_path",
+                       code="pickle_refused") from None
+    except AdapterIncompatibleError as exc:
+        raise ApiError(400, f"adapter {name!r} at {folder} failed validation: {exc.report.message()}",
+                       param="lora_path", code="adapter_invalid", extra={"report": exc.report.as_dict()}) from None
+    return {"object": "lora_adapter", "lora_name": name, "lora_path": str(folder),
+            "replaced": done.replaced, "rank": done.info.rank, "warnings": list(done.report.warnings)}
 
 
 async def unload_adapter(server: Server, request):
@@ -349,31 +376,47 @@ async def unload_adapter(server: Server, request):
         raise ApiError(403, "unloading adapters at run time is off; start the server with --enable-adapter-loading",
                        code="adapter_loading_disabled")
     name = parse_name(await server.read_json(request))
-
-    def work(engine):
-        try:  # compositions built from it go with it
-            engine.unload_adapter(name)
-        except AdapterNotFoundError:
-            if name not in server.runtime:
-                loaded = {r["name"] for r in engine.list_adapters() if r.get("loaded") or r.get("state") == "evicted"}
-                raise ApiError(404, f"adapter {name!r} is not loaded; loaded: {', '.join(sorted(loaded)) or '(none)'}",
-                               param="lora_name", code="adapter_not_found") from None
-        server.runtime.pop(name, None)
-        server.metrics.unloads.inc()
-        return {"object": "lora_adapter", "lora_name": name, "unloaded": True}
-
-    return _json(await asyncio.wrap_future(server.scheduler.call(work, changes={name})))
+    folder = server.runtime.pop(name, None)  # from now on no request may name it (those queued get a 404)
+    try:
+        result = await asyncio.wrap_future(server.scheduler.call_all(
+            functools.partial(unload_adapter_from, name, folder is not None), changes={name}))
+    except BaseException:
+        if folder is not None:
+            server.runtime.setdefault(name, folder)
+        raise
+    server.metrics.unloads.inc()
+    return _json(result)
 
 
-def create_app(make_engine: Callable[[], Any], options: ServeOptions | None = None):
-    """The ASGI app; ``make_engine()`` returns an initialized Engine and runs on a background thread."""
+def unload_adapter_from(name: str, known: bool, engine) -> dict[str, Any]:
+    """Unload adapter ``name`` from ``engine`` (compositions built from it go with it): the answer of
+    ``/v1/unload_lora_adapter``; a 404 when it is not loaded there and ``known`` (loaded at run time through the
+    server, perhaps evicted or never loaded on this engine) is false. Module-level, like :func:`replace_adapter`."""
+    try:
+        engine.unload_adapter(name)
+    except AdapterNotFoundError:
+        if not known:
+            loaded = {r["name"] for r in engine.list_adapters() if r.get("loaded") or r.get("state") == "evicted"}
+            raise ApiError(404, f"adapter {name!r} is not loaded; loaded: {', '.join(sorted(loaded)) or '(none)'}",
+                           param="lora_name", code="adapter_not_found") from None
+    return {"object": "lora_adapter", "lora_name": name, "unloaded": True}
+
+
+def create_app(make_engine: Callable[[], Any] | None, options: ServeOptions | None = None, *,
+               make_executor: Callable[[Server], Executor] | None = None):
+    """The ASGI app; ``make_engine()`` returns an initialized Engine and runs on a background thread.
+
+    ``make_executor(server)``, when given, replaces the engine and its local scheduler: it returns the
+    :class:`~adaptrix.serve.executor.Executor` (not yet started) the routes run requests through, built on the
+    same background thread (``make_engine`` is then unused). ``server`` is the :class:`Server`: its options,
+    metrics and adapter catalog (:meth:`Server.adapter_folders`: which folder a requested adapter is in)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.middleware.cors import CORSMiddleware
     from starlette.routing import Route
 
-    server = Server(make_engine, options or ServeOptions())
+    server = Server(make_engine, options or ServeOptions(), make_executor)
 
     def r(path, handler, methods, **kw):
         return Route(path, _route(server, handler, **kw), methods=methods)

@@ -39,10 +39,11 @@ def parse_requests(server, body: Any, kind: str) -> list[CompletionRequest]:
     parts = split_prompts(body)
     reqs = [server.resolve_model(parse_completion({**body, "prompt": prompt}, kind, presets, param))
             for param, prompt in parts]
+    tokenizer = server.scheduler.tokenizer  # None: the engines are remote and check there
     for (param, _), req in zip(parts, reqs):
-        if not isinstance(req.prompt, str):
+        if not isinstance(req.prompt, str) and tokenizer is not None:
             try:  # the vocabulary's size is read-only: no need to wait for the scheduler
-                check_token_ids(req.prompt, server.engine.tokenizer, param)
+                check_token_ids(req.prompt, tokenizer, param)
             except GenerationError as exc:
                 raise ApiError(400, str(exc), param=param, code="invalid_value") from None
     if reqs[0].stream and len(reqs) > 1:

@@ -133,7 +133,8 @@ def api_error(exc: BaseException) -> ApiError:
 
 
 class Scheduler:
-    """Owns ``engine`` on its own thread; see the module docstring."""
+    """Owns ``engine`` on its own thread; see the module docstring. The local
+    :class:`~adaptrix.serve.executor.Executor`."""
 
     def __init__(self, engine, metrics, *, max_batch: int = 8, max_queue: int = 64, batching: bool = True,
                  exists: Callable[[str], bool] | None = None, batch_invariant: bool = False):
@@ -192,6 +193,29 @@ class Scheduler:
             self._calls.append(c)
             self._cond.notify_all()
         return c.future
+
+    # -- the rest of the Executor protocol (adaptrix.serve.executor): one local engine ------------
+    def call_all(self, fn: Callable[[Any], Any], *, changes: Iterable[str] = ()) -> concurrent.futures.Future:
+        """One engine here: :meth:`call`."""
+        return self.call(fn, changes=changes)
+
+    def model_info(self) -> dict[str, Any]:
+        return self.engine.get_model_info()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    async def health(self) -> dict[str, Any]:
+        return {}
+
+    def occupancy(self) -> dict[str, int]:
+        """Requests waiting and decoding right now."""
+        with self._cond:
+            return {"queued": len(self._jobs), "running": len(self._running)}
+
+    async def render_metrics(self) -> tuple[bytes, str]:
+        return self.metrics.render()
 
     # -- scheduler thread ----------------------------------------------------------
     def _loop(self) -> None:
