@@ -138,19 +138,19 @@ def _max_tokens(name):
 
 def _temperature(server, kind):
     greedy = _answer(server, kind)
-    assert any(_answer(server, kind, temperature=1.5, seed=s) != greedy for s in range(3))
+    assert any(_answer(server, kind, temperature=1.5, seed=s) != greedy for s in range(2))
 
 
 def _top_p(server, kind):
     greedy = _answer(server, kind)
-    seeds = [s for s in range(4) if _answer(server, kind, temperature=1.5, seed=s, top_p=1.0) != greedy][:2]
+    seeds = [s for s in range(2) if _answer(server, kind, temperature=1.5, seed=s, top_p=1.0) != greedy][:1]
     assert seeds and all(_answer(server, kind, temperature=1.5, seed=s, top_p=1e-6) == greedy for s in seeds)
 
 
 def _seed(server, kind):
     one = _answer(server, kind, temperature=1.0, seed=1)
     assert _answer(server, kind, temperature=1.0, seed=1) == one
-    assert any(_answer(server, kind, temperature=1.0, seed=s) != one for s in range(2, 5))
+    assert any(_answer(server, kind, temperature=1.0, seed=s) != one for s in range(2, 4))
 
 
 def _stop(server, kind):
