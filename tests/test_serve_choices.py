@@ -145,6 +145,22 @@ def test_n_streamed_chunks_carry_their_index_and_rebuild_each_choice(world):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
 
 
+def test_n_streamed_completions_echo_each_choices_prompt(world):
+    """Batched, and one request at a time (where choice 1 starts only once choice 0 has ended)."""
+    from adaptrix.serve.app import ServeOptions, create_app
+
+    server, engine = world
+    body = {"prompt": PROMPT, "max_tokens": 5, "temperature": 1.0, "seed": 9, "n": 3, "echo": True}
+    whole = _post(server, "/v1/completions", body)["choices"]
+    with LiveServer(create_app(lambda: engine, ServeOptions(batching="off"))) as serial:
+        for srv in (server, serial):
+            texts = ["", "", ""]
+            for chunk in _stream(srv, "/v1/completions", body):
+                (choice,) = chunk["choices"]
+                texts[choice["index"]] += choice["text"]
+            assert texts == [c["text"] for c in whole] and all(t.startswith(PROMPT) for t in texts)
+
+
 def test_n_on_completions_with_several_prompts_orders_choices_prompt_major(world):
     server, _ = world
     body = {"prompt": ["The sky is", "Apples are"], "max_tokens": 6, "temperature": 1.0, "seed": 2, "n": 2}

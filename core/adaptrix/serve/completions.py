@@ -207,12 +207,14 @@ async def _stream(server, reqs, jobs, events, rid, created, watch):
     async def body():
         index, event = first
         sent_role = [False] * len(jobs)
+        echoed = [not req.echo] * len(jobs)
         results: dict[int, Any] = {}
         try:
-            if req.echo:
-                for i, job in enumerate(jobs):
-                    yield chunk(i, job.echo_text or "", None, tokens=list(job.prompt_logprobs) or None)
             while True:
+                if not echoed[index] and event[0] != "error":  # a choice's prompt, once its job has started
+                    echoed[index] = True
+                    yield chunk(index, jobs[index].echo_text or "", None,
+                                tokens=list(jobs[index].prompt_logprobs) or None)
                 if event[0] == "delta":
                     yield chunk(index, event[1], None, first=not sent_role[index],
                                 tokens=[event[2]] if len(event) > 2 else None)
