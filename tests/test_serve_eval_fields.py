@@ -210,7 +210,11 @@ def test_stop_takes_many_strings(server):
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/completions", {"prompt": "x", "suffix": "y"}, "suffix"),
     ("/v1/completions", {"prompt": "x", "best_of": 2}, "best_of"),
-    ("/v1/completions", {"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"1": 500}}, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"99999999": 5}}, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "presence_penalty": 2.5}, "presence_penalty"),
+    ("/v1/completions", {"prompt": "x", "n": 9}, "n"),
+    ("/v1/completions", {"prompt": "x", "messages": []}, "messages"),
     ("/v1/completions", {"prompt": "x", "logprobs": 21}, "logprobs"),
     ("/v1/completions", {"prompt": "x", "logprobs": True}, "logprobs"),
     ("/v1/completions", {"prompt": ["a", "b"], "stream": True}, "stream"),

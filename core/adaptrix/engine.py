@@ -196,7 +196,8 @@ class Engine:
 
         Options: sampling settings (``max_new_tokens`` or its seed name
         ``max_length``, ``temperature``, ``top_p``, ``top_k``,
-        ``repetition_penalty``, ``stop``, ``seed``), ``task_type``, ``adapter``
+        ``repetition_penalty``, ``stop``, ``seed``, ``presence_penalty``, ``frequency_penalty``,
+        ``logit_bias``), ``task_type``, ``adapter``
         (a name, a list, ``None`` for the base model), ``system``,
         ``use_context``, ``conversation`` (a name), ``history`` (this request's
         earlier user/assistant messages, remembered nowhere), ``show_thinking``,

@@ -19,6 +19,13 @@ def _opt_positive_int(instance, attribute, value):
         raise ValueError(f"GenerationConfig.{attribute.name} must be a positive integer, got {value!r}")
 
 
+def _bias_pairs(value) -> tuple[tuple[int, float], ...] | None:
+    if value is None:
+        return None
+    pairs = value.items() if isinstance(value, dict) else value
+    return tuple(sorted((int(k), float(v)) for k, v in pairs)) or None
+
+
 @attrs.frozen
 class GenerationConfig:
     """Sampling settings. ``None`` means "not set here": a lower layer decides.
@@ -38,6 +45,13 @@ class GenerationConfig:
         default=None, converter=lambda v: None if v is None else tuple([v] if isinstance(v, str) else v)
     )
     seed: int | None = None
+    #: OpenAI's penalties over the generated tokens (the prompt does not count), each in [-2, 2]: a token's
+    #: logit loses ``presence_penalty`` once it has appeared and ``frequency_penalty`` per appearance.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    #: ``((token_id, bias), ...)`` sorted by id, each bias in [-100, 100], added to the logits before
+    #: sampling (-100 bans a token, 100 all but forces it); a ``{id: bias}`` dict is taken too.
+    logit_bias: tuple[tuple[int, float], ...] | None = attrs.field(default=None, converter=lambda v: _bias_pairs(v))
 
     def merged_over(self, lower: "GenerationConfig") -> "GenerationConfig":
         """Return a config with this layer's set fields on top of ``lower``'s."""
@@ -49,7 +63,10 @@ class GenerationConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, as a plain dict (for JSON and tables)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.asdict(self).items() if v is not None}
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.asdict(self).items() if v is not None}
+        if self.logit_bias is not None:
+            out["logit_bias"] = {str(k): v for k, v in self.logit_bias}  # JSON keys are strings (OpenAI's shape)
+        return out
 
 
 @attrs.frozen

@@ -10,6 +10,9 @@ from __future__ import annotations
 from adaptrix.errors import GenerationError
 from adaptrix.types import GenerationConfig
 
+#: OpenAI's range of ``presence_penalty`` and ``frequency_penalty``: [-PENALTY_LIMIT, PENALTY_LIMIT].
+PENALTY_LIMIT = 2.0
+
 GLOBAL_DEFAULTS = GenerationConfig(max_new_tokens=256, temperature=0.7, top_p=0.9, repetition_penalty=1.0)
 
 TASK_PRESETS: dict[str, GenerationConfig] = {
@@ -55,5 +58,9 @@ def check(cfg: GenerationConfig) -> None:
         raise GenerationError(f"top_k must be >= 0, got {cfg.top_k}")
     if cfg.repetition_penalty is not None and cfg.repetition_penalty <= 0:
         raise GenerationError(f"repetition_penalty must be > 0, got {cfg.repetition_penalty}")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(cfg, name)
+        if value is not None and not -PENALTY_LIMIT <= value <= PENALTY_LIMIT:
+            raise GenerationError(f"{name} must be from -2 to 2 (OpenAI's range; 0 is off), got {value}")
     if cfg.stop is not None and any(not isinstance(s, str) or not s for s in cfg.stop):
         raise GenerationError(f"stop strings must be non-empty strings, got {list(cfg.stop)}")

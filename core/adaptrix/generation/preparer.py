@@ -20,9 +20,9 @@ from adaptrix.generation.conversation import Conversation, Prompt, build_prompt
 from adaptrix.generation.defaults import TASK_PRESETS
 from adaptrix.generation.request import GenerationRequest
 from adaptrix.generation.result import PreparedRequest
-from adaptrix.generation.settings import resolve_settings
+from adaptrix.generation.settings import check_logit_bias, resolve_settings
 from adaptrix.generation.text import open_span, stop_check
-from adaptrix.generation.token_ids import check_token_ids
+from adaptrix.generation.token_ids import check_token_ids, vocabulary_size
 from adaptrix.types import UNSET, GenerationConfig, LoadedModel
 
 
@@ -92,6 +92,7 @@ class RequestPreparer:
         loaded = self.loaded
         task = req.task_type if req.task_type is not None else self.adapter_task_type(req.adapter)
         cfg = self.resolve(req.settings, task)
+        check_logit_bias(cfg, vocabulary_size(loaded.tokenizer))
         template_kwargs = dict(loaded.chat_template_kwargs)
         template_kwargs.update(req.chat_template_kwargs)
         if req.enable_thinking is not None:

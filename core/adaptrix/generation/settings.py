@@ -19,7 +19,11 @@ from adaptrix.generation import defaults as generation_defaults
 from adaptrix.types import GenerationConfig
 
 #: Per-call keyword arguments that are sampling settings.
-SETTING_NAMES = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed")
+SETTING_NAMES = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed",
+                 "presence_penalty", "frequency_penalty", "logit_bias")
+
+#: OpenAI's range of a logit bias: [-BIAS_LIMIT, BIAS_LIMIT].
+BIAS_LIMIT = 100.0
 
 
 #: Seeds are whole numbers in [0, 2**64) (what torch.manual_seed takes); the server's schema uses this too.
@@ -50,6 +54,9 @@ def explicit_settings(
     repetition_penalty=None,
     stop=None,
     seed=None,
+    presence_penalty=None,
+    frequency_penalty=None,
+    logit_bias=None,
 ) -> GenerationConfig:
     """The caller's explicit settings as a config layer; bad values raise :class:`GenerationError`.
 
@@ -82,9 +89,49 @@ def explicit_settings(
         repetition_penalty=_number("repetition_penalty", repetition_penalty),
         stop=stop,
         seed=seed,
+        presence_penalty=_number("presence_penalty", presence_penalty),
+        frequency_penalty=_number("frequency_penalty", frequency_penalty),
+        logit_bias=_logit_bias(logit_bias),
     )
     generation_defaults.check(cfg)
     return cfg
+
+
+def _logit_bias(value) -> tuple[tuple[int, float], ...] | None:
+    """``{token_id: bias}`` (or ``(id, bias)`` pairs) checked: whole-number ids >= 0, finite biases in
+    [-100, 100]. Ids are checked against the vocabulary when the request is prepared
+    (:func:`check_logit_bias`)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        pairs = [tuple(p) for p in value]
+    else:
+        raise GenerationError(f"logit_bias must be a dict {{token_id: bias}}, got {value!r:.80}")
+    out = {}
+    for key, bias in pairs:
+        if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+            raise GenerationError(f"logit_bias keys must be token ids (whole numbers >= 0), got {key!r}")
+        bias = _number(f"logit_bias[{key}]", bias)
+        if bias is None or not -BIAS_LIMIT <= bias <= BIAS_LIMIT:
+            raise GenerationError(f"logit_bias[{key}] must be a number from -100 to 100, got {bias!r}")
+        out[int(key)] = bias
+    return tuple(sorted(out.items())) or None
+
+
+def check_logit_bias(cfg: GenerationConfig, vocabulary: int) -> None:
+    """Every ``logit_bias`` id is one of the model's ``vocabulary`` token ids; else :class:`GenerationError`
+    naming the id."""
+    for token, _ in cfg.logit_bias or ():
+        if not 0 <= token < vocabulary:
+            raise GenerationError(f"logit_bias names token id {token}, outside the model's vocabulary of "
+                                  f"{vocabulary} tokens (0..{vocabulary - 1})")
+
+
+def has_logit_rules(cfg: GenerationConfig) -> bool:
+    """Whether ``cfg`` sets a logit bias or a non-zero presence or frequency penalty."""
+    return bool(cfg.logit_bias or cfg.presence_penalty or cfg.frequency_penalty)
 
 
 def resolve_settings(

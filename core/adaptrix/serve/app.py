@@ -301,7 +301,8 @@ async def playground(server: Server, request):
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-async def list_models(server: Server, request):
+async def _model_objects(server: Server) -> list[dict[str, Any]]:
+    """OpenAI's model objects: the base model first, then every adapter (folder or loaded at run time)."""
     rows = await asyncio.wrap_future(server.scheduler.call(lambda e: e.list_adapters()))
     resident = {r["name"] for r in rows if r.get("loaded")}
     data = [{"id": server.model_id, "object": "model", "created": server.created, "owned_by": "adaptrix",
@@ -320,7 +321,24 @@ async def list_models(server: Server, request):
             extra.update(rank=None, targets=None, error=str(exc))
         data.append({"id": name, "object": "model", "created": server.created, "owned_by": "adaptrix",
                      "root": str(folder), "parent": server.model_id, "adaptrix": extra})
-    return _json({"object": "list", "data": data})
+    return data
+
+
+async def list_models(server: Server, request):
+    return _json({"object": "list", "data": await _model_objects(server)})
+
+
+async def retrieve_model(server: Server, request):
+    """``GET /v1/models/{id}``: one model object (the base, by its name or ``base``, or an adapter); 404 in
+    OpenAI's error shape for a name that is neither."""
+    wanted = request.path_params["model"]
+    data = await _model_objects(server)
+    for obj in data:
+        if obj["id"] == wanted or (obj["parent"] is None and wanted == "base"):
+            return _json(obj)
+    available = ", ".join(["base", *(obj["id"] for obj in data)])
+    raise ApiError(404, f"model {wanted!r} does not exist; available: {available}", param="model",
+                   code="model_not_found")
 
 
 async def chat_completions(server, request):
@@ -426,6 +444,7 @@ def create_app(make_engine: Callable[[], Any] | None, options: ServeOptions | No
         r("/health", health, ["GET"], auth=False, ready=False),
         r("/metrics", metrics, ["GET"], ready=False),
         r("/v1/models", list_models, ["GET"]),
+        r("/v1/models/{model:path}", retrieve_model, ["GET"]),
         r("/v1/chat/completions", chat_completions, ["POST"]),
         r("/v1/completions", text_completions, ["POST"]),
         r("/tokenize", tokenizer_routes.tokenize, ["POST"]),

@@ -5,6 +5,11 @@ token ids, a list of lists of token ids): each becomes its own scheduler job (th
 backend batches) and its own choice, ``index`` in prompt order. ``echo`` returns the prompt before the
 generated text; ``logprobs`` (completions: ``K``; chat: ``true`` with ``top_logprobs: K``) is answered in
 OpenAI's shapes (:mod:`adaptrix.serve.logprobs`); ``max_tokens: 0`` with ``echo`` scores the prompt alone.
+
+``n`` choices of one prompt are ``n`` jobs, each with its own sampler: choice ``j`` of a request seeded ``s`` is
+seeded ``s + j`` (:func:`~adaptrix.serve.schemas.choice_seeds`), so greedy choices are equal and a seeded
+request repeats. Choice ``index`` is ``prompt * n + j`` (OpenAI's order); streamed chunks carry it. ``usage``
+counts every choice's tokens and each prompt once.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import uuid
 from typing import Any
 
 from adaptrix.errors import GenerationError
+import attrs
+
 from adaptrix.generation.defaults import TASK_PRESETS
-from adaptrix.generation.token_ids import check_token_ids
+from adaptrix.generation.settings import check_logit_bias, explicit_settings
+from adaptrix.generation.token_ids import check_token_ids, vocabulary_size
 from adaptrix.serve.errors import ApiError
 from adaptrix.serve.logprobs import chat_logprobs, completion_logprobs
 from adaptrix.serve.scheduler import Job
-from adaptrix.serve.schemas import CompletionRequest, parse_completion, split_prompts
+from adaptrix.serve.schemas import CompletionRequest, choice_seeds, parse_completion, split_prompts
 
 
 def json_response(data: Any, status: int = 200):
@@ -34,10 +42,9 @@ def json_response(data: Any, status: int = 200):
 def parse_requests(server, body: Any, kind: str) -> list[CompletionRequest]:
     """The request's prompts as validated requests, their model resolved; 400 for what cannot be served."""
     presets = tuple(TASK_PRESETS)
-    if kind == "chat":
-        return [server.resolve_model(parse_completion(body, kind, presets))]
-    parts = split_prompts(body)
-    reqs = [server.resolve_model(parse_completion({**body, "prompt": prompt}, kind, presets, param))
+    parts = [("messages", None)] if kind == "chat" else split_prompts(body)
+    reqs = [server.resolve_model(parse_completion(body if kind == "chat" else {**body, "prompt": prompt}, kind,
+                                                  presets, param))
             for param, prompt in parts]
     tokenizer = server.scheduler.tokenizer  # None: the engines are remote and check there
     for (param, _), req in zip(parts, reqs):
@@ -46,6 +53,12 @@ def parse_requests(server, body: Any, kind: str) -> list[CompletionRequest]:
                 check_token_ids(req.prompt, tokenizer, param)
             except GenerationError as exc:
                 raise ApiError(400, str(exc), param=param, code="invalid_value") from None
+    if reqs[0].settings.get("logit_bias"):
+        try:  # the vocabulary's size is read-only: no need to wait for the scheduler
+            check_logit_bias(explicit_settings(logit_bias=reqs[0].settings["logit_bias"]),
+                             vocabulary_size(server.engine.tokenizer))
+        except GenerationError as exc:
+            raise ApiError(400, str(exc), param="logit_bias", code="invalid_value") from None
     if reqs[0].stream and len(reqs) > 1:
         raise ApiError(400, f"'stream' takes one prompt; this request has {len(reqs)}: send them as separate "
                        "streamed requests, or without 'stream'", param="stream")
@@ -55,18 +68,26 @@ def parse_requests(server, body: Any, kind: str) -> list[CompletionRequest]:
     return reqs
 
 
+def choices(reqs: list[CompletionRequest]) -> list[CompletionRequest]:
+    """Each prompt's ``n`` choices in OpenAI's order (prompt-major), choice ``j`` seeded ``seed + j``."""
+    out = []
+    for req in reqs:
+        for seed in choice_seeds(req.settings.get("seed"), req.n):
+            settings = dict(req.settings) if seed is None else {**req.settings, "seed": seed}
+            out.append(attrs.evolve(req, settings=settings))
+    return out
+
+
 async def completions(server, request, kind: str):
-    reqs = parse_requests(server, await server.read_json(request), kind)
+    reqs = choices(parse_requests(server, await server.read_json(request), kind))
     loop = asyncio.get_running_loop()
     jobs: list[Job] = []
-    queues: list[asyncio.Queue] = []
+    events: asyncio.Queue = asyncio.Queue()  # (choice index, event) of every job
     try:
-        for req in reqs:
-            events: asyncio.Queue = asyncio.Queue()
-            job = Job(req, lambda event, q=events: loop.call_soon_threadsafe(q.put_nowait, event))
+        for index, req in enumerate(reqs):
+            job = Job(req, lambda event, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, event)))
             server.scheduler.submit(job)
             jobs.append(job)
-            queues.append(events)
     except BaseException:
         for job in jobs:
             job.cancelled.set()
@@ -79,19 +100,17 @@ async def completions(server, request, kind: str):
     streaming = False
     try:
         if reqs[0].stream:
-            response = await _stream(server, reqs[0], jobs[0], queues[0], rid, created, watch)
+            response = await _stream(server, reqs, jobs, events, rid, created, watch)
             streaming = True  # from here on the response's body owns the watch
             return response
-        results = []
-        for events in queues:
-            while True:
-                event = await _next_event(events, watch)
-                if event[0] == "error":
-                    raise event[1]
-                if event[0] == "done":
-                    results.append(event[1])
-                    break
-        return json_response(_final(reqs, jobs, rid, created, results))
+        results: dict[int, Any] = {}
+        while len(results) < len(jobs):
+            index, event = await _next_event(events, watch)
+            if event[0] == "error":
+                raise event[1]
+            if event[0] == "done":
+                results[index] = event[1]
+        return json_response(_final(reqs, jobs, rid, created, [results[i] for i in range(len(jobs))]))
     except BaseException:
         for job in jobs:
             job.cancelled.set()  # the others need not run for an answer that will not come
@@ -121,9 +140,10 @@ async def _next_event(events: asyncio.Queue, watch: asyncio.Future) -> tuple:
     raise ApiError(499, "the client went away", code="client_disconnected")
 
 
-def _usage(results) -> dict:
-    """OpenAI's ``usage`` for :class:`~adaptrix.generation.result.GenerationResult` s (summed)."""
-    prompt = sum(r.prompt_tokens for r in results)
+def _usage(results, n: int = 1) -> dict:
+    """OpenAI's ``usage`` for :class:`~adaptrix.generation.result.GenerationResult` s, ``n`` choices per prompt
+    (prompt-major): every choice's tokens, each prompt's once."""
+    prompt = sum(r.prompt_tokens for r in results[::n])
     completion = sum(len(r.token_ids) for r in results)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -149,17 +169,19 @@ def _final(reqs: list[CompletionRequest], jobs: list, rid: str, created: int, re
     choices = [_choice(req, job, result, i) for i, (req, job, result) in enumerate(zip(reqs, jobs, results))]
     obj = "chat.completion" if reqs[0].kind == "chat" else "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": reqs[0].model, "choices": choices,
-            "usage": _usage(results)}
+            "usage": _usage(results, reqs[0].n)}
 
 
-async def _stream(server, req, job, events, rid, created, watch):
+async def _stream(server, reqs, jobs, events, rid, created, watch):
+    """The SSE answer of one prompt's ``n`` choices, their chunks interleaved as they come, each with its
+    ``index``; each choice's last chunk carries its ``finish_reason``, then (``include_usage``) one usage chunk."""
     from starlette.responses import StreamingResponse
 
+    req = reqs[0]
     obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
-    offset = 0  # completions' text_offset: characters of the answer streamed so far
+    offsets = [0] * len(jobs)  # completions' text_offset: characters of each answer streamed so far
 
-    def chunk(delta: str | None, finish: str | None, usage=None, first=False, tokens=None) -> str:
-        nonlocal offset
+    def chunk(index: int, delta: str | None, finish: str | None, first=False, tokens=None) -> str:
         if req.kind == "chat":
             d: dict[str, Any] = {}
             if first:
@@ -167,50 +189,57 @@ async def _stream(server, req, job, events, rid, created, watch):
             if delta is not None:
                 d["content"] = delta
             logprobs = chat_logprobs(tokens) if tokens else None
-            choices = [{"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}]
+            choice = {"index": index, "delta": d, "logprobs": logprobs, "finish_reason": finish}
         else:
-            logprobs = completion_logprobs(tokens, offset) if tokens else None
-            offset += len(delta or "")
-            choices = [{"index": 0, "text": delta or "", "logprobs": logprobs, "finish_reason": finish}]
-        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": choices}
+            logprobs = completion_logprobs(tokens, offsets[index]) if tokens else None
+            offsets[index] += len(delta or "")
+            choice = {"index": index, "text": delta or "", "logprobs": logprobs, "finish_reason": finish}
+        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice]}
         if req.include_usage:
-            data["usage"] = usage
+            data["usage"] = None
         return "data: " + json.dumps(data) + "\n\n"
 
     # The first event decides the status: an error before any token is a plain error answer. A client that
     # goes away while its request is queued is dropped before its prefill.
     first = await _next_event(events, watch)
-    if first[0] == "error":
-        raise first[1]
+    if first[1][0] == "error":
+        raise first[1][1]
 
     async def body():
-        event = first
-        sent_role = False
+        index, event = first
+        sent_role = [False] * len(jobs)
+        echoed = [not req.echo] * len(jobs)
+        results: dict[int, Any] = {}
         try:
-            if req.echo:
-                yield chunk(job.echo_text or "", None, tokens=list(job.prompt_logprobs) or None)
             while True:
+                if not echoed[index] and event[0] != "error":  # a choice's prompt, once its job has started
+                    echoed[index] = True
+                    yield chunk(index, jobs[index].echo_text or "", None,
+                                tokens=list(jobs[index].prompt_logprobs) or None)
                 if event[0] == "delta":
-                    yield chunk(event[1], None, first=not sent_role, tokens=[event[2]] if len(event) > 2 else None)
-                    sent_role = True
+                    yield chunk(index, event[1], None, first=not sent_role[index],
+                                tokens=[event[2]] if len(event) > 2 else None)
+                    sent_role[index] = True
                 elif event[0] == "error":
                     err = server.public(event[1])
                     yield "data: " + json.dumps(err.body()) + "\n\n"
                     break
                 else:
-                    result = event[1]
-                    if not sent_role and req.kind == "chat":
-                        yield chunk("", None, first=True)
-                    yield chunk(None if req.kind == "chat" else "", _finish_reason(result))
-                    if req.include_usage:
-                        data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
-                                "usage": _usage([result])}
-                        yield "data: " + json.dumps(data) + "\n\n"
-                    break
-                event = await events.get()
+                    result = results[index] = event[1]
+                    if not sent_role[index] and req.kind == "chat":
+                        yield chunk(index, "", None, first=True)
+                    yield chunk(index, None if req.kind == "chat" else "", _finish_reason(result))
+                    if len(results) == len(jobs):
+                        if req.include_usage:
+                            data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
+                                    "usage": _usage([results[i] for i in range(len(jobs))], req.n)}
+                            yield "data: " + json.dumps(data) + "\n\n"
+                        break
+                index, event = await events.get()
             yield "data: [DONE]\n\n"
         finally:
-            job.cancelled.set()  # a client gone mid-stream stops its generation; harmless once finished
+            for job in jobs:
+                job.cancelled.set()  # a client gone mid-stream stops its generation; harmless once finished
             watch.cancel()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,14 +1,16 @@
 """Request bodies of the completion endpoints, validated into frozen records.
 
 Every refusal is an :class:`~.errors.ApiError` (400) whose message names the
-field and the value at fault. Fields OpenAI clients send that adaptrix does
-not use (``user``, ``presence_penalty``, ...) are accepted and ignored.
+field and the value at fault. What each field does (served, refused,
+metadata that cannot change an answer) is :mod:`adaptrix.serve.fields`'s; a
+field it does not know is refused, never ignored.
 
 adaptrix extras (``extra_body`` in the ``openai`` client):
 
 - ``task_type``: a task preset (``general``, ``chat``, ``code``, ``math``, ``creative``);
 - ``adapters``: ``{"name": weight, ...}`` (or ``[{"name", "weight"}]``), a weighted
-  composition of adapters used for this request only; ``model`` must then be the base.
+  composition of adapters used for this request only; ``model`` must then be the base;
+- ``top_k``, ``repetition_penalty``: the engine's settings (vLLM's names).
 """
 
 from __future__ import annotations
@@ -21,22 +23,36 @@ import attrs
 from adaptrix.adapters.compositions import check_composition_weights
 from adaptrix.errors import AdapterError
 from adaptrix.generation.scoring import MAX_TOP
-from adaptrix.generation.settings import SEED_LIMIT
+from adaptrix.generation.defaults import PENALTY_LIMIT
+from adaptrix.generation.settings import BIAS_LIMIT, SEED_LIMIT
 from adaptrix.generation.token_ids import is_token_ids
 from adaptrix.serve.errors import ApiError
+from adaptrix.serve.fields import known
 
 ROLES = ("system", "developer", "user", "assistant")
 #: The most stop strings one request may give (lm-eval sends a task's ``until`` strings plus EOS).
 MAX_STOPS = 32
+#: The most choices one request may ask for (``n``).
+MAX_N = 8
 #: Fields of OpenAI's APIs adaptrix cannot serve: a request that sets one (to anything but its neutral value)
 #: is answered 400 naming it, never silently served without it.
 UNSERVED = {
     "suffix": (None, "", "text after the insertion point (fill-in-the-middle) is not supported"),
     "best_of": (None, 1, "adaptrix returns one completion per prompt"),
-    "logit_bias": (None, {}, "biasing logits is not supported"),
     "tools": (None, [], "tool calling is not supported"),
+    "tool_choice": (None, "none", "tool calling is not supported"),
+    "parallel_tool_calls": (None, "tool calling is not supported"),
+    "functions": (None, [], "function calling is not supported"),
+    "function_call": (None, "none", "function calling is not supported"),
     "response_format": (None, {"type": "text"}, "structured output is not supported"),
     "prompt_logprobs": (None, "prompt logprobs come with 'echo': true and 'logprobs' (OpenAI's way)"),
+    "audio": (None, "adaptrix answers in text only"),
+    "modalities": (None, ["text"], "adaptrix answers in text only"),
+    "reasoning_effort": (None, "adaptrix does not set a reasoning effort (a thinking family's chat_template_kwargs "
+                               "'enable_thinking' switches thought on or off)"),
+    "verbosity": (None, "adaptrix does not steer an answer's length by a verbosity level; use max_tokens"),
+    "web_search_options": (None, "adaptrix has no web search"),
+    "moderation": (None, "adaptrix runs no moderation model"),
 }
 
 
@@ -67,6 +83,9 @@ class CompletionRequest:
     logprobs: int | None = None
     #: Completions: the prompt is returned before the generated text (and scored, with ``logprobs``).
     echo: bool = False
+    #: Choices to generate for the prompt (1..MAX_N), each its own job; choice ``j`` of a request seeded ``s``
+    #: is seeded ``s + j`` (:func:`choice_seeds`).
+    n: int = 1
 
     @property
     def score_only(self) -> bool:
@@ -213,6 +232,42 @@ def _stop(body: dict) -> list[str] | None:
     return list(dict.fromkeys(stop))  # the same string twice stops no differently
 
 
+def _logit_bias(body: dict) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias``: ``{"token id": bias}`` (keys are strings in JSON), each bias in [-100, 100]."""
+    value = body.get("logit_bias")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad(f"'logit_bias' must be an object {{\"token id\": bias}}, got {_short(value)}", "logit_bias")
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        token = key.strip() if isinstance(key, str) else ""
+        if not token.isdigit():
+            raise _bad(f"'logit_bias' keys must be token ids (whole numbers >= 0, as strings), got {_short(key)}",
+                       "logit_bias")
+        if (isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)
+                or not -BIAS_LIMIT <= bias <= BIAS_LIMIT):
+            raise _bad(f"'logit_bias' of token {token} must be a number from -100 to 100, got {_short(bias)}",
+                       "logit_bias")
+        out[int(token)] = float(bias)
+    return out or None
+
+
+def _unknown(body: dict, kind: str) -> None:
+    """A field no one serves, refuses or documents as metadata is refused: a client's typo or another
+    server's extension is never silently dropped."""
+    strange = sorted(set(body) - known(kind) - set(UNSERVED))
+    if strange:
+        where = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        raise _bad(f"'{strange[0]}' is not a field of {where} that adaptrix knows; leave it out (docs/serve.md "
+                   "lists every field)", strange[0], "unknown_field")
+
+
+def choice_seeds(seed: int | None, n: int) -> list[int | None]:
+    """The seed of each of ``n`` choices: ``seed, seed + 1, ...`` (wrapping below 2**64); unseeded: ``None``."""
+    return [None if seed is None else (seed + j) % SEED_LIMIT for j in range(n)]
+
+
 def _unserved(body: dict) -> None:
     for name, (*neutral, why) in UNSERVED.items():
         if name in body and body[name] not in neutral:
@@ -281,10 +336,21 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...], prompt_p
         prompt, history, system = _messages(body)
     else:
         prompt, history, system = _prompt(body, prompt_param), (), None
-    n = _integer(body, "n")
-    if n is not None and n != 1:
-        raise _bad(f"'n' must be 1 (one answer per request), got {n}; send several requests instead", "n")
+    n = _integer(body, "n", low=1, high=MAX_N)
     settings: dict[str, Any] = {}
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = _number(body, name, low=-PENALTY_LIMIT, high=PENALTY_LIMIT)
+        if value is not None:
+            settings[name] = value
+    bias = _logit_bias(body)
+    if bias:
+        settings["logit_bias"] = bias
+    top_k = _integer(body, "top_k", low=0)
+    if top_k is not None:
+        settings["top_k"] = top_k
+    repetition = _number(body, "repetition_penalty", low=0.0, low_open=True)
+    if repetition is not None:
+        settings["repetition_penalty"] = repetition
     temperature = _number(body, "temperature", low=0.0)
     if temperature is not None:
         settings["temperature"] = temperature
@@ -328,10 +394,12 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...], prompt_p
     task_type = body.get("task_type")
     if task_type is not None and task_type not in task_types:
         raise _bad(f"'task_type' must be one of {', '.join(task_types)}, got {_short(task_type)}", "task_type")
+    composition, logprobs = _composition(body), _logprobs(body, kind)
+    _unknown(body, kind)
     return CompletionRequest(
         kind=kind, model=model, prompt=prompt, history=history, system=system, settings=settings, stream=stream,
-        include_usage=include_usage, task_type=task_type, composition=_composition(body), logprobs=_logprobs(body, kind),
-        echo=echo,
+        include_usage=include_usage, task_type=task_type, composition=composition, logprobs=logprobs, echo=echo,
+        n=n or 1,
     )
 
 

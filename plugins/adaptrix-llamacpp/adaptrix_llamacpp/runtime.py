@@ -346,6 +346,9 @@ class LlamaRuntime:
         top_k: int = 0,
         repetition_penalty: float = 1.0,
         seed: int | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: Sequence[tuple[int, float]] = (),
         stop_ids: Iterable[int] | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> Iterator[int]:
@@ -362,7 +365,9 @@ class LlamaRuntime:
         ids = self._check_prompt(prompt_ids)
         if max_new_tokens < 0:
             raise GenerationError(f"max_new_tokens={max_new_tokens} must be 0 or more")
-        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+                        presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                        logit_bias=tuple(logit_bias))
         check_sampling(**sampling)
         stops = frozenset(self.special.eog if stop_ids is None else (int(t) for t in stop_ids))
         return self._generate(ids, max_new_tokens, dict(sampling, seed=seed), stops, cancel)
@@ -406,12 +411,19 @@ class LlamaRuntime:
     # ------------------------------------------------------ parallel sequences
 
     def sampler(self, prompt_ids: Sequence[int], *, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-                repetition_penalty: float = 1.0, seed: int | None = None) -> SamplerChain:
+                repetition_penalty: float = 1.0, seed: int | None = None, presence_penalty: float = 0.0,
+                frequency_penalty: float = 0.0, logit_bias: Sequence[tuple[int, float]] = ()) -> SamplerChain:
         """A sampler chain for one sequence, as :meth:`generate_tokens` builds it (the prompt counts for the
         repetition penalty); :meth:`SamplerChain.sample` draws from a decoded position's logits."""
         self._check_open()
+        for token, _ in logit_bias:
+            if not 0 <= token < self.n_vocab:
+                raise GenerationError(f"logit_bias names token id {token}, outside the model's vocabulary of "
+                                      f"{self.n_vocab} tokens (0..{self.n_vocab - 1})")
         chain = new_chain(self._ll, list(prompt_ids), n_vocab=self.n_vocab, n_ctx=self.n_ctx, temperature=temperature,
-                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
+                          top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+                          presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                          logit_bias=tuple(logit_bias))
         return SamplerChain(self._ll, chain, self._live_context)
 
     def decode_sequences(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],

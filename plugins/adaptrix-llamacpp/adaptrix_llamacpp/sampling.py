@@ -2,8 +2,11 @@
 
 Semantics follow transformers': ``temperature=0`` is greedy; else the chain is
 repetition penalty (over the prompt and the generated tokens, ``logit / p``
-when positive, ``logit * p`` when negative) -> temperature -> top-k -> top-p ->
-a seeded draw, so one seed repeats one answer.
+when positive, ``logit * p`` when negative) -> OpenAI's presence/frequency
+penalties (over the generated tokens only: a second penalties stage that never
+sees the prompt) -> logit bias -> temperature -> top-k -> top-p -> a seeded
+draw, so one seed repeats one answer. The transformers backend applies the same
+rules at the same place (``adaptrix.backends.transformers.logit_rules``).
 
 - :func:`sampling`: the runtime's sampling arguments for a resolved
   :class:`~adaptrix.types.GenerationConfig` (what the runner and the step
@@ -13,7 +16,7 @@ a seeded draw, so one seed repeats one answer.
   into a chain of llama.cpp samplers;
 - :class:`SamplerChain`: one chain, drawing from a decoded position's logits.
 
-Stages that change the logits (a token mask, logit bias) join the chain in
+Further stages that change the logits (a token mask) join the chain in
 :func:`new_chain`. Nothing here imports llama_cpp: the runtime hands it in.
 """
 
@@ -36,10 +39,15 @@ def sampling(cfg) -> dict[str, Any]:
         top_k=0 if greedy or cfg.top_k is None else int(cfg.top_k),
         repetition_penalty=1.0 if cfg.repetition_penalty is None else float(cfg.repetition_penalty),
         seed=cfg.seed,
+        presence_penalty=float(cfg.presence_penalty or 0.0),
+        frequency_penalty=float(cfg.frequency_penalty or 0.0),
+        logit_bias=tuple(cfg.logit_bias or ()),
     )
 
 
-def check_sampling(*, temperature: float, top_p: float, top_k: int, repetition_penalty: float) -> None:
+def check_sampling(*, temperature: float, top_p: float, top_k: int, repetition_penalty: float,
+                   presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                   logit_bias: Sequence[tuple[int, float]] = ()) -> None:
     """Raise :class:`GenerationError` for a sampling argument out of its range."""
     if temperature < 0:
         raise GenerationError(f"temperature={temperature} must be 0 (greedy) or more")
@@ -49,11 +57,19 @@ def check_sampling(*, temperature: float, top_p: float, top_k: int, repetition_p
         raise GenerationError(f"top_k={top_k} must be 0 (off) or more")
     if repetition_penalty <= 0:
         raise GenerationError(f"repetition_penalty={repetition_penalty} must be above 0 (1.0 is off)")
+    for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+        if not -2 <= value <= 2:
+            raise GenerationError(f"{name}={value} must be from -2 to 2 (0 is off)")
+    for token, bias in logit_bias:
+        if not -100 <= bias <= 100:
+            raise GenerationError(f"logit_bias[{token}]={bias} must be from -100 to 100")
 
 
 def new_chain(ll, prompt: Sequence[int], *, n_vocab: int, n_ctx: int, temperature: float, top_p: float,
-              top_k: int, repetition_penalty: float, seed: int | None):
-    """A llama.cpp sampler chain (a pointer: the caller frees it) that has seen ``prompt`` for the penalty."""
+              top_k: int, repetition_penalty: float, seed: int | None, presence_penalty: float = 0.0,
+              frequency_penalty: float = 0.0, logit_bias: Sequence[tuple[int, float]] = ()):
+    """A llama.cpp sampler chain (a pointer: the caller frees it) that has seen ``prompt`` for the repetition
+    penalty (and not for OpenAI's penalties, which count the generated tokens only)."""
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
     try:
         if repetition_penalty != 1.0:
@@ -61,6 +77,13 @@ def new_chain(ll, prompt: Sequence[int], *, n_vocab: int, n_ctx: int, temperatur
             ll.llama_sampler_chain_add(chain, stage)
             for t in prompt:  # transformers penalises the prompt's tokens too
                 ll.llama_sampler_accept(chain, t)
+        if presence_penalty or frequency_penalty:  # added after the prompt was accepted: it never sees it
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(
+                n_vocab, n_ctx, 1.0, frequency_penalty, presence_penalty))
+        if logit_bias:
+            biases = (ll.llama_logit_bias * len(logit_bias))(*[ll.llama_logit_bias(int(t), float(b))
+                                                               for t, b in logit_bias])
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(n_vocab, len(logit_bias), biases))
         if temperature == 0:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
             return chain

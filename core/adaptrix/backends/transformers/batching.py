@@ -42,6 +42,7 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import attrs
 
+from adaptrix.backends.transformers.logit_rules import logit_rules
 from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.settings import is_greedy
@@ -138,7 +139,7 @@ class TransformersStepDecoder:
 
         rows = []
         for key, prepared, adapter in items:
-            processors, generator = _sampling(prepared.settings)
+            processors, generator = _sampling(prepared.settings, len(prepared.input_ids))
             rows.append(TransformersRow.open(key, prepared, adapter, self.tokenizer, processors=processors,
                                              generator=generator))
         with self._forward_for(rows) as (module, kwargs):
@@ -370,8 +371,9 @@ def _device(module):
     return next(module.parameters()).device
 
 
-def _sampling(cfg):
-    """transformers' own logits processors for a row's settings, and its random generator."""
+def _sampling(cfg, prompt_length: int):
+    """transformers' own logits processors for a row's settings (with OpenAI's logit rules where
+    ``model.generate`` puts them: after the repetition penalty, before the warpers), and its random generator."""
     import torch
     from transformers import (
         LogitsProcessorList,
@@ -384,6 +386,9 @@ def _sampling(cfg):
     processors = LogitsProcessorList()
     if cfg.repetition_penalty is not None and cfg.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    rules = logit_rules(cfg, prompt_length)
+    if rules is not None:
+        processors.append(rules)
     generator = None
     if not is_greedy(cfg):
         processors.append(TemperatureLogitsWarper(cfg.temperature))

@@ -21,6 +21,7 @@ import attrs
 from adaptrix.adapters.peft_manager import PeftAdapterManager
 from adaptrix.backends.contract import Backend, Runner
 from adaptrix.backends.transformers import batching, scores
+from adaptrix.backends.transformers.logit_rules import logit_rules
 from adaptrix.errors import ModelLoadError
 from adaptrix.generation.settings import is_greedy
 from adaptrix.models.devices import choose_dtype, resolve_device
@@ -126,6 +127,11 @@ class TransformersRunner(Runner):
         kw["pad_token_id"] = pad
         if stop is not None or cancel is not None:
             kw["stopping_criteria"] = _criteria(width, stop, cancel)
+        rules = logit_rules(cfg, width)  # merged by generate after its repetition penalty, before its warpers
+        if rules is not None:
+            from transformers import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList([rules])
         if on_tokens is not None:
             kw["streamer"] = _Streamer(on_tokens)
         if adapters is not None:
