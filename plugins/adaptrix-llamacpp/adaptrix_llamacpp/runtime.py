@@ -348,6 +348,7 @@ class LlamaRuntime:
         seed: int | None = None,
         stop_ids: Iterable[int] | None = None,
         cancel: Callable[[], bool] | None = None,
+        matcher: Any = None,
     ) -> Iterator[int]:
         """New token ids after ``prompt_ids``, one at a time.
 
@@ -356,7 +357,8 @@ class LlamaRuntime:
         token is not yielded), or when ``cancel()`` turns true (checked before
         each token). The generator's return value says why: ``"stop"``,
         ``"length"`` or ``"cancelled"``. Arguments are checked now; the work
-        starts at the first ``next()``.
+        starts at the first ``next()``. ``matcher``: a row's
+        :class:`~adaptrix.generation.matcher.RowMatcher`, whose grammar masks each draw.
         """
         self._check_open()
         ids = self._check_prompt(prompt_ids)
@@ -365,9 +367,10 @@ class LlamaRuntime:
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
         check_sampling(**sampling)
         stops = frozenset(self.special.eog if stop_ids is None else (int(t) for t in stop_ids))
-        return self._generate(ids, max_new_tokens, dict(sampling, seed=seed), stops, cancel)
+        return self._generate(ids, max_new_tokens, dict(sampling, seed=seed), stops, cancel, matcher)
 
-    def _generate(self, ids: list[int], max_new_tokens: int, sampling: dict, stops: frozenset[int], cancel):
+    def _generate(self, ids: list[int], max_new_tokens: int, sampling: dict, stops: frozenset[int], cancel,
+                  matcher=None):
         if self._busy:
             raise EngineStateError(
                 "a generation is already running on this llama.cpp context: finish or close it first"
@@ -385,7 +388,7 @@ class LlamaRuntime:
             one = (ll.llama_token * 1)()
             step = ll.llama_batch_get_one(one, 1)
             for produced in range(max_new_tokens):
-                token = chain.sample(-1)
+                token = chain.sample(-1, matcher)
                 if token in stops:
                     return FINISH_STOP
                 yield token
@@ -412,7 +415,7 @@ class LlamaRuntime:
         self._check_open()
         chain = new_chain(self._ll, list(prompt_ids), n_vocab=self.n_vocab, n_ctx=self.n_ctx, temperature=temperature,
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
-        return SamplerChain(self._ll, chain, self._live_context)
+        return SamplerChain(self._ll, chain, self._live_context, self.n_vocab)
 
     def decode_sequences(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],
                          logits: Sequence[bool]) -> None:
