@@ -22,8 +22,10 @@ from adaptrix.adapters.compositions import check_composition_weights
 from adaptrix.errors import AdapterError
 from adaptrix.generation.scoring import MAX_TOP
 from adaptrix.generation.settings import SEED_LIMIT
+from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.token_ids import is_token_ids
 from adaptrix.serve.errors import ApiError
+from adaptrix.serve.response_format import parse_response_format
 
 ROLES = ("system", "developer", "user", "assistant")
 #: The most stop strings one request may give (lm-eval sends a task's ``until`` strings plus EOS).
@@ -35,7 +37,6 @@ UNSERVED = {
     "best_of": (None, 1, "adaptrix returns one completion per prompt"),
     "logit_bias": (None, {}, "biasing logits is not supported"),
     "tools": (None, [], "tool calling is not supported"),
-    "response_format": (None, {"type": "text"}, "structured output is not supported"),
     "prompt_logprobs": (None, "prompt logprobs come with 'echo': true and 'logprobs' (OpenAI's way)"),
 }
 
@@ -67,6 +68,8 @@ class CompletionRequest:
     logprobs: int | None = None
     #: Completions: the prompt is returned before the generated text (and scored, with ``logprobs``).
     echo: bool = False
+    #: The output's constraint (``response_format``, :mod:`.response_format`); None: free text.
+    grammar: Grammar | None = None
 
     @property
     def score_only(self) -> bool:
@@ -331,7 +334,7 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...], prompt_p
     return CompletionRequest(
         kind=kind, model=model, prompt=prompt, history=history, system=system, settings=settings, stream=stream,
         include_usage=include_usage, task_type=task_type, composition=_composition(body), logprobs=_logprobs(body, kind),
-        echo=echo,
+        echo=echo, grammar=parse_response_format(body),
     )
 
 

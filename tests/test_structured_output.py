@@ -1,0 +1,189 @@
+"""Structured output (issue 18): a grammar (``grammar=``, ``json_schema=``, ``response_format=``) is enforced on
+both backends, on every path (generate, stream, batch, step decoder beside free rows, with an adapter), and a
+schema the grammar engine cannot enforce is refused by name. The oracle is the ``jsonschema`` package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+jsonschema = pytest.importorskip("jsonschema")
+pytest.importorskip("llguidance")
+
+from adaptrix.errors import GenerationError  # noqa: E402
+from adaptrix.generation.grammar import Grammar  # noqa: E402
+from adaptrix.generation.request import GenerationRequest  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "adapters"
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+    },
+    "required": ["name", "age", "role", "tags"],
+    "additionalProperties": False,
+}
+PROMPT = "Describe a person."
+N = 80
+
+
+def valid(text: str, schema=PERSON) -> dict:
+    """The parsed output, checked against ``schema`` by jsonschema (the independent oracle)."""
+    value = json.loads(text)
+    jsonschema.validate(value, schema)
+    return value
+
+
+# -- the mapping and the refusals (no model) ------------------------------------------------------------------
+def test_response_format_maps_to_one_grammar():
+    assert Grammar.from_response_format({"type": "text"}) is None
+    assert Grammar.from_response_format({"type": "json_object"}) == Grammar.json_object()
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    assert Grammar.from_response_format(rf) == Grammar.json_schema(PERSON, "person")
+    assert GenerationRequest.build("hi", response_format=rf).grammar == Grammar.json_schema(PERSON, "person")
+    assert GenerationRequest.build("hi", json_schema=PERSON).grammar == Grammar.json_schema(PERSON)
+    with pytest.raises(GenerationError, match="give one of them"):
+        GenerationRequest.build("hi", json_schema=PERSON, grammar=Grammar.json_object())
+    with pytest.raises(GenerationError, match="response_format.type"):
+        GenerationRequest.build("hi", response_format={"type": "xml"})
+
+
+def test_schema_order_is_kept():
+    """Properties are written in the schema's order, so the Grammar keeps it."""
+    schema = {"type": "object", "properties": {"z": {"type": "integer"}, "a": {"type": "integer"}}}
+    assert list(Grammar.json_schema(schema).schema["properties"]) == ["z", "a"]
+
+
+def test_unenforceable_keyword_is_named():
+    from adaptrix.generation.matcher import check_grammar
+
+    with pytest.raises(GenerationError, match="uniqueItems"):
+        check_grammar(Grammar.json_schema({"type": "array", "uniqueItems": True}))
+    with pytest.raises(GenerationError, match="unknown name"):
+        check_grammar(Grammar.lark('start: "a" missing'))
+    check_grammar(Grammar.json_schema(PERSON))  # enforceable: no error
+
+
+def test_server_refuses_an_unenforceable_schema_with_400_naming_it():
+    pytest.importorskip("starlette")
+    from adaptrix.serve.errors import ApiError
+    from adaptrix.serve.schemas import parse_completion
+
+    body = {"messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
+                                    "a": {"type": "object", "dependentRequired": {"b": ["c"]}}}}}}}
+    with pytest.raises(ApiError) as err:
+        parse_completion(body, "chat", ())
+    assert err.value.status == 400 and "dependentRequired" in err.value.message
+    assert err.value.param == "response_format.json_schema.schema"
+    body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": "nope"}}
+    with pytest.raises(ApiError) as err:
+        parse_completion(body, "chat", ())
+    assert err.value.param == "response_format.json_schema.schema"
+    body["response_format"] = {"type": "json_object"}
+    assert parse_completion(body, "chat", ()).grammar == Grammar.json_object()
+    body["response_format"] = {"type": "text"}
+    assert parse_completion(body, "chat", ()).grammar is None
+
+
+# -- both backends on the embedded SmolLM2 --------------------------------------------------------------------
+@pytest.fixture(params=["transformers", "llamacpp"])
+def engine(request):
+    return request.getfixturevalue({"transformers": "smollm2_engine", "llamacpp": "smollm2_llamacpp"}[request.param])
+
+
+@pytest.mark.real_weights
+def test_generate_follows_the_schema_greedy_and_sampled(engine):
+    greedy = engine.generate_detailed(PROMPT, json_schema=PERSON, temperature=0, max_new_tokens=N)
+    valid(greedy.text)
+    assert greedy.finish_reason == "eos"  # the grammar's end forces the end of the turn
+    free = engine.generate(PROMPT, temperature=0, max_new_tokens=N)
+    with pytest.raises(ValueError):  # the oracle holds: the same model, unconstrained, writes prose
+        json.loads(free)
+    for seed in (1, 2):
+        valid(engine.generate(PROMPT, json_schema=PERSON, temperature=0.9, seed=seed, max_new_tokens=N))
+
+
+@pytest.mark.real_weights
+def test_stream_and_response_format(engine):
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    pieces = list(engine.stream(PROMPT, response_format=rf, temperature=0, max_new_tokens=N))
+    assert len(pieces) > 1
+    valid("".join(pieces))
+    obj = engine.generate("Describe a cat.", response_format={"type": "json_object"}, temperature=0,
+                          max_new_tokens=N)
+    assert isinstance(json.loads(obj), dict)
+
+
+@pytest.mark.real_weights
+def test_batch_rows_each_follow_their_grammar(engine):
+    texts = engine.generate_batch([PROMPT, "Describe a pirate."], json_schema=PERSON, temperature=0,
+                                  max_new_tokens=N)
+    for text in texts:
+        valid(text)
+
+
+@pytest.mark.real_weights
+def test_lark_grammar_with_tags_around_json(engine):
+    call = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 15}}, "required": ["city"],
+            "additionalProperties": False}
+    grammar = Grammar.lark(f'start: "<tool_call>" call "</tool_call>"\ncall: %json{json.dumps(call)}')
+    text = engine.generate("What is the weather in Paris?", grammar=grammar, temperature=0, max_new_tokens=N)
+    assert text.startswith("<tool_call>") and text.endswith("</tool_call>")
+    valid(text[len("<tool_call>"):-len("</tool_call>")], call)
+
+
+@pytest.mark.real_weights
+def test_with_an_adapter(engine):
+    engine.load_adapter(str(EXAMPLES / "pirate_style"), name="grammar_pirate", activate=False)
+    try:
+        valid(engine.generate(PROMPT, adapter="grammar_pirate", json_schema=PERSON, temperature=0, max_new_tokens=N))
+        valid("".join(engine.stream(PROMPT, adapter="grammar_pirate", json_schema=PERSON, temperature=0,
+                                    max_new_tokens=N)))
+    finally:
+        engine.unload_adapter("grammar_pirate")
+
+
+def _drain(decoder, rows):
+    """Step ``rows`` to their end: ``{key: GenerationResult}``."""
+    done, live = {}, list(rows)
+    while live:
+        decoder.step()
+        for row in [r for r in live if r.finish_reason]:
+            done[row.key] = decoder.finish(row)
+            decoder.remove(row)
+            live.remove(row)
+    return done
+
+
+@pytest.mark.real_weights
+def test_step_decoder_constrained_row_beside_free_rows(engine):
+    """A constrained row batched with free rows: it follows its schema, and each free row's answer is the one it
+    gets alone (greedy)."""
+    free_prompts = ["What is 25 times 8?", "Name three colours."]
+    alone = [engine.generate(p, temperature=0, max_new_tokens=24) for p in free_prompts]
+    decoder = engine.step_decoder(4)
+    try:
+        items = [("json", engine.prepare_request(PROMPT, json_schema=PERSON, temperature=0, max_new_tokens=N), None)]
+        items += [(i, engine.prepare_request(p, temperature=0, max_new_tokens=24), None)
+                  for i, p in enumerate(free_prompts)]
+        added = decoder.add_many(items)
+        for a in added:
+            assert not isinstance(a, BaseException), a
+        results = _drain(decoder, [row for row, _ in added])
+    finally:
+        decoder.close()
+    valid(results["json"].text)
+    assert [results[i].text for i in range(len(free_prompts))] == alone
+
+
+@pytest.mark.real_weights
+def test_step_decoder_refuses_an_unenforceable_schema_alone(engine):
+    with pytest.raises(GenerationError, match="uniqueItems"):
+        engine.prepare_request(PROMPT, json_schema={"type": "array", "uniqueItems": True})
