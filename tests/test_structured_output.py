@@ -187,3 +187,41 @@ def test_step_decoder_constrained_row_beside_free_rows(engine):
 def test_step_decoder_refuses_an_unenforceable_schema_alone(engine):
     with pytest.raises(GenerationError, match="uniqueItems"):
         engine.prepare_request(PROMPT, json_schema={"type": "array", "uniqueItems": True})
+
+
+@pytest.mark.real_weights
+@pytest.mark.parametrize("batching", [True, False], ids=["step-decoder", "one-at-a-time"])
+def test_server_response_format_streamed_and_not(smollm2_llamacpp, batching):
+    """``response_format`` over HTTP on /v1/chat/completions and /v1/completions, streamed and not, through the
+    step decoder and one request at a time: every answer validates; a bad schema is a 400 naming the keyword."""
+    pytest.importorskip("starlette")
+    httpx = pytest.importorskip("httpx")
+    from support.server import LiveServer
+
+    from adaptrix.serve.app import ServeOptions, create_app
+
+    app = create_app(lambda: smollm2_llamacpp, ServeOptions(adapters_dir=str(EXAMPLES), max_batch=4,
+                                                            batching="auto" if batching else "off"))
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    chat = {"model": "base", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": N,
+            "response_format": rf}
+    completion = {"model": "base", "prompt": "A person as JSON:", "temperature": 0, "max_tokens": N,
+                  "response_format": rf}
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        answer = c.post("/v1/chat/completions", json=chat).json()
+        valid(answer["choices"][0]["message"]["content"])
+        assert answer["choices"][0]["finish_reason"] == "stop"
+        valid(c.post("/v1/completions", json=completion).json()["choices"][0]["text"])
+        for path, body, field in (("/v1/chat/completions", chat, "content"), ("/v1/completions", completion, "text")):
+            text = ""
+            with c.stream("POST", path, json=dict(body, stream=True)) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: {"):
+                        choice = json.loads(line[6:])["choices"][0]
+                        text += (choice.get("delta", {}).get(field) if field == "content" else choice["text"]) or ""
+            valid(text)
+        bad = dict(chat, response_format={"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "array", "uniqueItems": True}}})
+        refused = c.post("/v1/chat/completions", json=bad)
+        assert refused.status_code == 400 and "uniqueItems" in refused.json()["error"]["message"]
+        assert c.post("/v1/chat/completions", json=chat).status_code == 200  # and it keeps serving
