@@ -225,3 +225,48 @@ def test_server_response_format_streamed_and_not(smollm2_llamacpp, batching):
         refused = c.post("/v1/chat/completions", json=bad)
         assert refused.status_code == 400 and "uniqueItems" in refused.json()["error"]["message"]
         assert c.post("/v1/chat/completions", json=chat).status_code == 200  # and it keeps serving
+
+
+# -- the CLI -----------------------------------------------------------------------------------------------
+def test_cli_json_schema_file_errors_name_the_file(tmp_path, capsys, monkeypatch):
+    from adaptrix.cli import generate_cmd
+    from adaptrix.cli.main import main
+
+    monkeypatch.setattr(generate_cmd, "make_engine", lambda args: pytest.fail("the model loaded before the check"))
+    missing = tmp_path / "missing.json"
+    assert main(["generate", "--json-schema", str(missing), "Hi"]) == 2
+    assert str(missing) in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["generate", "--json-schema", str(bad), "Hi"]) == 2
+    assert "bad.json is not JSON" in capsys.readouterr().err
+    unique = tmp_path / "unique.json"
+    unique.write_text(json.dumps({"type": "array", "uniqueItems": True}))
+    assert main(["generate", "--json-schema", str(unique), "Hi"]) == 2
+    assert "uniqueItems" in capsys.readouterr().err
+
+
+@pytest.mark.real_weights
+def test_cli_generate_and_chat_with_json_schema(tmp_path, capsys, monkeypatch, smollm2_llamacpp):
+    from adaptrix.cli import chat_cmd, generate_cmd
+    from adaptrix.cli.main import main
+
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    # the session's loaded model stands in for a fresh load (cleanup() would unload it: the fixture's own)
+    monkeypatch.setattr(smollm2_llamacpp, "cleanup", lambda: None)
+    monkeypatch.setattr(generate_cmd, "make_engine", lambda args: smollm2_llamacpp)
+    monkeypatch.setattr(chat_cmd, "make_engine", lambda args: smollm2_llamacpp)
+    assert main(["generate", "--json-schema", str(schema), "--temperature", "0", "-n", str(N), PROMPT]) == 0
+    valid(capsys.readouterr().out.strip())
+    assert main(["generate", "--json-object", "--no-stream", "--temperature", "0", "-n", str(N), "A cat."]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), dict)
+    lines = iter([PROMPT, "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    monkeypatch.setattr(smollm2_llamacpp, "use_context_by_default", False)  # chat sets it; restored after
+    try:
+        assert main(["chat", "--json-schema", str(schema), "--temperature", "0", "-n", str(N)]) == 0
+    finally:
+        smollm2_llamacpp.reset_context()
+    answer = capsys.readouterr().out.split("assistant> ", 1)[1].splitlines()[0]
+    valid(answer.strip())
