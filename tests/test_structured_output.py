@@ -270,3 +270,20 @@ def test_cli_generate_and_chat_with_json_schema(tmp_path, capsys, monkeypatch, s
         smollm2_llamacpp.reset_context()
     answer = capsys.readouterr().out.split("assistant> ", 1)[1].splitlines()[0]
     valid(answer.strip())
+
+
+@pytest.mark.real_weights
+def test_llamacpp_constrained_decoding_imports_no_torch(embedded_gguf):
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    code = (
+        "import json, sys\nfrom adaptrix import Engine\n"
+        "e = Engine(backend='llamacpp', progress=False, threads=1); e.initialize()\n"
+        f"text = e.generate({PROMPT!r}, json_schema={PERSON!r}, temperature=0, max_new_tokens={N})\n"
+        "json.loads(text)\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
