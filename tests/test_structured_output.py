@@ -287,3 +287,41 @@ def test_llamacpp_constrained_decoding_imports_no_torch(embedded_gguf):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.real_weights
+def test_playground_schema_box(smollm2_llamacpp, tmp_path):
+    """The playground's JSON-schema box sends response_format: both columns answer with valid JSON."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("starlette")
+    from support.server import LiveServer
+
+    from adaptrix.serve.app import ServeOptions, create_app
+
+    app = create_app(lambda: smollm2_llamacpp, ServeOptions(adapters_dir=str(EXAMPLES)))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with LiveServer(app) as srv, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=flags, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(srv.url + "/")
+            page.wait_for_selector("#models input[value='math_specialist']")
+            page.fill("#prompt", PROMPT)
+            page.fill("#max", str(N))
+            page.check("#models input[value='base']")
+            page.check("#models input[value='math_specialist']")
+            page.select_option("#rformat", "json_schema")
+            page.fill("#schema", "{not json")
+            page.click("#run")
+            assert "not JSON" in page.inner_text("#columns .err")
+            page.fill("#schema", json.dumps(PERSON))
+            page.click("#run")
+            page.wait_for_function("document.querySelectorAll('.col[data-done]').length == 2", timeout=120_000)
+            for model in ("base", "math_specialist"):
+                valid(page.inner_text(f".col[data-model='{model}'] .out").strip())
+        finally:
+            browser.close()
