@@ -93,9 +93,20 @@ def test_server_refuses_an_unenforceable_schema_with_400_naming_it():
 
 
 # -- both backends on the embedded SmolLM2 --------------------------------------------------------------------
+@pytest.fixture
+def llama(smollm2_llamacpp):
+    """The session's llama.cpp engine on one thread while a test runs: llama.cpp's spinning threads are many
+    times slower on two busy shared cores than one thread (see tests/test_serve_smollm2.py)."""
+    runtime = smollm2_llamacpp.runner.runtime
+    before = runtime.n_threads
+    runtime.set_threads(1)
+    yield smollm2_llamacpp
+    runtime.set_threads(before)
+
+
 @pytest.fixture(params=["transformers", "llamacpp"])
 def engine(request):
-    return request.getfixturevalue({"transformers": "smollm2_engine", "llamacpp": "smollm2_llamacpp"}[request.param])
+    return request.getfixturevalue({"transformers": "smollm2_engine", "llamacpp": "llama"}[request.param])
 
 
 @pytest.mark.real_weights
@@ -191,7 +202,7 @@ def test_step_decoder_refuses_an_unenforceable_schema_alone(engine):
 
 @pytest.mark.real_weights
 @pytest.mark.parametrize("batching", [True, False], ids=["step-decoder", "one-at-a-time"])
-def test_server_response_format_streamed_and_not(smollm2_llamacpp, batching):
+def test_server_response_format_streamed_and_not(llama, batching):
     """``response_format`` over HTTP on /v1/chat/completions and /v1/completions, streamed and not, through the
     step decoder and one request at a time: every answer validates; a bad schema is a 400 naming the keyword."""
     pytest.importorskip("starlette")
@@ -200,7 +211,7 @@ def test_server_response_format_streamed_and_not(smollm2_llamacpp, batching):
 
     from adaptrix.serve.app import ServeOptions, create_app
 
-    app = create_app(lambda: smollm2_llamacpp, ServeOptions(adapters_dir=str(EXAMPLES), max_batch=4,
+    app = create_app(lambda: llama, ServeOptions(adapters_dir=str(EXAMPLES), max_batch=4,
                                                             batching="auto" if batching else "off"))
     rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
     chat = {"model": "base", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": N,
@@ -247,27 +258,27 @@ def test_cli_json_schema_file_errors_name_the_file(tmp_path, capsys, monkeypatch
 
 
 @pytest.mark.real_weights
-def test_cli_generate_and_chat_with_json_schema(tmp_path, capsys, monkeypatch, smollm2_llamacpp):
+def test_cli_generate_and_chat_with_json_schema(tmp_path, capsys, monkeypatch, llama):
     from adaptrix.cli import chat_cmd, generate_cmd
     from adaptrix.cli.main import main
 
     schema = tmp_path / "person.json"
     schema.write_text(json.dumps(PERSON))
     # the session's loaded model stands in for a fresh load (cleanup() would unload it: the fixture's own)
-    monkeypatch.setattr(smollm2_llamacpp, "cleanup", lambda: None)
-    monkeypatch.setattr(generate_cmd, "make_engine", lambda args: smollm2_llamacpp)
-    monkeypatch.setattr(chat_cmd, "make_engine", lambda args: smollm2_llamacpp)
+    monkeypatch.setattr(llama, "cleanup", lambda: None)
+    monkeypatch.setattr(generate_cmd, "make_engine", lambda args: llama)
+    monkeypatch.setattr(chat_cmd, "make_engine", lambda args: llama)
     assert main(["generate", "--json-schema", str(schema), "--temperature", "0", "-n", str(N), PROMPT]) == 0
     valid(capsys.readouterr().out.strip())
     assert main(["generate", "--json-object", "--no-stream", "--temperature", "0", "-n", str(N), "A cat."]) == 0
     assert isinstance(json.loads(capsys.readouterr().out), dict)
     lines = iter([PROMPT, "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    monkeypatch.setattr(smollm2_llamacpp, "use_context_by_default", False)  # chat sets it; restored after
+    monkeypatch.setattr(llama, "use_context_by_default", False)  # chat sets it; restored after
     try:
         assert main(["chat", "--json-schema", str(schema), "--temperature", "0", "-n", str(N)]) == 0
     finally:
-        smollm2_llamacpp.reset_context()
+        llama.reset_context()
     answer = capsys.readouterr().out.split("assistant> ", 1)[1].splitlines()[0]
     valid(answer.strip())
 
@@ -290,7 +301,7 @@ def test_llamacpp_constrained_decoding_imports_no_torch(embedded_gguf):
 
 
 @pytest.mark.real_weights
-def test_playground_schema_box(smollm2_llamacpp, tmp_path):
+def test_playground_schema_box(llama, tmp_path):
     """The playground's JSON-schema box sends response_format: both columns answer with valid JSON."""
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
@@ -301,13 +312,17 @@ def test_playground_schema_box(smollm2_llamacpp, tmp_path):
 
     from adaptrix.serve.app import ServeOptions, create_app
 
-    app = create_app(lambda: smollm2_llamacpp, ServeOptions(adapters_dir=str(EXAMPLES)))
+    app = create_app(lambda: llama, ServeOptions(adapters_dir=str(EXAMPLES)))
+    llama.load_adapter(str(EXAMPLES / "math_specialist"), name="math_specialist", activate=False)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run"]
     with LiveServer(app) as srv, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=flags, headless=True)
         try:
             page = browser.new_page()
+            logs = []
+            page.on("console", lambda m: logs.append(m.text))
+            page.on("pageerror", lambda e: logs.append(str(e)))
             page.goto(srv.url + "/")
             page.wait_for_selector("#models input[value='math_specialist']")
             page.fill("#prompt", PROMPT)
@@ -320,8 +335,12 @@ def test_playground_schema_box(smollm2_llamacpp, tmp_path):
             assert "not JSON" in page.inner_text("#columns .err")
             page.fill("#schema", json.dumps(PERSON))
             page.click("#run")
-            page.wait_for_function("document.querySelectorAll('.col[data-done]').length == 2", timeout=120_000)
+            try:
+                page.wait_for_function("document.querySelectorAll('.col[data-done]').length == 2", timeout=120_000)
+            except Exception:
+                raise AssertionError(page.inner_html("#columns") + str(logs)) from None
             for model in ("base", "math_specialist"):
                 valid(page.inner_text(f".col[data-model='{model}'] .out").strip())
         finally:
             browser.close()
+            llama.unload_adapter("math_specialist")
