@@ -344,3 +344,24 @@ def test_playground_schema_box(llama, tmp_path):
         finally:
             browser.close()
             llama.unload_adapter("math_specialist")
+
+
+def test_row_matcher_masks_and_forces_the_end():
+    """On a toy vocabulary: the mask allows what the grammar allows; once complete, only the end token is left."""
+    from adaptrix.generation.matcher import GrammarCompiler, TokenVocabulary
+
+    pieces = {b"{": 1, b"}": 2, b"a": 3, b'"': 4, b":": 5, b" ": 6}
+
+    def tokenize(data: bytes) -> list[int]:
+        return [pieces.get(bytes([c]), 3) for c in data]
+
+    vocab = TokenVocabulary(n_vocab=8, eos_ids=(0,), tokens=(b"\xff<eos>", b"{", b"}", b"a", b'"', b":", b" "),
+                            tokenize=tokenize)
+    matcher = GrammarCompiler(vocab).matcher(Grammar.json_object())
+    assert [t for t in range(8) if not matcher.blocked()[t]] == [1]  # an object starts with '{'; 7 is padding
+    matcher.accept(1)
+    assert not matcher.blocked()[2] and matcher.blocked()[3] and matcher.blocked()[0]
+    matcher.accept(2)
+    assert matcher.done and [t for t in range(8) if not matcher.blocked()[t]] == [0]
+    with pytest.raises(GenerationError, match="breaks the row's grammar"):
+        GrammarCompiler(vocab).matcher(Grammar.json_object()).accept(3)

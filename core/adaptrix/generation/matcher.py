@@ -123,7 +123,7 @@ class RowMatcher:
         words = self._words
         self._m.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
         if self._m.is_error():
-            raise GenerationError(f"the grammar engine failed on this row: {self._m.get_error()}")
+            raise GenerationError(f"the grammar engine failed on this row: {_first_line(self._m.get_error())}")
         allowed = np.unpackbits(words.view(np.uint8), bitorder="little", count=self._n).view(bool)
         return ~allowed
 
@@ -141,7 +141,12 @@ class RowMatcher:
             self._ended = True
             return
         if not self._m.consume_token(int(token)):
-            raise GenerationError(f"token {token} breaks the row's grammar: {self._m.get_error()}")
+            raise GenerationError(f"token {token} breaks the row's grammar: {_first_line(self._m.get_error())}")
+
+
+def _first_line(message: str) -> str:
+    """The engine's error without the grammar it appends."""
+    return message.strip().splitlines()[0] if message.strip() else "no detail"
 
 
 class GrammarCompiler:
@@ -194,8 +199,8 @@ def _lltokenizer(vocabulary: TokenVocabulary):
         special_token_ids: list[int] = []
         tokens = list(vocabulary.tokens or ())
 
-        def __call__(self, text: bytes) -> list[int]:
-            return vocabulary.tokenize(text)
+        def __call__(self, text: bytes | str) -> list[int]:
+            return vocabulary.tokenize(text.encode("utf-8") if isinstance(text, str) else text)
 
     words = _Words()
     while len(words.tokens) < vocabulary.n_vocab:
