@@ -32,7 +32,6 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 #: its fields are refused here with a 400 naming them; the integrator moves each to SERVED (its effect is shown
 #: by that branch's own tests) once served.
 OTHER_BRANCHES = {
-    "response_format": {"type": "json_object"},  # grammar
     "tools": [TOOL],  # tools
     "tool_choice": "required",  # tools
     "parallel_tool_calls": False,  # tools
@@ -205,6 +204,14 @@ def _penalty(name):
     return check
 
 
+def _response_format(server, kind):
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    out = _answer(server, kind, max_tokens=16,
+                  response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+    assert list(json.loads(out)) == ["n"] and json.loads(out) != _answer(server, kind, max_tokens=16)
+
+
 def _echo(server, kind):
     assert _answer(server, kind, echo=True) == PROMPT + _answer(server, kind)
 
@@ -215,7 +222,7 @@ EFFECTS = {
     "seed": _seed, "stop": _stop, "stream": _stream, "stream_options": _stream_options, "n": _n,
     "logprobs": _logprobs, "top_logprobs": _top_logprobs, "logit_bias": _logit_bias,
     "presence_penalty": _penalty("presence_penalty"), "frequency_penalty": _penalty("frequency_penalty"),
-    "echo": _echo,
+    "echo": _echo, "response_format": _response_format,
 }
 
 

@@ -31,6 +31,7 @@ from adaptrix.errors import BackendError, EngineStateError
 from adaptrix import score_requests as scoring
 from adaptrix.generation.conversation import Conversation, ConversationStore
 from adaptrix.generation.lease import ModelLease
+from adaptrix.generation.matcher import check_capable, grammar_options
 from adaptrix.generation.preparer import remember
 from adaptrix.generation.request import GenerationRequest, build_batch
 from adaptrix.generation.result import GenerationResult, PreparedRequest
@@ -202,7 +203,9 @@ class Engine:
         ``use_context``, ``conversation`` (a name), ``history`` (this request's
         earlier user/assistant messages, remembered nowhere), ``show_thinking``,
         ``enable_thinking``, ``chat_template_kwargs``, ``raw`` (no chat
-        template). See :class:`~adaptrix.generation.request.GenerationRequest`.
+        template), ``grammar`` (a :class:`~adaptrix.generation.grammar.Grammar`: the output follows it) or
+        its conveniences ``response_format`` (OpenAI's dict) and ``json_schema`` (a schema dict): see
+        docs/structured-output.md. See :class:`~adaptrix.generation.request.GenerationRequest`.
         """
         return self.generate_detailed(prompt, **options).text
 
@@ -216,7 +219,8 @@ class Engine:
                 conv = self._conversation_for(req)
                 prepared = session.preparer.prepare(req, conv)
                 new = session.runner.generate([prepared.input_ids], prepared.settings,
-                                              stop=session.preparer.stop_check([prepared]))[0]
+                                              stop=session.preparer.stop_check([prepared]),
+                                              **grammar_options(session.runner, [prepared.grammar]))[0]
                 result = scoring.rescored(session.runner, [prepared], [finish_row(prepared, new, self.tokenizer)],
                                           req.logprobs)[0]
                 remember(conv, req, result.text)
@@ -275,6 +279,7 @@ class Engine:
                 rows = session.runner.generate(
                     [p.input_ids for p in prepared], prepared[0].settings,
                     adapters=row_adapters, stop=session.preparer.stop_check(prepared),
+                    **grammar_options(session.runner, [p.grammar for p in prepared]),
                 )
                 return scoring.rescored(session.runner, prepared, [finish_row(p, new, self.tokenizer) for p, new in
                                                                    zip(prepared, rows)], requests[0].logprobs, row_adapters)
@@ -417,8 +422,10 @@ class Engine:
         self._require_loaded()
         req = GenerationRequest.build(prompt, use_context=False, history=list(history), **options)
         with self._lock:
-            self._require_loaded()
-            return self._require_loaded().preparer.prepare(req, self._conversation_for(req))
+            session = self._require_loaded()
+            if req.grammar is not None:
+                check_capable(session.runner)
+            return session.preparer.prepare(req, self._conversation_for(req))
 
     def step_decoder(self, max_rows: int = 8, *, batch_invariant: bool = False) -> StepDecoder | None:
         """The backend's step-level decoder for up to ``max_rows`` rows

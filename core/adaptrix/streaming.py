@@ -13,6 +13,7 @@ from typing import Callable, Generator
 
 from adaptrix.generation.conversation import Conversation
 from adaptrix.generation.lease import LeasedTokens, ModelLease
+from adaptrix.generation.matcher import grammar_options
 from adaptrix.generation.preparer import remember
 from adaptrix.generation.request import GenerationRequest
 from adaptrix.generation.result import GenerationResult, finished_result
@@ -46,8 +47,10 @@ def stream_pieces(
             conv = conversation_for(req)
             prepared = loaded.preparer.prepare(req, conv)
             decoder = IncrementalDecoder(loaded.runner.loaded.tokenizer, prepared.decode_context)
+            grammar = grammar_options(loaded.runner, [prepared.grammar])
             tokens = loaded.runner.stream_tokens(prepared.input_ids, prepared.settings,
-                                                 stop=loaded.preparer.stop_check([prepared]))
+                                                 stop=loaded.preparer.stop_check([prepared]),
+                                                 **({"grammar": prepared.grammar} if grammar else {}))
             scope = held.pop_all()  # from here on the generation's end restores the adapters
         generation = LeasedTokens(lease, owner, tokens, on_end=scope.close)
     except BaseException:

@@ -21,7 +21,9 @@ from adaptrix.errors import BackendError
 if TYPE_CHECKING:  # pragma: no cover
     import threading
 
+    from adaptrix.generation.grammar import Grammar
     from adaptrix.generation.lease import ModelLease
+    from adaptrix.generation.matcher import TokenVocabulary
     from adaptrix.generation.scoring import TokenLogprob
     from adaptrix.generation.steps import StepDecoder
     from adaptrix.types import GenerationConfig, LoadedModel, LoadOptions
@@ -54,7 +56,10 @@ class Runner(ABC):
     #: ``"step_decode"``: :meth:`step_decoder` returns a decoder (``adaptrix serve`` batches requests; without
     #: it the server runs one request at a time); ``"batch_invariant"``: that decoder can compute each row
     #: exactly as alone (``adaptrix serve --batch-invariant``; refused by name without it). Adapter
-    #: operations are the adapter manager's to declare (``COMPOSE_METHODS``, ``CAN_MERGE``).
+    #: operations are the adapter manager's to declare (``COMPOSE_METHODS``, ``CAN_MERGE``). ``"grammar"``:
+    #: :meth:`generate` and :meth:`stream_tokens` enforce a :class:`~adaptrix.generation.grammar.Grammar` per row
+    #: (``grammars=``), and so does the step decoder (``PreparedRequest.grammar``); without it a constrained
+    #: request is refused by name.
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
@@ -67,13 +72,17 @@ class Runner(ABC):
         stop: Callable[[int, Sequence[int]], bool] | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
         cancel: "threading.Event | None" = None,
+        grammars: "Sequence[Grammar | None] | None" = None,
     ) -> list[list[int]]:
         """New token ids for each prompt row (EOS included when it ended the row).
 
         ``adapters`` names an adapter per row (``None``: the base model); when
         not given, the active adapters apply. ``stop(row, new_ids)`` ends a row
         early; ``on_tokens`` receives each step's new ids (one row only);
-        ``cancel`` ends every row at the next step.
+        ``cancel`` ends every row at the next step. ``grammars`` (runners with
+        the ``"grammar"`` capability; the engine passes it only when a row has
+        one): a grammar per row (``None``: free), enforced with
+        :func:`adaptrix.generation.matcher.row_matchers`' token masks.
         """
 
     def stream_tokens(
@@ -82,6 +91,7 @@ class Runner(ABC):
         cfg: "GenerationConfig",
         *,
         stop: Callable[[int, Sequence[int]], bool] | None = None,
+        grammar: "Grammar | None" = None,
     ) -> Iterator[int]:
         """One prompt's new token ids, made as the caller pulls them (active adapters apply).
 
@@ -89,7 +99,8 @@ class Runner(ABC):
         it has returned or been closed. The default runs :meth:`generate` in a
         worker thread and hands its tokens over; a backend whose engine can
         step on demand (llama.cpp) overrides this to generate in the pulling
-        thread, with no thread between the model and the reader.
+        thread, with no thread between the model and the reader. ``grammar``: as
+        :meth:`generate`'s ``grammars`` for this one row.
         """
         import queue
         import threading
@@ -101,8 +112,9 @@ class Runner(ABC):
 
         def work() -> None:
             try:
+                extra = {} if grammar is None else {"grammars": [grammar]}
                 self.generate([ids], cfg, stop=stop, on_tokens=lambda new: [tokens.put(t) for t in new],
-                              cancel=cancel)
+                              cancel=cancel, **extra)
             except BaseException as exc:  # re-raised in the pulling thread
                 failure.append(exc)
             finally:
@@ -118,6 +130,10 @@ class Runner(ABC):
         finally:
             cancel.set()
             worker.join()  # within one step: the model is free when this returns
+
+    def token_vocabulary(self) -> "TokenVocabulary":
+        """The model's vocabulary as the grammar engine reads it (runners with the ``"grammar"`` capability)."""
+        raise BackendError(f"the {self.backend} backend cannot constrain its output to a grammar")
 
     def token_logprobs(
         self,

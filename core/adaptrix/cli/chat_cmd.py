@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable, Iterator
 
 from adaptrix.cli.generate_cmd import add_model_args, make_engine, settings_from
+from adaptrix.cli.grammar_args import add_grammar_args, grammar_option
 from adaptrix.cli.info_cmd import print_info
 from adaptrix.cli.output import finite_float
 from adaptrix.errors import AdaptrixError
@@ -48,6 +49,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=finite_float, metavar="X")
     p.add_argument("--top-p", type=finite_float, metavar="P")
     p.add_argument("--seed", type=int, metavar="S")
+    add_grammar_args(p)
     p.set_defaults(func=run)
 
 
@@ -210,6 +212,7 @@ def chat(engine, *, read: Callable[[str], str], out, options: dict[str, Any] | N
 
 
 def run(args) -> int:
+    grammar = grammar_option(args)  # a bad schema file fails before the model loads
     engine = make_engine(args)
     try:
         engine.use_context_by_default = True
@@ -217,7 +220,7 @@ def run(args) -> int:
         info = engine.get_model_info()
         on = f", on {info['backend']}" if info.get("backend") else ""
         print(f"adaptrix chat: {info['model_id']} ({engine.family}{on}); {HELP}", file=out)
-        options = {"system": args.system, "task_type": args.task, **settings_from(args)}
+        options = {"system": args.system, "task_type": args.task, **settings_from(args), **grammar}
         chat(engine, read=LineReader(out), out=out, options=options)
     finally:
         engine.cleanup()

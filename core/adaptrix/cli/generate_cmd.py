@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from adaptrix.cli.grammar_args import add_grammar_args, grammar_option
 from adaptrix.cli.output import finite_float, print_json
 from adaptrix.engine import Engine
 
@@ -109,6 +110,7 @@ def register(sub) -> None:
     p.add_argument("--show-thinking", action="store_true", help="keep <think> spans in the output")
     p.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
     p.add_argument("--json", action="store_true", help="print a JSON object (text, settings, tokens)")
+    add_grammar_args(p)
     p.set_defaults(func=run)
 
 
@@ -126,12 +128,14 @@ def settings_from(args) -> dict:
 
 def run(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    grammar = grammar_option(args)  # a bad schema file fails before the model loads
     engine = make_engine(args)
     try:
         if args.adapter:
             engine.load_adapter(args.adapter)
         kwargs = dict(
-            task_type=args.task, system=args.system, show_thinking=args.show_thinking, **settings_from(args)
+            task_type=args.task, system=args.system, show_thinking=args.show_thinking, **settings_from(args),
+            **grammar,
         )
         if args.json:
             result = engine.generate_detailed(prompt, **kwargs)

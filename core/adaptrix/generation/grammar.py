@@ -44,7 +44,7 @@ class Grammar:
                 raise GenerationError(f"json schema {name or ''} is not JSON: {exc}") from None
         if not isinstance(schema, dict):
             raise GenerationError(f"a JSON schema must be an object, got {type(schema).__name__}")
-        return cls("json_schema", json.dumps(schema, sort_keys=True), name)
+        return cls("json_schema", json.dumps(schema), name)  # key order kept: properties are written in it
 
     @classmethod
     def json_object(cls) -> "Grammar":
@@ -57,6 +57,36 @@ class Grammar:
         if not isinstance(text, str) or not text.strip():
             raise GenerationError("a lark grammar must be non-empty text with a 'start' rule")
         return cls("lark", text, name)
+
+    @classmethod
+    def from_response_format(cls, response_format: Any, field: str = "response_format") -> "Grammar | None":
+        """The grammar of OpenAI's ``response_format`` (``None`` for ``{"type": "text"}``): ``{"type":
+        "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``. The one
+        mapping from that field, for the library and the server; errors name ``field`` and the part at fault."""
+        if response_format is None:
+            return None
+        if not isinstance(response_format, dict):
+            raise GenerationError(f"{field} must be an object such as {{'type': 'json_object'}}, got "
+                                  f"{type(response_format).__name__}")
+        kind = response_format.get("type")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return cls.json_object()
+        if kind != "json_schema":
+            raise GenerationError(f"{field}.type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict):
+            raise GenerationError(f"{field}.json_schema must be an object {{'name', 'schema', 'strict'}}, got "
+                                  f"{spec!r}")
+        name = spec.get("name")
+        if name is not None and not isinstance(name, str):
+            raise GenerationError(f"{field}.json_schema.name must be a string, got {name!r}")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise GenerationError(f"{field}.json_schema.schema must be a JSON schema object, got "
+                                  f"{type(schema).__name__}")
+        return cls.json_schema(schema, name)
 
     @property
     def schema(self) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ import attrs
 from adaptrix.errors import ContextOverflowError, GenerationError
 from adaptrix.generation.conversation import Conversation, Prompt, build_prompt
 from adaptrix.generation.defaults import TASK_PRESETS
+from adaptrix.generation.matcher import check_grammar
 from adaptrix.generation.request import GenerationRequest
 from adaptrix.generation.result import PreparedRequest
 from adaptrix.generation.settings import check_logit_bias, resolve_settings
@@ -90,6 +91,8 @@ class RequestPreparer:
     def prepare(self, req: GenerationRequest, conv: Conversation | None) -> PreparedRequest:
         """Resolve ``req``'s settings and format its prompt (with ``conv``'s history) as it will run."""
         loaded = self.loaded
+        if req.grammar is not None:
+            check_grammar(req.grammar)  # a keyword the engine cannot enforce is refused before any work
         task = req.task_type if req.task_type is not None else self.adapter_task_type(req.adapter)
         cfg = self.resolve(req.settings, task)
         check_logit_bias(cfg, vocabulary_size(loaded.tokenizer))

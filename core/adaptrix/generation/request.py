@@ -21,7 +21,10 @@ from adaptrix.types import UNSET, GenerationConfig
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
-           "chat_template_kwargs", "raw", "history", "logprobs", "trim", "grammar")
+           "chat_template_kwargs", "raw", "history", "logprobs", "trim", "grammar",
+           "response_format", "json_schema")
+#: Options that give the grammar another way (mapped to ``grammar`` by :func:`build_grammar`).
+GRAMMAR_OPTIONS = ("grammar", "response_format", "json_schema")
 
 
 @attrs.frozen
@@ -89,10 +92,28 @@ class GenerationRequest:
                                       "conversation= or use_context=True (a stored conversation)")
         if options.get("logprobs") is not None:
             check_top(options["logprobs"], "logprobs")
-        if options.get("grammar") is not None and not isinstance(options["grammar"], Grammar):
-            raise GenerationError(f"grammar must be an adaptrix Grammar (Grammar.json_schema(...), ...), got "
-                                  f"{options['grammar']!r}")
-        return cls(prompt, settings, **{k: v for k, v in options.items() if k in OPTIONS})
+        grammar = build_grammar(**{k: options.pop(k) for k in GRAMMAR_OPTIONS if k in options})
+        return cls(prompt, settings, grammar=grammar, **{k: v for k, v in options.items() if k in OPTIONS})
+
+
+def build_grammar(grammar: Grammar | None = None, response_format: Any = None,
+                  json_schema: Any = None) -> Grammar | None:
+    """The request's :class:`Grammar` from whichever one of ``grammar=``, ``response_format=`` (OpenAI's dict)
+    or ``json_schema=`` (a schema dict or JSON text) was given; :class:`GenerationError` for two or a bad one."""
+    given = [k for k, v in (("grammar", grammar), ("response_format", response_format), ("json_schema", json_schema))
+             if v is not None]
+    if len(given) > 1:
+        raise GenerationError(f"{' and '.join(given)} both constrain the output; give one of them")
+    if grammar is not None and not isinstance(grammar, Grammar):
+        raise GenerationError(f"grammar must be an adaptrix Grammar (Grammar.json_schema(...), ...), got {grammar!r}")
+    if response_format is not None:
+        return Grammar.from_response_format(response_format)
+    if json_schema is not None:
+        if not isinstance(json_schema, (dict, str)):
+            raise GenerationError(f"json_schema must be a JSON schema (a dict or its JSON text), got "
+                                  f"{type(json_schema).__name__}")
+        return Grammar.json_schema(json_schema)
+    return grammar
 
 
 def build_batch(prompts: Sequence[str], row_adapters: Sequence[str | None] | None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 SERVED_BOTH = frozenset({
     "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options",
     "n", "logprobs",
-    "logit_bias", "presence_penalty", "frequency_penalty",
+    "logit_bias", "presence_penalty", "frequency_penalty", "response_format",
 })
 #: Served by one endpoint only.
 SERVED = {
@@ -23,7 +23,7 @@ SERVED = {
     "completion": SERVED_BOTH | {"prompt", "echo"},
 }
 #: Fields that issue 18's grammar and tools branches serve; refused (400) where they are not served yet.
-OTHER_BRANCHES = frozenset({"response_format", "tools", "tool_choice", "parallel_tool_calls", "functions",
+OTHER_BRANCHES = frozenset({"tools", "tool_choice", "parallel_tool_calls", "functions",
                             "function_call"})
 #: adaptrix's own fields, and vLLM's names of two engine settings (``extra_body`` in the openai client).
 EXTRAS = frozenset({"task_type", "adapters", "top_k", "repetition_penalty"})

@@ -538,11 +538,12 @@ class Scheduler:
 
 
 def _options(req: CompletionRequest) -> dict[str, Any]:
-    """The engine options of a request's kind: completions are raw (no chat template) and return exactly what
-    the model produced (no whitespace trimmed, no hidden span removed)."""
+    """The engine options of a request: its grammar (``response_format``), and by kind: completions are raw (no
+    chat template) and return exactly what the model produced (no whitespace trimmed, no hidden span removed)."""
+    options: dict[str, Any] = {"grammar": req.grammar} if req.grammar is not None else {}
     if req.kind == "completion":
-        return {"raw": True, "trim": False, "show_thinking": True}
-    return {}
+        options.update(raw=True, trim=False, show_thinking=True)
+    return options
 
 
 def _needs(req: CompletionRequest) -> set[str]:

@@ -24,10 +24,12 @@ from adaptrix.adapters.compositions import check_composition_weights
 from adaptrix.errors import AdapterError
 from adaptrix.generation.scoring import MAX_TOP
 from adaptrix.generation.defaults import PENALTY_LIMIT
+from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.settings import BIAS_LIMIT, SEED_LIMIT
 from adaptrix.generation.token_ids import is_token_ids
 from adaptrix.serve.errors import ApiError
 from adaptrix.serve.fields import known
+from adaptrix.serve.response_format import parse_response_format
 
 ROLES = ("system", "developer", "user", "assistant")
 #: The most stop strings one request may give (lm-eval sends a task's ``until`` strings plus EOS).
@@ -44,7 +46,6 @@ UNSERVED = {
     "parallel_tool_calls": (None, "tool calling is not supported"),
     "functions": (None, [], "function calling is not supported"),
     "function_call": (None, "none", "function calling is not supported"),
-    "response_format": (None, {"type": "text"}, "structured output is not supported"),
     "prompt_logprobs": (None, "prompt logprobs come with 'echo': true and 'logprobs' (OpenAI's way)"),
     "audio": (None, "adaptrix answers in text only"),
     "modalities": (None, ["text"], "adaptrix answers in text only"),
@@ -86,6 +87,8 @@ class CompletionRequest:
     #: Choices to generate for the prompt (1..MAX_N), each its own job; choice ``j`` of a request seeded ``s``
     #: is seeded ``s + j`` (:func:`choice_seeds`).
     n: int = 1
+    #: The output's constraint (``response_format``, :mod:`.response_format`); None: free text.
+    grammar: Grammar | None = None
 
     @property
     def score_only(self) -> bool:
@@ -399,7 +402,7 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...], prompt_p
     return CompletionRequest(
         kind=kind, model=model, prompt=prompt, history=history, system=system, settings=settings, stream=stream,
         include_usage=include_usage, task_type=task_type, composition=composition, logprobs=logprobs, echo=echo,
-        n=n or 1,
+        n=n or 1, grammar=parse_response_format(body),
     )
 
 

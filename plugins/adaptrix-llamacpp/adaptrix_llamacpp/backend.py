@@ -27,6 +27,7 @@ from adaptrix.adapters.info import AdapterInfo
 from adaptrix.adapters.manager import AdapterManager
 from adaptrix.backends.contract import Backend, Runner
 from adaptrix.errors import AdapterError, BackendError
+from adaptrix.generation.matcher import compiler_for
 from adaptrix.plugins import family_chat
 from adaptrix.storage.files import remove_stale
 from adaptrix.types import LoadedModel
@@ -34,6 +35,7 @@ from adaptrix_llamacpp.scores import token_logprobs
 
 from .codec import LlamaTextCodec
 from .gguf_index import module_index, read_gguf_model
+from .grammar import token_vocabulary
 from .lora_cache import cached_lora, lora_root
 from .runtime import LlamaRuntime
 from .sampling import sampling
@@ -92,7 +94,7 @@ class LlamaCppBackend(Backend):
 
 class LlamaCppRunner(Runner):
     backend = "llamacpp"
-    capabilities = frozenset({"step_decode", "batch_invariant"})
+    capabilities = frozenset({"step_decode", "batch_invariant", "grammar"})
 
     def __init__(self, source, loaded, runtime, *, progress: bool = True):
         self.source = source
@@ -110,7 +112,8 @@ class LlamaCppRunner(Runner):
         self.manager = LlamaCppAdapterManager(self.loaded, adapters_dir, runner=self, **options)
         return self.manager
 
-    def generate(self, rows, cfg, *, adapters=None, stop=None, on_tokens=None, cancel=None) -> list[list[int]]:
+    def generate(self, rows, cfg, *, adapters=None, stop=None, on_tokens=None, cancel=None,
+                 grammars=None) -> list[list[int]]:
         if adapters is not None:
             adapters = self.manager.rows(adapters, len(rows))
         results = []
@@ -119,7 +122,7 @@ class LlamaCppRunner(Runner):
             new: list[int] = []
             with scope:
                 row_stop = None if stop is None else (lambda new_ids, i=i: stop(i, new_ids))
-                tokens = self._row(ids, cfg, row_stop, cancel)
+                tokens = self._row(ids, cfg, row_stop, cancel, None if grammars is None else grammars[i])
                 try:
                     for token in tokens:
                         new.append(token)
@@ -134,22 +137,31 @@ class LlamaCppRunner(Runner):
         """Each row one pass over its whole sequence, rows grouped by adapter (:mod:`.scores`)."""
         return token_logprobs(self, rows, starts, adapters=adapters, top=top)
 
-    def stream_tokens(self, ids, cfg, *, stop=None):
+    def stream_tokens(self, ids, cfg, *, stop=None, grammar=None):
         """Generated in the pulling thread, one ``llama_decode`` per ``next()``: no thread in between."""
-        return self._row(ids, cfg, None if stop is None else (lambda new_ids: stop(0, new_ids)), None)
+        return self._row(ids, cfg, None if stop is None else (lambda new_ids: stop(0, new_ids)), None, grammar)
+
+    def token_vocabulary(self):
+        """Each token's bytes as llama.cpp writes them (:mod:`.grammar`); the grammar engine's vocabulary."""
+        return token_vocabulary(self.runtime, self.eos_ids)
+
+    def grammar_matcher(self, grammar):
+        """A fresh row matcher of ``grammar`` (``None``: a free row), compiled once per grammar for this model."""
+        return None if grammar is None else compiler_for(self).matcher(grammar)
 
     def step_decoder(self, *, lease, max_rows: int = 8, batch_invariant: bool = False):
         """Rows as parallel sequences of the one context (:mod:`.steps`), holding ``lease`` (the engine's model
         lease); ``batch_invariant``: one ``llama_decode`` per row instead of per adapter."""
         return LlamaStepDecoder(self, lease=lease, max_rows=max_rows, batch_invariant=batch_invariant)
 
-    def _row(self, ids, cfg, stop, cancel):
-        """One prompt's new tokens; the end-of-generation token that ends a row is kept, as transformers keeps EOS."""
+    def _row(self, ids, cfg, stop, cancel, grammar=None):
+        """One prompt's new tokens; the end-of-generation token that ends a row is kept, as transformers keeps EOS.
+        ``grammar``: each draw masked to what it allows (its end forces an end-of-generation token)."""
         if self.manager is not None:  # a step decoder leaves its last group's LoRAs set: use the engine's own
             self.manager.sync_context()
         tokens = self.runtime.generate_tokens(
             ids, max_new_tokens=cfg.max_new_tokens, **sampling(cfg), stop_ids=(),
-            cancel=cancel.is_set if cancel is not None else None,
+            cancel=cancel.is_set if cancel is not None else None, matcher=self.grammar_matcher(grammar),
         )
         return self._until_end(tokens, frozenset(self.eos_ids), stop)
 

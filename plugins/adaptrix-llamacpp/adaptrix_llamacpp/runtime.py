@@ -351,6 +351,7 @@ class LlamaRuntime:
         logit_bias: Sequence[tuple[int, float]] = (),
         stop_ids: Iterable[int] | None = None,
         cancel: Callable[[], bool] | None = None,
+        matcher: Any = None,
     ) -> Iterator[int]:
         """New token ids after ``prompt_ids``, one at a time.
 
@@ -359,7 +360,8 @@ class LlamaRuntime:
         token is not yielded), or when ``cancel()`` turns true (checked before
         each token). The generator's return value says why: ``"stop"``,
         ``"length"`` or ``"cancelled"``. Arguments are checked now; the work
-        starts at the first ``next()``.
+        starts at the first ``next()``. ``matcher``: a row's
+        :class:`~adaptrix.generation.matcher.RowMatcher`, whose grammar masks each draw.
         """
         self._check_open()
         ids = self._check_prompt(prompt_ids)
@@ -370,9 +372,10 @@ class LlamaRuntime:
                         logit_bias=tuple(logit_bias))
         check_sampling(**sampling)
         stops = frozenset(self.special.eog if stop_ids is None else (int(t) for t in stop_ids))
-        return self._generate(ids, max_new_tokens, dict(sampling, seed=seed), stops, cancel)
+        return self._generate(ids, max_new_tokens, dict(sampling, seed=seed), stops, cancel, matcher)
 
-    def _generate(self, ids: list[int], max_new_tokens: int, sampling: dict, stops: frozenset[int], cancel):
+    def _generate(self, ids: list[int], max_new_tokens: int, sampling: dict, stops: frozenset[int], cancel,
+                  matcher=None):
         if self._busy:
             raise EngineStateError(
                 "a generation is already running on this llama.cpp context: finish or close it first"
@@ -390,7 +393,7 @@ class LlamaRuntime:
             one = (ll.llama_token * 1)()
             step = ll.llama_batch_get_one(one, 1)
             for produced in range(max_new_tokens):
-                token = chain.sample(-1)
+                token = chain.sample(-1, matcher)
                 if token in stops:
                     return FINISH_STOP
                 yield token
@@ -424,7 +427,7 @@ class LlamaRuntime:
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
                           presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                           logit_bias=tuple(logit_bias))
-        return SamplerChain(self._ll, chain, self._live_context)
+        return SamplerChain(self._ll, chain, self._live_context, self.n_vocab)
 
     def decode_sequences(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int],
                          logits: Sequence[bool]) -> None:

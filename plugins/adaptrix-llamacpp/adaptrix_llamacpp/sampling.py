@@ -16,8 +16,10 @@ rules at the same place (``adaptrix.backends.transformers.logit_rules``).
   into a chain of llama.cpp samplers;
 - :class:`SamplerChain`: one chain, drawing from a decoded position's logits.
 
-Further stages that change the logits (a token mask) join the chain in
-:func:`new_chain`. Nothing here imports llama_cpp: the runtime hands it in.
+Stages that change the logits (OpenAI's penalties, logit bias) join the chain in :func:`new_chain`;
+a grammar's token mask is written into the logits just before the chain draws
+(:meth:`SamplerChain.sample`'s ``matcher``), so no bias can lift a masked token. Nothing here imports
+llama_cpp: the runtime hands it in.
 """
 
 from __future__ import annotations
@@ -106,15 +108,28 @@ class SamplerChain:
     ``context`` returns the context whose logits it samples (and raises once the runtime is closed).
     """
 
-    def __init__(self, ll, ptr, context: Callable[[], Any]):
+    def __init__(self, ll, ptr, context: Callable[[], Any], n_vocab: int = 0):
         self._ll = ll
         self._ptr = ptr
         self._context = context
+        self._n_vocab = n_vocab
         self._finalizer = weakref.finalize(self, ll.llama_sampler_free, ptr)
 
-    def sample(self, index: int = -1) -> int:
-        """The token drawn from the logits of the last decode's ``index``-th token (and accepted by the chain)."""
-        return int(self._ll.llama_sampler_sample(self._ptr, self._context(), index))
+    def sample(self, index: int = -1, matcher: Any = None) -> int:
+        """The token drawn from the logits of the last decode's ``index``-th token (and accepted by the chain).
+
+        ``matcher`` (a row's :class:`adaptrix.generation.matcher.RowMatcher`): the tokens its grammar forbids
+        get ``-inf`` in those logits before the chain draws (greedy or not), and it accepts the token drawn."""
+        if matcher is None:
+            return int(self._ll.llama_sampler_sample(self._ptr, self._context(), index))
+        import numpy as np
+
+        ctx = self._context()
+        logits = np.ctypeslib.as_array(self._ll.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        matcher.mask(logits)
+        token = int(self._ll.llama_sampler_sample(self._ptr, ctx, index))
+        matcher.accept(token)
+        return token
 
     def close(self) -> None:
         self._finalizer()

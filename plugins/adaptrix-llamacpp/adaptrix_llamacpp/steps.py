@@ -68,6 +68,8 @@ class LlamaRow(Row):
     name: str | None = None  # the loaded adapter's name
     chain: Any = None
     pin: Any = None
+    #: The row's grammar matcher (:class:`adaptrix.generation.matcher.RowMatcher`); ``None``: a free row.
+    matcher: Any = None
 
 
 class LlamaStepDecoder:
@@ -115,6 +117,7 @@ class LlamaStepDecoder:
                     row.name = self.manager.rows([adapter], 1)[0]  # resident (loaded when needed)
                     pins.enter_context(self.manager.pinned([row.name]))
                 row.chain = runtime.sampler(ids, **sampling(prepared.settings))
+                row.matcher = self.runner.grammar_matcher(prepared.grammar)
                 runtime.forget_sequence(row.seq)
                 self._use(self._scales(row.name))
                 for start in range(0, len(ids), runtime.n_batch):
@@ -122,7 +125,7 @@ class LlamaStepDecoder:
                     last = start + len(chunk) == len(ids)
                     runtime.decode_sequences(chunk, range(start, start + len(chunk)), [row.seq] * len(chunk),
                                              [last and i == len(chunk) - 1 for i in range(len(chunk))])
-                token = row.chain.sample(len(chunk) - 1)
+                token = row.chain.sample(len(chunk) - 1, row.matcher)
             except BaseException:
                 pins.close()
                 runtime.forget_sequence(row.seq)
@@ -181,7 +184,7 @@ class LlamaStepDecoder:
                         [r.seq for r in batch], [True] * len(batch),
                     )
                     for i, row in enumerate(batch):
-                        picked[id(row)] = row.chain.sample(i)
+                        picked[id(row)] = row.chain.sample(i, row.matcher)
         events = []
         for row in rows:
             row.position += 1

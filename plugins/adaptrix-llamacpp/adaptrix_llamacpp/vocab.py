@@ -69,11 +69,11 @@ class Vocabulary:
                 f"token id {token_id} is outside the vocabulary of {self.path.name} (0..{self.n_vocab - 1})"
             )
 
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        """Token ids of ``text``; ``add_special`` adds BOS/EOS as the model asks, ``parse_special`` reads
-        ``<|im_start|>`` as one control token instead of plain text."""
+    def tokenize(self, text: str | bytes, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text`` (or of UTF-8 bytes); ``add_special`` adds BOS/EOS as the model asks,
+        ``parse_special`` reads ``<|im_start|>`` as one control token instead of plain text."""
         self.check_open()
-        data = text.encode("utf-8")
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
         n_max = len(data) + 8
         buf = (self._ll.llama_token * n_max)()
         n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
@@ -130,6 +130,11 @@ class Vocabulary:
         """Whether the token is a control token (``<|im_end|>``): markup, not text."""
         self.check_token(token_id)
         return bool(self._ll.llama_vocab_is_control(self._vocab, token_id))
+
+    def is_user_defined(self, token_id: int) -> bool:
+        """Whether the token is a user-defined (added) token."""
+        self.check_token(token_id)
+        return bool(self._ll.llama_vocab_get_attr(self._vocab, token_id) & self._ll.LLAMA_TOKEN_ATTR_USER_DEFINED)
 
     def _special_ids(self, unk: str | None) -> SpecialTokenIds:
         ll, v = self._ll, self._vocab

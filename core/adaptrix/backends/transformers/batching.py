@@ -42,6 +42,7 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import attrs
 
+from adaptrix.backends.transformers import grammar_mask
 from adaptrix.backends.transformers.logit_rules import logit_rules
 from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.result import GenerationResult, PreparedRequest
@@ -73,6 +74,7 @@ class TransformersRow(Row):
     generator: Any = None
     history: Any = None  # prompt + generated ids (tensor), for repetition penalty
     cache: Any = None  # batch-invariant mode: the row's own DynamicCache and [1, T] mask
+    matcher: Any = None  # the row's grammar (adaptrix.generation.matcher.RowMatcher); None: free
     mask: Any = None
 
 
@@ -82,9 +84,12 @@ class TransformersStepDecoder:
 
     def __init__(self, *, config: Any, tokenizer: Any,
                  decoding_model: Callable[[list[str | None]], tuple[Any, dict]],
-                 scope: Callable[[str | None], ContextManager], lease: ModelLease, batch_invariant: bool = False):
+                 scope: Callable[[str | None], ContextManager], lease: ModelLease, batch_invariant: bool = False,
+                 grammar_matcher: Callable[[Any], Any] = lambda grammar: None):
         """``decoding_model(adapters) -> (module, kwargs)`` serving row i with ``adapters[i]`` (the pair stays
-        valid while those adapters stay loaded); ``scope(adapter)``: that adapter active for the body."""
+        valid while those adapters stay loaded); ``scope(adapter)``: that adapter active for the body;
+        ``grammar_matcher(grammar)``: a row matcher of a request's grammar (``None`` for a free row)."""
+        self._grammar_matcher = grammar_matcher
         self.config = config
         self.tokenizer = tokenizer
         self._decoding_model = decoding_model
@@ -141,7 +146,7 @@ class TransformersStepDecoder:
         for key, prepared, adapter in items:
             processors, generator = _sampling(prepared.settings, len(prepared.input_ids))
             rows.append(TransformersRow.open(key, prepared, adapter, self.tokenizer, processors=processors,
-                                             generator=generator))
+                                             generator=generator, matcher=self._grammar_matcher(prepared.grammar)))
         with self._forward_for(rows) as (module, kwargs):
             out, mask = self._prefill_forward(rows, module, kwargs)
         tokens = []
@@ -305,6 +310,8 @@ class TransformersStepDecoder:
         import torch
 
         scores = logits.float()
+        if row.matcher is not None:  # before the processors, as in generate (penalty, mask, then warpers)
+            scores = grammar_mask.mask_row(row.matcher, scores)
         if row.processors is not None:
             scores = row.processors(row.history, scores)
         if is_greedy(row.prepared.settings):
@@ -316,6 +323,8 @@ class TransformersStepDecoder:
         import torch
 
         row.history = torch.cat([row.history, torch.tensor([[token]], device=row.history.device)], dim=1)
+        if row.matcher is not None:
+            row.matcher.accept(token)
         return row.accept(token)
 
     def _merge(self, rows: list[TransformersRow], cache, mask) -> None:

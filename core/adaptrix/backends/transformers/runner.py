@@ -20,9 +20,10 @@ import attrs
 
 from adaptrix.adapters.peft_manager import PeftAdapterManager
 from adaptrix.backends.contract import Backend, Runner
-from adaptrix.backends.transformers import batching, scores
+from adaptrix.backends.transformers import batching, grammar_mask, scores
 from adaptrix.backends.transformers.logit_rules import logit_rules
 from adaptrix.errors import ModelLoadError
+from adaptrix.generation.matcher import compiler_for, row_matchers
 from adaptrix.generation.settings import is_greedy
 from adaptrix.models.devices import choose_dtype, resolve_device
 from adaptrix.plugins import family_chat
@@ -68,7 +69,7 @@ class TransformersBackend(Backend):
 
 class TransformersRunner(Runner):
     backend = "transformers"
-    capabilities = frozenset({"step_decode", "batch_invariant"})
+    capabilities = frozenset({"step_decode", "batch_invariant", "grammar"})
 
     def __init__(self, source, loaded, options, dtype_reason: str | None = None):
         self.source = source
@@ -100,7 +101,16 @@ class TransformersRunner(Runner):
         return batching.TransformersStepDecoder(
             config=config, tokenizer=self.loaded.tokenizer, decoding_model=self.decoding_model,
             scope=self.manager.scope, lease=lease, batch_invariant=batch_invariant,
+            grammar_matcher=self.grammar_matcher,
         )
+
+    def token_vocabulary(self):
+        """The grammar engine's view of this model's vocabulary (:mod:`.grammar_mask`)."""
+        return grammar_mask.token_vocabulary(self.loaded.model, self.loaded.tokenizer, self.eos_ids)
+
+    def grammar_matcher(self, grammar):
+        """A fresh row matcher of ``grammar`` (``None``: a free row), compiled once per grammar for this model."""
+        return None if grammar is None else compiler_for(self).matcher(grammar)
 
     def decoding_model(self, adapters: Sequence[str | None]):
         """``(module, forward_kwargs)``: calling ``module(..., **forward_kwargs)`` gives row i ``adapters[i]``.
@@ -113,10 +123,11 @@ class TransformersRunner(Runner):
         return self.manager.generation_model(), extra
 
     # -- generation ---------------------------------------------------------------------
-    def generate(self, rows, cfg, *, adapters=None, stop=None, on_tokens=None, cancel=None) -> list[list[int]]:
+    def generate(self, rows, cfg, *, adapters=None, stop=None, on_tokens=None, cancel=None,
+                 grammars=None) -> list[list[int]]:
         import torch
 
-
+        matchers = row_matchers(self, grammars)
         width = max(len(r) for r in rows)
         pad = self.pad_id if self.pad_id is not None else 0
         ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long, device=self.device)
@@ -127,13 +138,17 @@ class TransformersRunner(Runner):
         kw["pad_token_id"] = pad
         if stop is not None or cancel is not None:
             kw["stopping_criteria"] = _criteria(width, stop, cancel)
-        rules = logit_rules(cfg, width)  # merged by generate after its repetition penalty, before its warpers
-        if rules is not None:
-            from transformers import LogitsProcessorList
-
-            kw["logits_processor"] = LogitsProcessorList([rules])
         if on_tokens is not None:
             kw["streamer"] = _Streamer(on_tokens)
+        # merged by generate after its repetition penalty, before its warpers: OpenAI's penalties and bias, then
+        # the grammar's mask (last, so no bias lifts a masked token)
+        processors = [logit_rules(cfg, width)]
+        if matchers is not None:
+            processors.append(grammar_mask.GrammarLogitsProcessor(matchers, width))
+        if any(p is not None for p in processors):
+            from transformers import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList([p for p in processors if p is not None])
         if adapters is not None:
             kw.update(self.manager.batch_kwargs(list(adapters), len(rows)))
         model = self.manager.generation_model() if self.manager is not None else self.loaded.model
