@@ -22,9 +22,9 @@ import attrs
 
 from adaptrix.adapters.compositions import check_composition_weights
 from adaptrix.errors import AdapterError
-from adaptrix.generation.scoring import MAX_TOP
 from adaptrix.generation.defaults import PENALTY_LIMIT
 from adaptrix.generation.grammar import Grammar
+from adaptrix.generation.scoring import MAX_TOP
 from adaptrix.generation.settings import BIAS_LIMIT, SEED_LIMIT
 from adaptrix.generation.token_ids import is_token_ids
 from adaptrix.serve.errors import ApiError
