@@ -37,6 +37,7 @@ from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.scoring import Score, TokenLogprob
 from adaptrix.generation.settings import explicit_settings
 from adaptrix.generation.steps import StepDecoder, finish_row
+from adaptrix.tools.messages import split_messages
 from adaptrix.models.modelconfig import check_model_id
 from adaptrix.plugins import family_options as fo
 from adaptrix.plugins.host import get_host
@@ -220,6 +221,17 @@ class Engine:
                                           req.logprobs)[0]
                 remember(conv, req, result.text)
                 return result
+
+    def chat(self, messages: Sequence[dict[str, Any]], **options) -> GenerationResult:
+        """Answer an OpenAI-style ``messages`` list (system, user, assistant with ``tool_calls``, ``role:
+        "tool"`` results; the last is a user message or a tool result), remembered nowhere.
+
+        Same options as :meth:`generate`, and ``tools=``, ``tool_choice=`` (``auto``, ``none``, ``required``,
+        ``{"type": "function", "function": {"name": ...}}``), ``parallel_tool_calls=``: the result's
+        ``tool_calls`` are the calls the model made (its ``text`` the rest). See docs/structured-output.md."""
+        chat = split_messages(messages)
+        return self.generate_detailed(chat.prompt, history=list(chat.history), system=chat.system,
+                                      prompt_message=chat.prompt_message, use_context=False, **options)
 
     # -- streaming ------------------------------------------------------------------
     def stream(self, prompt: str | GenerationRequest, **options) -> Iterator[str]:
