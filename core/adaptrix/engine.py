@@ -37,6 +37,7 @@ from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.scoring import Score, TokenLogprob
 from adaptrix.generation.settings import explicit_settings
 from adaptrix.generation.steps import StepDecoder, finish_row
+from adaptrix.tools.format import ToolFormat
 from adaptrix.tools.messages import split_messages
 from adaptrix.models.modelconfig import check_model_id
 from adaptrix.plugins import family_options as fo
@@ -126,6 +127,11 @@ class Engine:
     def model(self):
         """The backend's base model (a ``transformers`` module on the reference backend)."""
         return self._require_loaded().runner.loaded.model
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How the loaded model's family writes tool calls (the ``tool_format`` hook's answer)."""
+        return self._require_loaded().preparer.tool_format
 
     @property
     def runner(self) -> Runner:

@@ -22,6 +22,7 @@ from adaptrix.serve.errors import ApiError
 from adaptrix.serve.logprobs import chat_logprobs, completion_logprobs
 from adaptrix.serve.scheduler import Job
 from adaptrix.serve.schemas import CompletionRequest, parse_completion, split_prompts
+from adaptrix.serve.tool_calls import ToolDeltas, chat_message, finish_reason
 
 
 def json_response(data: Any, status: int = 200):
@@ -135,8 +136,8 @@ def _finish_reason(result) -> str:
 def _choice(req: CompletionRequest, job, result, index: int) -> dict:
     if req.kind == "chat":
         logprobs = chat_logprobs(result.logprobs or ()) if req.logprobs is not None else None
-        return {"index": index, "message": {"role": "assistant", "content": result.text}, "logprobs": logprobs,
-                "finish_reason": _finish_reason(result)}
+        return {"index": index, "message": chat_message(result), "logprobs": logprobs,
+                "finish_reason": finish_reason(result, _finish_reason(result))}
     text = (job.echo_text or "") + result.text if req.echo else result.text
     logprobs = None
     if req.logprobs is not None:
@@ -157,7 +158,7 @@ async def _stream(server, req, job, events, rid, created, watch):
     obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
     offset = 0  # completions' text_offset: characters of the answer streamed so far
 
-    def chunk(delta: str | None, finish: str | None, usage=None, first=False, tokens=None) -> str:
+    def chunk(delta: str | None, finish: str | None, usage=None, first=False, tokens=None, extra=None) -> str:
         nonlocal offset
         if req.kind == "chat":
             d: dict[str, Any] = {}
@@ -165,6 +166,7 @@ async def _stream(server, req, job, events, rid, created, watch):
                 d["role"] = "assistant"
             if delta is not None:
                 d["content"] = delta
+            d.update(extra or {})
             logprobs = chat_logprobs(tokens) if tokens else None
             choices = [{"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}]
         else:
@@ -182,14 +184,23 @@ async def _stream(server, req, job, events, rid, created, watch):
     if first[0] == "error":
         raise first[1]
 
+    # With tools, the text goes through the family's format: calls come out as tool_calls deltas.
+    calls = ToolDeltas(server.engine.tool_format) if req.tool_use is not None else None
+
     async def body():
         event = first
         sent_role = False
+        pending: list = []  # logprobs of tokens whose text a call holds back: sent with the next delta
         try:
             if req.echo:
                 yield chunk(job.echo_text or "", None, tokens=list(job.prompt_logprobs) or None)
             while True:
-                if event[0] == "delta":
+                if event[0] == "delta" and calls is not None:
+                    pending.extend([event[2]] if len(event) > 2 else [])
+                    for d in calls.feed(event[1]):
+                        yield chunk(None, None, first=not sent_role, tokens=pending or None, extra=d)
+                        sent_role, pending = True, []
+                elif event[0] == "delta":
                     yield chunk(event[1], None, first=not sent_role, tokens=[event[2]] if len(event) > 2 else None)
                     sent_role = True
                 elif event[0] == "error":
@@ -198,9 +209,15 @@ async def _stream(server, req, job, events, rid, created, watch):
                     break
                 else:
                     result = event[1]
+                    reason = _finish_reason(result)
+                    if calls is not None:
+                        for d in calls.finish():
+                            yield chunk(None, None, first=not sent_role, tokens=pending or None, extra=d)
+                            sent_role, pending = True, []
+                        reason = "tool_calls" if calls.count else reason
                     if not sent_role and req.kind == "chat":
                         yield chunk("", None, first=True)
-                    yield chunk(None if req.kind == "chat" else "", _finish_reason(result))
+                    yield chunk(None if req.kind == "chat" else "", reason)
                     if req.include_usage:
                         data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
                                 "usage": _usage([result])}

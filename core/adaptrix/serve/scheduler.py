@@ -518,7 +518,8 @@ def _options(req: CompletionRequest) -> dict[str, Any]:
     the model produced (no whitespace trimmed, no hidden span removed)."""
     if req.kind == "completion":
         return {"raw": True, "trim": False, "show_thinking": True}
-    return {}
+    tools = {"tools": req.tool_use} if req.tool_use is not None else {}
+    return {**tools, "prompt_message": req.prompt_message} if req.prompt_message is not None else tools
 
 
 def _needs(req: CompletionRequest) -> set[str]:

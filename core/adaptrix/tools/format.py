@@ -21,11 +21,16 @@ list of them) + ``close_tag``. Most families only set fields (Qwen's hermes ``<t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import string
 from typing import Any, Mapping, Sequence
 
 import attrs
 
+from adaptrix.errors import ChatTemplateError
+from adaptrix.generation.chat_template import render_chat_template
 from adaptrix.generation.grammar import Grammar
 from adaptrix.tools.calls import ParsedOutput, ToolCall, call_from_json
 from adaptrix.tools.spec import ToolSpec, ToolUse
@@ -68,6 +73,8 @@ class ToolFormat:
     #: How earlier calls' arguments reach a template that knows tools: ``"object"`` (a dict, what most
     #: templates ``tojson``) or ``"string"`` (the JSON text, for templates that concatenate it).
     history_arguments: str = "object"
+    #: Call ids reach the template as 9 letters and digits (:meth:`history_id`).
+    short_ids: bool = False
 
     # -- rendering ------------------------------------------------------------------------------------------
     def template_knows_tools(self, template: str | None) -> bool:
@@ -96,7 +103,9 @@ class ToolFormat:
             m = dict(m)
             if m.get("tool_calls"):
                 m = self.template_message(m) if calls_ok else self.calls_as_text(m)
-            elif m.get("role") == "tool" and not results_ok:
+            elif m.get("role") == "tool" and results_ok:
+                m = self.template_message(m)
+            elif m.get("role") == "tool":
                 text = self.tool_result_text(m)
                 if merge:  # several results answer one turn: one user message (templates want alternation)
                     out[-1]["content"] += "\n" + text
@@ -119,6 +128,11 @@ class ToolFormat:
         text = self.instructions(use.tools)
         if messages and messages[0]["role"] == "system":
             return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]], {}
+        if template and not takes_system(template):  # Gemma 2: the first user message carries them
+            first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if first is not None:
+                m = messages[first]
+                return [*messages[:first], {**m, "content": f"{text}\n\n{m['content']}"}, *messages[first + 1:]], {}
         return [{"role": "system", "content": text}, *messages], {}
 
     def calls_as_text(self, message: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,10 +151,22 @@ class ToolFormat:
             m["content"] = ""  # templates concatenate it (DeepSeek) or test it (Qwen); None would be undefined
         if m.get("tool_calls"):
             m["tool_calls"] = [
-                {**c, "function": {**c["function"], "arguments": self._history_args(c["function"].get("arguments"))}}
+                {**c, "id": self.history_id(c.get("id")),
+                 "function": {**c["function"], "arguments": self._history_args(c["function"].get("arguments"))}}
                 for c in m["tool_calls"]
             ]
+        if m.get("role") == "tool" and m.get("tool_call_id") is not None:
+            m["tool_call_id"] = self.history_id(m["tool_call_id"])
         return m
+
+    def history_id(self, call_id: str | None) -> str | None:
+        """A call's id as the template gets it: as given, or (``short_ids``) 9 letters and digits derived
+        from it, the same for the call and its result (Mistral's templates refuse other ids)."""
+        if not self.short_ids or call_id is None:
+            return call_id
+        digest = hashlib.sha256(call_id.encode()).digest()
+        alphabet = string.ascii_letters + string.digits
+        return "".join(alphabet[b % len(alphabet)] for b in digest[:9])
 
     def _history_args(self, arguments: Any) -> Any:
         args = _arguments(arguments)
@@ -277,6 +303,16 @@ class ToolFormat:
 #: The core's fallback format: hermes-style ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``,
 #: offered through the template when it knows tools, else in the system prompt.
 GENERIC = ToolFormat()
+
+
+@functools.lru_cache(maxsize=32)
+def takes_system(template: str) -> bool:
+    """Whether a chat template renders a system message (Gemma 2's refuses one)."""
+    try:
+        render_chat_template(template, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
+    except ChatTemplateError:
+        return False
+    return True
 
 
 def lark_text(text: str, ids: Mapping[str, int] | None = None) -> str:

@@ -49,7 +49,7 @@ class ToolStream:
                 if not stripped:
                     break
                 if stripped[0] in self.fmt.bare_openers():
-                    self.in_call = True
+                    self.held, self.in_call = stripped, True  # separators between calls are no content
                     continue
                 self.bare_ok = False
             at, keep = self._opening()

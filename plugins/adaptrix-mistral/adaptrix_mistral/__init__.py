@@ -13,7 +13,7 @@ FAMILY = "mistral"
 
 #: Mistral's tool calls: ``[TOOL_CALLS]`` and a JSON list of calls.
 MISTRAL = ToolFormat(name="mistral", open_tag="[TOOL_CALLS]", close_tag="", list_body=True, bare_calls=True,
-                     padding=" ", separator=", ")
+                     padding=" ", separator=", ", short_ids=True)
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("mistral", "mixtral", "ministral")
 

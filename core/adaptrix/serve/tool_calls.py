@@ -1,0 +1,61 @@
+"""Tool calls in OpenAI's chat answers: the message of a finished answer, and the ``tool_calls`` deltas of a
+streamed one (``index``, ``id``, ``type`` and ``function.name`` first, then ``function.arguments`` in pieces),
+from the family's :class:`~adaptrix.tools.format.ToolFormat` (:mod:`adaptrix.tools.stream` finds the calls)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaptrix.tools.calls import ToolCall
+from adaptrix.tools.format import ToolFormat
+from adaptrix.tools.stream import ToolStream
+
+#: The most characters of a call's arguments one delta carries.
+ARGUMENTS_PIECE = 32
+
+
+def chat_message(result) -> dict[str, Any]:
+    """The ``message`` of a finished chat answer: ``content`` (``None`` when the answer is only calls) and,
+    when the model called tools, ``tool_calls``."""
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    return {"role": "assistant", "content": result.text or None,
+            "tool_calls": [call.as_openai() for call in result.tool_calls]}
+
+
+def finish_reason(result, reason: str) -> str:
+    """``tool_calls`` when the answer called tools, else ``reason``."""
+    return "tool_calls" if result.tool_calls else reason
+
+
+class ToolDeltas:
+    """A streamed chat answer's text turned into OpenAI deltas: ``{"content": ...}`` and ``{"tool_calls": [...]}``."""
+
+    def __init__(self, fmt: ToolFormat):
+        self.stream = ToolStream(fmt)
+        self.count = 0
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        """The deltas ``text`` (a piece of the answer) completes."""
+        return self._deltas(self.stream.feed(text))
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The deltas left once the answer ended."""
+        return self._deltas(self.stream.finish())
+
+    def _deltas(self, events) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for event in events:
+            if isinstance(event, ToolCall):
+                out.extend(self._call(event))
+            elif event:
+                out.append({"content": event})
+        return out
+
+    def _call(self, call: ToolCall) -> list[dict[str, Any]]:
+        index, self.count = self.count, self.count + 1
+        head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        args = call.arguments
+        pieces = [args[i:i + ARGUMENTS_PIECE] for i in range(0, len(args), ARGUMENTS_PIECE)]
+        return [{"tool_calls": [head]}] + [{"tool_calls": [{"index": index, "function": {"arguments": p}}]}
+                                           for p in pieces]
