@@ -188,3 +188,39 @@ def test_the_server_forces_a_call_with_required(server):
     for call in choice["message"]["tool_calls"]:
         params = {"get_weather": WEATHER, "add": ADD}[call["function"]["name"]]["function"]["parameters"]
         jsonschema.validate(json.loads(call["function"]["arguments"]), params)
+
+
+def test_the_playground_shows_a_call_as_a_call(request, monkeypatch, tmp_path):
+    """The playground, in headless Chromium, with tools given: the model's call is shown as a call (its
+    name and its arguments), not as the raw text the model wrote."""
+    from pathlib import Path
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    engine = request.getfixturevalue("smollm2_llamacpp")
+    force_output(engine, monkeypatch, 'Let me check. <|python_tag|>' + CALL)
+    from adaptrix.serve.app import ServeOptions, create_app
+
+    with LiveServer(create_app(lambda: engine, ServeOptions(adapters_dir=None, batching="off"))) as srv, \
+            sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 600})
+            page.goto(srv.url + "/")
+            page.wait_for_selector("#models input[value='base']")
+            page.fill("#prompt", "What is the weather in Paris?")
+            page.fill("#tools", json.dumps([WEATHER]))
+            page.check("#models input[value='base']")
+            page.click("#run")
+            page.wait_for_function("document.querySelectorAll('.col[data-done]').length == 1", timeout=60_000)
+            assert page.inner_text(".col .out .call .name") == "get_weather"
+            assert json.loads(page.inner_text(".col .out .call .args")) == {"city": "Paris", "unit": "C"}
+            assert page.get_attribute(".col", "data-finish") == "tool_calls"
+            text = page.inner_text(".col .out")
+            assert text.startswith("Let me check.") and '"parameters"' not in text
+            page.screenshot(path=str(tmp_path / "tools.png"))
+        finally:
+            browser.close()
