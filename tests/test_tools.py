@@ -308,3 +308,57 @@ def test_messages_may_end_with_a_tool_result():
     with pytest.raises(ToolError) as info:
         split_messages([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
     assert info.value.param == "messages[1].role"
+
+
+# -- a third-party family brings its own format --------------------------------------------------------------
+class _Tok:
+    chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+
+
+def test_a_third_party_plugin_adds_its_own_format():
+    """A family plugin outside adaptrix gives its format with the tool_format hook; a family that says nothing
+    gets the generic one, and an answer that is not a ToolFormat names the plugin."""
+    import attrs
+
+    from adaptrix import hookimpl
+    from adaptrix.errors import PluginError
+    from adaptrix.plugins.host import PluginHost
+    from adaptrix.session import ask_tool_format
+    from adaptrix.tools import ToolFormat
+
+    @attrs.frozen
+    class FunctionTag(ToolFormat):
+        name: str = "function-tag"
+        open_tag: str = "<function>"
+        close_tag: str = "</function>"
+        padding: str = ""
+
+    class Mine:
+        @hookimpl
+        def detect_family(self, config):
+            return (config or {}).get("model_type") if (config or {}).get("model_type") in ("mine", "bad") else None
+
+        @hookimpl
+        def tool_format(self, family, template):
+            assert template == _Tok.chat_template  # the tokenizer's template reaches the family
+            return FunctionTag() if family == "mine" else "not a format"
+
+    class Silent:
+        @hookimpl
+        def detect_family(self, config):
+            return "silent" if (config or {}).get("model_type") == "silent" else None
+
+    host = PluginHost(environ={}, strict=True)
+    host.register(Mine(), "mine")
+    host.register(Silent(), "silent")
+    for kind in ("mine", "bad", "silent"):
+        host.detect("x", {"model_type": kind})
+    f = ask_tool_format(host, "mine", None, _Tok())
+    assert f.name == "function-tag"
+    parsed = f.parse('ok <function>{"name": "add", "arguments": {"a": 1}}</function>')
+    assert (parsed.content, [c.name for c in parsed.calls]) == ("ok", ["add"])
+    assert ask_tool_format(host, "silent", None, _Tok()) is GENERIC
+    assert host.call_family("tool_format", "silent", config=None, template=None)[0] is GENERIC
+    with pytest.raises(PluginError, match=r"plugin 'mine': hook tool_format\('bad'\) must return an adaptrix "
+                                          r"ToolFormat"):
+        ask_tool_format(host, "bad", None, _Tok())
