@@ -16,7 +16,7 @@ from adaptrix.plugins.host import get_host
 from adaptrix.tools.format import GENERIC
 from adaptrix.tools.messages import split_messages
 from adaptrix.tools.spec import check_tool_use
-from adaptrix.tools.stream import ToolStream
+from adaptrix.tools.stream import CallArguments, CallHead, ToolStream
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -215,13 +215,24 @@ def test_what_the_grammar_forces_parses_back(qwen_matcher):
 
 # -- streaming --------------------------------------------------------------------------------------------
 def _stream(f, text: str, size: int):
+    """Feed ``text`` in pieces of ``size``: the content, and the calls as a client rebuilds them (a head, then
+    its argument pieces; or a whole call)."""
     s = ToolStream(f)
     events = []
     for i in range(0, len(text), size):
         events.extend(s.feed(text[i:i + size]))
     events.extend(s.finish())
     content = "".join(e for e in events if isinstance(e, str))
-    calls = [(e.name, json.loads(e.arguments)) for e in events if not isinstance(e, str)]
+    built: dict[str, list] = {}
+    for e in events:
+        if isinstance(e, CallHead):
+            built[e.id] = [e.name, ""]
+        elif isinstance(e, CallArguments):
+            built[e.id][1] += e.text
+        elif not isinstance(e, str):
+            built[e.id] = [e.name, e.arguments]
+    calls = [(name, json.loads(args)) for name, args in built.values()]
+    assert [c.id for c in s.calls] == list(built)  # the calls the stream recorded are the ones it sent
     return content, calls, events
 
 
@@ -245,14 +256,20 @@ def test_a_stream_finds_the_calls_parse_finds(family, text, size):
     assert content.strip() == parsed.content
 
 
-def test_a_stream_sends_text_before_a_call_is_done_and_holds_only_a_possible_tag():
+def test_a_stream_sends_the_name_first_then_the_arguments_as_they_come():
     s = ToolStream(fmt("qwen"))
     assert s.feed("Hello <") == ["Hello "]  # '<' may open <tool_call>: held
     assert s.feed("b> there ") == ["<b> there "]
     assert s.feed("<tool_call>\n{\"name\": \"add\", ") == []
-    out = s.feed('"arguments": {"a": 1, "b": 2}}\n</tool_call> bye')
-    assert [getattr(e, "name", e) for e in out] == ["add", " bye"]
+    assert s.feed('"arguments": ') == []
+    head, first = s.feed('{"a": 1')
+    assert isinstance(head, CallHead) and head.name == "add"  # the name first, then the arguments
+    assert first == CallArguments(head.id, '{"a": 1')
+    assert s.feed(', "b": 2}') == [CallArguments(head.id, ', "b": 2}')]
+    assert s.feed("}\n</tool") == []
+    assert s.feed("_call> bye") == [" bye"]
     assert s.finish() == []
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in s.calls] == [(head.id, "add", {"a": 1, "b": 2})]
 
 
 def test_a_stream_releases_text_that_only_looked_like_a_call():

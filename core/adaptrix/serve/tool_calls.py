@@ -8,9 +8,9 @@ from typing import Any
 
 from adaptrix.tools.calls import ToolCall
 from adaptrix.tools.format import ToolFormat
-from adaptrix.tools.stream import ToolStream
+from adaptrix.tools.stream import CallArguments, CallHead, ToolStream
 
-#: The most characters of a call's arguments one delta carries.
+#: The most characters of a call's arguments one delta carries, for a call found whole.
 ARGUMENTS_PIECE = 32
 
 
@@ -34,6 +34,7 @@ class ToolDeltas:
     def __init__(self, fmt: ToolFormat):
         self.stream = ToolStream(fmt)
         self.count = 0
+        self.index: dict[str, int] = {}  # call id -> its index in the answer
 
     def feed(self, text: str) -> list[dict[str, Any]]:
         """The deltas ``text`` (a piece of the answer) completes."""
@@ -48,13 +49,23 @@ class ToolDeltas:
         for event in events:
             if isinstance(event, ToolCall):
                 out.extend(self._call(event))
+            elif isinstance(event, CallHead):
+                out.append({"tool_calls": [self._head(event.id, event.name)]})
+            elif isinstance(event, CallArguments):
+                out.append({"tool_calls": [{"index": self.index[event.id], "function": {"arguments": event.text}}]})
             elif event:
                 out.append({"content": event})
         return out
 
-    def _call(self, call: ToolCall) -> list[dict[str, Any]]:
+    def _head(self, call_id: str, name: str) -> dict[str, Any]:
         index, self.count = self.count, self.count + 1
-        head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        self.index[call_id] = index
+        return {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+
+    def _call(self, call: ToolCall) -> list[dict[str, Any]]:
+        """A call found whole (not followed as it was written): its head, then its arguments in pieces."""
+        head = self._head(call.id, call.name)
+        index = head["index"]
         args = call.arguments
         pieces = [args[i:i + ARGUMENTS_PIECE] for i in range(0, len(args), ARGUMENTS_PIECE)]
         return [{"tool_calls": [head]}] + [{"tool_calls": [{"index": index, "function": {"arguments": p}}]}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import string
 from typing import Any, Mapping, Sequence
 
@@ -241,6 +242,37 @@ class ToolFormat:
                 end = after + len(self.close_tag)
         return Segment(start, end, tuple(calls))
 
+    def partial_calls(self, text: str) -> list[tuple[str, str]]:
+        """The calls being written at the start of ``text`` (a call's text, not yet whole), as far as they go:
+        ``(name, the arguments' JSON text so far)`` for each call whose name is written and whose arguments
+        object has begun (a stream sends those pieces on). ``[]`` when none, or when the format cannot tell
+        before a call is whole (arguments given as JSON text, a format that is not tagged JSON)."""
+        pos = len(self.open_tag) if self.open_tag and text.startswith(self.open_tag) else 0
+        pos = _skip(text, pos)
+        if self.list_body:
+            if not text.startswith("[", pos):
+                return []
+            pos = _skip(text, pos + 1)
+        out: list[tuple[str, str]] = []
+        while True:
+            head = _HEAD.match(text, pos)
+            if head is None or head.group(2) not in (self.arguments_key, "arguments", "parameters"):
+                return out
+            start = head.end()
+            if not text.startswith("{", start):
+                return out
+            end = _value_end(text, start)
+            out.append((head.group(1), text[start:end]))
+            if end == len(text) or not self.list_body:
+                return out
+            pos = _skip(text, end)
+            if not text.startswith("}", pos):
+                return out
+            pos = _skip(text, pos + 1)
+            if not text.startswith(",", pos):
+                return out
+            pos = _skip(text, pos + 1)
+
     def complete(self, text: str, seg: Segment) -> bool:
         """Whether a call found at the start of a streamed ``text`` is whole (its close tag, if any, is in)."""
         return not self.close_tag or text[:seg.end].endswith(self.close_tag)
@@ -328,6 +360,33 @@ def _skip(text: str, pos: int, chars: str = " \t\r\n") -> int:
     while pos < len(text) and text[pos] in chars:
         pos += 1
     return pos
+
+
+_HEAD = re.compile(r'\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"(\w+)"\s*:\s*')
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON object or array at ``text[start]`` ends (just after it), or ``len(text)`` when it has
+    not ended yet."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        c = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
 
 
 def _decode(text: str, pos: int) -> tuple[Any, int]:

@@ -2,24 +2,46 @@
 
 Text streams on as content until something that may open a call (a format's :meth:`~ToolFormat.openers`,
 or the first character of a tagless call at the output's start) could be starting: from there the text is
-held back. Once the held text is a whole call, its calls come out and streaming goes on after it; text that
-turns out not to be a call is released as content. At the end, :meth:`ToolStream.finish` parses what is
-still held (a call whose close tag never came is still a call).
+held back. While a call is being written, its name is announced (:class:`CallHead`) as soon as it is
+written and its arguments' JSON text is passed on in pieces as it arrives (:class:`CallArguments`), where the
+format can tell (:meth:`~ToolFormat.partial_calls`); a call it cannot follow comes out whole
+(:class:`~adaptrix.tools.calls.ToolCall`) once its text is. Text that turns out not to be a call is released as
+content. At the end, :meth:`ToolStream.finish` parses what is still held (a call whose close tag never came
+is still a call).
 """
 
 from __future__ import annotations
 
 from typing import Union
 
-from adaptrix.tools.calls import ToolCall
+import attrs
+
+from adaptrix.tools.calls import ToolCall, new_call_id
 from adaptrix.tools.format import ToolFormat
 
-#: What :meth:`ToolStream.feed` gives: content text, or a whole call.
-Event = Union[str, ToolCall]
+
+@attrs.frozen
+class CallHead:
+    """A call has begun: its id and function name (its arguments follow as :class:`CallArguments`)."""
+
+    id: str
+    name: str
+
+
+@attrs.frozen
+class CallArguments:
+    """The next piece of the arguments' JSON text of the call announced with this ``id``."""
+
+    id: str
+    text: str
+
+
+#: What :meth:`ToolStream.feed` gives: content text, a call's head or arguments piece, or a whole call.
+Event = Union[str, CallHead, CallArguments, ToolCall]
 
 
 class ToolStream:
-    """Feed it an output's pieces; it gives content pieces and :class:`ToolCall` s in order."""
+    """Feed it an output's pieces; it gives content, call heads, argument pieces and whole calls, in order."""
 
     def __init__(self, fmt: ToolFormat):
         self.fmt = fmt
@@ -28,6 +50,9 @@ class ToolStream:
         self.bare_ok = bool(fmt.bare_openers())
         #: Whether :attr:`held` starts a call (else it may still become content).
         self.in_call = False
+        #: The calls of the held text announced so far: ``[id, name, characters of arguments sent]``.
+        self.open: list[list] = []
+        #: Every call found, whole (ids as announced).
         self.calls: list[ToolCall] = []
 
     def feed(self, piece: str) -> list[Event]:
@@ -38,9 +63,9 @@ class ToolStream:
             if self.in_call:
                 segs = self.fmt.scan(self.held)
                 if not segs or segs[0].start != 0 or not self.fmt.complete(self.held, segs[0]):
+                    out.extend(self._follow(self.held))
                     break  # not whole yet
-                out.extend(segs[0].calls)
-                self.calls.extend(segs[0].calls)
+                out.extend(self._close(segs[0].calls, self.held[:segs[0].end]))
                 self.held = self.held[segs[0].end:]
                 self.in_call, self.bare_ok = False, bool(self.fmt.bare_openers())
                 continue
@@ -69,22 +94,45 @@ class ToolStream:
         held, self.held = self.held, ""
         if not held:
             return []
-        parsed = self.fmt.parse(held)
-        self.calls.extend(parsed.calls)
+        segs = self.fmt.scan(held)
         out: list[Event] = []
-        if parsed.calls:
-            segs = self.fmt.scan(held)
-            pos = 0
-            for seg in segs:
-                if held[pos:seg.start].strip():
-                    out.append(held[pos:seg.start])
-                out.extend(seg.calls)
-                pos = seg.end
-            if held[pos:].strip():
-                out.append(held[pos:])
-        else:
-            out.append(held)
+        pos = 0
+        for seg in segs:
+            if held[pos:seg.start].strip():
+                out.append(held[pos:seg.start])
+            out.extend(self._close(seg.calls, held[seg.start:seg.end]))
+            pos = seg.end
+        if not segs and self.open:
+            return []  # announced calls that never became whole: nothing more to send
+        if held[pos:].strip() or not segs:
+            out.append(held[pos:])
         return _merged(out)
+
+    def _follow(self, text: str) -> list[Event]:
+        """Heads and argument pieces of the calls being written at the start of ``text``."""
+        out: list[Event] = []
+        for i, (name, arguments) in enumerate(self.fmt.partial_calls(text)):
+            if i == len(self.open):
+                self.open.append([new_call_id(), name, 0])
+                out.append(CallHead(self.open[i][0], name))
+            call_id, _, sent = self.open[i]
+            if len(arguments) > sent:
+                out.append(CallArguments(call_id, arguments[sent:]))
+                self.open[i][2] = len(arguments)
+        return out
+
+    def _close(self, calls, text: str) -> list[Event]:
+        """The rest of a segment whose text is now whole: the announced calls' last argument pieces, then
+        the calls not announced, whole."""
+        out = self._follow(text) if self.open else []
+        announced, self.open = self.open, []
+        for i, call in enumerate(calls):
+            if i < len(announced):
+                call = ToolCall(call.name, call.arguments, announced[i][0])
+            else:
+                out.append(call)
+            self.calls.append(call)
+        return out
 
     def _opening(self) -> tuple[int | None, int]:
         """``(where an opener starts in the held text, or None; how many last characters may begin one)``."""
