@@ -96,14 +96,14 @@ def _valid_call(calls, tools):
 @NEEDS_GRAMMAR
 def test_required_gives_a_valid_call_even_from_the_135m_model(engine):
     result = engine.chat([{"role": "user", "content": "Tell me a joke."}], tools=[WEATHER, ADD],
-                         tool_choice="required", max_new_tokens=60, temperature=0)
+                         tool_choice="required", max_new_tokens=120, temperature=0)
     _valid_call(result.tool_calls, [WEATHER, ADD])
 
 
 @NEEDS_GRAMMAR
 def test_a_named_function_is_the_one_called(engine):
     result = engine.chat(ASK, tools=[WEATHER, ADD], tool_choice={"type": "function", "function": {"name": "add"}},
-                         max_new_tokens=60, temperature=0)
+                         max_new_tokens=120, temperature=0)
     _valid_call(result.tool_calls, [ADD])
     assert {c.name for c in result.tool_calls} == {"add"}
 
@@ -180,7 +180,7 @@ def test_bad_tools_get_a_400_naming_the_field(server, body, param):
 @NEEDS_GRAMMAR
 def test_the_server_forces_a_call_with_required(server):
     r = _post(server, {"messages": [{"role": "user", "content": "Tell me a joke."}], "tools": [WEATHER, ADD],
-                       "tool_choice": "required", "max_tokens": 60, "temperature": 0})
+                       "tool_choice": "required", "max_tokens": 120, "temperature": 0})
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
