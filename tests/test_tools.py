@@ -13,10 +13,10 @@ from adaptrix.errors import GenerationError, ToolError
 from adaptrix.generation.chat_template import render_chat_template
 from adaptrix.generation.request import GenerationRequest
 from adaptrix.plugins.host import get_host
-from adaptrix.tools.format import GENERIC
-from adaptrix.tools.messages import split_messages
-from adaptrix.tools.spec import check_tool_use
-from adaptrix.tools.stream import CallArguments, CallHead, ToolStream
+from adaptrix.generation.tools.format import GENERIC
+from adaptrix.generation.tools.messages import split_messages
+from adaptrix.generation.tools.spec import check_tool_use
+from adaptrix.generation.tools.stream import CallArguments, CallHead, ToolStream
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -341,7 +341,7 @@ def test_a_third_party_plugin_adds_its_own_format():
     from adaptrix.errors import PluginError
     from adaptrix.plugins.host import PluginHost
     from adaptrix.session import ask_tool_format
-    from adaptrix.tools import ToolFormat
+    from adaptrix.generation.tools import ToolFormat
 
     @attrs.frozen
     class FunctionTag(ToolFormat):

@@ -37,8 +37,8 @@ from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.scoring import Score, TokenLogprob
 from adaptrix.generation.settings import explicit_settings
 from adaptrix.generation.steps import StepDecoder, finish_row
-from adaptrix.tools.format import ToolFormat
-from adaptrix.tools.messages import split_messages
+from adaptrix.generation.tools.format import ToolFormat
+from adaptrix.generation.tools.messages import split_messages
 from adaptrix.models.modelconfig import check_model_id
 from adaptrix.plugins import family_options as fo
 from adaptrix.plugins.host import get_host

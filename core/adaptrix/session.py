@@ -27,7 +27,7 @@ from adaptrix.models import modelconfig
 from adaptrix.models.source import ModelSource, resolve_source
 from adaptrix.plugins import family_options as fo
 from adaptrix.plugins.host import get_host
-from adaptrix.tools.format import ToolFormat
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import GenerationConfig, LoadOptions
 
 
@@ -116,7 +116,7 @@ def load_session(
 
 
 def ask_tool_format(host, family: str, config: dict[str, Any] | None, tokenizer) -> ToolFormat:
-    """The family's :class:`~adaptrix.tools.format.ToolFormat` (the ``tool_format`` hook, else the generic one)."""
+    """The family's :class:`~adaptrix.generation.tools.format.ToolFormat` (the ``tool_format`` hook, else the generic one)."""
     try:
         template = template_source(tokenizer)
     except ChatTemplateError:
@@ -124,7 +124,7 @@ def ask_tool_format(host, family: str, config: dict[str, Any] | None, tokenizer)
     answer, plugin = host.call_family("tool_format", family, config=config, template=template)
     if not isinstance(answer, ToolFormat):
         raise PluginError(f"plugin {plugin!r}: hook tool_format({family!r}) must return an adaptrix ToolFormat "
-                          f"(adaptrix.tools.ToolFormat) or None, got {answer!r}")
+                          f"(adaptrix.generation.tools.ToolFormat) or None, got {answer!r}")
     return answer
 
 

@@ -23,7 +23,7 @@ from adaptrix.generation.result import PreparedRequest
 from adaptrix.generation.settings import resolve_settings
 from adaptrix.generation.text import open_span, stop_check
 from adaptrix.generation.token_ids import check_token_ids
-from adaptrix.tools.format import GENERIC, ToolFormat
+from adaptrix.generation.tools.format import GENERIC, ToolFormat
 from adaptrix.types import UNSET, GenerationConfig, LoadedModel
 
 

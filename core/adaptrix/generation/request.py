@@ -17,15 +17,15 @@ from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.scoring import check_top
 from adaptrix.generation.settings import SETTING_NAMES, explicit_settings
 from adaptrix.generation.token_ids import is_token_ids
-from adaptrix.tools.messages import check_turn
-from adaptrix.tools.spec import ToolUse, check_tool_use
+from adaptrix.generation.tools.messages import check_turn
+from adaptrix.generation.tools.spec import ToolUse, check_tool_use
 from adaptrix.types import UNSET, GenerationConfig
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
            "chat_template_kwargs", "raw", "history", "logprobs", "trim", "grammar", "tools", "tool_choice",
            "parallel_tool_calls", "prompt_message")
-#: Options that become the request's :class:`~adaptrix.tools.spec.ToolUse` (``tool_use``).
+#: Options that become the request's :class:`~adaptrix.generation.tools.spec.ToolUse` (``tool_use``).
 TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
@@ -138,7 +138,7 @@ def build_batch(prompts: Sequence[str], row_adapters: Sequence[str | None] | Non
 
 def check_history(history) -> list[dict[str, Any]]:
     """``history``: a list of ``{"role": "user" | "assistant", "content": str}`` and tool turns (an assistant
-    message with ``tool_calls``, a ``role: "tool"`` result: :func:`adaptrix.tools.messages.check_turn`); else
+    message with ``tool_calls``, a ``role: "tool"`` result: :func:`adaptrix.generation.tools.messages.check_turn`); else
     :class:`GenerationError`. Returns the messages, tool calls' arguments as JSON text."""
     if isinstance(history, (str, dict)) or not isinstance(history, (list, tuple)):
         raise GenerationError(f"history must be a list of {{'role', 'content'}} messages, got {type(history).__name__}")

@@ -9,8 +9,8 @@ import attrs
 from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.scoring import TokenLogprob
 from adaptrix.generation.text import TextPipeline
-from adaptrix.tools.calls import ToolCall
-from adaptrix.tools.format import ToolFormat
+from adaptrix.generation.tools.calls import ToolCall
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import GenerationConfig
 
 

@@ -14,7 +14,7 @@ from adaptrix.adapters.targets import ALL_LINEAR
 from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import think_spans
-from adaptrix.tools.format import GENERIC, ToolFormat
+from adaptrix.generation.tools.format import GENERIC, ToolFormat
 from adaptrix.types import ChatBehaviour, GenerationConfig, LoadedModel, LoadOptions
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from adaptrix.adapters.convert import AdapterConverter
     from adaptrix.backends.contract import Backend
     from adaptrix.storage.caches import CacheKind
-    from adaptrix.tools.format import ToolFormat
+    from adaptrix.generation.tools.format import ToolFormat
     from adaptrix.types import ChatBehaviour, GenerationConfig, LoadedModel, LoadOptions
 
 PROJECT = "adaptrix"
@@ -195,12 +195,12 @@ def tool_format(family: str, config: dict[str, Any] | None, template: str | None
 
     Receives the family, the model's config as a dict (``None`` when unknown) and ``template``, the chat
     template the backend renders (``None`` when the model has none). Return a
-    :class:`~adaptrix.tools.format.ToolFormat`: how tools and tool turns are rendered (through the template
+    :class:`~adaptrix.generation.tools.format.ToolFormat`: how tools and tool turns are rendered (through the template
     when it takes ``tools=``, else in the system prompt), how calls are parsed out of an output, the tags a
     stream holds back, and the grammar that forces a call (``tool_choice: "required"`` or a named function).
     Most formats only set fields of the base class (``ToolFormat(name="hermes", open_tag="<tool_call>",
     close_tag="</tool_call>")``); a format whose calls are not tagged JSON subclasses it. The engine asks
     once per load. Called on the family's owner only; ``firstresult``; left out (or ``None``), the core's
-    generic JSON format answers (:data:`adaptrix.tools.format.GENERIC`: ``<tool_call>{"name": ...,
+    generic JSON format answers (:data:`adaptrix.generation.tools.format.GENERIC`: ``<tool_call>{"name": ...,
     "arguments": {...}}</tool_call>``).
     """

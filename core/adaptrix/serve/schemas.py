@@ -24,8 +24,8 @@ from adaptrix.generation.scoring import MAX_TOP
 from adaptrix.generation.settings import SEED_LIMIT
 from adaptrix.generation.token_ids import is_token_ids
 from adaptrix.serve.errors import ApiError
-from adaptrix.tools.messages import Chat, split_messages
-from adaptrix.tools.spec import ToolUse, check_tool_use
+from adaptrix.generation.tools.messages import Chat, split_messages
+from adaptrix.generation.tools.spec import ToolUse, check_tool_use
 
 #: The most stop strings one request may give (lm-eval sends a task's ``until`` strings plus EOS).
 MAX_STOPS = 32
@@ -138,7 +138,7 @@ def _text(value: Any, param: str) -> str:
 
 
 def _messages(body: dict) -> Chat:
-    """The chat's messages split (:func:`adaptrix.tools.messages.split_messages`: tool turns included), content
+    """The chat's messages split (:func:`adaptrix.generation.tools.messages.split_messages`: tool turns included), content
     read as text (a string or text parts)."""
     if "messages" not in body:
         raise _bad("'messages' is required: a list of {\"role\", \"content\"} objects", "messages", "missing_field")

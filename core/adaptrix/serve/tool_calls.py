@@ -1,14 +1,14 @@
 """Tool calls in OpenAI's chat answers: the message of a finished answer, and the ``tool_calls`` deltas of a
 streamed one (``index``, ``id``, ``type`` and ``function.name`` first, then ``function.arguments`` in pieces),
-from the family's :class:`~adaptrix.tools.format.ToolFormat` (:mod:`adaptrix.tools.stream` finds the calls)."""
+from the family's :class:`~adaptrix.generation.tools.format.ToolFormat` (:mod:`adaptrix.generation.tools.stream` finds the calls)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from adaptrix.tools.calls import ToolCall
-from adaptrix.tools.format import ToolFormat
-from adaptrix.tools.stream import CallArguments, CallHead, ToolStream
+from adaptrix.generation.tools.calls import ToolCall
+from adaptrix.generation.tools.format import ToolFormat
+from adaptrix.generation.tools.stream import CallArguments, CallHead, ToolStream
 
 #: The most characters of a call's arguments one delta carries, for a call found whole.
 ARGUMENTS_PIECE = 32

@@ -10,9 +10,9 @@ from typing import Any, Mapping, Sequence
 
 import attrs
 
-from adaptrix.tools.calls import ToolCall
-from adaptrix.tools.format import Segment, ToolFormat, lark_text
-from adaptrix.tools.spec import ToolSpec
+from adaptrix.generation.tools.calls import ToolCall
+from adaptrix.generation.tools.format import Segment, ToolFormat, lark_text
+from adaptrix.generation.tools.spec import ToolSpec
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"

@@ -12,7 +12,7 @@ from adaptrix import hookimpl
 from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
-from adaptrix.tools.format import ToolFormat
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "llama"

@@ -6,7 +6,7 @@ from adaptrix import hookimpl
 from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, is_moe
-from adaptrix.tools.format import ToolFormat
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import GenerationConfig
 
 FAMILY = "mistral"

@@ -9,8 +9,8 @@ from typing import Any
 
 import attrs
 
-from adaptrix.tools.format import ToolFormat
-from adaptrix.tools.spec import ToolUse
+from adaptrix.generation.tools.format import ToolFormat
+from adaptrix.generation.tools.spec import ToolUse
 
 
 @attrs.frozen

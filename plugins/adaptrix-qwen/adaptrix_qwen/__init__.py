@@ -13,7 +13,7 @@ from adaptrix import hookimpl
 from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import ATTENTION, GATED_MLP, THINK, claims, is_moe, text_config, think_spans
-from adaptrix.tools.format import ToolFormat
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import THINKING_SWITCH, ChatBehaviour, GenerationConfig
 
 FAMILY = "qwen"

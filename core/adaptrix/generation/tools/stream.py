@@ -5,7 +5,7 @@ or the first character of a tagless call at the output's start) could be startin
 held back. While a call is being written, its name is announced (:class:`CallHead`) as soon as it is
 written and its arguments' JSON text is passed on in pieces as it arrives (:class:`CallArguments`), where the
 format can tell (:meth:`~ToolFormat.partial_calls`); a call it cannot follow comes out whole
-(:class:`~adaptrix.tools.calls.ToolCall`) once its text is. Text that turns out not to be a call is released as
+(:class:`~adaptrix.generation.tools.calls.ToolCall`) once its text is. Text that turns out not to be a call is released as
 content. At the end, :meth:`ToolStream.finish` parses what is still held (a call whose close tag never came
 is still a call).
 """
@@ -16,8 +16,8 @@ from typing import Union
 
 import attrs
 
-from adaptrix.tools.calls import ToolCall, new_call_id
-from adaptrix.tools.format import ToolFormat
+from adaptrix.generation.tools.calls import ToolCall, new_call_id
+from adaptrix.generation.tools.format import ToolFormat
 
 
 @attrs.frozen

@@ -10,8 +10,8 @@
 A family plugin gives its format with the ``tool_format`` hook (:mod:`adaptrix.plugins.hookspecs`).
 """
 
-from adaptrix.tools.calls import ParsedOutput, ToolCall
-from adaptrix.tools.format import ToolFormat
-from adaptrix.tools.spec import ToolSpec, ToolUse, check_tool_use
+from adaptrix.generation.tools.calls import ParsedOutput, ToolCall
+from adaptrix.generation.tools.format import ToolFormat
+from adaptrix.generation.tools.spec import ToolSpec, ToolUse, check_tool_use
 
 __all__ = ["ParsedOutput", "ToolCall", "ToolFormat", "ToolSpec", "ToolUse", "check_tool_use"]

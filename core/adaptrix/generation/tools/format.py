@@ -11,7 +11,7 @@ A format answers four questions, the same way on every backend:
   for ``tool_choice: "required"`` or a named function: the format's literal tags around a JSON call whose
   ``name`` is an offered function and whose arguments follow that function's ``parameters``.
 - **stream**: the strings whose start may open a call (:meth:`ToolFormat.openers`), so a streamed output is
-  buffered from there (:mod:`adaptrix.tools.stream`).
+  buffered from there (:mod:`adaptrix.generation.tools.stream`).
 
 The base class is a "tagged JSON" format, configured by its fields: ``open_tag`` + a JSON call object (or a
 list of them) + ``close_tag``. Most families only set fields (Qwen's hermes ``<tool_call>``, Mistral's
@@ -33,8 +33,8 @@ import attrs
 from adaptrix.errors import ChatTemplateError
 from adaptrix.generation.chat_template import render_chat_template
 from adaptrix.generation.grammar import Grammar
-from adaptrix.tools.calls import ParsedOutput, ToolCall, call_from_json
-from adaptrix.tools.spec import ToolSpec, ToolUse
+from adaptrix.generation.tools.calls import ParsedOutput, ToolCall, call_from_json
+from adaptrix.generation.tools.spec import ToolSpec, ToolUse
 
 _NOTHING = object()
 
