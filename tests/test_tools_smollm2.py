@@ -224,3 +224,12 @@ def test_the_playground_shows_a_call_as_a_call(request, monkeypatch, tmp_path):
             page.screenshot(path=str(tmp_path / "tools.png"))
         finally:
             browser.close()
+
+
+def test_chat_takes_the_conversation_from_messages_only(smollm2_llamacpp):
+    from adaptrix.errors import GenerationError, ToolError
+
+    with pytest.raises(GenerationError, match="drop system="):
+        smollm2_llamacpp.chat(ASK, system="Be brief.")
+    with pytest.raises(ToolError, match="tool_call_id"):
+        smollm2_llamacpp.chat([*ROUND_TRIP[:2], {"role": "tool", "content": "22"}])

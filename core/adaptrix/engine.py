@@ -27,7 +27,7 @@ from adaptrix.adapters.manager import AdapterManager
 from adaptrix.adapters.residency import check_residency_limits
 from adaptrix.adapters.sources import adapter_rows
 from adaptrix.backends.contract import Runner
-from adaptrix.errors import BackendError, EngineStateError
+from adaptrix.errors import BackendError, EngineStateError, GenerationError
 from adaptrix import score_requests as scoring
 from adaptrix.generation.conversation import Conversation, ConversationStore
 from adaptrix.generation.lease import ModelLease
@@ -208,7 +208,9 @@ class Engine:
         ``use_context``, ``conversation`` (a name), ``history`` (this request's
         earlier user/assistant messages, remembered nowhere), ``show_thinking``,
         ``enable_thinking``, ``chat_template_kwargs``, ``raw`` (no chat
-        template). See :class:`~adaptrix.generation.request.GenerationRequest`.
+        template), ``tools``/``tool_choice``/``parallel_tool_calls`` (the calls
+        are on :meth:`generate_detailed`'s result; see :meth:`chat`). See
+        :class:`~adaptrix.generation.request.GenerationRequest`.
         """
         return self.generate_detailed(prompt, **options).text
 
@@ -235,6 +237,10 @@ class Engine:
         Same options as :meth:`generate`, and ``tools=``, ``tool_choice=`` (``auto``, ``none``, ``required``,
         ``{"type": "function", "function": {"name": ...}}``), ``parallel_tool_calls=``: the result's
         ``tool_calls`` are the calls the model made (its ``text`` the rest). See docs/structured-output.md."""
+        given = sorted(set(options) & {"history", "system", "prompt_message", "conversation", "use_context"})
+        if given:
+            raise GenerationError(f"chat() takes the conversation from messages; drop {', '.join(given)}= (a system "
+                                  "prompt is a {'role': 'system'} message)")
         chat = split_messages(messages)
         return self.generate_detailed(chat.prompt, history=list(chat.history), system=chat.system,
                                       prompt_message=chat.prompt_message, use_context=False, **options)
