@@ -379,3 +379,10 @@ def test_a_third_party_plugin_adds_its_own_format():
     with pytest.raises(PluginError, match=r"plugin 'mine': hook tool_format\('bad'\) must return an adaptrix "
                                           r"ToolFormat"):
         ask_tool_format(host, "bad", None, _Tok())
+
+
+def test_a_tool_may_return_nothing():
+    req = GenerationRequest.build("", history=_conversation()[:2], prompt_message={"role": "tool", "tool_call_id": "call_0"})
+    assert req.prompt == "" and req.prompt_message == {"role": "tool", "tool_call_id": "call_0"}
+    with pytest.raises(GenerationError, match="empty"):
+        GenerationRequest.build("", history=_conversation()[:2])

@@ -77,7 +77,7 @@ class GenerationRequest:
                 raise GenerationError(f"{what} is an empty list of token ids; give at least one")
             prompt = tuple(int(i) for i in prompt)
         else:
-            check_text(prompt, what, required=True)
+            check_text(prompt, what, required=options.get("prompt_message") is None)  # a tool may return ""
         check_text(options.get("system"), "system")
         unknown = sorted(set(options) - set(OPTIONS) - set(SETTING_NAMES) - {"max_length"})
         if unknown:
