@@ -158,7 +158,8 @@ def test_a_template_without_tools_gets_them_in_the_system_prompt(fixtures_dir):
 # -- the grammar that forces a call ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def qwen_matcher(fixtures_dir):
-    llguidance = pytest.importorskip("llguidance")
+    pytest.importorskip("llguidance")
+    import llguidance
     import llguidance.hf
     from transformers import AutoTokenizer
 

@@ -14,7 +14,7 @@ A message that does not fit raises :class:`~adaptrix.errors.ToolError` whose ``p
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import attrs
 
