@@ -387,3 +387,12 @@ def test_a_tool_may_return_nothing():
     assert req.prompt == "" and req.prompt_message == {"role": "tool", "tool_call_id": "call_0"}
     with pytest.raises(GenerationError, match="empty"):
         GenerationRequest.build("", history=_conversation()[:2])
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_a_stream_follows_arguments_with_brackets_and_quotes_in_strings(size):
+    args = {"code": 'if (a[0] == "}") { x(\'{\') }\n', "n": [1, {"b": [2, "]"]}], "s": "\\\\\""}
+    text = '<tool_call>\n{"name": "run", "arguments": ' + json.dumps(args) + '}\n</tool_call> done'
+    content, calls, events = _stream(fmt("qwen"), text, size)
+    assert calls == [("run", args)] and content.strip() == "done"
+    assert isinstance(events[0], CallHead) and sum(isinstance(e, CallArguments) for e in events) > 3

@@ -365,27 +365,23 @@ def _skip(text: str, pos: int, chars: str = " \t\r\n") -> int:
 _HEAD = re.compile(r'\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"(\w+)"\s*:\s*')
 
 
+#: A whole JSON string, a bracket, or the quote of a string not closed yet.
+_JSON_PARTS = re.compile(r'"(?=([^"\\]*(?:\\.[^"\\]*)*))\1"|[{}\[\]]|"')  # atomic (3.10): an open string is one pass
+
+
 def _value_end(text: str, start: int) -> int:
     """Where the JSON object or array at ``text[start]`` ends (just after it), or ``len(text)`` when it has
-    not ended yet."""
-    depth, in_string, escaped = 0, False, False
-    for i in range(start, len(text)):
-        c = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-        elif c in "{[":
-            depth += 1
-        elif c in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
+    not ended yet. Strings are skipped whole by the regex, so a long argument costs no Python loop."""
+    depth = 0
+    for part in _JSON_PARTS.finditer(text, start):
+        token = part.group()
+        if token == '"':
+            return len(text)  # a string still being written
+        if token[0] == '"':
+            continue
+        depth += 1 if token in "{[" else -1
+        if depth == 0:
+            return part.end()
     return len(text)
 
 

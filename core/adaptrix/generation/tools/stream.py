@@ -61,7 +61,8 @@ class ToolStream:
         out: list[Event] = []
         while self.held:
             if self.in_call:
-                segs = self.fmt.scan(self.held)
+                closed = self.fmt.close_tag in self.held if self.fmt.close_tag else self.held.rstrip()[-1:] in "}]"
+                segs = self.fmt.scan(self.held) if closed else []  # a call cannot be whole before it closes
                 if not segs or segs[0].start != 0 or not self.fmt.complete(self.held, segs[0]):
                     out.extend(self._follow(self.held))
                     break  # not whole yet
