@@ -207,6 +207,15 @@ def test_the_forced_grammar_takes_valid_calls_only(qwen_matcher, family):
     assert not accepts(named, f.write_calls([("get_weather", {"city": "Paris"})]))
 
 
+def test_a_forced_call_closes_a_thought_the_prompt_opened(qwen_matcher):
+    accepts, tag_ids = qwen_matcher
+    f = fmt("qwen")
+    g = f.grammar(check_tool_use([WEATHER], "required"), tag_ids(f), prefix="</think>")
+    call = f.write_calls([("get_weather", {"city": "Paris"})])
+    assert accepts(g, "</think>\n\n" + call)
+    assert not accepts(g, call) and not accepts(g, "Let me think.</think>\n\n" + call)
+
+
 def test_what_the_grammar_forces_parses_back(qwen_matcher):
     for family in ("qwen", "llama", "mistral", "phi", "deepseek", "gemma"):
         f = fmt(family)

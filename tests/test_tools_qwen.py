@@ -32,6 +32,23 @@ def qwen3_files(fixtures_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def thinker(fixtures_dir, tmp_path_factory, one_thread):
+    """A tiny Qwen3 with Qwen3-4B-Thinking-2507's template, whose prompt opens a ``<think>`` the model closes."""
+    template = fixtures_dir / "chat-templates" / "qwen3-4b-2507.warpio-model-card.jinja"
+    hf, _ = build_tiny_gguf(
+        "qwen3", tmp_path_factory.mktemp("tools-thinker"),
+        extra_tokens=("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"),
+        chat_template=template.read_text(encoding="utf-8"), context=2048,
+    )
+    from adaptrix import Engine
+
+    engine = Engine(str(hf), backend="transformers", threads=1, progress=False)
+    engine.initialize()
+    yield engine
+    engine.cleanup()
+
+
+@pytest.fixture(scope="module")
 def engines(qwen3_files, one_thread):
     yield from engines_per_backend(*qwen3_files)
 
@@ -67,3 +84,15 @@ def test_the_forced_grammar_names_the_tag_tokens_the_same_on_both_backends(engin
     open_id, close_id = tok.convert_tokens_to_ids("<tool_call>"), tok.convert_tokens_to_ids("</tool_call>")
     assert f"<[{open_id}]>" in grammars[0].source and f"<[{close_id}]>" in grammars[0].source
     assert '"<tool_call>"' not in grammars[0].source
+
+
+def test_a_call_after_a_thought_comes_back_and_a_forced_one_closes_the_thought_first(thinker, monkeypatch):
+    """The prompt opens <think>: the calls are read after the thought (which stays hidden), and the grammar of
+    tool_choice required writes </think> before the call, else the call would be hidden inside the thought."""
+    prepared = thinker.prepare_request("hi", tools=[WEATHER], tool_choice="required")
+    assert prepared.prompt.text.endswith("<think>\n") and prepared.inside == "</think>"
+    think_id = thinker.tokenizer.convert_tokens_to_ids("</think>")
+    assert prepared.grammar.source.startswith(f"start: <[{think_id}]> ")
+    force_output(thinker, monkeypatch, "Paris, so get_weather.\n</think>\n\n" + OUTPUT)
+    result = thinker.chat([{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER], max_new_tokens=300)
+    assert [c.name for c in result.tool_calls] == ["get_weather"] and result.text == "Checking."

@@ -99,7 +99,6 @@ class RequestPreparer:
         template_kwargs.update(req.chat_template_kwargs)
         if req.enable_thinking is not None:
             template_kwargs["enable_thinking"] = bool(req.enable_thinking)
-        grammar = self.tool_grammar(req)
         try:
             formatted = self.format(req.prompt, cfg.max_new_tokens, conv, req.system, template_kwargs, req.raw,
                                     req)
@@ -111,6 +110,7 @@ class RequestPreparer:
             formatted = self.format(req.prompt, None, conv, req.system, template_kwargs, req.raw, req)
             cfg = attrs.evolve(cfg, max_new_tokens=self.context_length - len(formatted.input_ids))
         spans = () if req.show_thinking else tuple(loaded.hidden_spans)
+        grammar = self.tool_grammar(req, open_span(formatted.text, tuple(loaded.hidden_spans)))
         return PreparedRequest(
             prompt=formatted,
             settings=cfg,
@@ -124,9 +124,9 @@ class RequestPreparer:
             tool_format=self.tool_format if req.tool_use is not None and not req.raw else None,
         )
 
-    def tool_grammar(self, req: GenerationRequest):
+    def tool_grammar(self, req: GenerationRequest, inside: str | None = None):
         """The request's grammar: its own, or the family format's forced call (``tool_choice`` required or a
-        named function)."""
+        named function); ``inside``: the closing tag of a thought the prompt opened, written first."""
         use = req.tool_use
         if use is None or not use.forced or req.raw:
             return req.grammar
@@ -136,11 +136,11 @@ class RequestPreparer:
                                   "'auto'")
         tokenizer = self.loaded.tokenizer
         ids = {}
-        for tag in self.tool_format.tags():
+        for tag in (*self.tool_format.tags(), *((inside,) if inside else ())):
             tag_ids = list(tokenizer(tag, add_special_tokens=False)["input_ids"])
             if len(tag_ids) == 1:
                 ids[tag] = tag_ids[0]
-        return self.tool_format.grammar(use, ids)
+        return self.tool_format.grammar(use, ids, prefix=inside or "")
 
     def format(self, prompt: str | Sequence[int], max_new_tokens: int | None, conv: Conversation | None, system: str | None,
                template_kwargs: dict[str, Any], raw: bool, req: GenerationRequest | None = None) -> Prompt:

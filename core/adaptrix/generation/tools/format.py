@@ -293,16 +293,20 @@ class ToolFormat:
         :meth:`grammar` by id (grammar engines treat added tokens as special, not as their text)."""
         return tuple(t for t in (self.open_tag, self.close_tag) if t)
 
-    def grammar(self, use: ToolUse, token_ids: Mapping[str, int] | None = None) -> Grammar:
+    def grammar(self, use: ToolUse, token_ids: Mapping[str, int] | None = None, prefix: str = "") -> Grammar:
         """The grammar that makes the output a call to one of ``use.offered()`` (several, when
         ``use.parallel``), with arguments valid against that function's ``parameters``. ``token_ids``: the
-        tags (:meth:`tags`) that are single tokens, by id (written ``<[id]>``)."""
+        tags (:meth:`tags`) that are single tokens, by id (written ``<[id]>``). ``prefix``: text written
+        before the calls (the close of a thought the prompt opened: a forced call does not think)."""
         ids = dict(token_ids or {})
         tools = use.offered()
         rules = [f"fn{i}: {self.call_rule(t, ids)}" for i, t in enumerate(tools)]
         alternatives = " | ".join(f"fn{i}" for i in range(len(tools)))
-        parallel = use.parallel and self.parallel
-        return Grammar.lark("\n".join([*self.start_rules(parallel, ids), f"call: {alternatives}", *rules]) + "\n",
+        head = self.start_rules(use.parallel and self.parallel, ids)
+        if prefix:
+            head = [f"start: {lark_text(prefix, ids)} {lark_text(chr(10) * 2)} calls",
+                    *(r.replace("start:", "calls:", 1) if r.startswith("start:") else r for r in head)]
+        return Grammar.lark("\n".join([*head, f"call: {alternatives}", *rules]) + "\n",
                             name=use.function or "tool_call")
 
     def start_rules(self, parallel: bool, ids: Mapping[str, int]) -> list[str]:
