@@ -28,21 +28,12 @@ ASK = "Repeat the word 'cat' five times."
 PROMPT = "List the numbers from one to ten, separated by commas."
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 
-#: Fields issue 18's grammar and tools branches serve, with a value that asks for them. Until a branch merges,
-#: its fields are refused here with a 400 naming them; the integrator moves each to SERVED (its effect is shown
-#: by that branch's own tests) once served.
-OTHER_BRANCHES = {
-    "tools": [TOOL],  # tools
-    "tool_choice": "required",  # tools
-    "parallel_tool_calls": False,  # tools
-    "functions": [TOOL["function"]],  # tools (OpenAI's deprecated form)
-    "function_call": "auto",  # tools (OpenAI's deprecated form)
-}
 #: Refused: a value that would change the answer if it were served.
 REFUSED = {
     "chat": {"audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"],
              "reasoning_effort": "high", "verbosity": "low", "web_search_options": {},
-             "moderation": {"model": "omni-moderation-latest"}, **OTHER_BRANCHES},
+             "moderation": {"model": "omni-moderation-latest"},
+             "functions": [TOOL["function"]], "function_call": "auto"},  # OpenAI's deprecated forms of tools
     "completion": {"suffix": "and that is all.", "best_of": 2},
 }
 #: Metadata: accepted, unused, and the answer is the same.
@@ -212,6 +203,26 @@ def _response_format(server, kind):
     assert list(json.loads(out)) == ["n"] and json.loads(out) != _answer(server, kind, max_tokens=16)
 
 
+def _tools(server, kind):
+    out = _post(server, kind, _base(kind, max_tokens=120, tools=[TOOL], tool_choice="required"))
+    assert out["choices"][0]["finish_reason"] == "tool_calls"
+    assert out["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
+
+
+def _tool_choice(server, kind):
+    out = _post(server, kind, _base(kind, max_tokens=120, tools=[TOOL], tool_choice={"type": "function",
+                                                                                     "function": {"name": "f"}}))
+    assert out["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
+    assert _answer(server, kind, tools=[TOOL], tool_choice="none") == _answer(server, kind)
+
+
+def _parallel_tool_calls(server, kind):
+    two = {"type": "function", "function": {"name": "g", "parameters": {"type": "object", "properties": {}}}}
+    out = _post(server, kind, _base(kind, max_tokens=120, tools=[TOOL, two], tool_choice="required",
+                                     parallel_tool_calls=False))
+    assert len(out["choices"][0]["message"]["tool_calls"]) == 1
+
+
 def _echo(server, kind):
     assert _answer(server, kind, echo=True) == PROMPT + _answer(server, kind)
 
@@ -222,7 +233,8 @@ EFFECTS = {
     "seed": _seed, "stop": _stop, "stream": _stream, "stream_options": _stream_options, "n": _n,
     "logprobs": _logprobs, "top_logprobs": _top_logprobs, "logit_bias": _logit_bias,
     "presence_penalty": _penalty("presence_penalty"), "frequency_penalty": _penalty("frequency_penalty"),
-    "echo": _echo, "response_format": _response_format,
+    "echo": _echo, "response_format": _response_format, "tools": _tools, "tool_choice": _tool_choice,
+    "parallel_tool_calls": _parallel_tool_calls,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adaptrix.errors import AdaptrixError
+from adaptrix.generation.tools import ToolCall, ToolFormat
 from adaptrix.plugins.hookspecs import hookimpl
 from adaptrix.types import ChatBehaviour, Detection, GenerationConfig, LoadedModel, LoadOptions
 
@@ -22,6 +23,8 @@ __all__ = [
     "GenerationConfig",
     "LoadOptions",
     "LoadedModel",
+    "ToolCall",
+    "ToolFormat",
     "ModularAdaptrixEngine",
     "__version__",
     "detect",

@@ -23,12 +23,12 @@ import os
 from pathlib import Path
 from typing import Any, Generator, Iterator, Sequence
 
+from adaptrix import score_requests as scoring
 from adaptrix.adapters.manager import AdapterManager
 from adaptrix.adapters.residency import check_residency_limits
 from adaptrix.adapters.sources import adapter_rows
 from adaptrix.backends.contract import Runner
-from adaptrix.errors import BackendError, EngineStateError
-from adaptrix import score_requests as scoring
+from adaptrix.errors import BackendError, EngineStateError, GenerationError
 from adaptrix.generation.conversation import Conversation, ConversationStore
 from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.matcher import check_capable, grammar_options
@@ -38,6 +38,8 @@ from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.scoring import Score, TokenLogprob
 from adaptrix.generation.settings import explicit_settings
 from adaptrix.generation.steps import StepDecoder, finish_row
+from adaptrix.generation.tools.format import ToolFormat
+from adaptrix.generation.tools.messages import split_messages
 from adaptrix.models.modelconfig import check_model_id
 from adaptrix.plugins import family_options as fo
 from adaptrix.plugins.host import get_host
@@ -128,6 +130,11 @@ class Engine:
         return self._require_loaded().runner.loaded.model
 
     @property
+    def tool_format(self) -> ToolFormat:
+        """How the loaded model's family writes tool calls (the ``tool_format`` hook's answer)."""
+        return self._require_loaded().preparer.tool_format
+
+    @property
     def runner(self) -> Runner:
         """The backend's :class:`~adaptrix.backends.contract.Runner` (after ``initialize()``)."""
         return self._require_loaded().runner
@@ -205,7 +212,9 @@ class Engine:
         ``enable_thinking``, ``chat_template_kwargs``, ``raw`` (no chat
         template), ``grammar`` (a :class:`~adaptrix.generation.grammar.Grammar`: the output follows it) or
         its conveniences ``response_format`` (OpenAI's dict) and ``json_schema`` (a schema dict): see
-        docs/structured-output.md. See :class:`~adaptrix.generation.request.GenerationRequest`.
+        docs/structured-output.md; ``tools``/``tool_choice``/``parallel_tool_calls`` (the calls are on
+        :meth:`generate_detailed`'s result; see :meth:`chat`). See
+        :class:`~adaptrix.generation.request.GenerationRequest`.
         """
         return self.generate_detailed(prompt, **options).text
 
@@ -225,6 +234,21 @@ class Engine:
                                           req.logprobs)[0]
                 remember(conv, req, result.text)
                 return result
+
+    def chat(self, messages: Sequence[dict[str, Any]], **options) -> GenerationResult:
+        """Answer an OpenAI-style ``messages`` list (system, user, assistant with ``tool_calls``, ``role:
+        "tool"`` results; the last is a user message or a tool result), remembered nowhere.
+
+        Same options as :meth:`generate`, and ``tools=``, ``tool_choice=`` (``auto``, ``none``, ``required``,
+        ``{"type": "function", "function": {"name": ...}}``), ``parallel_tool_calls=``: the result's
+        ``tool_calls`` are the calls the model made (its ``text`` the rest). See docs/structured-output.md."""
+        given = sorted(set(options) & {"history", "system", "prompt_message", "conversation", "use_context"})
+        if given:
+            raise GenerationError(f"chat() takes the conversation from messages; drop {', '.join(given)}= (a system "
+                                  "prompt is a {'role': 'system'} message)")
+        chat = split_messages(messages)
+        return self.generate_detailed(chat.prompt, history=list(chat.history), system=chat.system,
+                                      prompt_message=chat.prompt_message, use_context=False, **options)
 
     # -- streaming ------------------------------------------------------------------
     def stream(self, prompt: str | GenerationRequest, **options) -> Iterator[str]:

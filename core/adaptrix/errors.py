@@ -66,6 +66,14 @@ class ContextOverflowError(GenerationError):
     """The prompt alone does not fit in the model's context window."""
 
 
+class ToolError(GenerationError):
+    """Tools, a tool choice or a tool turn that cannot be served; ``param`` names the field at fault."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class ChatTemplateError(GenerationError):
     """The model's chat template refused the conversation (e.g. a system message)."""
 

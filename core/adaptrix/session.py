@@ -18,6 +18,8 @@ import attrs
 from adaptrix.adapters.manager import AdapterManager
 from adaptrix.backends.choice import Choice, choose_backend
 from adaptrix.backends.contract import Runner
+from adaptrix.errors import ChatTemplateError, PluginError
+from adaptrix.generation.conversation import template_source
 from adaptrix.generation.defaults import GLOBAL_DEFAULTS
 from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.preparer import RequestPreparer
@@ -25,6 +27,7 @@ from adaptrix.models import modelconfig
 from adaptrix.models.source import ModelSource, resolve_source
 from adaptrix.plugins import family_options as fo
 from adaptrix.plugins.host import get_host
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import GenerationConfig, LoadOptions
 
 
@@ -104,11 +107,25 @@ def load_session(
         preparer = RequestPreparer(
             runner.loaded, eos_ids=runner.eos_ids, pad_id=runner.pad_id, family_defaults=family_gen,
             context_length=ctx, model_name=src.model_id, manager=manager,
+            tool_format=ask_tool_format(host, src.family, src.config, runner.loaded.tokenizer),
         )
     except BaseException:
         runner.close()
         raise
     return Session(src, choice, runner, manager, preparer, family_gen, ctx, time.perf_counter() - start)
+
+
+def ask_tool_format(host, family: str, config: dict[str, Any] | None, tokenizer) -> ToolFormat:
+    """The family's :class:`~adaptrix.generation.tools.format.ToolFormat` (the ``tool_format`` hook, else the generic one)."""
+    try:
+        template = template_source(tokenizer)
+    except ChatTemplateError:
+        template = None
+    answer, plugin = host.call_family("tool_format", family, config=config, template=template)
+    if not isinstance(answer, ToolFormat):
+        raise PluginError(f"plugin {plugin!r}: hook tool_format({family!r}) must return an adaptrix ToolFormat "
+                          f"(adaptrix.generation.tools.ToolFormat) or None, got {answer!r}")
+    return answer
 
 
 def model_info(session: Session, *, use_context_by_default: bool, conversations: list[str]) -> dict[str, Any]:
@@ -134,6 +151,7 @@ def model_info(session: Session, *, use_context_by_default: bool, conversations:
         "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None)),
         "chat_template_kwargs": dict(loaded.chat_template_kwargs),
         "hidden_spans": [list(p) for p in loaded.hidden_spans],
+        "tool_format": session.preparer.tool_format.name,
         "use_context_by_default": use_context_by_default,
         "conversations": conversations,
         "load_seconds": round(session.load_seconds, 3),

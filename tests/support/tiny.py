@@ -143,9 +143,11 @@ def build_tokenizer(extra_tokens=(), chat_template: str | None = None):
 
 
 def build_tiny_model(
-    model_type: str, folder: Path, seed: int = 0, *, extra_tokens=(), chat_template: str | None = None
+    model_type: str, folder: Path, seed: int = 0, *, extra_tokens=(), chat_template: str | None = None,
+    context: int | None = None,
 ) -> Path:
-    """Save a tiny random ``model_type`` model plus tokenizer into ``folder`` (see :func:`build_tokenizer`)."""
+    """Save a tiny random ``model_type`` model plus tokenizer into ``folder`` (see :func:`build_tokenizer`);
+    ``context``: its context window instead of 256 tokens (long templates, tools)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -166,7 +168,9 @@ def build_tiny_model(
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(cfg)
     else:
-        cfg = AutoConfig.for_model(model_type, **ids, tie_word_embeddings=False, **{**SMALL, **ARCH_EXTRAS[model_type]})
+        longer = {"max_position_embeddings": context} if context else {}
+        cfg = AutoConfig.for_model(model_type, **ids, tie_word_embeddings=False,
+                                   **{**SMALL, **ARCH_EXTRAS[model_type], **longer})
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg)
     # Random init at std 0.02 makes every logit nearly equal; widen it so greedy

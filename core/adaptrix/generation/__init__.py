@@ -6,6 +6,7 @@ over :mod:`.defaults`); conversations and the prompt they format
 formatted for one model (:mod:`.preparer`); the prepared request and its
 result (:mod:`.result`); the text pipeline that turns ids into returned text,
 whole or streamed (:mod:`.text`); what step-level decoders share
-(:mod:`.steps`); and the lease that gives one caller the model at a time
-(:mod:`.lease`).
+(:mod:`.steps`); the lease that gives one caller the model at a time
+(:mod:`.lease`); and tool calling, each family's format of tool calls
+(:mod:`.tools`).
 """

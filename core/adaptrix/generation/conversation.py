@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 
@@ -176,21 +176,29 @@ def build_prompt(
     model_name: str = "this model",
     max_new_tokens: int | None = 0,
     context_length: int | None = None,
+    prompt_message: dict[str, Any] | None = None,
+    tools: Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], dict[str, Any]]] | None = None,
 ) -> Prompt:
     """Format ``history + prompt``, dropping the oldest turns until it fits in ``budget`` tokens.
 
     ``max_new_tokens`` and ``context_length`` only word the error; ``max_new_tokens=None`` (the caller asked
-    for no number of new tokens) words it without one.
+    for no number of new tokens) words it without one. ``prompt_message``: the current message's fields
+    when it is not the user's (a tool result); ``tools(messages)``: the messages and extra template
+    variables a conversation with tools renders as (the family's tool format).
     """
     templated = has_template(tokenizer)
     kwargs = dict(template_kwargs or {})
     head = [{"role": "system", "content": system}] if system else []
-    current = [{"role": "user", "content": prompt}]
+    current = [{**(prompt_message or {"role": "user"}), "content": prompt}]
     turns = list(history)
 
     def attempt(dropped: int):
         messages = head + [m for t in turns[dropped:] for m in t] + current
-        text = render(tokenizer, messages, kwargs, model_name)
+        if tools is not None:
+            messages, extra = tools(messages)
+            text = render(tokenizer, messages, {**kwargs, **extra}, model_name)
+        else:
+            text = render(tokenizer, messages, kwargs, model_name)
         ids = tokenize(tokenizer, text, templated)
         prompt_obj = Prompt(
             text=text,

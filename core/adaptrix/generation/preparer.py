@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol, Sequence
 import attrs
 
 from adaptrix.errors import ContextOverflowError, GenerationError
-from adaptrix.generation.conversation import Conversation, Prompt, build_prompt
+from adaptrix.generation.conversation import Conversation, Prompt, build_prompt, template_source
 from adaptrix.generation.defaults import TASK_PRESETS
 from adaptrix.generation.matcher import check_grammar
 from adaptrix.generation.request import GenerationRequest
@@ -24,6 +24,7 @@ from adaptrix.generation.result import PreparedRequest
 from adaptrix.generation.settings import check_logit_bias, resolve_settings
 from adaptrix.generation.text import open_span, stop_check
 from adaptrix.generation.token_ids import check_token_ids, vocabulary_size
+from adaptrix.generation.tools.format import GENERIC, ToolFormat
 from adaptrix.types import UNSET, GenerationConfig, LoadedModel
 
 
@@ -41,7 +42,7 @@ class RequestPreparer:
 
     def __init__(self, loaded: LoadedModel, *, eos_ids: Sequence[int], pad_id: int | None,
                  family_defaults: GenerationConfig, context_length: int | None, model_name: str,
-                 manager: AdapterTasks):
+                 manager: AdapterTasks, tool_format: ToolFormat = GENERIC):
         self.loaded = loaded
         self.eos_ids = tuple(eos_ids)
         self.pad_id = pad_id
@@ -50,6 +51,8 @@ class RequestPreparer:
         #: How error messages name the model (its source's id).
         self.model_name = model_name
         self.manager = manager
+        #: How the family's models write tool calls (the ``tool_format`` hook's answer).
+        self.tool_format = tool_format
 
     # -- settings ----------------------------------------------------------------
     def resolve(self, explicit: GenerationConfig, task: str | None) -> GenerationConfig:
@@ -101,15 +104,17 @@ class RequestPreparer:
         if req.enable_thinking is not None:
             template_kwargs["enable_thinking"] = bool(req.enable_thinking)
         try:
-            formatted = self.format(req.prompt, cfg.max_new_tokens, conv, req.system, template_kwargs, req.raw)
+            formatted = self.format(req.prompt, cfg.max_new_tokens, conv, req.system, template_kwargs, req.raw,
+                                    req)
         except ContextOverflowError:
             if req.settings.max_new_tokens is not None or self.context_length is None:
                 raise
             # No max_new_tokens was asked for and the default does not fit beside this prompt: answer with
             # what the context leaves after the prompt (older turns dropped first, the answer matters more).
-            formatted = self.format(req.prompt, None, conv, req.system, template_kwargs, req.raw)
+            formatted = self.format(req.prompt, None, conv, req.system, template_kwargs, req.raw, req)
             cfg = attrs.evolve(cfg, max_new_tokens=self.context_length - len(formatted.input_ids))
         spans = () if req.show_thinking else tuple(loaded.hidden_spans)
+        grammar = self.tool_grammar(req, open_span(formatted.text, tuple(loaded.hidden_spans)))
         return PreparedRequest(
             prompt=formatted,
             settings=cfg,
@@ -119,13 +124,33 @@ class RequestPreparer:
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
             trim=req.trim,
-            grammar=req.grammar,
+            grammar=grammar,
+            tool_format=self.tool_format if req.tool_use is not None and not req.raw else None,
         )
 
+    def tool_grammar(self, req: GenerationRequest, inside: str | None = None):
+        """The request's grammar: its own, or the family format's forced call (``tool_choice`` required or a
+        named function); ``inside``: the closing tag of a thought the prompt opened, written first."""
+        use = req.tool_use
+        if use is None or not use.forced or req.raw:
+            return req.grammar
+        if req.grammar is not None:
+            raise GenerationError(f"tool_choice={use.function or use.choice!r} forces a tool call, which is a "
+                                  "grammar of its own; drop grammar= (or response_format), or let tool_choice be "
+                                  "'auto'")
+        tokenizer = self.loaded.tokenizer
+        ids = {}
+        for tag in (*self.tool_format.tags(), *((inside,) if inside else ())):
+            tag_ids = list(tokenizer(tag, add_special_tokens=False)["input_ids"])
+            if len(tag_ids) == 1:
+                ids[tag] = tag_ids[0]
+        return self.tool_format.grammar(use, ids, prefix=inside or "")
+
     def format(self, prompt: str | Sequence[int], max_new_tokens: int | None, conv: Conversation | None, system: str | None,
-               template_kwargs: dict[str, Any], raw: bool) -> Prompt:
+               template_kwargs: dict[str, Any], raw: bool, req: GenerationRequest | None = None) -> Prompt:
         """The prompt formatted to leave ``max_new_tokens`` of the context; ``None``: at least one token,
-        without history (the overflow error then names the prompt and the context only)."""
+        without history (the overflow error then names the prompt and the context only). ``req``'s tools and
+        tool turns are rendered by the family's tool format."""
         tokenizer = self.loaded.tokenizer
         ctx = self.context_length
         budget = None if ctx is None else ctx - (1 if max_new_tokens is None else max_new_tokens)
@@ -157,8 +182,21 @@ class RequestPreparer:
             model_name=name,
             max_new_tokens=max_new_tokens,
             context_length=ctx,
+            prompt_message=req.prompt_message if req is not None else None,
+            tools=self._tool_render(req),
         )
         return formatted if max_new_tokens is not None else attrs.evolve(formatted, trimmed_turns=len(turns))
+
+    def _tool_render(self, req: GenerationRequest | None):
+        """``messages -> (messages, template variables)`` by the family's tool format (tool turns are written
+        the way the template can take them; the request's tools offered)."""
+        use = req.tool_use if req is not None else None
+        fmt = self.tool_format
+        try:
+            template = template_source(self.loaded.tokenizer, self.model_name)
+        except GenerationError:
+            template = None
+        return lambda messages: fmt.render(messages, use, template)
 
     def stop_check(self, prepared: Sequence[PreparedRequest]) -> Callable[[int, Sequence[int]], bool] | None:
         """``stop(row, new_ids)`` for the runner: True once a row's visible text holds one of its stop strings."""

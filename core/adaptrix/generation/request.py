@@ -17,14 +17,18 @@ from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.scoring import check_top
 from adaptrix.generation.settings import SETTING_NAMES, explicit_settings
 from adaptrix.generation.token_ids import is_token_ids
+from adaptrix.generation.tools.messages import check_turn
+from adaptrix.generation.tools.spec import ToolUse, check_tool_use
 from adaptrix.types import UNSET, GenerationConfig
 
 #: Request options besides the sampling settings (``generation.SETTING_NAMES`` and ``max_length``).
 OPTIONS = ("task_type", "adapter", "system", "use_context", "conversation", "show_thinking", "enable_thinking",
            "chat_template_kwargs", "raw", "history", "logprobs", "trim", "grammar",
-           "response_format", "json_schema")
+           "response_format", "json_schema", "tools", "tool_choice", "parallel_tool_calls", "prompt_message")
 #: Options that give the grammar another way (mapped to ``grammar`` by :func:`build_grammar`).
 GRAMMAR_OPTIONS = ("grammar", "response_format", "json_schema")
+#: Options that become the request's :class:`~adaptrix.generation.tools.spec.ToolUse` (``tool_use``).
+TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 @attrs.frozen
@@ -35,8 +39,9 @@ class GenerationRequest:
     base model, or :data:`~adaptrix.types.UNSET` for the active adapters.
     ``settings`` holds only what the caller set (the explicit layer of the
     resolution order: explicit > task > family > global). ``history``: this
-    request's earlier ``{"role", "content"}`` messages (user/assistant), used in
-    place of a stored conversation and remembered nowhere.
+    request's earlier ``{"role", "content"}`` messages (user/assistant, and tool
+    turns: assistant ``tool_calls``, ``role: "tool"``), used in place of a stored
+    conversation and remembered nowhere.
     """
 
     #: Text; with ``raw=True`` also a tuple of token ids, fed to the model as they are.
@@ -58,6 +63,11 @@ class GenerationRequest:
     trim: bool = True
     #: Constrain the output (:class:`~adaptrix.generation.grammar.Grammar`); ``None``: free text.
     grammar: Grammar | None = None
+    #: The tools offered and the choice (``tools=``, ``tool_choice=``, ``parallel_tool_calls=``); ``None``: none.
+    tool_use: ToolUse | None = None
+    #: The current message when it is a tool result, not the user's: ``{"role": "tool", "tool_call_id"}``
+    #: (``prompt`` is its content); ``None``: a user message.
+    prompt_message: dict[str, Any] | None = None
 
     @classmethod
     def build(cls, prompt: str | Sequence[int], *, what: str = "prompt", **options: Any) -> "GenerationRequest":
@@ -69,7 +79,7 @@ class GenerationRequest:
                 raise GenerationError(f"{what} is an empty list of token ids; give at least one")
             prompt = tuple(int(i) for i in prompt)
         else:
-            check_text(prompt, what, required=True)
+            check_text(prompt, what, required=options.get("prompt_message") is None)  # a tool may return ""
         check_text(options.get("system"), "system")
         unknown = sorted(set(options) - set(OPTIONS) - set(SETTING_NAMES) - {"max_length"})
         if unknown:
@@ -86,14 +96,23 @@ class GenerationRequest:
             raise GenerationError(f"chat_template_kwargs must be a dict, got {kwargs!r}")
         history = options.get("history")
         if history:
-            check_history(history)
+            options["history"] = check_history(history)
             if conversation is not None or options.get("use_context"):
                 raise GenerationError("history= gives this request's earlier messages; it cannot be combined with "
                                       "conversation= or use_context=True (a stored conversation)")
         if options.get("logprobs") is not None:
             check_top(options["logprobs"], "logprobs")
         grammar = build_grammar(**{k: options.pop(k) for k in GRAMMAR_OPTIONS if k in options})
-        return cls(prompt, settings, grammar=grammar, **{k: v for k, v in options.items() if k in OPTIONS})
+        tool_use = options.get("tools")
+        if not isinstance(tool_use, ToolUse):
+            tool_use = check_tool_use(options.get("tools"), options.get("tool_choice"),
+                                      options.get("parallel_tool_calls"))
+        current = options.get("prompt_message")
+        if current is not None:
+            current = check_turn({**current, "content": prompt}, "prompt_message")
+            current.pop("content")
+        return cls(prompt, settings, grammar=grammar, tool_use=tool_use, prompt_message=current,
+                   **{k: v for k, v in options.items() if k in OPTIONS and k not in TOOL_OPTIONS + ("prompt_message",)})
 
 
 def build_grammar(grammar: Grammar | None = None, response_format: Any = None,
@@ -137,17 +156,25 @@ def build_batch(prompts: Sequence[str], row_adapters: Sequence[str | None] | Non
     return requests, list(row_adapters) if row_adapters is not None else None
 
 
-def check_history(history) -> None:
-    """``history``: a list of ``{"role": "user" | "assistant", "content": str}``; else :class:`GenerationError`."""
+def check_history(history) -> list[dict[str, Any]]:
+    """``history``: a list of ``{"role": "user" | "assistant", "content": str}`` and tool turns (an assistant
+    message with ``tool_calls``, a ``role: "tool"`` result: :func:`adaptrix.generation.tools.messages.check_turn`); else
+    :class:`GenerationError`. Returns the messages, tool calls' arguments as JSON text."""
     if isinstance(history, (str, dict)) or not isinstance(history, (list, tuple)):
         raise GenerationError(f"history must be a list of {{'role', 'content'}} messages, got {type(history).__name__}")
+    out = []
     for i, m in enumerate(history):
+        if isinstance(m, dict) and (m.get("role") == "tool" or (m.get("role") == "assistant" and m.get("tool_calls"))):
+            out.append(check_turn(m, f"history[{i}]"))
+            continue
+        out.append(m)
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise GenerationError(f"history[{i}] must be a {{'role': 'user' or 'assistant', 'content': text}} "
                                   f"message, got {m!r}")
         check_text(m.get("content"), f"history[{i}]['content']", required=False)
         if m.get("content") is None:
             raise GenerationError(f"history[{i}] has no 'content'")
+    return out
 
 
 def check_text(text, what: str, *, required: bool = False) -> None:

@@ -9,6 +9,8 @@ import attrs
 from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.scoring import TokenLogprob
 from adaptrix.generation.text import TextPipeline
+from adaptrix.generation.tools.calls import ToolCall
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import GenerationConfig
 
 
@@ -29,10 +31,14 @@ class GenerationResult:
     #: With ``logprobs=K``: a :class:`~adaptrix.generation.scoring.TokenLogprob` per generated token (raw
     #: model logits, K alternatives each); ``None`` when not asked for.
     logprobs: tuple[TokenLogprob, ...] | None = None
+    #: With ``tools=``: the calls parsed out of the output by the family's tool format (``text`` is then what
+    #: is not a call); ``()`` when the model called nothing.
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
+            **({"tool_calls": [c.as_openai() for c in self.tool_calls]} if self.tool_calls else {}),
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
             "new_tokens": len(self.token_ids),
@@ -68,6 +74,8 @@ class PreparedRequest:
     trim: bool = True
     #: The output's constraint (:class:`~adaptrix.generation.grammar.Grammar`); ``None``: free text.
     grammar: Grammar | None = None
+    #: With tools offered: the family's format, which parses the calls out of the output; ``None``: no tools.
+    tool_format: ToolFormat | None = None
 
     @property
     def input_ids(self) -> tuple[int, ...]:
@@ -94,8 +102,13 @@ def finished_result(prepared: PreparedRequest, new: list[int], text: str, raw_te
         reason = "eos"
     else:
         reason = "length"
+    calls: tuple[ToolCall, ...] = ()
+    if prepared.tool_format is not None:
+        parsed = prepared.tool_format.parse(text)
+        text, calls = parsed.content, parsed.calls
     return GenerationResult(
         text=text,
+        tool_calls=calls,
         token_ids=tuple(new),
         prompt_tokens=len(prepared.input_ids),
         finish_reason=reason,

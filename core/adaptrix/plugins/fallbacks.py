@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptrix.adapters.targets import ALL_LINEAR
+from adaptrix.generation.tools.format import GENERIC, ToolFormat
 from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import think_spans
@@ -48,3 +49,9 @@ def chat_behaviour(
     """
     spans = think_spans(template)
     return ChatBehaviour(thinking=bool(spans), hidden_spans=spans)
+
+
+def tool_format(family: str, config: dict[str, Any] | None, template: str | None) -> ToolFormat:
+    """The generic JSON format: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, offered through
+    the template when it takes ``tools``, else in the system prompt."""
+    return GENERIC

@@ -11,7 +11,7 @@ spec's arguments (``def detect_family(config)``). The smallest family plugin
 implements ``detect_family`` alone. The plugin whose ``detect_family`` answers
 a family owns it: the family-keyed hooks (``load_model``,
 ``default_generation_config``, ``target_modules``, ``family_options``,
-``chat_behaviour``) are called on the owner
+``chat_behaviour``, ``tool_format``) are called on the owner
 only, so they need no "is this my family?" check, and one the owner leaves out
 or answers ``None`` to falls back to the core's standard behaviour
 (:mod:`adaptrix.plugins.fallbacks`).
@@ -32,6 +32,7 @@ import pluggy
 if TYPE_CHECKING:
     from adaptrix.adapters.convert import AdapterConverter
     from adaptrix.backends.contract import Backend
+    from adaptrix.generation.tools.format import ToolFormat
     from adaptrix.serve.modes import ServeMode
     from adaptrix.storage.caches import CacheKind
     from adaptrix.types import ChatBehaviour, GenerationConfig, LoadedModel, LoadOptions
@@ -199,4 +200,21 @@ def serve_modes() -> "list[ServeMode]":
     (:func:`adaptrix.serve.app.create_app` with ``make_executor``). Not ``firstresult``: every plugin's list is
     gathered; an option two modes both add goes to the first. Keep the import light: import what the mode
     runs on (``ray``) inside ``run``, never at module import, so ``adaptrix --help`` stays fast.
+    """
+
+
+@hookspec(firstresult=True)
+def tool_format(family: str, config: dict[str, Any] | None, template: str | None) -> "ToolFormat | None":
+    """Say how a model of a family you own writes tool calls, on whatever backend runs it.
+
+    Receives the family, the model's config as a dict (``None`` when unknown) and ``template``, the chat
+    template the backend renders (``None`` when the model has none). Return a
+    :class:`~adaptrix.generation.tools.format.ToolFormat`: how tools and tool turns are rendered (through the template
+    when it takes ``tools=``, else in the system prompt), how calls are parsed out of an output, the tags a
+    stream holds back, and the grammar that forces a call (``tool_choice: "required"`` or a named function).
+    Most formats only set fields of the base class (``ToolFormat(name="hermes", open_tag="<tool_call>",
+    close_tag="</tool_call>")``); a format whose calls are not tagged JSON subclasses it. The engine asks
+    once per load. Called on the family's owner only; ``firstresult``; left out (or ``None``), the core's
+    generic JSON format answers (:data:`adaptrix.generation.tools.format.GENERIC`: ``<tool_call>{"name": ...,
+    "arguments": {...}}</tool_call>``).
     """

@@ -54,7 +54,8 @@ from adaptrix.plugins import fallbacks, hookspecs
 ENTRY_POINT_GROUP = "adaptrix"
 STATUSES = ("ok", "failed", "blocked", "disabled")
 #: Hooks whose first argument is a family name; only that family's owner answers.
-FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules", "family_options", "chat_behaviour")
+FAMILY_HOOKS = ("load_model", "default_generation_config", "target_modules", "family_options", "chat_behaviour",
+                "tool_format")
 #: Family hooks whose absence ``plugins list`` reports as answered by the core's standard behaviour
 #: (``family_options`` left out simply means the family takes no options, ``chat_behaviour`` that its models
 #: chat the generic way).

@@ -20,9 +20,9 @@ import time
 import uuid
 from typing import Any
 
-from adaptrix.errors import GenerationError
 import attrs
 
+from adaptrix.errors import GenerationError
 from adaptrix.generation.defaults import TASK_PRESETS
 from adaptrix.generation.settings import check_logit_bias, explicit_settings
 from adaptrix.generation.token_ids import check_token_ids, vocabulary_size
@@ -30,6 +30,7 @@ from adaptrix.serve.errors import ApiError
 from adaptrix.serve.logprobs import chat_logprobs, completion_logprobs
 from adaptrix.serve.scheduler import Job
 from adaptrix.serve.schemas import CompletionRequest, choice_seeds, parse_completion, split_prompts
+from adaptrix.serve.tool_calls import ToolDeltas, chat_message, finish_reason
 
 
 def json_response(data: Any, status: int = 200):
@@ -156,8 +157,8 @@ def _finish_reason(result) -> str:
 def _choice(req: CompletionRequest, job, result, index: int) -> dict:
     if req.kind == "chat":
         logprobs = chat_logprobs(result.logprobs or ()) if req.logprobs is not None else None
-        return {"index": index, "message": {"role": "assistant", "content": result.text}, "logprobs": logprobs,
-                "finish_reason": _finish_reason(result)}
+        return {"index": index, "message": chat_message(result), "logprobs": logprobs,
+                "finish_reason": finish_reason(result, _finish_reason(result))}
     text = (job.echo_text or "") + result.text if req.echo else result.text
     logprobs = None
     if req.logprobs is not None:
@@ -181,13 +182,14 @@ async def _stream(server, reqs, jobs, events, rid, created, watch):
     obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
     offsets = [0] * len(jobs)  # completions' text_offset: characters of each answer streamed so far
 
-    def chunk(index: int, delta: str | None, finish: str | None, first=False, tokens=None) -> str:
+    def chunk(index: int, delta: str | None, finish: str | None, first=False, tokens=None, extra=None) -> str:
         if req.kind == "chat":
             d: dict[str, Any] = {}
             if first:
                 d["role"] = "assistant"
             if delta is not None:
                 d["content"] = delta
+            d.update(extra or {})
             logprobs = chat_logprobs(tokens) if tokens else None
             choice = {"index": index, "delta": d, "logprobs": logprobs, "finish_reason": finish}
         else:
@@ -205,18 +207,28 @@ async def _stream(server, reqs, jobs, events, rid, created, watch):
     if first[1][0] == "error":
         raise first[1][1]
 
+    # With tools, the text goes through the family's format: calls come out as tool_calls deltas.
+    calls = [ToolDeltas(server.engine.tool_format) for _ in jobs] if req.tool_use is not None else None
+
     async def body():
         index, event = first
         sent_role = [False] * len(jobs)
         echoed = [not req.echo] * len(jobs)
         results: dict[int, Any] = {}
+        pending: list[list] = [[] for _ in jobs]  # logprobs of tokens whose text a call holds back: sent next
         try:
             while True:
                 if not echoed[index] and event[0] != "error":  # a choice's prompt, once its job has started
                     echoed[index] = True
                     yield chunk(index, jobs[index].echo_text or "", None,
                                 tokens=list(jobs[index].prompt_logprobs) or None)
-                if event[0] == "delta":
+                if event[0] == "delta" and calls is not None:
+                    pending[index].extend([event[2]] if len(event) > 2 else [])
+                    for d in calls[index].feed(event[1]):
+                        yield chunk(index, None, None, first=not sent_role[index], tokens=pending[index] or None,
+                                    extra=d)
+                        sent_role[index], pending[index] = True, []
+                elif event[0] == "delta":
                     yield chunk(index, event[1], None, first=not sent_role[index],
                                 tokens=[event[2]] if len(event) > 2 else None)
                     sent_role[index] = True
@@ -226,9 +238,16 @@ async def _stream(server, reqs, jobs, events, rid, created, watch):
                     break
                 else:
                     result = results[index] = event[1]
+                    reason = _finish_reason(result)
+                    if calls is not None:
+                        for d in calls[index].finish():
+                            yield chunk(index, None, None, first=not sent_role[index], tokens=pending[index] or None,
+                                        extra=d)
+                            sent_role[index], pending[index] = True, []
+                        reason = "tool_calls" if calls[index].count else reason
                     if not sent_role[index] and req.kind == "chat":
                         yield chunk(index, "", None, first=True)
-                    yield chunk(index, None if req.kind == "chat" else "", _finish_reason(result))
+                    yield chunk(index, None if req.kind == "chat" else "", reason)
                     if len(results) == len(jobs):
                         if req.include_usage:
                             data = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],

@@ -19,12 +19,9 @@ SERVED_BOTH = frozenset({
 })
 #: Served by one endpoint only.
 SERVED = {
-    "chat": SERVED_BOTH | {"messages", "top_logprobs"},
+    "chat": SERVED_BOTH | {"messages", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"},
     "completion": SERVED_BOTH | {"prompt", "echo"},
 }
-#: Fields that issue 18's grammar and tools branches serve; refused (400) where they are not served yet.
-OTHER_BRANCHES = frozenset({"tools", "tool_choice", "parallel_tool_calls", "functions",
-                            "function_call"})
 #: adaptrix's own fields, and vLLM's names of two engine settings (``extra_body`` in the openai client).
 EXTRAS = frozenset({"task_type", "adapters", "top_k", "repetition_penalty"})
 #: Accepted and unused: none of them can change an answer.
@@ -44,4 +41,4 @@ METADATA = {
 def known(kind: str) -> frozenset[str]:
     """The field names a ``kind`` (``chat`` or ``completion``) request may hold; refusal of unserved ones is
     :data:`~adaptrix.serve.schemas.UNSERVED`'s."""
-    return frozenset(SERVED[kind] | OTHER_BRANCHES | EXTRAS | set(METADATA))
+    return frozenset(SERVED[kind] | EXTRAS | set(METADATA))

@@ -543,6 +543,11 @@ def _options(req: CompletionRequest) -> dict[str, Any]:
     options: dict[str, Any] = {"grammar": req.grammar} if req.grammar is not None else {}
     if req.kind == "completion":
         options.update(raw=True, trim=False, show_thinking=True)
+        return options
+    if req.tool_use is not None:
+        options["tools"] = req.tool_use
+    if req.prompt_message is not None:
+        options["prompt_message"] = req.prompt_message
     return options
 
 

@@ -21,17 +21,18 @@ from typing import Any
 import attrs
 
 from adaptrix.adapters.compositions import check_composition_weights
-from adaptrix.errors import AdapterError
+from adaptrix.errors import AdapterError, ToolError
 from adaptrix.generation.defaults import PENALTY_LIMIT
 from adaptrix.generation.grammar import Grammar
 from adaptrix.generation.scoring import MAX_TOP
 from adaptrix.generation.settings import BIAS_LIMIT, SEED_LIMIT
 from adaptrix.generation.token_ids import is_token_ids
+from adaptrix.generation.tools.messages import Chat, split_messages
+from adaptrix.generation.tools.spec import ToolUse, check_tool_use
 from adaptrix.serve.errors import ApiError
 from adaptrix.serve.fields import known
 from adaptrix.serve.response_format import parse_response_format
 
-ROLES = ("system", "developer", "user", "assistant")
 #: The most stop strings one request may give (lm-eval sends a task's ``until`` strings plus EOS).
 MAX_STOPS = 32
 #: The most choices one request may ask for (``n``).
@@ -41,11 +42,9 @@ MAX_N = 8
 UNSERVED = {
     "suffix": (None, "", "text after the insertion point (fill-in-the-middle) is not supported"),
     "best_of": (None, 1, "adaptrix returns one completion per prompt"),
-    "tools": (None, [], "tool calling is not supported"),
-    "tool_choice": (None, "none", "tool calling is not supported"),
-    "parallel_tool_calls": (None, "tool calling is not supported"),
-    "functions": (None, [], "function calling is not supported"),
-    "function_call": (None, "none", "function calling is not supported"),
+    "functions": (None, [], "'functions' is OpenAI's deprecated form of 'tools': send 'tools' instead"),
+    "function_call": (None, "none", "'function_call' is OpenAI's deprecated form of 'tool_choice': send "
+                                    "'tool_choice' instead"),
     "prompt_logprobs": (None, "prompt logprobs come with 'echo': true and 'logprobs' (OpenAI's way)"),
     "audio": (None, "adaptrix answers in text only"),
     "modalities": (None, ["text"], "adaptrix answers in text only"),
@@ -66,7 +65,7 @@ class CompletionRequest:
     #: The text the model answers: the last user message (chat) or the prompt (completion: text, or token ids
     #: fed as they are).
     prompt: str | tuple[int, ...]
-    #: Earlier chat messages, ``{"role", "content"}`` with roles user/assistant.
+    #: Earlier chat messages, ``{"role", "content"}`` with roles user/assistant, and tool turns.
     history: tuple[dict[str, str], ...] = ()
     system: str | None = None
     #: Engine settings (``max_new_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``), only those given.
@@ -89,6 +88,10 @@ class CompletionRequest:
     n: int = 1
     #: The output's constraint (``response_format``, :mod:`.response_format`); None: free text.
     grammar: Grammar | None = None
+    #: Chat: the ``tools`` offered and the ``tool_choice`` (``None``: no tool may be called).
+    tool_use: ToolUse | None = None
+    #: Chat: the last message's fields when it is a tool result (``{"role": "tool", "tool_call_id"}``).
+    prompt_message: dict[str, Any] | None = None
 
     @property
     def score_only(self) -> bool:
@@ -155,39 +158,33 @@ def _text(value: Any, param: str) -> str:
     return text
 
 
-def _messages(body: dict) -> tuple[str, tuple[dict[str, str], ...], str | None]:
+def _messages(body: dict) -> Chat:
+    """The chat's messages split (:func:`adaptrix.generation.tools.messages.split_messages`: tool turns included), content
+    read as text (a string or text parts)."""
     if "messages" not in body:
         raise _bad("'messages' is required: a list of {\"role\", \"content\"} objects", "messages", "missing_field")
     messages = body["messages"]
     if not isinstance(messages, list) or not messages:
         raise _bad(f"'messages' must be a non-empty list of messages, got {_short(messages)}", "messages")
-    system_parts: list[str] = []
-    turns: list[dict[str, str]] = []
-    for i, m in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _bad(f"'{param}' must be an object with 'role' and 'content', got {_short(m)}", param)
-        role = m.get("role")
-        if role not in ROLES:
-            raise _bad(f"'{param}.role' must be one of {', '.join(ROLES)}, got {_short(role)}", f"{param}.role")
-        if "content" not in m or m["content"] is None:
-            raise _bad(f"'{param}.content' is required", f"{param}.content", "missing_field")
-        content = _text(m["content"], f"{param}.content")
-        if role in ("system", "developer"):
-            if turns:
-                raise _bad(f"'{param}' is a {role} message after the conversation started; put system messages "
-                           "first", f"{param}.role")
-            system_parts.append(content)
-        else:
-            turns.append({"role": role, "content": content})
-    if not turns or turns[-1]["role"] != "user":
-        raise _bad("the last message must come from the user ('role': 'user'), it is what the model answers",
-                   f"messages[{len(messages) - 1}].role")
-    prompt = turns[-1]["content"]
-    if not prompt.strip():
-        raise _bad(f"'messages[{len(messages) - 1}].content' is empty; give the model some text to answer",
-                   f"messages[{len(messages) - 1}].content")
-    return prompt, tuple(turns[:-1]), "\n\n".join(system_parts) if system_parts else None
+    try:
+        return split_messages(messages, _text)
+    except ToolError as exc:
+        code = "missing_field" if "is required" in str(exc) else "invalid_value"
+        raise _bad(str(exc), exc.param, code) from None
+
+
+def _tools(body: dict, kind: str) -> ToolUse | None:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` (chat only), checked: 400 naming the field."""
+    if kind != "chat":
+        for name in ("tools", "tool_choice", "parallel_tool_calls"):
+            if body.get(name) not in (None, []):
+                raise _bad(f"'{name}' is a /v1/chat/completions field; /v1/completions takes no tools", name,
+                           "unsupported_field")
+        return None
+    try:
+        return check_tool_use(body.get("tools"), body.get("tool_choice"), body.get("parallel_tool_calls"))
+    except ToolError as exc:
+        raise _bad(str(exc), exc.param) from None
 
 
 def _prompt(body: dict, param: str = "prompt") -> str | tuple[int, ...]:
@@ -335,10 +332,13 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...], prompt_p
         raise _bad(f"'model' must be a non-empty string (the base model or an adapter name), got {_short(model)}",
                    "model")
     _unserved(body)
+    prompt_message = None
     if kind == "chat":
-        prompt, history, system = _messages(body)
+        chat = _messages(body)
+        prompt, history, system, prompt_message = chat.prompt, chat.history, chat.system, chat.prompt_message
     else:
         prompt, history, system = _prompt(body, prompt_param), (), None
+    tool_use = _tools(body, kind)
     n = _integer(body, "n", low=1, high=MAX_N)
     settings: dict[str, Any] = {}
     for name in ("presence_penalty", "frequency_penalty"):
@@ -402,7 +402,7 @@ def parse_completion(body: Any, kind: str, task_types: tuple[str, ...], prompt_p
     return CompletionRequest(
         kind=kind, model=model, prompt=prompt, history=history, system=system, settings=settings, stream=stream,
         include_usage=include_usage, task_type=task_type, composition=composition, logprobs=logprobs, echo=echo,
-        n=n or 1, grammar=parse_response_format(body),
+        n=n or 1, grammar=parse_response_format(body), tool_use=tool_use, prompt_message=prompt_message,
     )
 
 

@@ -87,10 +87,11 @@ async def tokenize(server, request):
         if _flag(body, "continue_final_message", False):
             raise _bad("'continue_final_message' cannot be served: the last message must be the user's",
                        "continue_final_message")
-        req = parse_completion({"messages": body["messages"]}, "chat", ())
+        req = parse_completion({"messages": body["messages"], "tools": body.get("tools")}, "chat", ())
 
         def ids(engine):
-            return list(engine.prepare_request(req.prompt, history=req.history, system=req.system).input_ids)
+            return list(engine.prepare_request(req.prompt, history=req.history, system=req.system, tools=req.tool_use,
+                                               prompt_message=req.prompt_message).input_ids)
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):

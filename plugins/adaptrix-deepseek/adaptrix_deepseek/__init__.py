@@ -15,7 +15,11 @@ from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import GATED_MLP, claims, text_config, think_spans
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
+from adaptrix_deepseek.tool_calls import DeepSeekToolFormat
+
 FAMILY = "deepseek"
+
+DEEPSEEK = DeepSeekToolFormat()
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("deepseek",)
 
@@ -62,3 +66,10 @@ def chat_behaviour(template):
     # The template has no thinking switch: R1 always thinks. Turns end with EOS (<｜end▁of▁sentence｜>).
     spans = think_spans(template)
     return ChatBehaviour(thinking=bool(spans), hidden_spans=spans)
+
+
+@hookimpl
+def tool_format(template):
+    # DeepSeek V3/R1: <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name + fenced JSON
+    # arguments (adaptrix_deepseek.tool_calls).
+    return DEEPSEEK

@@ -12,9 +12,14 @@ from adaptrix import hookimpl
 from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, think_spans
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
 FAMILY = "llama"
+
+#: Llama 3.x tool calls: ``{"name": ..., "parameters": {...}}``, optionally after ``<|python_tag|>``.
+LLAMA3_JSON = ToolFormat(name="llama3-json", open_tag="<|python_tag|>", close_tag="", arguments_key="parameters",
+                         bare_calls=True, padding="", parallel=False, separator="; ")
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("llama",)
 #: Llama types the prefix misses: Llama 3.2 Vision (whose text model is ``MllamaForCausalLM``), and types
@@ -59,3 +64,11 @@ def chat_behaviour(template):
     return ChatBehaviour(
         thinking=bool(spans), hidden_spans=spans, end_of_turn_tokens=("<|eot_id|>", "<|eot|>", "<|im_end|>")
     )
+
+
+@hookimpl
+def tool_format(template):
+    # Llama 3.1-3.3: a custom tool call is the bare JSON {"name": ..., "parameters": {...}} (the template's own
+    # instructions), a built-in one follows <|python_tag|> (a special token that decoding drops); one call per
+    # turn (the template refuses several).
+    return LLAMA3_JSON

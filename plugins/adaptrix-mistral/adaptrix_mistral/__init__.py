@@ -6,9 +6,14 @@ from adaptrix import hookimpl
 from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import ATTENTION, GATED_MLP, claims, is_moe
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import GenerationConfig
 
 FAMILY = "mistral"
+
+#: Mistral's tool calls: ``[TOOL_CALLS]`` and a JSON list of calls.
+MISTRAL = ToolFormat(name="mistral", open_tag="[TOOL_CALLS]", close_tag="", list_body=True, bare_calls=True,
+                     padding=" ", separator=", ", short_ids=True)
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("mistral", "mixtral", "ministral")
 
@@ -38,3 +43,10 @@ def target_modules(family, config):
 @hookimpl
 def load_model(family, model_id, options):
     return load_causal_lm(family, model_id, options)
+
+
+@hookimpl
+def tool_format(template):
+    # Mistral v0.3+ / Nemo: [TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]; the control token is dropped
+    # by decoding, so the bare list at the start of an answer is read as the calls too.
+    return MISTRAL

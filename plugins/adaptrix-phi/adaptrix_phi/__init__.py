@@ -12,7 +12,11 @@ from adaptrix.models.modelconfig import context_length, text_model_type
 from adaptrix.plugins.family import ATTENTION, claims, think_spans
 from adaptrix.types import ChatBehaviour, GenerationConfig
 
+from adaptrix_phi.tool_calls import Phi4ToolFormat
+
 FAMILY = "phi"
+
+PHI4 = Phi4ToolFormat()
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("phi",)
 
@@ -53,3 +57,11 @@ def chat_behaviour(template):
     # Phi-3 chat turns end with <|end|>, which is not the tokenizer's EOS; Phi-4-reasoning thinks in <think>.
     spans = think_spans(template)
     return ChatBehaviour(thinking=bool(spans), hidden_spans=spans, end_of_turn_tokens=("<|end|>",))
+
+
+@hookimpl
+def tool_format(template):
+    # Phi-4-mini: <|tool_call|>[{"name": ..., "arguments": {...}}]<|/tool_call|> (special tokens, dropped by
+    # decoding: a bare list at the start is read as the calls); its template takes the tools as a JSON string
+    # in the system message's "tools" field, not as tools=.
+    return PHI4

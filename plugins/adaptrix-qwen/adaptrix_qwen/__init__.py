@@ -13,9 +13,13 @@ from adaptrix import hookimpl
 from adaptrix.models.loading import load_causal_lm
 from adaptrix.models.modelconfig import context_length
 from adaptrix.plugins.family import ATTENTION, GATED_MLP, THINK, claims, is_moe, text_config, think_spans
+from adaptrix.generation.tools.format import ToolFormat
 from adaptrix.types import THINKING_SWITCH, ChatBehaviour, GenerationConfig
 
 FAMILY = "qwen"
+
+#: Qwen's tool calls (the hermes format): one ``<tool_call>`` block per call.
+HERMES = ToolFormat(name="hermes", open_tag="<tool_call>", close_tag="</tool_call>")
 #: Every model_type starting with one of these is this family's, whatever transformers adds.
 PREFIXES = ("qwen",)
 #: Hybrid thinkers: the template's ``enable_thinking`` switches thinking on and off (off unless asked for).
@@ -87,3 +91,10 @@ def _fix_tokenizer(tokenizer, config):
         tokenizer.pad_token = "<|endoftext|>"
         return ["pad token set to <|endoftext|>"]
     return []
+
+
+@hookimpl
+def tool_format(template):
+    # Qwen2.5 and Qwen3 write hermes calls, <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>, and
+    # their templates take tools=, tool_calls and role "tool".
+    return HERMES
