@@ -257,6 +257,36 @@ def test_concurrent_clients_get_the_engine_alone_answers_and_base_requests_sprea
 
 
 @pytest.mark.real_weights
+def test_the_fields_of_issues_17_and_18_pass_through_the_replicas(server, oracle):
+    """Structured output, a streamed forced tool call, logit_bias (a bad id is a 400 from the replica), n and
+    logprobs: the ingress forwards the validated request whole, so what one process serves, Ray serves."""
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    out = _chat(server, "math_specialist", response_format={"type": "json_schema",
+                                                            "json_schema": {"name": "n", "schema": schema}})
+    assert out.status_code == 200, out.text
+    jsonschema.validate(json.loads(out.json()["choices"][0]["message"]["content"]), schema)
+    tool = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}
+    streamed = _chat(server, "base", stream=True, tools=[tool], tool_choice="required", max_tokens=120)
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    deltas = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert deltas[0]["function"]["name"] == "add" and deltas[0]["id"]
+    jsonschema.validate(json.loads("".join(d["function"].get("arguments") or "" for d in deltas)),
+                        tool["function"]["parameters"])
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    bad = _chat(server, "base", logit_bias={"99999999": 5})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "logit_bias", bad.text
+    two = _chat(server, "base", n=2, logprobs=True, top_logprobs=2).json()
+    assert [c["message"]["content"] for c in two["choices"]] == [oracle(PROMPT)] * 2
+    assert all(len(c["logprobs"]["content"]) == two["usage"]["completion_tokens"] // 2 for c in two["choices"])
+
+
+@pytest.mark.real_weights
 def test_an_adapter_sticks_to_the_replica_that_holds_it(server):
     for model in ("math_specialist", "pirate_style"):
         served = {_chat(server, model, max_tokens=2).headers["x-adaptrix-replica"] for _ in range(4)}

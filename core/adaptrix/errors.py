@@ -59,7 +59,15 @@ class ModelTooLargeError(ModelLoadError):
 
 
 class GenerationError(AdaptrixError):
-    """Bad generation input: empty prompt, bad sampling value, prompt too long."""
+    """Bad generation input: empty prompt, bad sampling value, prompt too long. ``param``, when set, names the
+    request field at fault (the server's 400 carries it)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self):  # keeps ``param`` across processes (a Ray replica's error reaches the ingress)
+        return (type(self), (str(self), self.param))
 
 
 class ContextOverflowError(GenerationError):
@@ -68,10 +76,6 @@ class ContextOverflowError(GenerationError):
 
 class ToolError(GenerationError):
     """Tools, a tool choice or a tool turn that cannot be served; ``param`` names the field at fault."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 class ChatTemplateError(GenerationError):

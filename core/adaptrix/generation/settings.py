@@ -126,7 +126,7 @@ def check_logit_bias(cfg: GenerationConfig, vocabulary: int) -> None:
     for token, _ in cfg.logit_bias or ():
         if not 0 <= token < vocabulary:
             raise GenerationError(f"logit_bias names token id {token}, outside the model's vocabulary of "
-                                  f"{vocabulary} tokens (0..{vocabulary - 1})")
+                                  f"{vocabulary} tokens (0..{vocabulary - 1})", param="logit_bias")
 
 
 def has_logit_rules(cfg: GenerationConfig) -> bool:

@@ -54,10 +54,10 @@ def parse_requests(server, body: Any, kind: str) -> list[CompletionRequest]:
                 check_token_ids(req.prompt, tokenizer, param)
             except GenerationError as exc:
                 raise ApiError(400, str(exc), param=param, code="invalid_value") from None
-    if reqs[0].settings.get("logit_bias"):
+    if reqs[0].settings.get("logit_bias") and tokenizer is not None:  # remote engines check it there
         try:  # the vocabulary's size is read-only: no need to wait for the scheduler
             check_logit_bias(explicit_settings(logit_bias=reqs[0].settings["logit_bias"]),
-                             vocabulary_size(server.engine.tokenizer))
+                             vocabulary_size(tokenizer))
         except GenerationError as exc:
             raise ApiError(400, str(exc), param="logit_bias", code="invalid_value") from None
     if reqs[0].stream and len(reqs) > 1:
@@ -208,7 +208,7 @@ async def _stream(server, reqs, jobs, events, rid, created, watch):
         raise first[1][1]
 
     # With tools, the text goes through the family's format: calls come out as tool_calls deltas.
-    calls = [ToolDeltas(server.engine.tool_format) for _ in jobs] if req.tool_use is not None else None
+    calls = [ToolDeltas(server.scheduler.tool_format) for _ in jobs] if req.tool_use is not None else None
 
     async def body():
         index, event = first

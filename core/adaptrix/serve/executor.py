@@ -59,6 +59,11 @@ class Executor(Protocol):
         """The engine's tokenizer, for checks the app makes before queueing; ``None`` when the engines are
         elsewhere (they check then)."""
 
+    @property
+    def tool_format(self) -> Any:
+        """The model's :class:`~adaptrix.generation.tools.format.ToolFormat`: the app follows streamed tool calls
+        with it."""
+
     async def health(self) -> dict[str, Any]:
         """Extra fields of ``GET /health`` (a remote executor lists its replicas and their state)."""
 

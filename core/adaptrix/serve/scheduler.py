@@ -118,7 +118,7 @@ def api_error(exc: BaseException) -> ApiError:
         extra = {"report": exc.report.as_dict()} if getattr(exc, "report", None) is not None else {}
         return ApiError(400, message, param="model", code="adapter_incompatible", extra=extra)
     if isinstance(exc, GenerationError):
-        param = "max_tokens" if "max_new_tokens" in message else None
+        param = exc.param or ("max_tokens" if "max_new_tokens" in message else None)
         message = message.replace("max_new_tokens", "max_tokens")
         return ApiError(400, message, param=param, code="invalid_value")
     if isinstance(exc, AdapterError):
@@ -205,6 +205,10 @@ class Scheduler:
     @property
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
+
+    @property
+    def tool_format(self) -> Any:
+        return self.engine.tool_format
 
     async def health(self) -> dict[str, Any]:
         return {}

@@ -422,7 +422,7 @@ class LlamaRuntime:
         for token, _ in logit_bias:
             if not 0 <= token < self.n_vocab:
                 raise GenerationError(f"logit_bias names token id {token}, outside the model's vocabulary of "
-                                      f"{self.n_vocab} tokens (0..{self.n_vocab - 1})")
+                                      f"{self.n_vocab} tokens (0..{self.n_vocab - 1})", param="logit_bias")
         chain = new_chain(self._ll, list(prompt_ids), n_vocab=self.n_vocab, n_ctx=self.n_ctx, temperature=temperature,
                           top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
                           presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,

@@ -47,6 +47,7 @@ class RayExecutor:
         self.max_batch = config.serve.max_batch
         self.batch_invariant = config.serve.batch_invariant
         self._info: dict[str, Any] = {}
+        self._tool_format = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life ----------------------------------------------------------------------------------
@@ -55,6 +56,7 @@ class RayExecutor:
         info = self.handle.info.remote().result(timeout_s=None)
         self._info = dict(info["model_info"])
         self.batching = bool(info["batching"])
+        self._tool_format = info["tool_format"]
 
     def stop(self) -> None:
         pass  # the replicas belong to Ray Serve; `serve shutdown` (or the CLI's exit) stops them
@@ -65,6 +67,11 @@ class RayExecutor:
     @property
     def tokenizer(self) -> None:
         return None  # the replicas check token ids
+
+    @property
+    def tool_format(self):
+        """The model's tool-call format, as a replica reported it (every replica runs the same model)."""
+        return self._tool_format
 
     # -- requests ----------------------------------------------------------------------------------
     def sources(self, req) -> dict[str, str]:

@@ -180,7 +180,8 @@ class EngineReplica:
 
     async def info(self) -> dict[str, Any]:
         return {"replica": self.replica_id, "model_info": self.engine.get_model_info(),
-                "batching": self.scheduler.batching, "max_batch": self.scheduler.max_batch}
+                "batching": self.scheduler.batching, "max_batch": self.scheduler.max_batch,
+                "tool_format": self.engine.tool_format}
 
     async def health(self) -> dict[str, Any]:
         """This replica as ``/health`` lists it."""
