@@ -57,7 +57,11 @@ def installed_modes() -> list[tuple[str, ServeMode]]:
     """``(plugin, mode)`` for every serving mode the installed plugins provide (the ``serve_modes`` hook)."""
     from adaptrix.plugins.host import get_host
 
-    return [(plugin, mode) for plugin, modes in get_host().call_all("serve_modes") for mode in modes or ()]
+    try:
+        host = get_host()
+    except AdaptrixError:  # a bad plugin setting: the command that runs reports it (exit 2), not the parser
+        return []
+    return [(plugin, mode) for plugin, modes in host.call_all("serve_modes") for mode in modes or ()]
 
 
 def add_mode_arguments(parser) -> list[ServeMode]:

@@ -8,8 +8,7 @@ token ``t`` of the vocabulary::
     logit[t] += bias[t] - presence_penalty * (count[t] > 0) - frequency_penalty * count[t]
 
 where ``count[t]`` counts ``t`` among the generated tokens only (OpenAI's definition: the prompt does not
-count, unlike ``repetition_penalty``). llama.cpp's penalties and logit-bias samplers compute the same
-(``adaptrix_llamacpp.sampling``).
+count, unlike ``repetition_penalty``). Other backends compute the same rule with their own samplers.
 """
 
 from __future__ import annotations
