@@ -37,8 +37,11 @@ def echo_job(engine, job, adapter: str | None, prepared: PreparedRequest) -> Non
 
 def score_job(engine, job, adapter: str | None, prepared: PreparedRequest, result: GenerationResult) -> GenerationResult:
     """``result`` with its generated tokens' ``logprobs`` when the request asks for them, scored after the
-    prompt with the adapter that served it (``adapter``: the held name). Runs on the scheduler thread."""
+    prompt with the adapter that served it (``adapter``: the held name), unless the generation recorded them
+    already (a step decoder's, from each step's raw logits). Runs on the scheduler thread."""
     req = job.request
+    if result.logprobs is not None:  # a step decoder recorded them as it generated
+        return result
     if req.logprobs is None or not result.token_ids:
         return result if req.logprobs is None else attrs.evolve(result, logprobs=())
     ids = list(prepared.input_ids) + list(result.token_ids)
