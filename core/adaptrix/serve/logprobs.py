@@ -5,7 +5,8 @@
   :meth:`adaptrix.Engine.token_logprobs` pass with the adapter (or composition) that serves the request. The logprobs are the raw model's (before temperature and
   penalties), as vLLM's and OpenAI's are.
 - :func:`replay`: the text each generated token released through the request's text pipeline, so a streamed
-  answer with logprobs carries one token per chunk, each with its logprob.
+  answer with logprobs carries one token per chunk, each with its logprob, where no step decoder sent them as
+  they were generated (a backend without one: scored after the generation).
 - :func:`completion_logprobs` / :func:`chat_logprobs`: OpenAI's completions shape (``tokens``,
   ``token_logprobs``, ``top_logprobs``, ``text_offset``) and chat shape (``content: [{token, logprob, bytes,
   top_logprobs}]``).
