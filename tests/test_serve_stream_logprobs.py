@@ -130,3 +130,21 @@ def test_the_first_logprob_arrives_while_the_generation_runs(served):
         threading.Event().wait(0.05)
     assert _metric(srv, "adaptrix_cancelled_requests_total") == cancelled + 1
     assert _metric(srv, "adaptrix_requests_total", endpoint="completion", status="ok") == ok
+
+
+ADD = {"type": "function", "function": {"name": "add", "description": "Add two integers", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+
+
+def test_a_streamed_tool_call_sends_every_tokens_logprob(served):
+    """The tokens of a call's text stream with no content: their logprobs go with the call's deltas, none lost."""
+    srv = served[0]
+    body = {"model": "base", "messages": [{"role": "user", "content": "Add 2 and 3."}], "tools": [ADD],
+            "tool_choice": "required", "max_tokens": 60, "temperature": 0, "logprobs": True}
+    whole = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=120).json()
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+    chunks = _sse(srv, "/v1/chat/completions", body)
+    streamed = [e for c in chunks if c["logprobs"] for e in c["logprobs"]["content"]]
+    assert any(c["logprobs"] and c["delta"].get("tool_calls") for c in chunks)
+    assert [e["token"] for e in streamed] == [e["token"] for e in whole["choices"][0]["logprobs"]["content"]]
+    assert len(streamed) == whole["usage"]["completion_tokens"]
