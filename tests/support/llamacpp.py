@@ -199,6 +199,26 @@ class RawLlama:
             pending = [nxt]
         return out
 
+    def greedy_logprobs(self, tokens: list[int], max_new: int) -> tuple[list[int], np.ndarray]:
+        """Greedy continuation of ``tokens`` (no stop id) and, per generated token, the ``(n_vocab,)`` float64
+        log-probabilities of the decode step that picked it: the logits llama.cpp itself samples from (one token
+        per decode after the prompt; another matmul kernel than :meth:`logits`' one batch, so they differ a little)."""
+        L = self.L
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        out: list[int] = []
+        rows = []
+        pending = list(tokens)
+        for _ in range(max_new):
+            arr = (L.llama_token * len(pending))(*pending)
+            if L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(pending))) != 0:
+                raise RuntimeError("llama_decode failed")
+            x = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,)).astype(np.float64)
+            x -= x.max()
+            rows.append(x - np.log(np.exp(x).sum()))
+            out.append(int(x.argmax()))
+            pending = [out[-1]]
+        return out, np.array(rows)
+
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         L = self.L
         vocab = L.llama_model_get_vocab(self.model)

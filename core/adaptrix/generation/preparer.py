@@ -126,6 +126,7 @@ class RequestPreparer:
             trim=req.trim,
             grammar=grammar,
             tool_format=self.tool_format if req.tool_use is not None and not req.raw else None,
+            logprobs=req.logprobs,
         )
 
     def tool_grammar(self, req: GenerationRequest, inside: str | None = None):

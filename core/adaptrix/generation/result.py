@@ -76,6 +76,9 @@ class PreparedRequest:
     grammar: Grammar | None = None
     #: With tools offered: the family's format, which parses the calls out of the output; ``None``: no tools.
     tool_format: ToolFormat | None = None
+    #: Report each generated token's logprob with this many alternatives (a step decoder records them from
+    #: each step's raw logits); ``None``: no logprobs.
+    logprobs: int | None = None
 
     @property
     def input_ids(self) -> tuple[int, ...]:

@@ -12,7 +12,9 @@ Shared here, so that every backend answers the same way:
 - :func:`row_finish`: when a row ends; :meth:`Row.accept`: a row's next token;
 - :func:`row_tail`: the text a row's pipeline still holds back at its end;
 - :func:`finish_row`: the :class:`~adaptrix.generation.result.GenerationResult`
-  of a row's tokens, the one ``Engine.generate_detailed`` returns for them;
+  of a row's tokens, the one ``Engine.generate_detailed`` returns for them
+  (:func:`row_result`: with the logprobs a row recorded at each step, when its
+  request asks for them);
 - :func:`add_each`: ``add_many`` where prompts are not prefilled together.
 """
 
@@ -23,6 +25,7 @@ from typing import Any, Protocol, Sequence, TypeVar, runtime_checkable
 import attrs
 
 from adaptrix.generation.result import GenerationResult, PreparedRequest, finished_result
+from adaptrix.generation.scoring import TokenLogprob, pieces, row_logprob
 from adaptrix.generation.text import IncrementalDecoder, TextPipeline, decode_after
 
 #: ``(key, prepared, adapter)``: a request to add to a decoder.
@@ -49,6 +52,10 @@ class Row:
     finish_reason: str | None = None
     #: Position of the next token fed to the model.
     position: int = 0
+    #: With ``prepared.logprobs``: each generated token's :class:`TokenLogprob`, from the step's raw logits.
+    logprobs: list[TokenLogprob] = attrs.field(factory=list)
+    #: ``piece(id) -> text`` (:func:`~adaptrix.generation.scoring.pieces`); only for rows with logprobs.
+    piece: Any = None
 
     @classmethod
     def open(cls: type[R], key: Any, prepared: PreparedRequest, adapter: str | None, tokenizer: Any,
@@ -56,10 +63,21 @@ class Row:
         """A new row of ``prepared``, with a fresh text decoder and pipeline; ``state``: the subclass's fields."""
         return cls(key=key, prepared=prepared, adapter=adapter,
                    decoder=IncrementalDecoder(tokenizer, prepared.decode_context),
-                   pipeline=prepared.pipeline(), **state)
+                   pipeline=prepared.pipeline(), piece=pieces(tokenizer) if prepared.logprobs is not None else None,
+                   **state)
 
-    def accept(self, token: int) -> str:
-        """Take the row's next token: the text it releases; ``finish_reason`` set when the row ends (:func:`row_finish`)."""
+    @property
+    def wants_logprobs(self) -> bool:
+        """The request asks for its tokens' logprobs: the decoder passes each step's raw logits to :meth:`accept`."""
+        return self.prepared.logprobs is not None
+
+    def accept(self, token: int, logits: Any = None) -> str:
+        """Take the row's next token: the text it releases; ``finish_reason`` set when the row ends (:func:`row_finish`).
+
+        ``logits``: the model's raw logits (``(vocab,)``, before penalties, bias, grammar mask and temperature)
+        the token was picked from; a row that :attr:`wants_logprobs` records the token's :class:`TokenLogprob`."""
+        if self.wants_logprobs:
+            self.logprobs.append(row_logprob(logits, token, top=self.prepared.logprobs, piece=self.piece))
         self.generated.append(token)
         text = self.pipeline.feed(self.decoder.add([token]))
         self.finish_reason = row_finish(self.prepared, self.generated, self.pipeline)
@@ -108,7 +126,8 @@ class StepDecoder(Protocol):
         ...
 
     def finish(self, row: Row) -> GenerationResult:
-        """The result ``generate`` returns for the row's tokens (:func:`finish_row`)."""
+        """The result ``generate`` returns for the row's tokens (:func:`row_result`), with the logprobs the row
+        recorded when it asked for them."""
         ...
 
     def close(self) -> None:
@@ -143,6 +162,12 @@ def finish_row(prepared: PreparedRequest, generated: Sequence[int], tokenizer: A
     pipeline = prepared.pipeline()
     text = pipeline.run(raw_text)
     return finished_result(prepared, new, text, raw_text, pipeline)
+
+
+def row_result(row: Row, tokenizer: Any) -> GenerationResult:
+    """A finished row's result (:func:`finish_row`); ``logprobs``: the ones it recorded step by step, when asked."""
+    result = finish_row(row.prepared, row.generated, tokenizer)
+    return attrs.evolve(result, logprobs=tuple(row.logprobs)) if row.wants_logprobs else result
 
 
 def add_each(decoder: StepDecoder, items: Sequence[Item]) -> list[tuple[Row, str] | BaseException]:

@@ -244,6 +244,9 @@ async def _stream(server, reqs, jobs, events, rid, created, watch):
                             yield chunk(index, None, None, first=not sent_role[index], tokens=pending[index] or None,
                                         extra=d)
                             sent_role[index], pending[index] = True, []
+                        if pending[index]:  # tokens after the last call's text (its closing, the EOS): theirs too
+                            yield chunk(index, None, None, first=not sent_role[index], tokens=pending[index])
+                            sent_role[index], pending[index] = True, []
                         reason = "tool_calls" if calls[index].count else reason
                     if not sent_role[index] and req.kind == "chat":
                         yield chunk(index, "", None, first=True)

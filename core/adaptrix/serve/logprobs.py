@@ -5,7 +5,8 @@
   :meth:`adaptrix.Engine.token_logprobs` pass with the adapter (or composition) that serves the request. The logprobs are the raw model's (before temperature and
   penalties), as vLLM's and OpenAI's are.
 - :func:`replay`: the text each generated token released through the request's text pipeline, so a streamed
-  answer with logprobs carries one token per chunk, each with its logprob.
+  answer with logprobs carries one token per chunk, each with its logprob, where no step decoder sent them as
+  they were generated (a backend without one: scored after the generation).
 - :func:`completion_logprobs` / :func:`chat_logprobs`: OpenAI's completions shape (``tokens``,
   ``token_logprobs``, ``top_logprobs``, ``text_offset``) and chat shape (``content: [{token, logprob, bytes,
   top_logprobs}]``).
@@ -37,8 +38,11 @@ def echo_job(engine, job, adapter: str | None, prepared: PreparedRequest) -> Non
 
 def score_job(engine, job, adapter: str | None, prepared: PreparedRequest, result: GenerationResult) -> GenerationResult:
     """``result`` with its generated tokens' ``logprobs`` when the request asks for them, scored after the
-    prompt with the adapter that served it (``adapter``: the held name). Runs on the scheduler thread."""
+    prompt with the adapter that served it (``adapter``: the held name), unless the generation recorded them
+    already (a step decoder's, from each step's raw logits). Runs on the scheduler thread."""
     req = job.request
+    if result.logprobs is not None:  # a step decoder recorded them as it generated
+        return result
     if req.logprobs is None or not result.token_ids:
         return result if req.logprobs is None else attrs.evolve(result, logprobs=())
     ids = list(prepared.input_ids) + list(result.token_ids)

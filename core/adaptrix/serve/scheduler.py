@@ -69,9 +69,10 @@ class Job:
     Events: ``("delta", text)``, ``("done", result)`` with ``result`` the generation's
     :class:`~adaptrix.generation.result.GenerationResult` (text, token counts and finish reason as the
     generation itself counted them; ``logprobs`` filled when the request asks), and ``("error", ApiError)``.
-    A streamed request with logprobs gets ``("delta", text, TokenLogprob)``, one per generated token, once
-    its generation has ended (they are scored then). With ``echo``, ``echo_text`` (and ``prompt_logprobs``)
-    are set before ``done``.
+    A streamed request with logprobs gets ``("delta", text, TokenLogprob)``, one per generated token, as it is
+    generated (a step decoder's logprob of that step; a backend without one: all at the end, scored then), and
+    its pipeline's held-back tail as a plain ``("delta", text)``. With ``echo``, ``echo_text`` (and
+    ``prompt_logprobs``) are set before ``done``.
     """
 
     def __init__(self, request: CompletionRequest, emit: Callable[[tuple], None]):
@@ -86,8 +87,8 @@ class Job:
         self.prompt_logprobs: tuple = ()
 
     @property
-    def buffered(self) -> bool:
-        """Its deltas wait for the end of the generation: a stream with logprobs (one token per chunk)."""
+    def per_token(self) -> bool:
+        """A stream with logprobs: one delta per generated token, with its logprob."""
         return self.request.stream and self.request.logprobs is not None
 
     @property
@@ -156,6 +157,7 @@ class Scheduler:
         self._running: dict[Row, Job] = {}  # row -> job (batched mode)
         self._resident: set[str] = set()
         self._holds: dict[Row, Any] = {}  # row -> the AdapterHold on what it decodes with (batched mode)
+        self._one: Any = False  # serial mode: the one-row step decoder of requests with logprobs (False: not made)
 
     # -- client side ------------------------------------------------------------
     def start(self) -> None:
@@ -398,7 +400,7 @@ class Scheduler:
             self.metrics.prompt_tokens.labels(job.label).inc(len(prepared.input_ids))
             self._running[row] = job
             self._holds[row] = hold
-            self._token(job, text)
+            self._token(job, text, row=row)
             if row.finish_reason:
                 self._finish(row)
         if any(adapter is not None for _, _, adapter in ready):
@@ -412,13 +414,12 @@ class Scheduler:
                 self._decoder.remove(row)
                 del self._running[row]
                 self._holds.pop(row).release()
-                self.metrics.cancelled.labels(job.label).inc()
-                self.metrics.requests.labels(job.label, job.request.kind, "cancelled").inc()
+                self._cancelled(job)
         self.metrics.running.set(len(self._running))
         if not self._running:
             return
         for row, text in self._decoder.step():
-            self._token(self._running[row], text)
+            self._token(self._running[row], text, row=row)
             if row.finish_reason:
                 self._finish(row)
         self.metrics.running.set(len(self._running))
@@ -426,19 +427,17 @@ class Scheduler:
     def _finish(self, row: Row) -> None:
         job = self._running.pop(row)
         hold = self._holds.pop(row)
-        tail = self._decoder.tail(row)
-        if tail and not job.buffered:
+        if tail := self._decoder.tail(row):
             job.emit(("delta", tail))
         self._decoder.remove(row)
         try:
-            result = self._decoder.finish(row)
-            result = score_job(self.engine, job, row.adapter, row.prepared, result)
+            result = self._decoder.finish(row)  # with the logprobs its steps recorded, when asked
         except Exception as exc:
             job.emit(("error", api_error(exc)))
             return
         finally:
             hold.release()
-        self._done(job, result, row.prepared)
+        self._done(job, result)
 
     def _reset_batch(self) -> None:
         self._running.clear()
@@ -474,19 +473,21 @@ class Scheduler:
             if req.logprobs is not None or req.echo:
                 prepared = self._prepare(req, hold.name)
                 echo_job(self.engine, job, hold.name, prepared)
-            if not req.stream or job.buffered:
+            if req.logprobs is not None and self._one_row() is not None:
+                self._run_row(job, prepared, hold.name)
+                return
+            if not req.stream or job.per_token:
                 result = self.engine.generate_detailed(req.prompt, **kwargs)
                 if prepared is not None:
                     result = score_job(self.engine, job, hold.name, prepared, result)
-                self._token(job, result.text, count=len(result.token_ids))
+                self._token(job, result.text, count=len(result.token_ids), emit=not job.per_token)
                 self._done(job, result, prepared)
                 return
             stream = self.engine.stream_detailed(req.prompt, **kwargs)
             try:
                 for piece in stream:
                     if job.cancelled.is_set():
-                        self.metrics.cancelled.labels(job.label).inc()
-                        self.metrics.requests.labels(job.label, req.kind, "cancelled").inc()
+                        self._cancelled(job)
                         return
                     self._token(job, piece)
             finally:
@@ -502,8 +503,37 @@ class Scheduler:
             if req.adapter or req.composition:
                 self.note_residency()
 
+    def _one_row(self):
+        """Serial mode's one-row step decoder for requests with logprobs, as ``generate`` (None: none here)."""
+        if self._one is False:
+            try:
+                self._one = self.engine.step_decoder(max_rows=1, batch_invariant=True)
+            except AdaptrixError:  # a backend that cannot decode rows as if alone: scored after the generation
+                self._one = None
+        return self._one
+
+    def _run_row(self, job: Job, prepared, adapter: str | None) -> None:
+        """Serial mode: decode ``job`` alone on :meth:`_one_row`, each token sent with its logprob as it comes."""
+        decoder = self._one
+        row, text = decoder.add(job, prepared, adapter)
+        try:
+            self._token(job, text, row=row)
+            while row.finish_reason is None:
+                if job.cancelled.is_set():
+                    self._cancelled(job)
+                    return
+                for _, text in decoder.step():
+                    self._token(job, text, row=row)
+            if tail := decoder.tail(row):
+                job.emit(("delta", tail))
+        finally:
+            decoder.remove(row)
+        self._done(job, decoder.finish(row))
+
     # -- shared --------------------------------------------------------------------------
-    def _token(self, job: Job, text: str, count: int = 1) -> None:
+    def _token(self, job: Job, text: str, count: int = 1, *, row: Row | None = None, emit: bool = True) -> None:
+        """Count ``count`` new tokens of ``job`` and send ``text``; a stream with logprobs gets one delta per
+        token, with ``row``'s logprob of it (``emit=False``: they are sent at the end, :meth:`_done`)."""
         now = time.perf_counter()
         if job.first_token is None:
             job.first_token = now
@@ -512,14 +542,21 @@ class Scheduler:
             self.metrics.itl.labels(job.label).observe(now - job.last_token)
         job.last_token = now
         job.tokens += count
-        if text and not job.buffered:
+        if job.per_token and row is not None:
+            job.emit(("delta", text, row.logprobs[-1]))
+        elif text and emit:
             job.emit(("delta", text))
 
+    def _cancelled(self, job: Job) -> None:
+        self.metrics.cancelled.labels(job.label).inc()
+        self.metrics.requests.labels(job.label, job.request.kind, "cancelled").inc()
+
     def _done(self, job: Job, result: GenerationResult, prepared=None) -> None:
-        """Answer ``job``; a buffered stream first gets its tokens, one per delta, with their logprobs."""
+        """Answer ``job``; a stream with logprobs generated without a step decoder (``prepared`` given) first gets
+        its tokens, one per delta, with the logprobs scored after the generation."""
         self.metrics.tokens.labels(job.label).inc(len(result.token_ids))
         self.metrics.requests.labels(job.label, job.request.kind, "ok").inc()
-        if job.buffered and prepared is not None:
+        if job.per_token and prepared is not None:
             pieces = replay(prepared, result.token_ids, self.engine.tokenizer)
             for text, scored in zip(pieces, result.logprobs or ()):
                 job.emit(("delta", text, scored))
@@ -528,7 +565,7 @@ class Scheduler:
     def _prepare(self, req: CompletionRequest, adapter: str | None):
         """``req`` formatted as the engine runs it (``max_tokens: 0``: with the default budget)."""
         settings = {k: v for k, v in req.settings.items() if not (k == "max_new_tokens" and v == 0)}
-        return self.engine.prepare_request(req.prompt, history=req.history, system=req.system,
+        return self.engine.prepare_request(req.prompt, history=req.history, system=req.system, logprobs=req.logprobs,
                                            task_type=req.task_type, adapter=adapter, **_options(req), **settings)
 
     def _score_only(self, job: Job, adapter: str | None) -> None:

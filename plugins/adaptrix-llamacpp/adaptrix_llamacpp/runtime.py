@@ -336,6 +336,13 @@ class LlamaRuntime:
                 out[start + i] = np.ctypeslib.as_array(row, shape=(self.n_vocab,))
         return out
 
+    def logits_at(self, index: int):
+        """A float32 numpy copy (``(n_vocab,)``) of the raw logits of the last decode's ``index``-th token."""
+        import numpy as np
+
+        self._check_open()
+        return np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,)).copy()
+
     def generate_tokens(
         self,
         prompt_ids: Sequence[int],

@@ -54,7 +54,7 @@ import attrs
 
 from adaptrix.errors import BatchFullError, GenerationError
 from adaptrix.generation.result import GenerationResult, PreparedRequest
-from adaptrix.generation.steps import Row, add_each, finish_row, row_tail
+from adaptrix.generation.steps import Row, add_each, row_result, row_tail
 
 from .runtime import MAX_SEQUENCES
 from .sampling import sampling
@@ -125,6 +125,7 @@ class LlamaStepDecoder:
                     last = start + len(chunk) == len(ids)
                     runtime.decode_sequences(chunk, range(start, start + len(chunk)), [row.seq] * len(chunk),
                                              [last and i == len(chunk) - 1 for i in range(len(chunk))])
+                logits = self._raw(row, len(chunk) - 1)
                 token = row.chain.sample(len(chunk) - 1, row.matcher)
             except BaseException:
                 pins.close()
@@ -136,7 +137,7 @@ class LlamaStepDecoder:
         self._free.pop(0)
         row.position = len(ids)
         self.rows.append(row)
-        return row, self._accept(row, token)
+        return row, self._accept(row, token, logits)
 
     def add_many(self, items) -> list:
         """:meth:`add` for each ``(key, prepared, adapter)``: ``(row, text)`` or the exception it raised.
@@ -184,16 +185,17 @@ class LlamaStepDecoder:
                         [r.seq for r in batch], [True] * len(batch),
                     )
                     for i, row in enumerate(batch):
-                        picked[id(row)] = row.chain.sample(i, row.matcher)
+                        logits = self._raw(row, i)  # before the grammar masks them in place
+                        picked[id(row)] = (row.chain.sample(i, row.matcher), logits)
         events = []
         for row in rows:
             row.position += 1
-            events.append((row, self._accept(row, picked[id(row)])))
+            events.append((row, self._accept(row, *picked[id(row)])))
         return events
 
     def finish(self, row: LlamaRow) -> GenerationResult:
         """The result ``generate`` would return for this row's tokens."""
-        return finish_row(row.prepared, row.generated, self.tokenizer)
+        return row_result(row, self.tokenizer)
 
     def tail(self, row: LlamaRow) -> str:
         """Text still held back by the row's pipeline, released at its end."""
@@ -214,9 +216,14 @@ class LlamaStepDecoder:
         outside the decoder sets the engine's own active adapters first (``LlamaCppRunner._row``)."""
         self.runtime.set_loras(scales)
 
-    def _accept(self, row: LlamaRow, token: int) -> str:
-        """Take the row's next token; it ends by :func:`adaptrix.generation.steps.row_finish`, or at the context's end."""
-        text = row.accept(token)
+    def _raw(self, row: LlamaRow, index: int):
+        """The raw logits of the last decode's ``index``-th token, copied, for a row that asks for logprobs."""
+        return self.runtime.logits_at(index) if row.wants_logprobs else None
+
+    def _accept(self, row: LlamaRow, token: int, logits=None) -> str:
+        """Take the row's next token (picked from ``logits``, for its logprob); it ends by
+        :func:`adaptrix.generation.steps.row_finish`, or at the context's end."""
+        text = row.accept(token, logits)
         if row.finish_reason is None and row.position + 1 >= self.runtime.n_ctx:  # as generate_tokens ends
             row.finish_reason = "length"
         return text

@@ -47,7 +47,7 @@ from adaptrix.backends.transformers.logit_rules import logit_rules
 from adaptrix.generation.lease import ModelLease
 from adaptrix.generation.result import GenerationResult, PreparedRequest
 from adaptrix.generation.settings import is_greedy
-from adaptrix.generation.steps import Item, Row, add_each, finish_row, row_tail
+from adaptrix.generation.steps import Item, Row, add_each, row_result, row_tail
 
 #: Most padded prompt tokens prefilled in one forward pass by :meth:`StepDecoder.add_many`
 #: (bounds the activations and attention scores of a group).
@@ -153,14 +153,14 @@ class TransformersStepDecoder:
         for i, row in enumerate(rows):
             row.history = torch.tensor([list(row.prepared.input_ids)], dtype=torch.long, device=_device(module))
             row.position = len(row.prepared.input_ids)
-            tokens.append(self._pick(row, out.logits[i : i + 1, -1, :]))
+            tokens.append((self._pick(row, out.logits[i : i + 1, -1, :]), out.logits[i, -1]))
         if self.batch_invariant:
             (row,) = rows
             row.cache, row.mask = out.past_key_values, mask
             self.rows.append(row)
         else:
             self._merge(rows, out.past_key_values, mask)
-        return [(row, self._accept(row, token)) for row, token in zip(rows, tokens)]
+        return [(row, self._accept(row, token, logits)) for row, (token, logits) in zip(rows, tokens)]
 
     def _prefill_forward(self, rows, module, kwargs):
         """The prefill forward pass of ``rows``' left-padded prompts: ``(output, [n, T] mask)``."""
@@ -248,12 +248,12 @@ class TransformersStepDecoder:
         for i, row in enumerate(self.rows):
             row.position += 1
             token = self._pick(row, out.logits[i : i + 1, -1, :])
-            events.append((row, self._accept(row, token)))
+            events.append((row, self._accept(row, token, out.logits[i, -1])))
         return events
 
     def finish(self, row: TransformersRow) -> GenerationResult:
         """The result ``generate`` would return for this row's tokens."""
-        return finish_row(row.prepared, row.generated, self.tokenizer)
+        return row_result(row, self.tokenizer)
 
     def tail(self, row: TransformersRow) -> str:
         """Text still held back by the row's pipeline, released at its end."""
@@ -279,11 +279,11 @@ class TransformersStepDecoder:
                             past_key_values=row.cache, use_cache=True, **kwargs,
                         )
                     row.mask = mask
-                    picked[id(row)] = self._pick(row, out.logits[:, -1, :])
+                    picked[id(row)] = (self._pick(row, out.logits[:, -1, :]), out.logits[0, -1])
         events = []
         for row in self.rows:
             row.position += 1
-            events.append((row, self._accept(row, picked[id(row)])))
+            events.append((row, self._accept(row, *picked[id(row)])))
         return events
 
     # -- internals ------------------------------------------------------------------
@@ -319,13 +319,14 @@ class TransformersStepDecoder:
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=row.generator))
 
-    def _accept(self, row: TransformersRow, token: int) -> str:
+    def _accept(self, row: TransformersRow, token: int, logits) -> str:
+        """Take ``token``, picked from the raw ``logits`` (``(vocab,)``: the row's logprob, when it asks)."""
         import torch
 
         row.history = torch.cat([row.history, torch.tensor([[token]], device=row.history.device)], dim=1)
         if row.matcher is not None:
             row.matcher.accept(token)
-        return row.accept(token)
+        return row.accept(token, logits if row.wants_logprobs else None)
 
     def _merge(self, rows: list[TransformersRow], cache, mask) -> None:
         """Append ``rows`` (their prefill ``cache`` and ``[n, T]`` ``mask``) to the batch, left-padding the narrower."""
