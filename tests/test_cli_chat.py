@@ -109,6 +109,7 @@ def test_on_a_terminal_ctrl_c_stops_the_answer_and_arrows_recall_lines(terminal)
     t.type("/help\r")
     shown = t.expect("you> ")
     assert "/reset" in shown and "/adapter NAME" in shown and "/exit" in shown and "unknown command" not in shown
+    time.sleep(0.5)  # let readline take the terminal after drawing its prompt (a busy CPU can lag it behind)
     t.type("\x03")  # at the prompt: a hint, not an exit
     t.expect("Ctrl-C again or Ctrl-D to leave")
     t.expect("you> ")

@@ -51,6 +51,7 @@ def test_a_plugin_mode_gets_its_options_and_the_checked_server_settings(host, ca
             return [ServeMode("fake", "serves elsewhere", add, lambda a: a.replicas is not None, run)]
 
     host.register(Plugin(), "fake")
+    assert "fake" in {mode.name for _, modes in host.call_all("serve_modes") for mode in modes}
     assert main(["serve", "--replicas", "3", "--api-key", "k3y", "--adapters-dir", "ads"]) == 7
     assert seen == {"replicas": 3, "key": "k3y", "adapters": "ads"}
     with pytest.raises(SystemExit):  # the core still checks its own options in a plugin's mode
