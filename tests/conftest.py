@@ -53,18 +53,9 @@ def embedded_gguf() -> Path:
 
 
 def _smollm2(backend: str):
-    from adaptrix.backends.choice import backend_records
-    from adaptrix.errors import ModelConfigError
-    from adaptrix.models.default_model import default_model_path
-    from adaptrix.plugins.host import get_host
+    from support.embedded import require_embedded
 
-    try:
-        default_model_path()
-    except ModelConfigError as exc:
-        pytest.skip(str(exc))
-    usable = {r.name for r in backend_records(get_host()) if r.status == "ok"}
-    if backend not in usable:
-        pytest.skip(f"backend {backend!r} is not installed (installed: {', '.join(sorted(usable))})")
+    require_embedded(backend)
     from adaptrix import Engine
 
     engine = Engine(progress=False, backend=backend)

@@ -47,17 +47,9 @@ def one_cpu():
 @pytest.fixture(scope="module")
 def oracle(one_cpu):
     """llama.cpp's own answers: a separate ``Engine(backend="llamacpp")`` on the same GGUF."""
-    from adaptrix.backends.choice import backend_records
-    from adaptrix.errors import ModelConfigError
-    from adaptrix.models.default_model import default_model_path
-    from adaptrix.plugins.host import get_host
+    from support.embedded import require_embedded
 
-    try:
-        default_model_path()
-    except ModelConfigError as exc:
-        pytest.skip(str(exc))
-    if "llamacpp" not in {r.name for r in backend_records(get_host()) if r.status == "ok"}:
-        pytest.skip("the llama.cpp backend is not installed")
+    require_embedded("llamacpp")
     from adaptrix import Engine
 
     engine = Engine(backend="llamacpp", adapters_dir=str(EXAMPLES), progress=False)
